@@ -1,0 +1,64 @@
+"""Imports point one way: clients -> streaming -> engine -> models.
+
+The check reads every module's import statements (no execution), so a wrong-way import fails here even
+when it sits inside a function that no other test calls.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["models", "engine", "streaming", "clients"]  # each may import only itself and the ones before it
+MODELS_THIRD_PARTY = {"torch", "numpy", "scipy", "tqdm"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def layer_files(layer: str) -> list[Path]:
+    return sorted((ROOT / layer).rglob("*.py"))
+
+
+def test_layers_exist() -> None:
+    for layer in LAYERS:
+        assert (ROOT / layer / "__init__.py").is_file(), layer
+
+
+@pytest.mark.parametrize("index,layer", list(enumerate(LAYERS)))
+def test_no_wrong_way_imports(index: int, layer: str) -> None:
+    forbidden = set(LAYERS[index + 1 :])
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(imported_modules(path) & forbidden) for path in layer_files(layer)
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"{layer}/ must not import {sorted(forbidden)}: {offenders}"
+
+
+def test_models_import_only_the_numeric_stack() -> None:
+    import sys
+
+    allowed = MODELS_THIRD_PARTY | {"models"} | set(sys.stdlib_module_names)
+    offenders = {}
+    for path in layer_files("models"):
+        extra = imported_modules(path) - allowed
+        if extra:
+            offenders[str(path.relative_to(ROOT))] = sorted(extra)
+    assert not offenders, f"models/ may import only stdlib + {sorted(MODELS_THIRD_PARTY)}: {offenders}"
+
+
+def test_checker_detects_a_wrong_way_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from streaming.server import x\n    import clients.cli\n")
+    assert {"streaming", "clients"} <= imported_modules(bad)
