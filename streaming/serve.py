@@ -1,0 +1,122 @@
+"""``styletalk-live serve``: load the engine once, then serve page, websocket and WebRTC on one port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from engine.config import ConfigError, add_config_arguments, config_from_args
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "STYLETALK_LIVE_TOKEN"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="styletalk-live serve",
+        description=(
+            "Serve the presenter: open the printed URL in a browser, press Start, allow the microphone "
+            "and the avatar speaks with your voice. One port carries the page (HTTP), control and "
+            "signaling (websocket, see streaming/PROTOCOL.md) and the media (WebRTC)."
+        ),
+    )
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+    net.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
+    net.add_argument(
+        "--token",
+        default=None,
+        help=f"require ?token=... on the page URL (default: ${TOKEN_ENV} if set; prefer the variable, "
+        "command lines are visible to other users)",
+    )
+    net.add_argument("--max-sessions", type=int, default=None, help="concurrent clients (default 4)")
+    net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
+    add_config_arguments(parser)
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve_until_stopped(runtime: object, server_config: object, web_root: Path | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM; closes every client session on the way out."""
+    from streaming.server import PresenterServer
+
+    server = PresenterServer(runtime, server_config, web_root)  # type: ignore[arg-type]
+    await server.start()
+    token = server.settings.token
+    url = server.url + (f"?token={token}" if token else "")
+    print(f"styletalk-live: serving on {url}  (Ctrl+C to stop)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-POSIX
+            pass
+    try:
+        await stop.wait()
+    finally:
+        print("styletalk-live: stopping", flush=True)
+        await server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        overrides = {
+            "host": args.host,
+            "port": args.port,
+            "token": args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None,
+            "max_sessions": args.max_sessions,
+        }
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        config.server = dataclasses.replace(config.server, **chosen)
+        config.validate()
+    except ConfigError as exc:
+        print(f"styletalk-live serve: {exc}", file=sys.stderr)
+        return 2
+    if not _is_loopback(config.server.host) and not config.server.token:
+        log.warning(
+            "binding %s without a token: anyone who can reach this port can use the engine "
+            "(set %s or --token)",
+            config.server.host,
+            TOKEN_ENV,
+        )
+    from engine.runtime import EngineRuntime
+
+    log.info("loading the engine (models are loaded once and shared by all sessions)")
+    runtime = EngineRuntime.load(config)
+    web_root = Path(args.web_root) if args.web_root else None
+    try:
+        asyncio.run(serve_until_stopped(runtime, config.server, web_root))
+    except OSError as exc:
+        print(
+            f"styletalk-live serve: cannot listen on {config.server.host}:{config.server.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        close = getattr(runtime, "close", None)
+        if callable(close):
+            close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,544 @@
+"""The presenter server: the browser page over plain HTTP and a websocket for signaling + control, one port.
+
+One ``websockets`` asyncio server does both: its ``process_request`` hook answers plain GETs (the files under
+``clients/web`` and ``/healthz``) before any websocket handshake, and ``/ws`` upgrades. Every websocket is one
+client with its own :class:`~engine.session.LiveSession` and, after an ``offer``, its own aiortc peer; all
+clients share the process-wide :class:`~engine.runtime.EngineRuntime` (models loaded once).
+
+Isolation: each client's messages are handled in its own task and every failure is caught at that client's
+boundary (an error reply, or at worst closing that client); a closing socket releases the peer, the session's
+tasks/threads and its queues. Admission: optional token (``?token=``), same-origin check for browsers, and
+``max_sessions`` concurrent clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hmac
+import http
+import itertools
+import logging
+import mimetypes
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response
+
+from streaming import protocol as P
+from streaming.webrtc import MediaPeer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEB_ROOT = Path(__file__).resolve().parents[1] / "clients" / "web"
+WS_PATH = "/ws"
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+}
+# The page loads only its own files; media comes via RTCPeerConnection (srcObject), control via the websocket.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class RuntimeLike(Protocol):
+    """What the server needs from ``engine.runtime.EngineRuntime``."""
+
+    def new_session(self, session_id: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The subset of ``engine.config.ServerConfig`` the server reads (any object with these fields works)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_sessions: int = 4
+    max_upload_bytes: int = 8 << 20
+    max_message_bytes: int = 64 << 10
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ServerSettings:
+        return cls(**{name: getattr(cfg, name) for name in cls.__dataclass_fields__})
+
+
+def _response(
+    status: int, body: bytes, content_type: str, extra: list[tuple[str, str]] | None = None
+) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            *(extra or []),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def _text(status: int, text: str) -> Response:
+    return _response(status, (text + "\n").encode(), "text/plain; charset=utf-8")
+
+
+def resolve_static(web_root: Path, url_path: str) -> Path | None:
+    """Map a URL path to a file strictly inside ``web_root`` (no traversal, no hidden files, known types)."""
+    path = unquote(url_path)
+    if path in ("", "/"):
+        path = "/index.html"
+    if "\x00" in path or "\\" in path:
+        return None
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") or p.startswith(".") for p in parts):
+        return None
+    root = web_root.resolve()
+    candidate = root.joinpath(*parts).resolve()
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        return None
+    if candidate.suffix.lower() not in STATIC_TYPES:
+        return None
+    return candidate
+
+
+def _decode_clip(data: bytes, fmt: str) -> np.ndarray:
+    """Uploaded style clip bytes → expression ``(T, 64)`` float32 through the shared clip reader."""
+    from models.clips import load_style_clip  # the one reader of clip files (validates shape and values)
+
+    with tempfile.TemporaryDirectory(prefix="styletalk-upload-") as tmp:
+        path = Path(tmp) / f"upload.{fmt}"
+        path.write_bytes(data)
+        return load_style_clip(path)
+
+
+def _decode_avatar(data: bytes, fmt: str, size: int) -> np.ndarray:
+    """Uploaded PNG/JPEG bytes → the face crop ``(size, size, 3)`` uint8 RGB the renderer animates.
+
+    Uses the engine's own reader and face detector/cropper (raises ``AvatarError`` for an unreadable image or
+    one without exactly one usable face). Slow (face detection): run it off the event loop.
+    """
+    from engine.avatar import crop_face, load_image
+
+    with tempfile.TemporaryDirectory(prefix="styletalk-upload-") as tmp:
+        path = Path(tmp) / f"avatar.{'jpg' if fmt == 'jpeg' else fmt}"
+        path.write_bytes(data)
+        image = load_image(path)
+    return crop_face(image, size=size).image
+
+
+def _clip_errors() -> tuple[type[BaseException], ...]:
+    from models.clips import ClipError
+
+    errors: list[type[BaseException]] = [ClipError]
+    with contextlib.suppress(ImportError):
+        from engine.stylebank import StyleError
+
+        errors.append(StyleError)
+    return tuple(errors)
+
+
+def _avatar_errors() -> tuple[type[BaseException], ...]:
+    from engine.avatar import AvatarError
+
+    return (AvatarError,)
+
+
+class SessionRefused(RuntimeError):
+    """The engine refused to create a session (its own limit); the client is told ``server_full``."""
+
+
+class ClientHandler:
+    """One websocket client: its live session, its media peer, and the dispatch of its requests."""
+
+    def __init__(self, server: PresenterServer, ws: ServerConnection, client_id: str) -> None:
+        self.server = server
+        self.ws = ws
+        self.id = client_id
+        self.session: Any = None
+        self.session_started = False
+        self.peer: MediaPeer | None = None
+        # The client's choices, re-applied when a hangup replaces the session with a fresh one.
+        self.style: str | None = None
+        self.intensity: float | None = None
+        self.avatar: np.ndarray | None = None
+        self.uploaded: dict[str, np.ndarray] = {}  # name -> style code (encoded once, on upload)
+        self._events_task: asyncio.Task[None] | None = None
+        self._aux_tasks: set[asyncio.Task[Any]] = set()
+        self.requests = 0
+        self.errors = 0
+
+    # -------------------------------------------------------------------------------------------- life cycle
+    async def _new_session(self) -> None:
+        """Create a fresh (not yet started) live session, re-applying this client's choices to it.
+
+        Built in a worker thread: a session owns a recognizer whose set-up (model files) takes ~0.5 s, which
+        must not stall the other clients' media on the event loop.
+        """
+        try:
+            self.session = await asyncio.to_thread(self.server.runtime.new_session, self.id)
+        except RuntimeError as exc:
+            raise SessionRefused(str(exc)) from exc
+        self.session_started = False
+        bank = getattr(self.session, "styles", None)
+        for name, code in self.uploaded.items():
+            if bank is not None and name not in bank:
+                bank.add_code(name, code)
+        if self.intensity is not None:
+            self.session.set_intensity(self.intensity)
+        if self.style is not None:
+            self.session.set_style(self.style, 0)
+        events = getattr(self.session, "events", None)
+        if isinstance(events, asyncio.Queue):
+            self._events_task = asyncio.get_running_loop().create_task(self._forward_events(events))
+
+    async def _close_media(self) -> None:
+        """Free the peer and the session (tasks, threads, queues)."""
+        peer, self.peer = self.peer, None
+        session, self.session = self.session, None
+        task, self._events_task = self._events_task, None
+        if peer is not None:
+            await peer.close()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if session is not None:
+            await session.close()
+        self.session_started = False
+
+    async def run(self) -> None:
+        await self._new_session()
+        await self.send(
+            P.event(
+                "welcome",
+                session=self.id,
+                protocol=P.PROTOCOL_VERSION,
+                styles=self.session.list_styles(),
+                limits={
+                    "max_message_bytes": self.server.limits.max_message_bytes,
+                    "max_upload_bytes": self.server.limits.max_upload_bytes,
+                },
+            )
+        )
+        async for raw in self.ws:
+            await self.handle_raw(raw)
+
+    async def close(self) -> None:
+        for task in list(self._aux_tasks):
+            task.cancel()
+        await self._close_media()
+
+    async def send(self, text: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(text)
+
+    async def _forward_events(self, events: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            item = await events.get()
+            kind = item.get("type") if isinstance(item, dict) else None
+            name = kind if kind in ("error", "warning", "info") else "info"
+            await self.send(P.event(name, source="engine", data=item))
+
+    def _on_peer_state(self, state: str) -> None:
+        if state in ("failed", "closed") and self.peer is not None:
+            peer = self.peer
+
+            async def drop() -> None:
+                if self.peer is peer:
+                    await self._close_media()
+                    await self._new_session()
+                    await self.send(P.event("media_ended", reason=f"peer connection {state}"))
+
+            task = asyncio.get_running_loop().create_task(drop())
+            self._aux_tasks.add(task)
+            task.add_done_callback(self._aux_tasks.discard)
+
+    # --------------------------------------------------------------------------------------------- requests
+    async def handle_raw(self, raw: str | bytes) -> None:
+        """Parse, dispatch and answer one message; nothing a client sends ends its session."""
+        self.requests += 1
+        request: P.Request | None = None
+        try:
+            request = P.parse_message(raw, self.server.limits)
+            result = await self.dispatch(request)
+            await self.send(P.reply(request, result))
+        except P.ProtocolError as exc:
+            self.errors += 1
+            await self.send(P.error_from_exception(exc))
+        except ConnectionClosed:
+            raise
+        except SessionRefused as exc:
+            self.errors += 1
+            rid, rtype = (request.id, request.TYPE) if request is not None else (None, None)
+            await self.send(P.error_reply(P.ErrorCode.SERVER_FULL, str(exc), rid, rtype))
+        except Exception as exc:  # noqa: BLE001 - the session survives any single failing request
+            self.errors += 1
+            log.exception("client %s: request failed", self.id)
+            rid = request.id if request is not None else None
+            rtype = request.TYPE if request is not None else None
+            await self.send(P.error_reply(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", rid, rtype))
+
+    def _intensity(self) -> float | None:
+        if self.intensity is not None:
+            return self.intensity
+        config = getattr(self.server.runtime, "config", None)
+        return float(config.style.intensity) if config is not None else None
+
+    def _error(self, request: P.Request, code: P.ErrorCode, message: str) -> P.ProtocolError:
+        return P.ProtocolError(code, message, request.id, request.TYPE)
+
+    async def dispatch(self, req: P.Request) -> dict[str, Any]:
+        if self.session is None:
+            await self._new_session()
+        session = self.session
+        if isinstance(req, P.Ping):
+            return {"server_time": time.time()}
+        if isinstance(req, P.Offer):
+            return await self._offer(req)
+        if isinstance(req, P.IceCandidate):
+            if self.peer is None:
+                raise self._error(req, P.ErrorCode.NO_MEDIA, "no peer connection: send an offer first")
+            try:
+                await self.peer.add_ice_candidate(req.candidate, req.sdp_mid, req.sdp_mline_index)
+            except ValueError as exc:
+                raise self._error(req, P.ErrorCode.BAD_FIELD, str(exc)) from None
+            return {}
+        if isinstance(req, P.Hangup):
+            had_media = self.peer is not None
+            await self._close_media()
+            await self._new_session()
+            return {"stopped": had_media}
+        if isinstance(req, P.ListStyles):
+            current = getattr(session, "style", None) or self.style
+            return {"styles": session.list_styles(), "current": current, "intensity": self._intensity()}
+        if isinstance(req, P.SetStyle):
+            if req.name not in session.list_styles():
+                raise self._error(req, P.ErrorCode.UNKNOWN_STYLE, f"no style named {req.name!r}")
+            frame = session.set_style(req.name, req.transition_ms)
+            self.style = req.name
+            return {"style": req.name, "frame": int(frame), "transition_ms": req.transition_ms}
+        if isinstance(req, P.SetIntensity):
+            session.set_intensity(req.value)
+            self.intensity = req.value
+            return {"intensity": req.value}
+        if isinstance(req, P.UploadStyle):
+            return await self._upload_style(req)
+        if isinstance(req, P.SetAvatar):
+            return await self._set_avatar(req)
+        if isinstance(req, P.Interrupt):
+            session.interrupt()
+            return {}
+        if isinstance(req, P.Pause):
+            session.pause()
+            return {}
+        if isinstance(req, P.Resume):
+            session.resume()
+            return {}
+        if isinstance(req, P.GetStats):
+            return {
+                "session": self.id,
+                "engine": session.stats(),
+                "transport": self.peer.stats() if self.peer is not None else None,
+            }
+        raise self._error(req, P.ErrorCode.UNKNOWN_TYPE, f"{req.TYPE} is not handled")  # pragma: no cover
+
+    async def _offer(self, req: P.Offer) -> dict[str, Any]:
+        if self.peer is not None:
+            raise self._error(
+                req, P.ErrorCode.BAD_STATE, "media already running: send hangup before a new offer"
+            )
+        if not self.session_started:
+            await self.session.start()
+            self.session_started = True
+            if self.avatar is not None:  # chosen before media started
+                self.session.set_avatar(self.avatar)
+        peer = MediaPeer(self.session, on_state=self._on_peer_state)
+        try:
+            answer = await peer.accept_offer(req.sdp)
+        except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for unusable SDP
+            await peer.close()
+            raise self._error(req, P.ErrorCode.BAD_SDP, f"cannot negotiate the offer: {exc}") from None
+        self.peer = peer
+        return {"sdp": answer, "sdp_type": "answer"}
+
+    async def _upload_style(self, req: P.UploadStyle) -> dict[str, Any]:
+        if req.name in self.session.list_styles():
+            raise self._error(req, P.ErrorCode.STYLE_EXISTS, f"a style named {req.name!r} already exists")
+        session = self.session
+        try:
+            clip = await asyncio.to_thread(_decode_clip, req.data, req.format)
+            if hasattr(session, "add_style_async"):
+                await session.add_style_async(req.name, clip)  # style encoder on the model worker
+            else:
+                session.add_style(req.name, clip)
+        except _clip_errors() as exc:
+            raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
+        bank = getattr(session, "styles", None)
+        if bank is not None and req.name in bank:
+            self.uploaded[req.name] = bank.get(req.name)
+        return {"style": req.name, "frames": int(clip.shape[0]), "styles": self.session.list_styles()}
+
+    async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:
+        try:
+            image = await asyncio.to_thread(_decode_avatar, req.data, req.format, self.server.avatar_size)
+            if self.session_started:
+                self.session.set_avatar(image)  # prepared on the model worker; failures arrive as events
+        except (*_avatar_errors(), ValueError) as exc:
+            raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
+        self.avatar = image
+        return {"width": int(image.shape[1]), "height": int(image.shape[0])}
+
+
+class PresenterServer:
+    """HTTP page + websocket control/signaling on one port; one :class:`ClientHandler` per websocket."""
+
+    def __init__(self, runtime: RuntimeLike, settings: Any = None, web_root: Path | None = None) -> None:
+        """``settings``: a :class:`ServerSettings` or ``ServerConfig``; default ``runtime.config.server``."""
+        self.runtime = runtime
+        config = getattr(runtime, "config", None)
+        if settings is None:
+            settings = config.server  # type: ignore[union-attr]
+        self.settings = (
+            settings if isinstance(settings, ServerSettings) else ServerSettings.from_config(settings)
+        )
+        self.avatar_size = int(config.renderer.size) if config is not None else 256
+        self.web_root = (web_root or DEFAULT_WEB_ROOT).resolve()
+        self.limits = P.Limits(self.settings.max_message_bytes, self.settings.max_upload_bytes)
+        self.clients: dict[str, ClientHandler] = {}
+        self._ids = itertools.count(1)
+        self._server: Server | None = None
+        self.on_client_closed: Callable[[str], None] | None = (
+            None  # test hook: called after a client is freed
+        )
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            max_size=self.limits.max_frame_bytes,
+            max_queue=4,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}/"
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self.clients)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> PresenterServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -------------------------------------------------------------------------------------------------- HTTP
+    def _token_ok(self, query: str) -> bool:
+        expected = self.settings.token
+        if not expected:
+            return True
+        given = parse_qs(query).get("token", [""])[0]
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == WS_PATH:
+            if not self._token_ok(url.query):
+                return _text(401, "unauthorized: open the page with ?token=<the server's token>")
+            origin = request.headers.get("Origin")
+            host = request.headers.get("Host")
+            if origin is not None and urlsplit(origin).netloc != host:
+                return _text(403, "forbidden: cross-origin websocket")
+            return None  # continue with the websocket handshake
+        if url.path == "/healthz":
+            body = P._dump(
+                {"ok": True, "sessions": self.active_sessions, "max_sessions": self.settings.max_sessions}
+            )
+            return _response(200, body.encode(), "application/json")
+        path = resolve_static(self.web_root, url.path)
+        if path is None:
+            return _text(404, "not found")
+        content_type = (
+            STATIC_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "text/plain"
+        )
+        return _response(
+            200,
+            path.read_bytes(),
+            content_type,
+            [("Content-Security-Policy", CONTENT_SECURITY_POLICY), ("Referrer-Policy", "no-referrer")],
+        )
+
+    # ---------------------------------------------------------------------------------------------- clients
+    async def _refuse(self, ws: ServerConnection, message: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(P.event("error", code=str(P.ErrorCode.SERVER_FULL), message=message))
+            await ws.close(1013, "server full")
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if len(self.clients) >= self.settings.max_sessions:
+            await self._refuse(ws, f"server full: {self.settings.max_sessions} sessions running; try later")
+            return
+        client_id = f"s{next(self._ids)}-{secrets.token_hex(3)}"
+        client = ClientHandler(self, ws, client_id)
+        self.clients[client_id] = client
+        log.info("client %s connected (%d active)", client_id, len(self.clients))
+        try:
+            await client.run()
+        except ConnectionClosed:
+            pass
+        except SessionRefused as exc:  # the engine has no room (its own session limit)
+            await self._refuse(ws, str(exc))
+        except Exception:  # noqa: BLE001 - a broken client must never take the server down
+            log.exception("client %s failed", client_id)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close(1011, "internal error")
+        finally:
+            try:
+                await client.close()
+            except Exception:  # noqa: BLE001
+                log.exception("client %s: error while freeing its session", client_id)
+            self.clients.pop(client_id, None)
+            log.info("client %s closed (%d active)", client_id, len(self.clients))
+            if self.on_client_closed is not None:
+                self.on_client_closed(client_id)

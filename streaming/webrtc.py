@@ -1,0 +1,260 @@
+"""aiortc glue: one peer connection per client, bridging WebRTC media to an engine ``LiveSession``.
+
+Three pieces, each a thin adapter so the engine stays transport-free:
+
+- :class:`SessionVideoTrack` pulls ``OutputVideoFrame``s (paced at 30 fps by the session's media clock)
+  and stamps them in the 90 kHz RTP clock from the frame's media-clock pts, so the receiver sees exactly the
+  engine's timeline, including frames the engine dropped when behind.
+- :class:`SessionAudioTrack` pulls the session's delayed 16 kHz input audio and re-chunks it to the 20 ms
+  48 kHz frames aiortc's Opus encoder is built around, stamped from the same media clock.
+- :func:`pump_microphone` feeds the remote microphone into ``session.push_audio`` as 16 kHz mono int16
+  (aiortc decodes Opus to 48 kHz stereo; resampling here keeps that cost out of the engine's pacing loop).
+
+:class:`MediaPeer` owns the ``RTCPeerConnection`` and the tasks of one client; ``close()`` releases all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol
+
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK_RATE = 90_000  # RTP video clock
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
+OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
+OPUS_FRAME_SAMPLES = OPUS_RATE // 50  # 20 ms
+ENGINE_RATE = 16_000
+
+
+class LiveSessionLike(Protocol):
+    """What the transport needs from ``engine.session.LiveSession`` (structural typing)."""
+
+    async def next_video_frame(self) -> Any: ...
+    async def next_audio_chunk(self) -> Any: ...
+    def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None: ...
+
+
+class _RateMeter:
+    """Frames per second over a sliding window of recent arrival times (for the stats readout)."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self._times: list[float] = []
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+        cut = now - self.window_s
+        if self._times[0] < cut:
+            self._times = [t for t in self._times if t >= cut]
+
+    def rate(self, now: float) -> float:
+        recent = [t for t in self._times if t >= now - self.window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], recent[-1] - recent[0])
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+
+class SessionVideoTrack(MediaStreamTrack):
+    """Video out: the session's frames as ``av.VideoFrame`` with pts in the 90 kHz clock."""
+
+    kind = "video"
+
+    def __init__(self, session: LiveSessionLike) -> None:
+        super().__init__()
+        self._session = session
+        self.frames_sent = 0
+        self.failure: BaseException | None = None
+        self.first_index: int | None = None  # session frame index of the first frame handed to the encoder
+        self.last_index: int | None = None
+        self.meter = _RateMeter()
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            out = await self._session.next_video_frame()
+        except Exception as exc:  # noqa: BLE001 - session closed or failed: end this track only
+            self.failure = exc
+            raise MediaStreamError from exc
+        image = np.ascontiguousarray(out.image)  # (H, W, 3) uint8 RGB
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = round(Fraction(out.pts) * VIDEO_CLOCK_RATE)
+        frame.time_base = VIDEO_TIME_BASE
+        if self.first_index is None:
+            self.first_index = int(out.index)
+        self.last_index = int(out.index)
+        self.frames_sent += 1
+        self.meter.tick(time.monotonic())
+        return frame
+
+
+class SessionAudioTrack(MediaStreamTrack):
+    """Audio out: the session's 16 kHz chunks resampled to 48 kHz and cut into exact 20 ms frames."""
+
+    kind = "audio"
+
+    def __init__(self, session: LiveSessionLike) -> None:
+        super().__init__()
+        self._session = session
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
+        self._fifo = av.AudioFifo()
+        self._next_pts: int | None = None
+        self.chunks_received = 0
+        self.frames_sent = 0
+        self.failure: BaseException | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        while self._fifo.samples < OPUS_FRAME_SAMPLES:
+            try:
+                chunk = await self._session.next_audio_chunk()
+            except Exception as exc:  # noqa: BLE001 - session closed or failed: end this track only
+                self.failure = exc
+                raise MediaStreamError from exc
+            pcm = np.ascontiguousarray(np.asarray(chunk.pcm, dtype=np.int16).reshape(1, -1))  # (1, n) s16
+            if self._next_pts is None:  # anchor the 48 kHz timeline on the media clock once
+                self._next_pts = round(Fraction(chunk.pts) * OPUS_RATE)
+            source = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            source.sample_rate = ENGINE_RATE
+            for resampled in self._resampler.resample(source):
+                resampled.pts = None  # the fifo checks pts continuity; we stamp on the way out instead
+                self._fifo.write(resampled)
+            self.chunks_received += 1
+        frame = self._fifo.read(OPUS_FRAME_SAMPLES)
+        assert frame is not None and self._next_pts is not None
+        frame.pts = self._next_pts
+        frame.time_base = Fraction(1, OPUS_RATE)
+        frame.sample_rate = OPUS_RATE
+        self._next_pts += OPUS_FRAME_SAMPLES
+        self.frames_sent += 1
+        return frame
+
+
+@dataclass
+class MicStats:
+    frames: int = 0
+    samples_16k: int = 0
+    last_error: str | None = None
+
+
+def frame_to_mono16k(resampler: av.AudioResampler, frame: av.AudioFrame) -> np.ndarray:
+    """Any decoded audio frame → int16 mono 16 kHz samples ``(n,)`` (n may be 0 while the resampler fills)."""
+    frame.pts = None  # decoder pts may jump after packet loss; the resampler only needs the samples
+    parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    return np.concatenate(parts).astype(np.int16, copy=False) if parts else np.zeros(0, np.int16)
+
+
+async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, stats: MicStats) -> None:
+    """Read the remote microphone until it ends, pushing 16 kHz mono int16 into the session."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        pcm = frame_to_mono16k(resampler, frame)
+        stats.frames += 1
+        if pcm.size == 0:
+            continue
+        try:
+            session.push_audio(pcm, ENGINE_RATE)
+            stats.samples_16k += int(pcm.size)
+        except (ValueError, RuntimeError) as exc:  # refused chunk / session closing: keep reading
+            stats.last_error = str(exc)
+
+
+class MediaPeer:
+    """The WebRTC side of one client: peer connection, outgoing tracks, microphone pump."""
+
+    def __init__(self, session: LiveSessionLike, on_state: Callable[[str], None] | None = None) -> None:
+        self.session = session
+        self.pc = RTCPeerConnection()
+        self.video = SessionVideoTrack(session)
+        self.audio = SessionAudioTrack(session)
+        self.mic = MicStats()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_state = on_state
+        self._closed = False
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            task = asyncio.get_running_loop().create_task(pump_microphone(track, self.session, self.mic))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("peer connection state %s", state)
+        if self._on_state is not None:
+            self._on_state(state)
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Negotiate: remote offer → local answer SDP (aiortc gathers all ICE candidates into it)."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        if "video" not in kinds:
+            raise ValueError("the offer has no video section: add a recvonly video transceiver")
+        self.pc.addTrack(self.video)
+        if "audio" in kinds:
+            self.pc.addTrack(self.audio)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription.sdp
+
+    async def add_ice_candidate(self, candidate: str, sdp_mid: str | None, mline_index: int | None) -> None:
+        """A trickled remote candidate (``candidate:...`` line as the browser gives it); empty = end."""
+        if not candidate:
+            return
+        text = candidate.split(":", 1)[1] if candidate.startswith("candidate:") else candidate
+        try:
+            parsed = candidate_from_sdp(text)
+        except (AssertionError, ValueError, IndexError) as exc:
+            raise ValueError(f"unreadable ICE candidate: {exc or 'too few fields'}") from None
+        parsed.sdpMid = sdp_mid
+        parsed.sdpMLineIndex = mline_index
+        await self.pc.addIceCandidate(parsed)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "connection_state": self.pc.connectionState,
+            "ice_state": self.pc.iceConnectionState,
+            "video_frames_sent": self.video.frames_sent,
+            "video_send_fps": round(self.video.meter.rate(now), 2),
+            "first_video_index": self.video.first_index,
+            "last_video_index": self.video.last_index,
+            "audio_frames_sent": self.audio.frames_sent,
+            "mic_frames_received": self.mic.frames,
+            "mic_seconds_received": round(self.mic.samples_16k / ENGINE_RATE, 3),
+            "mic_last_error": self.mic.last_error,
+        }
+
+    async def close(self) -> None:
+        """Stop tracks and tasks and close the peer connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.video.stop()
+        self.audio.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pc.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

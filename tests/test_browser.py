@@ -1,0 +1,160 @@
+"""The presenter page in real headless Chromium (Debian's /usr/bin/chromium, driven by playwright).
+
+Chromium's fake microphone plays tests/data/speech_16k.wav (looped). The test presses Start, then asserts that
+video frames arrive, that the mouth region changes while the speech plays (against the page's own frames
+before the microphone started), and that a click on a style button is acknowledged by the server - with the
+page's Content-Security-Policy in force. A screenshot is saved to a temporary directory (path printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaming.server import PresenterServer
+from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
+    MOUTH_BOX,
+    SPEECH_WAV,
+    UNTRAINED_REASON,
+    live_runtime,
+    server_settings,
+    style_clip,
+    trained_weights,
+    wait_for,
+)
+
+CHROMIUM = os.environ.get("STYLETALK_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+)
+
+
+async def wait_js(page, expression: str, timeout: float = 30.0) -> object:  # noqa: ANN001
+    """Poll a JS expression until truthy (page.evaluate, which the page's CSP permits; wait_for_function
+    would need 'unsafe-eval')."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        await asyncio.sleep(0.1)
+
+
+async def grab_mouth(page, seconds: float, box: tuple[float, float, float, float]) -> np.ndarray:  # noqa: ANN001
+    """Grey levels of the mouth box of the <video>, sampled in the page every 50 ms, ``(N, pixels)``."""
+    samples = await page.evaluate(
+        "(a) => window.styletalk.sampleRegion(a.box, a.seconds, 50)", {"box": list(box), "seconds": seconds}
+    )
+    return np.asarray(samples, np.float32)
+
+
+def test_page_streams_video_moves_the_mouth_and_switches_style(live_runtime) -> None:  # noqa: F811
+    playwright = pytest.importorskip("playwright.async_api")
+    shot_dir = Path(tempfile.mkdtemp(prefix="styletalk-browser-"))
+    profile = shot_dir / "profile"
+
+    async def main() -> tuple[np.ndarray, np.ndarray]:
+        async with PresenterServer(live_runtime, server_settings()) as server:
+            async with playwright.async_playwright() as pw:
+                browser = await pw.chromium.launch_persistent_context(
+                    str(profile),
+                    executable_path=CHROMIUM,
+                    headless=True,
+                    args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={SPEECH_WAV}"],
+                    viewport={"width": 1200, "height": 760},
+                )
+                try:
+                    page = browser.pages[0] if browser.pages else await browser.new_page()
+                    errors: list[str] = []
+                    page.on("pageerror", lambda exc: errors.append(str(exc)))
+                    await page.goto(server.url)
+                    await wait_js(page, "window.styletalk && window.styletalk.styles.length > 0")
+                    styles = await page.evaluate("window.styletalk.styles")
+
+                    await page.click("#start")
+                    await wait_js(page, "document.getElementById('avatar').videoWidth > 0", timeout=60)
+                    first = await wait_js(page, "window.styletalk.framesPresented", timeout=30)
+                    # Speech plays from the moment the mic opened; wait out the pipeline delay, then sample.
+                    await asyncio.sleep(1.0)
+                    speaking = await grab_mouth(page, 3.0, MOUTH_BOX)
+                    frames = await page.evaluate("window.styletalk.framesPresented")
+                    assert frames > first + 30, (first, frames)
+                    # Control: Pause makes the server treat the input as silence; the face only idles.
+                    await page.click("#pause")
+                    await wait_js(page, "window.styletalk.paused")
+                    await asyncio.sleep(1.0)
+                    paused = await grab_mouth(page, 2.0, MOUTH_BOX)
+                    await page.click("#pause")
+                    await wait_js(page, "!window.styletalk.paused")
+
+                    # Style switch by clicking its button: acknowledged by the server, shown on the page.
+                    if len(styles) < 2:  # only the neutral fallback is built in: add one with the upload form
+                        clip_path = shot_dir / "lively.npy"
+                        np.save(clip_path, style_clip())
+                        await page.click("details.uploads summary")
+                        await page.fill("#style-name", "lively")
+                        await page.set_input_files("#style-file", str(clip_path))
+                        await page.click("#upload-style button[type=submit]")
+                        await wait_js(page, "window.styletalk.styles.includes('lively')")
+                        styles = await page.evaluate("window.styletalk.styles")
+                    last = await wait_js(page, "window.styletalk.lastStats")
+                    target = next(s for s in styles if s != last["engine"]["style"])
+                    await page.click(f"button[data-style='{target}']")
+                    ack = await wait_js(page, "window.styletalk.acks.length > 0 && window.styletalk.acks[0]")
+                    assert ack["style"] == target and isinstance(ack["frame"], int)
+                    assert target in await page.inner_text("#ack")
+                    await wait_js(page, "window.styletalk.lastStats && window.styletalk.lastStats.transport")
+                    await asyncio.sleep(1.2)  # one more stats poll for the readout
+                    shot = shot_dir / "presenter.png"
+                    await page.screenshot(path=str(shot))
+                    print(f"screenshot: {shot}")
+                    assert await page.inner_text("#rx-fps") not in ("", "–")
+                    stats = await page.evaluate("window.styletalk.lastStats")
+                    assert stats["transport"]["mic_seconds_received"] > 1.0
+                    assert not errors, errors
+                finally:
+                    await browser.close()
+            await wait_for(lambda: server.active_sessions == 0, what="browser session freed")
+        return speaking, paused
+
+    try:
+        speaking, paused = asyncio.run(asyncio.wait_for(main(), 240))
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+    # The mouth departs from its resting look while speech plays, clearly more than while paused (when only
+    # blinks move the face). Deviation from the paused median is robust to repeated frames on a busy machine
+    # (a late frame repeats the previous image).
+    assert speaking.shape[0] > 20 and paused.shape[0] > 10, (speaking.shape, paused.shape)
+    rest = np.median(paused, axis=0)
+    talk = np.abs(speaking - rest).mean(axis=1)
+    idle = np.abs(paused - rest).mean(axis=1)
+    print(
+        f"mouth deviation from rest: speaking p90 {np.percentile(talk, 90):.2f}, paused p90 "
+        f"{np.percentile(idle, 90):.2f}"
+    )
+    if not trained_weights(live_runtime):
+        pytest.skip(UNTRAINED_REASON)
+    assert np.percentile(talk, 90) > 2.0 * np.percentile(idle, 90) + 0.5
