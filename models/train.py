@@ -1,0 +1,594 @@
+"""StyleTalk training with the paper's losses, sized for a CPU and the official sample set.
+
+Losses (each switchable; a zero weight also skips building the matching discriminator):
+
+* reconstruction - L1 of the 64 expression coefficients, lower face (13) and upper face (51) separately
+  weighted (``--w-lower``, ``--w-upper``);
+* triplet - style codes of two references of the same style closer than codes of other styles by a margin
+  (``--w-triplet``); positives/negatives come from the same batch (items are drawn in same-style pairs);
+* lip sync - a SyncNet-like discriminator of phoneme window vs mouth motion (``--w-sync``);
+* style - a style classifier of sequences; generated sequences must be classified as their reference's
+  style (``--w-style``);
+* temporal - a PatchGAN over time, real vs generated sequences (``--w-temporal``).
+
+Batches are sequences of ``seq_len`` consecutive frames (the style, sync and temporal losses judge
+sequences, not frames). Besides the supervised items, each batch holds *cross-style* items: phonemes of a
+source clip with a reference from a style clip (angry, happy, ...). They have no ground truth but teach the
+decoder, through the style / temporal / sync losses, to speak in styles for which no phonemes exist.
+
+Reproducibility: step ``s`` draws its batch from ``numpy.random.default_rng([seed, s])`` and seeds torch
+(dropout, negatives) with ``(seed, s)``, so a run resumed from a checkpoint continues exactly like an
+uninterrupted one (same thread count). The learning rate is a pure function of the step.
+
+    .venv/bin/python -m models.train --out runs/default --export models/assets/styletalk_default.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from models.clips import STYLE_CLIP_LENGTH
+from models.dataset import (
+    DEFAULT_HOLDOUT_CLIPS,
+    DEFAULT_TAIL_FRACTION,
+    Batch,
+    DataSplit,
+    EvalItem,
+    Sampler,
+    default_data_dir,
+    evaluation_items,
+    list_clips,
+    load_source_clip,
+    load_style_clips,
+    make_split,
+    pad_reference,
+)
+from models.discriminators import (
+    DiscriminatorConfig,
+    build_discriminators,
+    style_d_loss,
+    style_g_loss,
+    sync_d_loss,
+    sync_g_loss,
+    temporal_d_loss,
+    temporal_g_loss,
+)
+from models.styletalk import (
+    CHECKPOINT_KIND,
+    LOWER_FACE3D_INDICES,
+    UPPER_FACE3D_INDICES,
+    StyleTalk,
+    StyleTalkConfig,
+)
+
+TRAIN_STATE_FORMAT = "styletalk-live-train"
+LOWER = list(LOWER_FACE3D_INDICES)
+UPPER = list(UPPER_FACE3D_INDICES)
+# fields that may differ when resuming (they do not change what is computed)
+_OPERATIONAL = {"out_dir", "export", "export_style_codes", "threads", "ckpt_every", "val_every", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in its checkpoints)."""
+
+    data_dir: str = ""  # empty: $STYLETALK_SHARED/data/styletalk-samples
+    out_dir: str = "runs/styletalk"
+    export: str = ""  # fp16 checkpoint of the best model, written at the end
+    export_style_codes: str = ""  # style_codes.npz from the best model, written at the end
+    seed: int = 0
+    steps: int = 600
+    batch_size: int = 8  # supervised items per step (even)
+    cross_style: int = 4  # cross-style items per step (even; 0 = none)
+    seq_len: int = 32
+    ref_min: int = 32  # shortest random style reference
+    offset_aug: float = 0.0  # random expression offsets, in units of the spread of clip means (0 = off)
+    offset_prob: float = 0.8
+    real_batch: int = 8  # real sequences per discriminator step
+    lr: float = 5e-4
+    lr_min: float = 1e-5
+    warmup: int = 100
+    weight_decay: float = 0.01
+    d_lr: float = 2e-4
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 = no weight averaging
+    w_lower: float = 1.0
+    w_upper: float = 1.0
+    w_triplet: float = 0.1
+    triplet_margin: float = 5.0  # codes have norm ~10 (post-LayerNorm features, d=128)
+    w_sync: float = 0.05
+    w_style: float = 0.05
+    w_temporal: float = 0.02
+    # model size (the official full model: 256 / 8 / 1024 / 3 / 128)
+    d_model: int = 128
+    nhead: int = 4
+    dim_feedforward: int = 256
+    layers: int = 2
+    ph_embed_dim: int = 64
+    dynamic_k: int = 8
+    dropout: float = 0.1
+    holdout: list[str] = field(default_factory=lambda: list(DEFAULT_HOLDOUT_CLIPS))
+    tail_fraction: float = DEFAULT_TAIL_FRACTION
+    val_every: int = 50
+    ckpt_every: int = 50
+    threads: int = 1  # 1: OpenMP barriers stall on a shared, busy 2-core machine
+    progress: bool = True
+
+    def model_config(self) -> StyleTalkConfig:
+        return StyleTalkConfig(
+            d_model=self.d_model,
+            nhead=self.nhead,
+            dim_feedforward=self.dim_feedforward,
+            dropout=self.dropout,
+            num_content_layers=self.layers,
+            num_style_layers=self.layers,
+            num_decoder_layers=self.layers,
+            ph_embed_dim=self.ph_embed_dim,
+            dynamic_k=self.dynamic_k,
+        )
+
+    def discriminators(self) -> list[str]:
+        weights = {"sync": self.w_sync, "style": self.w_style, "temporal": self.w_temporal}
+        return [name for name, w in weights.items() if w > 0]
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def reconstruction_loss(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean L1 of the lower-face (13) and upper-face (51) coefficients; ``(B, L, 64)`` inputs."""
+    err = (pred - target).abs()
+    return err[..., LOWER].mean(), err[..., UPPER].mean()
+
+
+def triplet_loss(codes: Tensor, labels: Tensor, margin: float) -> Tensor:
+    """Hinge ``d(a, p) - d(a, n) + margin`` averaged over every valid (anchor, positive, negative) triple
+    of the batch; ``codes (N, C)``, ``labels (N,)``. Zero when no triple exists."""
+    sq = (codes.unsqueeze(1) - codes.unsqueeze(0)).pow(2).sum(-1)
+    dist = sq.clamp_min(1e-12).sqrt()  # (N, N); clamped: sqrt has no gradient at 0
+    same = labels.unsqueeze(1) == labels.unsqueeze(0)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=codes.device)
+    pos, neg = same & ~eye, ~same
+    valid = pos.unsqueeze(2) & neg.unsqueeze(1)  # (anchor, positive, negative)
+    if not bool(valid.any()):
+        return codes.sum() * 0.0
+    hinge = (dist.unsqueeze(2) - dist.unsqueeze(1) + margin).clamp_min(0.0)
+    return hinge[valid].mean()
+
+
+# --------------------------------------------------------------------------------------------- inference
+@torch.no_grad()
+def predict(model: StyleTalk, windows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Expression ``(N, 64)`` for phoneme windows ``(N, 11)`` in the style of ``reference (T, 64)``."""
+    clip, mask = pad_reference(reference)
+    style = model.encode_style(torch.from_numpy(clip)[None], torch.from_numpy(mask)[None])
+    content = model.encode_content(torch.from_numpy(np.ascontiguousarray(windows, np.int64))[None])
+    return model.decode(content, style)[0].numpy()
+
+
+@torch.no_grad()
+def clip_style_code(model: StyleTalk, exp: np.ndarray, min_frames: int = 64) -> np.ndarray:
+    """Style code of a whole clip: the mean of the codes of its consecutive 256-frame windows (a last
+    partial window counts if it has ``min_frames``), so long clips use all their frames."""
+    starts = list(range(0, max(1, len(exp)), STYLE_CLIP_LENGTH))
+    windows = [exp[s : s + STYLE_CLIP_LENGTH] for s in starts]
+    windows = [w for i, w in enumerate(windows) if i == 0 or len(w) >= min_frames]
+    codes = []
+    for w in windows:
+        clip, mask = pad_reference(w)
+        codes.append(model.encode_style(torch.from_numpy(clip)[None], torch.from_numpy(mask)[None])[0])
+    return torch.stack(codes).mean(0).numpy().astype(np.float32)
+
+
+def evaluate(model: StyleTalk, items: Sequence[EvalItem]) -> dict[str, float]:
+    """Mouth (13 lower-face) and full L1 per item kind, frame-weighted; the model is used as given."""
+    out: dict[str, float] = {}
+    for kind in sorted({it.kind for it in items}):
+        errs = [
+            np.abs(predict(model, it.windows, it.reference) - it.target) for it in items if it.kind == kind
+        ]
+        err = np.concatenate(errs)
+        out[f"{kind}_mouth_l1"] = float(err[:, LOWER].mean())
+        out[f"{kind}_l1"] = float(err.mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Trainer:
+    """Holds the networks, optimisers and data of one run; ``train()`` advances it, ``save``/``load``
+    make it resumable."""
+
+    def __init__(self, cfg: TrainConfig, split: DataSplit | None = None) -> None:
+        if cfg.batch_size < 2 or cfg.batch_size % 2 or cfg.cross_style % 2:
+            raise ValueError("batch_size (>= 2) and cross_style must be even")
+        self.cfg = cfg
+        self.split = split or make_split(cfg.data_dir or None, cfg.holdout, cfg.tail_fraction)
+        self.sampler = Sampler(self.split, cfg.seq_len, cfg.ref_min, cfg.offset_aug, cfg.offset_prob)
+        self.val_items = evaluation_items(self.split)
+        torch.manual_seed(cfg.seed)
+        self.model = StyleTalk(cfg.model_config())
+        self.ema_model = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
+        if self.ema_model is not None:
+            self.ema_model.requires_grad_(False)
+        self.disc_cfg = DiscriminatorConfig(num_styles=len(self.split.styles))
+        self.discs = build_discriminators(self.disc_cfg, cfg.discriminators())
+        self.opt_g = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+        )
+        self.opt_d = (
+            torch.optim.Adam(self.discs.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+            if len(self.discs)
+            else None
+        )
+        self.step = 0
+        self.best = math.inf
+        self.best_step = -1
+        self.history: list[dict[str, float]] = []
+        self.out_dir = Path(cfg.out_dir)
+
+    # ---- schedule
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up then cosine decay to ``lr_min`` at ``steps``."""
+        c = self.cfg
+        if step < c.warmup:
+            return c.lr * (step + 1) / c.warmup
+        t = min(1.0, (step - c.warmup) / max(1, c.steps - c.warmup))
+        return c.lr_min + 0.5 * (c.lr - c.lr_min) * (1.0 + math.cos(math.pi * t))
+
+    @property
+    def eval_model(self) -> StyleTalk:
+        return self.ema_model if self.ema_model is not None else self.model
+
+    # ---- one step
+    def train_step(self, batch: Batch | None = None) -> dict[str, float]:
+        """One discriminator + generator update on the step's batch (or on ``batch`` if given)."""
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, self.step])
+        torch.manual_seed(c.seed * 1_000_003 + self.step)
+        for group in self.opt_g.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        if batch is None:
+            batch = self.sampler.batch(c.batch_size, rng, c.cross_style)
+        has = batch.has_target
+        self.model.train()
+        # drop the padding columns no reference uses: same codes, up to ~2x less style-encoder work
+        used = int((~batch.reference_mask).sum(1).max())
+        style = self.model.encode_style(batch.reference[:, :used], batch.reference_mask[:, :used])  # (B, C)
+        pred = self.model.decode(self.model.encode_content(batch.windows), style)  # (B, L, 64)
+        logs: dict[str, float] = {}
+
+        # discriminators: real data vs the (detached) current generation
+        if self.opt_d is not None:
+            self.discs.train().requires_grad_(True)
+            d_loss = pred.new_zeros(())
+            if "sync" in self.discs:
+                loss = sync_d_loss(self.discs["sync"], batch.windows[has], batch.target[has][..., LOWER])
+                logs["d_sync"] = float(loss.detach())
+                d_loss = d_loss + loss
+            if "style" in self.discs or "temporal" in self.discs:
+                real = self.sampler.real_sequences(c.real_batch, rng)
+                if "style" in self.discs:
+                    loss = style_d_loss(self.discs["style"], real.seq, real.style_id)
+                    logs["d_style"] = float(loss.detach())
+                    d_loss = d_loss + loss
+                if "temporal" in self.discs:
+                    loss = temporal_d_loss(self.discs["temporal"], real.seq, pred.detach())
+                    logs["d_temporal"] = float(loss.detach())
+                    d_loss = d_loss + loss
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            self.discs.requires_grad_(False)  # generator step: no discriminator gradients needed
+
+        lower, upper = reconstruction_loss(pred[has], batch.target[has])
+        g_loss = c.w_lower * lower + c.w_upper * upper
+        logs["rec_lower"], logs["rec_upper"] = float(lower.detach()), float(upper.detach())
+        if c.w_triplet > 0:
+            loss = triplet_loss(style, batch.style_id, c.triplet_margin)
+            logs["triplet"] = float(loss.detach())
+            g_loss = g_loss + c.w_triplet * loss
+        if "sync" in self.discs:
+            loss = sync_g_loss(self.discs["sync"], batch.windows, pred[..., LOWER])
+            logs["g_sync"] = float(loss.detach())
+            g_loss = g_loss + c.w_sync * loss
+        if "style" in self.discs:
+            loss = style_g_loss(self.discs["style"], pred, batch.style_id)
+            logs["g_style"] = float(loss.detach())
+            g_loss = g_loss + c.w_style * loss
+        if "temporal" in self.discs:
+            loss = temporal_g_loss(self.discs["temporal"], pred)
+            logs["g_temporal"] = float(loss.detach())
+            g_loss = g_loss + c.w_temporal * loss
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        if c.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.opt_g.step()
+        self._update_ema()
+        logs["loss"] = float(g_loss.detach())
+        self.step += 1
+        return logs
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_model is None:
+            return
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))  # short memory early in training
+        for p_ema, p in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+            p_ema.lerp_(p, 1.0 - decay)
+
+    # ---- validation / checkpoints
+    def validate(self) -> dict[str, float]:
+        model = self.eval_model.eval()
+        metrics = evaluate(model, self.val_items)
+        metrics["step"] = float(self.step)
+        self.history.append(metrics)
+        score = metrics.get("tail_mouth_l1", metrics.get("clip_mouth_l1", math.inf))
+        if score < self.best:  # model selection on the clip tails only; held-out clips stay a clean test
+            self.best, self.best_step = score, self.step
+            self.save_model(self.out_dir / "best.pt", half=False)
+        return metrics
+
+    def save_model(
+        self, path: str | os.PathLike[str], half: bool, extra: dict[str, Any] | None = None
+    ) -> None:
+        info = {"train_config": asdict(self.cfg), "step": self.step, "styles": list(self.split.styles)}
+        info.update(extra or {})
+        save_checkpoint(
+            path,
+            CHECKPOINT_KIND,
+            self.eval_model.cfg.to_dict(),
+            self.eval_model.state_dict(),
+            half=half,
+            extra=info,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": TRAIN_STATE_FORMAT,
+            "config": asdict(self.cfg),
+            "step": self.step,
+            "best": self.best,
+            "best_step": self.best_step,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "ema": self.ema_model.state_dict() if self.ema_model is not None else {},
+            "discs": self.discs.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else {},
+        }
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        target = Path(path) if path is not None else self.out_dir / "train_state.pt"
+        _atomic_torch_save(self.state_dict(), target)
+        return target
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Restore a state written by :meth:`save`; the run's configuration must match (except fields that
+        do not affect the computation, e.g. output paths and thread count)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+            raise CheckpointError(f"{path} is not a {TRAIN_STATE_FORMAT} state")
+        mine, theirs = asdict(self.cfg), state["config"]
+        diff = sorted(k for k in mine if k not in _OPERATIONAL and mine[k] != theirs.get(k))
+        if diff:
+            raise ValueError(f"cannot resume {path}: configuration differs in {diff}")
+        self.model.load_state_dict(state["model"])
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(state["ema"])
+        self.discs.load_state_dict(state["discs"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        if self.opt_d is not None:
+            self.opt_d.load_state_dict(state["opt_d"])
+        self.step = int(state["step"])
+        self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self.history = list(state["history"])
+
+    # ---- loop
+    def train(self, num_steps: int | None = None) -> None:
+        """Advance to ``step + num_steps`` (default: to ``cfg.steps``), validating and checkpointing."""
+        c = self.cfg
+        end = c.steps if num_steps is None else min(c.steps, self.step + num_steps)
+        bar = tqdm(
+            total=c.steps, initial=self.step, disable=not c.progress, dynamic_ncols=True, mininterval=5
+        )
+        log_path = self.out_dir / "log.jsonl"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        while self.step < end:
+            logs = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", lower=f"{logs['rec_lower']:.3f}", refresh=False)
+            record: dict[str, Any] = {"step": self.step, "time": round(time.perf_counter() - t0, 2), **logs}
+            if self.step % c.val_every == 0 or self.step == c.steps:
+                metrics = self.validate()
+                record.update({f"val_{k}": v for k, v in metrics.items() if k != "step"})
+                bar.write(
+                    f"step {self.step}: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "step")
+                    + f" (best {self.best:.4f} @ {self.best_step})"
+                )
+            if self.step % 10 == 0 or "val_tail_mouth_l1" in record:
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            if self.step % c.ckpt_every == 0 or self.step == end:
+                self.save()
+        bar.close()
+
+
+# -------------------------------------------------------------------------------------------- style codes
+STYLE_NAMES: dict[str, str] = {
+    # style label (from clip names) -> readable name; the label with more data gets the plain name
+    "angryice": "angry",
+    "crooked": "crooked",
+    "furious_talk2": "furious",
+    "furious_talk1": "furious_2",
+    "happyenglish": "happy",
+    "vscodehappy": "happy_2",
+    "nice": "nice",
+    "sad_emotion": "sad",
+    "sadfather": "sad_father",
+    "sadgirl": "sad_girl",
+    "spata": "spata",
+    "surprisegirl": "surprised",
+    "trump": "trump",
+    "Obama": "obama",
+    "andrew": "andrew",
+    "feifeili": "feifeili",
+    "KristiNoem": "kristinoem",
+}
+
+
+def style_codes(model: StyleTalk, data_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+    """One code per style: the mean of its clips' codes (:func:`clip_style_code`), under a readable name,
+    plus ``neutral`` = the mean of all source clips' codes (neutral read speech of four speakers; the
+    mean cancels each speaker's habits while staying between real codes)."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    model = model.eval()
+    per_style: dict[str, list[np.ndarray]] = {}
+    source_codes = []
+    for name in list_clips(root, "source"):
+        clip = load_source_clip(root, name)
+        code = clip_style_code(model, clip.exp)
+        source_codes.append(code)
+        per_style.setdefault(clip.style, []).append(code)
+    for sc in load_style_clips(root):
+        per_style.setdefault(sc.style, []).append(clip_style_code(model, sc.exp))
+    codes = {"neutral": np.mean(source_codes, axis=0).astype(np.float32)}
+    for label in sorted(per_style):
+        codes[STYLE_NAMES.get(label, label.lower())] = np.mean(per_style[label], axis=0).astype(np.float32)
+    return codes
+
+
+def save_style_codes(path: str | os.PathLike[str], codes: dict[str, np.ndarray]) -> None:
+    """``np.savez`` of name -> float32 code plus ``names`` (loadable with ``allow_pickle=False``)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, names=np.array(list(codes)), **{k: v.astype(np.float32) for k, v in codes.items()})
+
+
+def load_style_codes(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {str(n): z[str(n)] for n in z["names"]}
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m models.train",
+        description="Train StyleTalk on the official sample clips (all paper losses, CPU-sized model).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = TrainConfig()
+    flag_names = {"out_dir": "--out", "data_dir": "--data"}
+    for f in fields(TrainConfig):
+        if f.name == "progress":
+            continue
+        flag = flag_names.get(f.name, "--" + f.name.replace("_", "-"))
+        value = getattr(defaults, f.name)
+        if isinstance(value, list):
+            p.add_argument(
+                flag, dest=f.name, nargs="*", default=value, help="source clips kept out of training"
+            )
+        else:
+            p.add_argument(flag, dest=f.name, type=type(value), default=value)
+    for name in ("triplet", "sync", "style", "temporal", "upper"):
+        p.add_argument(f"--no-{name}", action="store_true", help=f"disable the {name} loss (weight 0)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "progress"}
+    for name in ("triplet", "sync", "style", "temporal", "upper"):
+        if getattr(args, f"no_{name}"):
+            values[f"w_{name}"] = 0.0
+    values["progress"] = not args.no_progress
+    return TrainConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m models.train`` and ``styletalk-live train``; returns an exit status."""
+    args = _parser().parse_args(argv)
+    cfg = config_from_args(args)
+    torch.set_num_threads(max(1, cfg.threads))
+    trainer = Trainer(cfg)
+    state = Path(cfg.out_dir) / "train_state.pt"
+    if args.resume and state.is_file():
+        try:
+            trainer.load(state)
+        except (ValueError, CheckpointError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"resumed from {state} at step {trainer.step}", file=sys.stderr)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(
+        f"model {n_params:,} parameters; discriminators {trainer.cfg.discriminators()}; "
+        f"{sum(len(s) for s in trainer.split.train_sources)} supervised training frames",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - t0
+    best_path = Path(cfg.out_dir) / "best.pt"
+    if not best_path.is_file():  # e.g. steps < val_every
+        trainer.validate()
+    best = StyleTalk.from_checkpoint(best_path)
+    ckpt = load_checkpoint(best_path)
+    summary = {
+        "best_step": trainer.best_step,
+        "best_tail_mouth_l1": trainer.best,
+        "final_step": trainer.step,
+        "train_seconds_this_session": round(elapsed, 1),
+        "parameters": n_params,
+    }
+    best_metrics = next((h for h in trainer.history if int(h["step"]) == trainer.best_step), {})
+    summary.update({f"val_{k}": v for k, v in best_metrics.items() if k != "step"})
+    if cfg.export:
+        save_checkpoint(
+            cfg.export,
+            CHECKPOINT_KIND,
+            ckpt.config,
+            ckpt.state_dict,
+            half=True,
+            extra={**ckpt.extra, "summary": summary},
+        )
+        print(f"wrote {cfg.export} ({Path(cfg.export).stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    if cfg.export_style_codes:
+        save_style_codes(cfg.export_style_codes, style_codes(best, cfg.data_dir or None))
+        print(f"wrote {cfg.export_style_codes}", file=sys.stderr)
+    with open(Path(cfg.out_dir) / "summary.json", "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
