@@ -121,6 +121,10 @@ def save_checkpoint(
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        # mkstemp creates 0600; a checkpoint is a shareable artifact: give it the usual umask-based mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
