@@ -155,9 +155,11 @@ class Recording:
     audio: list[np.ndarray] = field(default_factory=list)  # received int16 mono 48 kHz chunks
     audio_arrivals: list[float] = field(default_factory=list)
     max_frames: int = 10_000
+    frames_total: int = 0  # every frame ever received (``frames`` keeps only the newest ``max_frames``)
 
     def add_frame(self, frame: ReceivedFrame) -> None:
         self.frames.append(frame)
+        self.frames_total += 1
         if len(self.frames) > self.max_frames:
             del self.frames[: len(self.frames) - self.max_frames]
 

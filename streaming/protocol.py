@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     NO_MEDIA = "no_media"  # request needs a running WebRTC connection (send "offer" first)
     BAD_SDP = "bad_sdp"  # the offer could not be negotiated
     SERVER_FULL = "server_full"  # max sessions reached (sent as an event, then the socket closes)
+    RATE_LIMITED = "rate_limited"  # too many messages on this connection; slow down (the session keeps running)
     INTERNAL = "internal"  # unexpected server failure; the session stays usable
 
 
@@ -92,6 +93,52 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+class RateLimiter:
+    """Token bucket per connection: ``burst`` messages at once, ``rate`` per second sustained.
+
+    Sans-I/O (the caller passes the time) so it is tested without sleeping. A flood of control messages
+    then costs the server one cheap check per message instead of a dispatch (style switches, stats, uploads)
+    each, and the flooding client gets ``rate_limited`` replies while its session keeps running.
+    """
+
+    def __init__(self, rate: float = 20.0, burst: int = 40) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate}, {burst}")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._last: float | None = None
+        self.refused = 0
+
+    def allow(self, now: float) -> bool:
+        """Take one token at time ``now`` (seconds, monotonic); False when the bucket is empty."""
+        if self._last is not None and now > self._last:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now if self._last is None else max(self._last, now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.refused += 1
+        return False
+
+
+# Error texts go to remote clients: they must name the problem, never the server's internals.
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.\-+~@%]+){2,}/?|/(?:tmp|home|root|usr|etc|var|work|proc)\b[^\s:'\",)]*")
+_EXC_NAME_RE = re.compile(r"\b(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Warning)\b:?\s?")
+MAX_MESSAGE_CHARS = 300
+
+
+def public_message(text: str) -> str:
+    """``text`` made safe for a remote client: no file paths, no exception class names, no tracebacks."""
+    text = str(text).split("Traceback (most recent call last)", 1)[0]
+    text = _PATH_RE.sub("<file>", text)
+    text = _EXC_NAME_RE.sub("", text)
+    text = " ".join(text.split()).strip(" :")
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text or "request failed"
 
 # --- requests ---
 
@@ -534,7 +581,7 @@ def error_reply(
             "type": "error",
             "request": request_type,
             "code": str(ErrorCode(code)),
-            "message": message,
+            "message": public_message(message),
         }
     )
 

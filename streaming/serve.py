@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"require ?token=... on the page URL (default: ${TOKEN_ENV} if set; prefer the variable, "
         "command lines are visible to other users)",
     )
+    net.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding a non-loopback address WITHOUT a token (anyone who can reach the port can use "
+        "the engine); without this flag serve refuses to start that way",
+    )
     net.add_argument("--max-sessions", type=int, default=None, help="concurrent clients (default 4)")
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
     add_config_arguments(parser)
@@ -50,6 +56,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
+    """Why serving ``host`` this way is refused (None = allowed).
+
+    Loopback is always allowed; any other address (a LAN, ``0.0.0.0``) needs a token, or an explicit
+    ``--insecure`` so that exposing the engine to the network is never an accident.
+    """
+    if _is_loopback(host) or token or insecure:
+        return None
+    return (
+        f"refusing to bind {host} without a token: set ${TOKEN_ENV} (or --token), or pass --insecure to "
+        "let anyone who can reach this port use the engine"
+    )
 
 
 async def serve_until_stopped(runtime: object, server_config: object, web_root: Path | None = None) -> None:
@@ -91,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"styletalk-live serve: {exc}", file=sys.stderr)
         return 2
+    refusal = check_exposure(config.server.host, config.server.token, args.insecure)
+    if refusal is not None:
+        print(f"styletalk-live serve: {refusal}", file=sys.stderr)
+        return 2
     if not _is_loopback(config.server.host) and not config.server.token:
         log.warning(
-            "binding %s without a token: anyone who can reach this port can use the engine "
-            "(set %s or --token)",
+            "binding %s without a token (--insecure): anyone who can reach this port can use the engine",
             config.server.host,
-            TOKEN_ENV,
         )
     from engine.runtime import EngineRuntime
 

@@ -76,10 +76,19 @@ class ServerSettings:
     max_sessions: int = 4
     max_upload_bytes: int = 8 << 20
     max_message_bytes: int = 64 << 10
+    # per-connection flood control (token bucket): a UI sends a few messages per second; 20/s sustained
+    # with bursts of 40 leaves ample room for it and for scripted clients
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 40
+    # a client that stops reading its websocket is disconnected after this long instead of pinning its
+    # session (and everything queued for it) forever
+    send_timeout_s: float = 10.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
-        return cls(**{name: getattr(cfg, name) for name in cls.__dataclass_fields__})
+        """Fields missing from ``cfg`` (e.g. the engine's ``ServerConfig``) keep their defaults."""
+        fields = {name: getattr(cfg, name) for name in cls.__dataclass_fields__ if hasattr(cfg, name)}
+        return cls(**fields)
 
 
 def _response(
@@ -187,6 +196,7 @@ class ClientHandler:
         self._aux_tasks: set[asyncio.Task[Any]] = set()
         self.requests = 0
         self.errors = 0
+        self.limiter = P.RateLimiter(server.settings.rate_limit_per_s, server.settings.rate_limit_burst)
 
     # -------------------------------------------------------------------------------------------- life cycle
     async def _new_session(self) -> None:
@@ -250,15 +260,35 @@ class ClientHandler:
         await self._close_media()
 
     async def send(self, text: str) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(text)
+        """Send one message; a client that does not read for ``send_timeout_s`` is disconnected.
+
+        The websocket's write buffer is bounded, so a stalled reader makes ``send`` wait; without a timeout
+        that client's handler (and its session) would hang forever. Aborting the transport ends the client's
+        ``run`` loop, and the usual clean-up frees the session.
+        """
+        try:
+            await asyncio.wait_for(self.ws.send(text), self.server.settings.send_timeout_s)
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            log.warning("client %s: not reading its websocket; disconnecting", self.id)
+            self.server.stalled_disconnects += 1
+            transport = getattr(self.ws, "transport", None)
+            if transport is not None:
+                transport.abort()
+            raise ConnectionClosed(None, None) from None
 
     async def _forward_events(self, events: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
             item = await events.get()
             kind = item.get("type") if isinstance(item, dict) else None
             name = kind if kind in ("error", "warning", "info") else "info"
-            await self.send(P.event(name, source="engine", data=item))
+            if isinstance(item, dict) and isinstance(item.get("message"), str):
+                item = {**item, "message": P.public_message(item["message"])}  # no internals to clients
+            try:
+                await self.send(P.event(name, source="engine", data=item))
+            except ConnectionClosed:
+                return
 
     def _on_peer_state(self, state: str) -> None:
         if state in ("failed", "closed") and self.peer is not None:
@@ -279,6 +309,25 @@ class ClientHandler:
         """Parse, dispatch and answer one message; nothing a client sends ends its session."""
         self.requests += 1
         request: P.Request | None = None
+        if not self.limiter.allow(time.monotonic()):
+            self.errors += 1
+            rid: str | int | None = None
+            rtype: str | None = None
+            try:
+                parsed = P.parse_message(raw, self.server.limits)
+                rid, rtype = parsed.id, parsed.TYPE
+            except P.ProtocolError as exc:
+                rid, rtype = exc.request_id, exc.request_type
+            await self.send(
+                P.error_reply(
+                    P.ErrorCode.RATE_LIMITED,
+                    f"too many messages: at most {self.limiter.rate:g} per second (bursts of "
+                    f"{self.limiter.burst:g}); this request was not executed",
+                    rid,
+                    rtype,
+                )
+            )
+            return
         try:
             request = P.parse_message(raw, self.server.limits)
             result = await self.dispatch(request)
@@ -297,7 +346,11 @@ class ClientHandler:
             log.exception("client %s: request failed", self.id)
             rid = request.id if request is not None else None
             rtype = request.TYPE if request is not None else None
-            await self.send(P.error_reply(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", rid, rtype))
+            # the details are in the server log; the client gets no exception text (paths, internals)
+            del exc
+            await self.send(
+                P.error_reply(P.ErrorCode.INTERNAL, "internal server error (logged on the server)", rid, rtype)
+            )
 
     def _intensity(self) -> float | None:
         if self.intensity is not None:
@@ -378,7 +431,10 @@ class ClientHandler:
             answer = await peer.accept_offer(req.sdp)
         except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for unusable SDP
             await peer.close()
-            raise self._error(req, P.ErrorCode.BAD_SDP, f"cannot negotiate the offer: {exc}") from None
+            log.info("client %s: offer refused: %r", self.id, exc)
+            # our own ValueErrors explain the problem; aiortc's internal errors (assertions) say nothing useful
+            detail = f": {exc}" if isinstance(exc, ValueError) and str(exc) else ""
+            raise self._error(req, P.ErrorCode.BAD_SDP, f"cannot negotiate the offer{detail}") from None
         self.peer = peer
         return {"sdp": answer, "sdp_type": "answer"}
 
@@ -427,6 +483,7 @@ class PresenterServer:
         self.limits = P.Limits(self.settings.max_message_bytes, self.settings.max_upload_bytes)
         self.clients: dict[str, ClientHandler] = {}
         self._ids = itertools.count(1)
+        self.stalled_disconnects = 0  # clients dropped because they stopped reading (send timeout)
         self._server: Server | None = None
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed

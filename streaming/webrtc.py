@@ -166,15 +166,27 @@ async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, sta
             frame = await track.recv()
         except MediaStreamError:
             return
-        pcm = frame_to_mono16k(resampler, frame)
         stats.frames += 1
+        try:
+            pcm = frame_to_mono16k(resampler, frame)
+        except ValueError:
+            # the peer changed rate/layout mid-stream (a resampler is fixed to its first frame's format):
+            # start a new one rather than ending the microphone
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
+            try:
+                pcm = frame_to_mono16k(resampler, frame)
+            except ValueError as exc:
+                stats.last_error = f"undecodable audio frame: {exc}"
+                continue
         if pcm.size == 0:
             continue
         try:
             session.push_audio(pcm, ENGINE_RATE)
             stats.samples_16k += int(pcm.size)
-        except (ValueError, RuntimeError) as exc:  # refused chunk / session closing: keep reading
+        except Exception as exc:  # noqa: BLE001 - a refused chunk / closing session never ends the mic pump
             stats.last_error = str(exc)
+            if not isinstance(exc, ValueError | RuntimeError):
+                log.warning("microphone chunk refused by the session", exc_info=True)
 
 
 class MediaPeer:
