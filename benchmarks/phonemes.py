@@ -1,0 +1,205 @@
+"""Phoneme recognizers against the reference labels of the shared samples: accuracy, lag, CPU.
+
+For every backend and every ``source/wav/*.wav`` of the shared samples (16 kHz; compared with
+``source/phoneme/*_seq.json``, one phoneme id per 30 fps frame):
+
+- **frame accuracy**: recognized phoneme == reference phoneme, over all reference frames;
+- **viseme accuracy**: same after mapping both to the 13 lip-shape groups of
+  :mod:`engine.recognizer.visemes` (``viseme15``: the 15-class layout of ``models.phonemes``);
+- **lag** of every label, streaming in ``--chunk-ms`` chunks: *audio* lag = audio fed when the label was
+  returned minus the end of its frame; *wall* lag = audio lag + the CPU time of the ``feed`` call that
+  returned it (what a real-time session would see on an otherwise idle core). Median and p90;
+- **CPU** seconds per audio second (streaming run, process time);
+- the same labels from one whole-file ``feed`` + ``flush`` ("whole"), and the streaming/whole agreement.
+
+The shared samples are also where the defaults were chosen (three knobs of the allphone recognizer; see
+``engine/recognizer/allphone.py``), so these numbers are not an independent test set.
+
+    .venv/bin/python -m benchmarks.phonemes [--backends allphone,allphone-viterbi,words] [--clips N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.recognizer import make_recognizer
+from engine.recognizer.visemes import PHONEME_TO_VISEME
+from models.dataset import default_data_dir
+from models.phonemes import PHONEME_TO_VISEME as VISEME15
+from models.phonemes import SIL
+
+OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "phonemes.json"
+DEFAULT_BACKENDS = ("allphone", "allphone-viterbi", "words", "labels")
+RATE, FPS = 16000, 30
+
+
+def load_clip(data: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    with wave.open(str(data / "source" / "wav" / f"{name}.wav")) as w:
+        if w.getframerate() != RATE or w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise SystemExit(f"{name}.wav: expected 16 kHz mono 16-bit")
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+    ref = np.asarray(json.loads((data / "source" / "phoneme" / f"{name}_seq.json").read_text()), dtype=np.int64)
+    return pcm, ref
+
+
+def _labels(events: list[Any], n: int) -> np.ndarray:
+    out = np.full(n, SIL, dtype=np.int64)
+    for ev in events:
+        if ev.frame < n:
+            out[ev.frame] = ev.phoneme
+    return out
+
+
+def run_stream(backend: str, options: dict[str, Any], pcm: np.ndarray, chunk: int) -> dict[str, Any]:
+    rec = make_recognizer(backend, **options)
+    events: list[Any] = []
+    audio_lag: list[float] = []
+    wall_lag: list[float] = []
+    cpu = 0.0
+    fed = 0
+    for start in range(0, pcm.size, chunk):
+        part = pcm[start : start + chunk]
+        t0 = time.process_time()
+        evs = rec.feed(part)
+        dt = time.process_time() - t0
+        cpu += dt
+        fed += part.size
+        for ev in evs:
+            lag = fed / RATE - (ev.frame + 1) / FPS
+            audio_lag.append(lag)
+            wall_lag.append(lag + dt)
+        events.extend(evs)
+    t0 = time.process_time()
+    events.extend(rec.flush())
+    cpu += time.process_time() - t0
+    return {"events": events, "audio_lag": audio_lag, "wall_lag": wall_lag, "cpu": cpu, "declared_lag": rec.lag}
+
+
+def run_whole(backend: str, options: dict[str, Any], pcm: np.ndarray) -> list[Any]:
+    rec = make_recognizer(backend, **options)
+    return rec.feed(pcm) + rec.flush()
+
+
+def scores(hyp: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    return {
+        "frame_acc": float(np.mean(hyp == ref)),
+        "viseme_acc": float(np.mean(PHONEME_TO_VISEME[hyp] == PHONEME_TO_VISEME[ref])),
+        "viseme15_acc": float(np.mean(np.asarray(VISEME15)[hyp] == np.asarray(VISEME15)[ref])),
+    }
+
+
+def _pct(x: list[float], q: float) -> float | None:
+    return float(np.percentile(x, q)) if x else None
+
+
+def bench_backend(backend: str, options: dict[str, Any], clips: list[str], data: Path, chunk_ms: int) -> dict:
+    chunk = RATE * chunk_ms // 1000
+    refs, hyp_s, hyp_w, per_clip = [], [], [], {}
+    audio_lag: list[float] = []
+    wall_lag: list[float] = []
+    cpu = seconds = 0.0
+    declared = None
+    for name in clips:
+        pcm, ref = load_clip(data, name)
+        if backend == "labels":
+            options = {**options, "labels": str(data / "source" / "phoneme" / f"{name}_seq.json")}
+        s = run_stream(backend, options, pcm, chunk)
+        w = run_whole(backend, options, pcm)
+        hs, hw = _labels(s["events"], ref.size), _labels(w, ref.size)
+        refs.append(ref)
+        hyp_s.append(hs)
+        hyp_w.append(hw)
+        audio_lag += s["audio_lag"]
+        wall_lag += s["wall_lag"]
+        cpu += s["cpu"]
+        seconds += pcm.size / RATE
+        declared = s["declared_lag"]
+        per_clip[name] = {"stream": scores(hs, ref), "whole": scores(hw, ref), "frames": int(ref.size)}
+        print(f"  {backend:17s} {name:22s} stream {per_clip[name]['stream']['frame_acc']:.3f}"
+              f"  whole {per_clip[name]['whole']['frame_acc']:.3f}", flush=True)
+    r, s_, w_ = np.concatenate(refs), np.concatenate(hyp_s), np.concatenate(hyp_w)
+    return {
+        "options": {k: v for k, v in options.items() if k != "labels"},
+        "stream": scores(s_, r),
+        "whole": scores(w_, r),
+        "stream_whole_agreement": float(np.mean(s_ == w_)),
+        "lag_audio_ms": {"p50": 1000 * _pct(audio_lag, 50), "p90": 1000 * _pct(audio_lag, 90),
+                         "max": 1000 * max(audio_lag)} if audio_lag else None,
+        "lag_wall_ms": {"p50": 1000 * _pct(wall_lag, 50), "p90": 1000 * _pct(wall_lag, 90)} if wall_lag else None,
+        "declared_lag_ms": None if declared is None else 1000 * declared,
+        "cpu_per_audio_s": cpu / seconds,
+        "frames": int(r.size),
+        "clips": per_clip,
+    }
+
+
+def print_table(results: dict[str, dict]) -> None:
+    head = (f"{'backend':18s} {'frame%':>7s} {'vis13%':>7s} {'vis15%':>7s} {'whole%':>7s} {'agree%':>7s} "
+            f"{'lag p50':>8s} {'lag p90':>8s} {'wall p90':>8s} {'cpu s/s':>8s}")
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        la, lw = r["lag_audio_ms"] or {}, r["lag_wall_ms"] or {}
+        print(f"{name:18s} {100 * r['stream']['frame_acc']:7.1f} {100 * r['stream']['viseme_acc']:7.1f} "
+              f"{100 * r['stream']['viseme15_acc']:7.1f} {100 * r['whole']['frame_acc']:7.1f} "
+              f"{100 * r['stream_whole_agreement']:7.1f} {la.get('p50', float('nan')):6.0f}ms "
+              f"{la.get('p90', float('nan')):6.0f}ms {lw.get('p90', float('nan')):6.0f}ms "
+              f"{r['cpu_per_audio_s']:8.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                    help="comma-separated backend names (see engine.recognizer.factory)")
+    ap.add_argument("--clips", type=int, default=0, help="use only the first N clips (0 = all)")
+    ap.add_argument("--chunk-ms", type=int, default=20)
+    ap.add_argument("--data", type=Path, default=None, help="styletalk-samples directory")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--set", action="append", default=[], metavar="BACKEND.KEY=VALUE",
+                    help="backend option, e.g. allphone.lookahead_ms=150 (repeatable)")
+    args = ap.parse_args(argv)
+    data = args.data or default_data_dir()
+    clips = sorted(p.stem for p in (data / "source" / "wav").glob("*.wav"))
+    if args.clips:
+        clips = clips[: args.clips]
+    if not clips:
+        raise SystemExit(f"no clips under {data / 'source' / 'wav'}")
+    options: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        backend, _, opt = key.partition(".")
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        options.setdefault(backend, {})[opt] = parsed
+    results = {}
+    for spec in args.backends.split(","):
+        backend = spec.strip()
+        print(f"{backend}:", flush=True)
+        results[backend] = bench_backend(backend, dict(options.get(backend, {})), clips, data, args.chunk_ms)
+    out = {
+        "what": "phoneme recognizers vs reference labels of the shared samples (see benchmarks/phonemes.py)",
+        "clips": clips,
+        "chunk_ms": args.chunk_ms,
+        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print()
+    print_table(results)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""Online phoneme recognition: 16 kHz mono PCM in, stable 30 fps ``(frame, phoneme)`` events out (sans-I/O).
+
+Use :func:`make_recognizer` (``"allphone"`` default, ``"words"``, ``"vosk"``, ``"labels"``,
+``"allphone-viterbi"``, ``"auto"``); every backend implements :class:`Recognizer`:
+``feed(pcm) -> list[PhonemeEvent]``, ``flush() -> list[PhonemeEvent]``, ``lag`` (seconds).
+Audio of any rate/channel layout/dtype is normalised at the edge by :class:`AudioNormalizer`
+(``engine.sources``, re-exported here). Scoring helpers: :mod:`engine.recognizer.visemes`.
+"""
+
+from __future__ import annotations
+
+from engine.recognizer.base import AudioInputError, PhonemeEvent, Recognizer, RecognizerStats, coerce_pcm16
+from engine.recognizer.factory import BACKENDS, RecognizerConfigError, choose_backend, make_recognizer
+from engine.sources import AudioFormatError, AudioNormalizer
+
+__all__ = [
+    "BACKENDS",
+    "AudioFormatError",
+    "AudioInputError",
+    "AudioNormalizer",
+    "PhonemeEvent",
+    "Recognizer",
+    "RecognizerConfigError",
+    "RecognizerStats",
+    "choose_backend",
+    "coerce_pcm16",
+    "make_recognizer",
+]
