@@ -1,0 +1,305 @@
+"""The one configuration tree of the engine: dataclasses, loadable from TOML, overridable from the command line.
+
+Why one tree: the serve command, the `speak` command, the benchmarks and the tests all build the same pipeline;
+a single typed tree (with validation in one place) keeps a knob from meaning different things in different
+entry points. Precedence, lowest first: dataclass defaults < TOML file (``--config``) < ``--set section.key=value``
+< the dedicated flags (``--lookahead 3``...).
+
+TOML layout mirrors the dataclasses::
+
+    fps = 30
+    [decoder]
+    lookahead = 3
+    [renderer]
+    kind = "warp"
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACCELERATORS = ("eager", "compile", "cudagraph", "tensorrt")
+RECOGNIZER_BACKENDS = ("allphone", "allphone-viterbi", "words", "vosk", "labels")
+RENDERER_KINDS = ("warp", "pirenderer")
+LOOKAHEAD_PADS = ("sil", "repeat", "hold")
+MAX_DECODER_LOOKAHEAD = 5  # the decoder window is t-5 .. t+5
+MAX_WINDOW_LOOKAHEAD = 13  # the PIRenderer window is t-13 .. t+13
+
+
+class ConfigError(ValueError):
+    """A configuration file, override or value is invalid (unknown key, wrong type, out of range)."""
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000  # the recognizers and the timing module work at 16 kHz mono
+    chunk_ms: int = 20  # capture / output audio chunk
+    max_input_queue_s: float = 2.0  # audio accepted ahead of the real-time position before pushes are dropped
+    # Constant input -> output delay of a live session (audio and video). None = computed from the decoder
+    # lookahead, the recognizer's label lag and the renderer's window (engine.runtime.output_delay).
+    output_delay_ms: float | None = None
+
+
+@dataclass
+class RecognizerConfig:
+    backend: str = "allphone"  # allphone | allphone-viterbi | words | vosk | labels
+    vosk_model: str | None = None  # vosk model directory (backend "vosk")
+    labels: str | None = None  # phoneme label file (backend "labels"): frame-level ids/names at 30 fps
+
+
+@dataclass
+class DecoderConfig:
+    checkpoint: str | None = None  # None = built-in weights; "random" = seeded random small model (tests)
+    # Frames of future phonemes the decoder waits for (0..5); the rest of the 11-frame window is padded.
+    # Chosen with benchmarks/latency.py (built-in model): speech onset -> first mouth motion is the same for
+    # every L (~260 ms: the model anticipates by as many frames as it waits), while the mouth error against
+    # full lookahead falls from 0.70 (L=2) / 0.50 (L=3) to 0.27 (L=4) of the mouth's movement; each frame of
+    # lookahead adds 33 ms to the output (A/V) delay. L=4: quality within ~7 % of offline (R^2 0.93).
+    lookahead: int = 4
+    # How the unknown future of a window is padded: sil | repeat (the last stable phoneme) | hold (it for 2
+    # frames, then SIL; smallest mouth error in benchmarks/latency.py)
+    pad: str = "hold"
+    accelerator: str = "eager"  # eager | compile | cudagraph | tensorrt
+    threads: int = 1  # torch intra-op threads of the model worker
+    max_batch: int = 16  # at most this many frames per decoder call (catch-up batches)
+
+
+@dataclass
+class RendererConfig:
+    kind: str = "warp"  # warp | pirenderer
+    checkpoint: str | None = None  # PIRenderer weights (kind "pirenderer")
+    size: int = 256
+    window_lookahead: int = 0  # PIRenderer: future frames of the 27-frame window (0..13), rest clamped
+
+
+@dataclass
+class StyleConfig:
+    default: str = "neutral"
+    crossfade_frames: int = 8  # style switches blend over this many frames
+    clips_dir: str | None = None  # extra style clips (.mat/.npy/.txt), added by file stem
+    intensity: float = 1.0  # 0 = neutral, 1 = the style as encoded, up to 2 = exaggerated
+
+
+@dataclass
+class AvatarConfig:
+    image: str | None = None  # None = built-in avatar
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_sessions: int = 4
+    max_upload_bytes: int = 8 << 20
+    max_message_bytes: int = 64 << 10
+
+
+@dataclass
+class Config:
+    fps: int = 30
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    style: StyleConfig = field(default_factory=StyleConfig)
+    avatar: AvatarConfig = field(default_factory=AvatarConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def validate(self) -> Config:
+        """Check ranges and choices; raises :class:`ConfigError` naming the key. Returns self."""
+        _check(self.fps == 30, "fps", "only 30 fps is supported (the models and labels are 30 fps)")
+        _check(self.audio.sample_rate == 16000, "audio.sample_rate", "only 16000 Hz is supported")
+        _check(5 <= self.audio.chunk_ms <= 100, "audio.chunk_ms", "must be in 5..100")
+        _check(self.audio.max_input_queue_s > 0, "audio.max_input_queue_s", "must be > 0")
+        if self.audio.output_delay_ms is not None:
+            _check(20 <= self.audio.output_delay_ms <= 5000, "audio.output_delay_ms", "must be in 20..5000")
+        _choice(self.recognizer.backend, RECOGNIZER_BACKENDS, "recognizer.backend")
+        if self.recognizer.backend == "labels":
+            _check(self.recognizer.labels is not None, "recognizer.labels", "the labels backend needs a file")
+        if self.recognizer.backend == "vosk":
+            _check(self.recognizer.vosk_model is not None, "recognizer.vosk_model", "vosk needs a model dir")
+        d = self.decoder
+        _check(0 <= d.lookahead <= MAX_DECODER_LOOKAHEAD, "decoder.lookahead", "must be in 0..5")
+        _choice(d.pad, LOOKAHEAD_PADS, "decoder.pad")
+        _choice(d.accelerator, ACCELERATORS, "decoder.accelerator")
+        _check(1 <= d.threads <= 64, "decoder.threads", "must be in 1..64")
+        _check(1 <= d.max_batch <= 256, "decoder.max_batch", "must be in 1..256")
+        r = self.renderer
+        _choice(r.kind, RENDERER_KINDS, "renderer.kind")
+        _check(32 <= r.size <= 1024 and r.size % 32 == 0, "renderer.size", "must be a multiple of 32 in 32..1024")
+        _check(0 <= r.window_lookahead <= MAX_WINDOW_LOOKAHEAD, "renderer.window_lookahead", "must be in 0..13")
+        s = self.style
+        _check(0 <= s.crossfade_frames <= 300, "style.crossfade_frames", "must be in 0..300")
+        _check(0.0 <= s.intensity <= 2.0, "style.intensity", "must be in 0..2")
+        _check(bool(s.default), "style.default", "must not be empty")
+        v = self.server
+        _check(0 <= v.port <= 65535, "server.port", "must be in 0..65535")
+        _check(v.max_sessions >= 1, "server.max_sessions", "must be >= 1")
+        _check(v.max_upload_bytes > 0 and v.max_message_bytes > 0, "server.max_*_bytes", "must be > 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config {key}: {why}")
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+# ----------------------------------------------------------------------------------------------- typed setting
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a TOML value or a CLI string to the annotated field type (int, float, bool, str, X | None)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise ConfigError(f"config {key}: unsupported type {annotation}")
+        return _coerce(value, inner[0], key)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value, 0) if isinstance(value, str) else int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"config {key}: expected {name}, got {value!r}") from None
+    raise ConfigError(f"config {key}: unsupported type {annotation}")
+
+
+def _set(config: Config, key: str, value: Any) -> None:
+    """Set ``section.key`` (or a top-level key like ``fps``) with type conversion; unknown keys raise."""
+    parts = key.strip().split(".")
+    target: Any = config
+    for i, part in enumerate(parts):
+        hints = _field_types(type(target))
+        if part not in hints:
+            where = ".".join(parts[:i]) or "top level"
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"config: unknown key {key!r} (no {part!r} in {where}; known: {known})")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(hints[part]):
+                raise ConfigError(f"config {key}: is a section; set its keys ({key}.<name>=...)")
+            setattr(target, part, _coerce(value, hints[part], key))
+        else:
+            if not dataclasses.is_dataclass(hints[part]):
+                raise ConfigError(f"config {key}: {'.'.join(parts[: i + 1])} is not a section")
+            target = getattr(target, part)
+
+
+def _apply_tree(config: Config, tree: Mapping[str, Any], prefix: str = "") -> None:
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            _apply_tree(config, value, key + ".")
+        else:
+            _set(config, key, value)
+
+
+def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` ({"decoder.lookahead": "3"}); validated."""
+    config = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            tree = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
+        _apply_tree(config, tree)
+    for key, value in (overrides or {}).items():
+        _set(config, key, value)
+    return config.validate()
+
+
+# ------------------------------------------------------------------------------------------------- command line
+
+# dedicated flags: (flag, config key, type, help)
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--lookahead", "decoder.lookahead", int, "decoder lookahead in frames (0..5): latency vs lip accuracy"),
+    ("--accelerator", "decoder.accelerator", str, f"decoder accelerator: {' | '.join(ACCELERATORS)}"),
+    ("--threads", "decoder.threads", int, "torch threads of the model worker"),
+    ("--checkpoint", "decoder.checkpoint", str, "StyleTalk checkpoint (official or own format); default built-in"),
+    ("--recognizer", "recognizer.backend", str, f"phoneme recognizer: {' | '.join(RECOGNIZER_BACKENDS)}"),
+    ("--labels", "recognizer.labels", str, "phoneme label file for --recognizer labels"),
+    ("--renderer", "renderer.kind", str, f"renderer: {' | '.join(RENDERER_KINDS)}"),
+    ("--renderer-checkpoint", "renderer.checkpoint", str, "PIRenderer checkpoint (--renderer pirenderer)"),
+    ("--window-lookahead", "renderer.window_lookahead", int, "PIRenderer window lookahead in frames (0..13)"),
+    ("--style", "style.default", str, "speaking style at start (see `styletalk-live styles`)"),
+    ("--intensity", "style.intensity", float, "style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated"),
+    ("--avatar", "avatar.image", str, "photo of a face to animate; default: the built-in avatar"),
+]
+
+
+def _dest(flag: str) -> str:
+    return "cfg_" + flag.lstrip("-").replace("-", "_")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE.toml``, repeatable ``--set section.key=value`` and the common engine flags."""
+    group = parser.add_argument_group("engine configuration")
+    group.add_argument("--config", metavar="FILE.toml", default=None, help="configuration file (TOML)")
+    group.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="cfg_set",
+        help="override one configuration value, e.g. --set decoder.lookahead=2 (repeatable)",
+    )
+    for flag, _key, typ, help_text in _FLAGS:
+        group.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the validated :class:`Config` from arguments parsed with :func:`add_config_arguments`."""
+    overrides: dict[str, Any] = {}
+    for item in getattr(args, "cfg_set", []) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    for flag, key, _typ, _help in _FLAGS:
+        value = getattr(args, _dest(flag), None)
+        if value is not None:
+            overrides[key] = value
+    return load_config(getattr(args, "config", None), overrides)

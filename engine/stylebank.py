@@ -1,0 +1,192 @@
+"""Speaking styles: encode each style clip once, cache the code, blend, scale intensity, switch smoothly.
+
+The style encoder runs a 256-frame transformer; the decoder only needs its output, a C-dim code. So a clip is
+encoded exactly once (:meth:`StyleBank.add`, through an injected ``encode(clip) -> code`` callable - the
+bank itself knows no network and is tested without one) and every frame reuses the cached vector.
+
+Per session, :class:`StyleSchedule` says which code frame t is decoded with. A switch requested at frame F
+lands exactly on F: frames < F keep the old code bit for bit, frames F .. F+N-1 interpolate linearly
+(weight (t-F+1)/N), frames >= F+N use the new code. Switching in code space (not output space) keeps the
+decoder's style-dependent expert mixing consistent during the crossfade.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_INTENSITY = 2.0
+
+
+class StyleError(KeyError):
+    """Unknown style name or unusable style clip/code."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+class StyleBank:
+    """Named style codes (float32 ``(C,)``), encoded once per clip and shared by all sessions (thread-safe)."""
+
+    def __init__(self, encode: Callable[[np.ndarray], np.ndarray], neutral: str = "neutral") -> None:
+        self._encode = encode
+        self.neutral = neutral
+        self._codes: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.encode_calls = 0
+        self.dim: int | None = None
+
+    # ------------------------------------------------------------------------------------------- contents
+    def add(self, name: str, clip: np.ndarray) -> np.ndarray:
+        """Encode expression clip ``(T, 64)`` once and store it under ``name`` (replacing any old code)."""
+        _check_name(name)
+        clip = np.asarray(clip)
+        if clip.ndim != 2 or clip.shape[1] != 64 or clip.shape[0] < 1:
+            raise StyleError(f"style clip {name!r} must be (T, 64) with T >= 1, got {clip.shape}")
+        if not np.isfinite(clip).all():
+            raise StyleError(f"style clip {name!r} contains NaN or infinite values")
+        code = np.asarray(self._encode(clip.astype(np.float32)), np.float32).reshape(-1)
+        with self._lock:
+            self.encode_calls += 1
+        return self.add_code(name, code)
+
+    def add_code(self, name: str, code: np.ndarray) -> np.ndarray:
+        """Store a precomputed code (e.g. the built-in ``style_codes.npz``)."""
+        _check_name(name)
+        code = np.array(code, np.float32).reshape(-1)
+        if not np.isfinite(code).all():
+            raise StyleError(f"style code {name!r} contains NaN or infinite values")
+        with self._lock:
+            if self.dim is not None and code.shape[0] != self.dim:
+                raise StyleError(f"style code {name!r} has {code.shape[0]} values, the bank holds {self.dim}")
+            self.dim = code.shape[0]
+            code.setflags(write=False)
+            self._codes[name] = code
+        return code
+
+    def add_codes(self, codes: Mapping[str, np.ndarray]) -> None:
+        for name, code in codes.items():
+            self.add_code(name, code)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._codes.pop(name, None)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._codes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._codes
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def get(self, name: str) -> np.ndarray:
+        """The cached code of ``name`` (read-only array)."""
+        try:
+            return self._codes[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise StyleError(f"unknown style {name!r} (known: {known})") from None
+
+    # ---------------------------------------------------------------------------------------- arithmetic
+    def blend(self, a: str, b: str, w: float) -> np.ndarray:
+        """(1-w)·code(a) + w·code(b), w in [0, 1]."""
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"blend weight must be in [0, 1], got {w}")
+        return lerp(self.get(a), self.get(b), w)
+
+    def intensity(self, name: str, k: float) -> np.ndarray:
+        """Interpolate with the neutral style: neutral + k·(code - neutral); 0 = neutral, 1 = as encoded, ≤ 2."""
+        if not 0.0 <= k <= MAX_INTENSITY:
+            raise ValueError(f"intensity must be in [0, {MAX_INTENSITY}], got {k}")
+        code = self.get(name)
+        if k == 1.0:
+            return code
+        neutral = self.get(self.neutral) if self.neutral in self._codes else np.zeros_like(code)
+        return (neutral + np.float32(k) * (code - neutral)).astype(np.float32)
+
+
+def lerp(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
+    """Linear interpolation in float32; exact endpoints (w=0 -> a, w=1 -> b bit for bit)."""
+    if w <= 0.0:
+        return np.asarray(a, np.float32)
+    if w >= 1.0:
+        return np.asarray(b, np.float32)
+    return (np.asarray(a, np.float32) * np.float32(1.0 - w) + np.asarray(b, np.float32) * np.float32(w)).astype(
+        np.float32
+    )
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 64 or not name.isprintable():
+        raise StyleError(f"style name must be 1..64 printable characters, got {name!r}")
+
+
+@dataclass(frozen=True)
+class _Switch:
+    start: int  # first frame that differs from the previous code
+    frames: int  # crossfade length (>= 1)
+    source: np.ndarray  # code at start - 1
+    target: np.ndarray
+
+
+class StyleSchedule:
+    """Per-session, frame-indexed style code with crossfaded switches (sans-I/O; see module docstring)."""
+
+    def __init__(self, code: np.ndarray, crossfade_frames: int = 8) -> None:
+        if crossfade_frames < 0:
+            raise ValueError(f"crossfade_frames must be >= 0, got {crossfade_frames}")
+        self.crossfade_frames = crossfade_frames
+        self._base = np.asarray(code, np.float32)
+        self._switches: list[_Switch] = []
+
+    def switch(self, code: np.ndarray, at_frame: int, crossfade_frames: int | None = None) -> int:
+        """Crossfade to ``code`` starting at ``at_frame``; returns the landing frame (= ``at_frame``).
+
+        A later request replaces any switch scheduled at or after ``at_frame`` (the newest command wins); a
+        switch during a running crossfade starts from the blended code of frame ``at_frame - 1``.
+        """
+        at_frame = int(at_frame)
+        n = self.crossfade_frames if crossfade_frames is None else int(crossfade_frames)
+        self._switches = [s for s in self._switches if s.start < at_frame]
+        source = self.code_at(at_frame - 1)
+        self._switches.append(_Switch(at_frame, max(1, n), source, np.asarray(code, np.float32)))
+        return at_frame
+
+    def code_at(self, frame: int) -> np.ndarray:
+        """Style code ``(C,)`` for frame ``frame``."""
+        current = self._base
+        for s in self._switches:
+            if frame < s.start:
+                break
+            w = (frame - s.start + 1) / s.frames
+            current = lerp(s.source, s.target, w)
+        return current
+
+    def codes(self, frames: Iterable[int]) -> np.ndarray:
+        """Codes for several frames, ``(N, C)`` float32."""
+        return np.stack([self.code_at(int(f)) for f in frames]).astype(np.float32, copy=False)
+
+    def is_constant(self, first: int, last: int) -> bool:
+        """True when frames ``first..last`` all use the same code (the decoder can then batch them as one clip)."""
+        for s in self._switches:
+            if s.start > last:
+                break
+            if s.start + s.frames - 1 >= first:
+                return False
+        return True
+
+    def target(self) -> np.ndarray:
+        """The code the schedule ends up at (after all scheduled switches)."""
+        return self._switches[-1].target if self._switches else self._base
+
+    def prune(self, before: int) -> None:
+        """Forget switches fully applied before frame ``before`` (keeps memory bounded)."""
+        while self._switches and self._switches[0].start + self._switches[0].frames <= before:
+            s = self._switches.pop(0)
+            self._base = s.target

@@ -1,0 +1,109 @@
+"""engine.decoder.ExpressionDecoder on a real (small, random-weight) StyleTalk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.decoder import ExpressionDecoder
+from models.phonemes import SIL, phoneme_windows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread, as in the engine's model worker (2 threads spin against each other on 2 busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dec() -> ExpressionDecoder:
+    return ExpressionDecoder.random(seed=0, small=True, max_batch=4)
+
+
+def _offline(dec: ExpressionDecoder, windows: np.ndarray, style: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        w = torch.from_numpy(windows)[None]
+        return dec.model.decode(dec.model.encode_content(w), torch.from_numpy(style)[None])[0].numpy()
+
+
+def test_incremental_decoding_equals_one_offline_pass(dec: ExpressionDecoder) -> None:
+    rng = np.random.default_rng(0)
+    windows = phoneme_windows(rng.integers(0, 41, 23))
+    style = dec.encode_style(rng.standard_normal((70, 64)).astype(np.float32))
+    ref = _offline(dec, windows, style)
+    for step in (1, 3, 7):  # one frame at a time (B*N = 1 works), small and over-max batches
+        out = np.concatenate([dec.decode(windows[i : i + step], style) for i in range(0, 23, step)])
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_per_frame_styles_match_separate_calls(dec: ExpressionDecoder) -> None:
+    rng = np.random.default_rng(1)
+    windows = phoneme_windows(rng.integers(0, 41, 6))
+    styles = rng.standard_normal((6, dec.style_dim)).astype(np.float32)
+    out = dec.decode(windows, styles)
+    for i in range(6):
+        np.testing.assert_allclose(out[i], _offline(dec, windows[i : i + 1], styles[i])[0], atol=1e-5)
+    # the style matters: a different code changes the expression
+    assert np.abs(out[0] - dec.decode(windows[:1], styles[1])[0]).max() > 1e-3
+
+
+def test_silent_windows_come_from_the_idle_cache(dec: ExpressionDecoder) -> None:
+    style = np.random.default_rng(2).standard_normal(dec.style_dim).astype(np.float32)
+    windows = np.full((5, 11), SIL, np.int64)
+    windows[2, 7] = 3  # one window hears a phoneme
+    before = dec.frames_from_cache
+    out = dec.decode(windows, style)
+    assert dec.frames_from_cache - before == 4
+    ref = _offline(dec, windows, style)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    np.testing.assert_array_equal(out[0], out[4])  # rest is exactly constant: no jitter
+    np.testing.assert_array_equal(dec.idle(style), out[0])
+
+
+def test_style_encoding_pads_with_mask(dec: ExpressionDecoder) -> None:
+    clip = np.random.default_rng(3).standard_normal((40, 64)).astype(np.float32)
+    code = dec.encode_style(clip)
+    with torch.inference_mode():
+        unpadded = dec.model.encode_style(torch.from_numpy(clip)[None])[0].numpy()
+    assert code.shape == (dec.style_dim,)
+    np.testing.assert_allclose(code, unpadded, atol=1e-5)  # padding is masked out
+
+
+def test_unavailable_accelerator_falls_back_to_eager_with_reason() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: cudagraph would really be used")
+    dec = ExpressionDecoder.random(seed=0, small=True, accelerator="cudagraph")
+    assert dec.accelerator == "eager"
+    assert "CUDA" in (dec.fallback_reason or "")
+    windows = phoneme_windows([1, 2, 3])
+    assert dec.decode(windows, np.zeros(dec.style_dim, np.float32)).shape == (3, 64)
+
+
+def test_bad_shapes_are_rejected(dec: ExpressionDecoder) -> None:
+    with pytest.raises(ValueError):
+        dec.decode(np.zeros((2, 10), np.int64), np.zeros(dec.style_dim, np.float32))
+    with pytest.raises(ValueError):
+        dec.decode(np.zeros((2, 11), np.int64), np.zeros((3, dec.style_dim), np.float32))
+    with pytest.raises(ValueError):
+        ExpressionDecoder.random(accelerator="magic")
+    assert dec.decode(np.zeros((0, 11), np.int64), np.zeros(dec.style_dim, np.float32)).shape == (0, 64)
+
+
+def test_cached_style_mixing_never_serves_another_style(dec: ExpressionDecoder) -> None:
+    rng = np.random.default_rng(9)
+    windows = phoneme_windows(rng.integers(0, 41, 5))
+    codes = [rng.standard_normal(dec.style_dim).astype(np.float32) for _ in range(6)]
+    got = [dec.decode(windows, codes[i % 6]) for i in (0, 1, 0, 2, 3, 4, 5, 0)]  # more codes than cache slots
+    assert dec._mix_cache_modules > 0
+    patched = [m for m in dec.model.modules() if "mix" in vars(m)]
+    saved = {m: vars(m).pop("mix") for m in patched}  # the plain class method: no cache
+    try:
+        for g, i in zip(got, (0, 1, 0, 2, 3, 4, 5, 0), strict=True):
+            np.testing.assert_allclose(g, _offline(dec, windows, codes[i % 6]), atol=1e-5)
+    finally:
+        for m, fn in saved.items():
+            m.mix = fn

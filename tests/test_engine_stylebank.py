@@ -1,0 +1,94 @@
+"""engine.stylebank: encode once, blend, intensity, crossfaded switches landing on the requested frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.stylebank import StyleBank, StyleError, StyleSchedule
+
+
+def _bank() -> tuple[StyleBank, list[np.ndarray]]:
+    seen: list[np.ndarray] = []
+
+    def encode(clip: np.ndarray) -> np.ndarray:
+        seen.append(clip)
+        return clip.mean(axis=0)[:8] * 2.0  # a deterministic stand-in for the style encoder
+
+    return StyleBank(encode), seen
+
+
+def test_add_encodes_once_and_caches() -> None:
+    bank, seen = _bank()
+    clip = np.arange(64 * 5, dtype=np.float32).reshape(5, 64)
+    code = bank.add("happy", clip)
+    assert len(seen) == 1 and bank.encode_calls == 1
+    for _ in range(100):
+        assert bank.get("happy") is code  # no re-encoding per frame
+    assert len(seen) == 1
+    assert bank.names() == ["happy"] and "happy" in bank
+    with pytest.raises(ValueError):
+        code[0] = 1.0  # cached codes are read-only
+
+
+def test_blend_and_intensity() -> None:
+    bank, _ = _bank()
+    bank.add_code("neutral", np.zeros(8))
+    bank.add_code("a", np.full(8, 2.0))
+    bank.add_code("b", np.full(8, 4.0))
+    np.testing.assert_allclose(bank.blend("a", "b", 0.25), np.full(8, 2.5))
+    np.testing.assert_array_equal(bank.blend("a", "b", 0.0), bank.get("a"))
+    np.testing.assert_allclose(bank.intensity("b", 0.5), np.full(8, 2.0))
+    np.testing.assert_allclose(bank.intensity("b", 0.0), bank.get("neutral"))
+    np.testing.assert_allclose(bank.intensity("b", 1.5), np.full(8, 6.0))
+    with pytest.raises(ValueError):
+        bank.intensity("b", 2.5)
+    with pytest.raises(ValueError):
+        bank.blend("a", "b", 1.5)
+
+
+def test_errors_are_clear() -> None:
+    bank, _ = _bank()
+    bank.add_code("a", np.zeros(8))
+    with pytest.raises(StyleError, match="unknown style 'zzz'"):
+        bank.get("zzz")
+    with pytest.raises(StyleError, match="NaN"):
+        bank.add("bad", np.full((4, 64), np.nan, np.float32))
+    with pytest.raises(StyleError, match=r"\(T, 64\)"):
+        bank.add("bad", np.zeros((4, 63), np.float32))
+    with pytest.raises(StyleError, match="values"):
+        bank.add_code("c", np.zeros(9))
+    with pytest.raises(StyleError):
+        bank.add_code("", np.zeros(8))
+
+
+@pytest.mark.parametrize("crossfade", [0, 1, 4])
+def test_switch_lands_on_the_requested_frame(crossfade: int) -> None:
+    old, new = np.zeros(3, np.float32), np.ones(3, np.float32)
+    sched = StyleSchedule(old, crossfade_frames=crossfade)
+    assert sched.switch(new, at_frame=10) == 10
+    codes = sched.codes(range(20))
+    np.testing.assert_array_equal(codes[:10], np.zeros((10, 3)))  # before: untouched, bit for bit
+    assert not np.array_equal(codes[10], old)  # the requested frame already moves
+    n = max(1, crossfade)
+    np.testing.assert_allclose(codes[10 : 10 + n, 0], np.arange(1, n + 1) / n, rtol=1e-6)
+    np.testing.assert_array_equal(codes[10 + n - 1 :], np.ones((10 - n + 1, 3)))
+    assert sched.is_constant(0, 9) and sched.is_constant(10 + n, 19)
+    assert not sched.is_constant(5, 10)
+
+
+def test_switch_during_crossfade_starts_from_the_blend_and_newest_wins() -> None:
+    a, b, c = (np.full(2, v, np.float32) for v in (0.0, 8.0, -8.0))
+    sched = StyleSchedule(a, crossfade_frames=4)
+    sched.switch(b, 10)
+    mid = sched.code_at(11)  # halfway to b
+    np.testing.assert_allclose(mid, [4.0, 4.0])
+    sched.switch(c, 12)  # interrupts the fade
+    np.testing.assert_allclose(sched.code_at(12), mid * 0.75 + c * 0.25)
+    np.testing.assert_array_equal(sched.code_at(15), c)
+    sched.switch(b, 30)
+    sched.switch(a, 20)  # replaces the later switch
+    np.testing.assert_array_equal(sched.code_at(40), a)
+    sched.prune(40)
+    np.testing.assert_array_equal(sched.code_at(41), a)
+    assert sched._switches == []
