@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
-from engine.motion import IdleMotion
+from engine.motion import IdleMotion, render_with_blink
 from engine.timing import Timebase
 from models.clips import ClipError, load_pose, load_style_clip
 from models.phonemes import PHONEME_INDEX, SIL, phoneme_windows
@@ -152,7 +152,6 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
            pose: str | None = None, progress: bool = True, runtime=None) -> RenderResult:
     """Render one utterance to ``output``; builds the runtime from ``config`` unless one is given."""
     from engine.runtime import EngineRuntime
-    from engine.session import _accepts_blink, _apply_blink
     from engine.sources import decode_audio_file
 
     if (phonemes is None) == (audio is None):
@@ -202,10 +201,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
         emitted = 0
         for start in range(0, n, RENDER_BATCH):
             sl = slice(start, start + RENDER_BATCH)
-            if _accepts_blink(renderer):
-                images = renderer.render(state, exp[sl], poses[sl], blink=blink[sl])
-            else:
-                images = renderer.render(state, _apply_blink(renderer, exp[sl], blink[sl]), poses[sl])
+            images = render_with_blink(renderer, state, exp[sl], poses[sl], blink[sl])
             for image in images:
                 if emitted >= delay:  # a windowed renderer's first outputs are warm-up holds
                     yield image
