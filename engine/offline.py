@@ -18,13 +18,13 @@ import numpy as np
 
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.motion import IdleMotion, render_with_blink
+from engine.runtime import STYLE_CLIP_SUFFIXES
 from engine.timing import Timebase
 from models.clips import ClipError, load_pose, load_style_clip
 from models.phonemes import PHONEME_INDEX, SIL, phoneme_windows
 
 log = logging.getLogger(__name__)
 
-STYLE_CLIP_SUFFIXES = (".mat", ".npy", ".txt")
 RENDER_BATCH = 8  # frames per renderer call: large enough to amortise overhead, small enough for a smooth bar
 
 
@@ -65,17 +65,8 @@ def load_phonemes(path: str | Path) -> np.ndarray:
     return np.asarray(ids, np.int64)
 
 
-def recognize_audio(pcm16: np.ndarray, config: Config, timebase: Timebase) -> np.ndarray:
-    """Run the configured recognizer over a whole 16 kHz mono recording -> one phoneme id per frame."""
-    from engine.recognizer import make_recognizer
-
-    rc = config.recognizer
-    opts: dict[str, object] = {}
-    if rc.backend == "labels":
-        opts["labels"] = rc.labels
-    if rc.backend == "vosk":
-        opts["model"] = rc.vosk_model
-    recognizer = make_recognizer(rc.backend, **opts)
+def recognize_audio(pcm16: np.ndarray, recognizer, config: Config, timebase: Timebase) -> np.ndarray:
+    """Run ``recognizer`` over a whole 16 kHz mono recording -> one phoneme id per frame."""
     n_frames = max(1, timebase.frames_complete(pcm16.shape[0]))
     labels = np.full(n_frames, SIL, np.int64)
     chunk = timebase.chunk_samples(config.audio.chunk_ms)
@@ -174,7 +165,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     style_name, code = resolve_style(runtime, config)
     if audio is not None:
         log.info("recognizing phonemes in %s (%s backend)", audio, config.recognizer.backend)
-        labels = recognize_audio(pcm16, config, timebase)
+        labels = recognize_audio(pcm16, runtime.make_recognizer(), config, timebase)
     else:
         labels = load_phonemes(phonemes)
     n = labels.shape[0]

@@ -23,12 +23,7 @@ from tests.engine_helpers import small_runtime
 FRAME = 1 / 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 
 
 def _offline(session: LiveSession, labels: np.ndarray, style: str) -> np.ndarray:

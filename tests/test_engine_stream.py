@@ -10,14 +10,7 @@ from engine.decoder import ExpressionDecoder
 from engine.stream import StreamCore, run_decode
 from models.phonemes import SIL, phoneme_windows
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread, as in the engine's model worker (2 threads spin against each other on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ reference outputs stored in ``fixtures/renderer_small.pt`` (see ``fixtures/READM
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,7 @@ OUTPUT_KEYS = ("descriptor", "flow_field", "warp_image", "fake_image")
 TOL32 = {"descriptor": 1e-5, "flow_field": 5e-5, "warp_image": 5e-5, "fake_image": 5e-5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Many tiny ops: one intra-op thread is several times faster than two on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
