@@ -342,7 +342,9 @@ class WarpCore(torch.nn.Module):
         norm_to_h = (k0, k1, float(a_inv[0] @ (size / 2 - 0.5 - t)))
         avatar = WarpAvatar(
             norm_to_h=norm_to_h, v_axis=(float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size), size=size,
-            image=img.permute(2, 0, 1).unsqueeze(0).contiguous(), landmarks=lmk, src_local=src,
+            # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
+            image=img.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
+            landmarks=lmk, src_local=src,
             extra_local=extra, frame_a=A, frame_t=t, iod_px=iod, src_ctrl_norm=src_ctrl, border_norm=border,
             grid_norm=grid_norm,
             exp_ref=torch.zeros(64) if exp_ref is None else torch.as_tensor(np.asarray(exp_ref), dtype=torch.float32),
@@ -546,8 +548,10 @@ class WarpCore(torch.nn.Module):
         m = avatar.mouth
         patch = out[:, :, y0:y0 + m.bh, x0:x0 + m.bw]
         patch += values[:, 1:2] * (values[:, 2:5] - patch)
-        # round half up and saturate in two passes (values are ≥ 0 after the clamp, so truncation rounds)
-        return out.clamp_(0.0, 255.0).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        # (N, S, S, 3) in memory first, so that the rounding passes and the uint8 result are contiguous; round
+        # half up and saturate (values are ≥ 0 after the clamp, so truncation rounds)
+        out = out.permute(0, 2, 3, 1).contiguous()
+        return out.clamp_(0.0, 255.0).add_(0.5).to(torch.uint8)
 
     # ---------------------------------------------------------------------------------------- regions
 
