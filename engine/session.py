@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -54,6 +55,8 @@ IDLE_AFTER_S = 0.25  # no push for this long: the input is idle (no source, or a
 IDLE_TOLERANCE_S = 0.04  # an idle timeline is kept this close to the clock with silence
 MAX_IDLE_WAIT_S = 0.04  # the producer wakes at least this often (watchdog granularity)
 FORCE_SAFETY_S = 0.01
+REC_HANG_S = 2.0  # one recognizer call busy this long is stuck: report it, start a fresh recognizer
+REC_MAX_RESTARTS = 3  # then give up on recognition for this session (frames keep coming, mouth at rest)
 PROBE_AFTER_S = 0.3  # nothing rendered for this long: try the next frame even if the cost estimate says no
 MIN_BATCH = 2  # frames per decoder call in steady state (see _produce)
 RENDER_CHUNK = 1  # frames rendered per call (each result is posted as soon as it is ready)
@@ -96,6 +99,7 @@ class _SessionCounters:
     audio_chunks: int = 0
     errors: int = 0
     jobs: int = 0
+    recognizer_restarts: int = 0
     video_error: deque[float] = field(default_factory=lambda: deque(maxlen=900))  # sent - due (s)
     audio_error: deque[float] = field(default_factory=lambda: deque(maxlen=900))
     audio_sent: OrderedDict[Fraction, float] = field(default_factory=OrderedDict)  # recent chunk pts -> sent
@@ -124,6 +128,8 @@ class LiveSession:
         self.chunk_samples = self.tb.chunk_samples(cfg.audio.chunk_ms)
         self._clock = clock
         self._recognizer = recognizer if recognizer is not None else runtime.make_recognizer()
+        # a stuck recognizer is replaced by a new one of the runtime's (not possible for a caller-supplied one)
+        self._make_recognizer: Callable[[], Any] | None = runtime.make_recognizer if recognizer is None else None
         self.styles = StyleBank(runtime.decoder.encode_style, neutral=runtime.styles.neutral)
         for name in runtime.styles.names():
             self.styles.add_code(name, runtime.styles.get(name))
@@ -151,7 +157,11 @@ class LiveSession:
         self.counters = _SessionCounters()
         self._normalizer = AudioNormalizer(self.tb.sample_rate)
         self._push_lock = threading.Lock()
-        self._rec_queue: queue.Queue[tuple[np.ndarray, int, float] | None] = queue.Queue()
+        # audio for the current recognizer thread; None once recognition was given up (REC_MAX_RESTARTS)
+        self._rec_queue: queue.Queue[tuple[np.ndarray, int, float] | None] | None = queue.Queue()
+        self._rec_gen = 0  # generation of the current recognizer thread; older (stuck) threads post nothing
+        self._rec_busy_since: float | None = None  # clock time the current thread entered feed()
+        self._rec_abandoned: list[threading.Thread] = []
         self.timeline = AudioTimeline(
             self.tb,
             on_append=self._on_timeline_append,
@@ -199,9 +209,7 @@ class LiveSession:
         self.clock = MediaClock(origin=self._clock(), delay=self.delay)
         self._last_job_end = self.clock.origin
         self.pacer = OutputPacer(self.clock, self.tb, self.chunk_samples)
-        self._rec_thread = threading.Thread(target=self._recognizer_loop, name=f"recognizer-{self.session_id}",
-                                            daemon=True)
-        self._rec_thread.start()
+        self._start_recognizer_thread(self._recognizer, 0)
         self._producer = asyncio.create_task(self._produce(), name=f"producer-{self.session_id}")
         self._started = True
         self._info("started", delay_ms=float(self.delay) * 1000, lookahead=self.core.lookahead)
@@ -219,16 +227,19 @@ class LiveSession:
             self._producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._producer
-        self._rec_queue.put(None)
+        rec_queue, self._rec_queue = self._rec_queue, None
+        self._rec_gen += 1  # a thread still inside feed() exits without posting when it returns
+        if rec_queue is not None:
+            while True:  # free queued audio
+                try:
+                    rec_queue.get_nowait()
+                except queue.Empty:
+                    break
+            rec_queue.put(None)
         if self._rec_thread is not None:
             await asyncio.to_thread(self._rec_thread.join, 5.0)
             if self._rec_thread.is_alive():
                 log.warning("session %s: recognizer thread did not stop within 5 s", self.session_id)
-        while True:  # free queued audio
-            try:
-                self._rec_queue.get_nowait()
-            except queue.Empty:
-                break
         self._video_out.clear()
         self.runtime.forget(self.session_id)
 
@@ -285,23 +296,87 @@ class LiveSession:
 
     def _on_timeline_append(self, samples: np.ndarray, start: int) -> None:
         # called under the timeline lock, in timeline order, from the pushing thread
-        self._rec_queue.put((samples, start, self._clock()))
+        q = self._rec_queue
+        if q is not None:
+            q.put((samples, start, self._clock()))
 
-    def _recognizer_loop(self) -> None:
-        rec = self._recognizer
-        while True:
-            item = self._rec_queue.get()
-            if item is None:
+    # ========================================================================================== recognizer
+    def _start_recognizer_thread(self, recognizer: Any | Callable[[], Any], min_start: int) -> None:
+        """Run ``recognizer`` (or build it from a factory, off the event loop) in a new thread on a new queue.
+
+        A restarted recognizer counts frames from the first sample it is fed, so it is fed from a sample that
+        starts a video frame (``min_start`` or later): its events are then shifted to the session's frames.
+        """
+        q: queue.Queue[tuple[np.ndarray, int, float] | None] = queue.Queue()
+        self._rec_queue = q
+        self._rec_busy_since = None
+        self._rec_thread = threading.Thread(
+            target=self._recognizer_loop, args=(recognizer, q, self._rec_gen, min_start),
+            name=f"recognizer-{self.session_id}-{self._rec_gen}", daemon=True,
+        )
+        self._rec_thread.start()
+
+    def _recognizer_loop(self, rec: Any, q: queue.Queue, gen: int, min_start: int) -> None:
+        if min_start > 0:  # a restart: build the replacement here (loading a model may take a while)
+            try:
+                rec = rec()
+            except Exception as exc:  # noqa: BLE001
+                self._error_threadsafe("recognizer", f"could not restart the recognizer: {type(exc).__name__}: {exc}")
+                return
+        # samples of the shortest whole number of frames (1600 = 3 frames at 16 kHz / 30 fps)
+        step = self.tb.sample_rate // math.gcd(self.tb.sample_rate, self.config.fps)
+        origin: int | None = 0 if min_start == 0 else None  # session sample where this recognizer's input starts
+        base_frame = 0
+        while gen == self._rec_gen:
+            item = q.get()
+            if item is None or gen != self._rec_gen:
                 break
             samples, start, arrival = item
+            if origin is None:
+                origin = -(-max(start, min_start) // step) * step
+                base_frame = self.tb.frames_complete(origin)
+            if start + samples.shape[0] <= origin:
+                continue
+            if start < origin:
+                samples, start = samples[origin - start:], origin
+            self._rec_busy_since = self._clock()
             try:
                 events = list(rec.feed(samples))
+                if base_frame:
+                    events = [(int(f) + base_frame, p) for f, p in events]
             except Exception as exc:  # noqa: BLE001 - a recognizer failure is this session's error only
                 events = []
                 self._error_threadsafe("recognizer", f"{type(exc).__name__}: {exc}")
+            if gen != self._rec_gen:  # replaced while stuck in feed(): the audio went to the new recognizer
+                break
+            self._rec_busy_since = None
             self._post(self._on_recognized, events, start, start + samples.shape[0], arrival, self._clock())
         with contextlib.suppress(Exception):
-            rec.flush()
+            if gen == self._rec_gen:
+                rec.flush()
+
+    def _check_recognizer(self, now: float) -> None:
+        """Watchdog: a recognizer stuck in one ``feed`` call (a deadlocked native library) is reported and
+        replaced; its queued audio is dropped (those frames get forced, the mouth rests) instead of queueing
+        without bound. After :data:`REC_MAX_RESTARTS` recognition is given up for this session."""
+        busy = self._rec_busy_since
+        if busy is None or now - busy < REC_HANG_S or self._rec_queue is None:
+            return
+        stuck = self._rec_thread
+        self._rec_gen += 1
+        old, self._rec_queue = self._rec_queue, None
+        old.put(None)
+        if stuck is not None:
+            self._rec_abandoned = [t for t in self._rec_abandoned if t.is_alive()] + [stuck]
+        self._rec_busy_since = None
+        if self._make_recognizer is None or self.counters.recognizer_restarts >= REC_MAX_RESTARTS:
+            self._error("recognizer", f"recognizer stuck in feed() for {now - busy:.1f} s; lip sync is off for the "
+                        "rest of this session (start a new session)")
+            return
+        self.counters.recognizer_restarts += 1
+        self._error("recognizer", f"recognizer stuck in feed() for {now - busy:.1f} s; restarted it "
+                    f"({self.counters.recognizer_restarts}/{REC_MAX_RESTARTS})")
+        self._start_recognizer_thread(self._make_recognizer, max(1, self.timeline.write_pos))
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -382,6 +457,7 @@ class LiveSession:
     def _watchdog(self, now: float) -> None:
         """Keep the recognizer fed with silence when the input stalls (no source, network hiccup)."""
         assert self.clock is not None
+        self._check_recognizer(now)
         # no input for a while: keep the timeline at the clock (minus a little), ready for a source to start;
         # while a source streams, only input later than the output can use counts as a gap
         idle = now - self._last_push >= IDLE_AFTER_S
@@ -697,6 +773,7 @@ class LiveSession:
             "intensity": self._intensity,
             "paused": self._paused,
             "errors": c.errors,
+            "recognizer_restarts": c.recognizer_restarts,
             "jobs": c.jobs,
             "renders_reused": self.renders_reused,
         }
