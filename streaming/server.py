@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
 
+from engine.config import ServerConfig
 from streaming import protocol as P
 from streaming.webrtc import MediaPeer
 
@@ -68,14 +69,15 @@ class RuntimeLike(Protocol):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The subset of ``engine.config.ServerConfig`` the server reads (any object with these fields works)."""
+    """The subset of ``engine.config.ServerConfig`` the server reads (any object with these fields works),
+    plus the server-only limits below; the shared fields take the engine's defaults."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token: str | None = None
-    max_sessions: int = 4
-    max_upload_bytes: int = 8 << 20
-    max_message_bytes: int = 64 << 10
+    host: str = ServerConfig.host
+    port: int = ServerConfig.port
+    token: str | None = ServerConfig.token
+    max_sessions: int = ServerConfig.max_sessions
+    max_upload_bytes: int = ServerConfig.max_upload_bytes
+    max_message_bytes: int = ServerConfig.max_message_bytes
     # per-connection flood control (token bucket): a UI sends a few messages per second; 20/s sustained
     # with bursts of 40 leaves ample room for it and for scripted clients
     rate_limit_per_s: float = 20.0
