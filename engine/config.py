@@ -53,6 +53,10 @@ class RecognizerConfig:
     backend: str = "allphone"  # allphone | allphone-viterbi | words | vosk | labels
     vosk_model: str | None = None  # vosk model directory (backend "vosk")
     labels: str | None = None  # phoneme label file (backend "labels"): frame-level ids/names at 30 fps
+    # allphone: future audio each label waits for (ms, multiple of 10; None = the backend's default). The
+    # latency/accuracy knob of the default backend: every 10 ms adds 10 ms to the output delay
+    # (engine/recognizer/README.md has accuracy per setting).
+    lookahead_ms: int | None = None
 
 
 @dataclass
@@ -125,6 +129,9 @@ class Config:
         _choice(self.recognizer.backend, RECOGNIZER_BACKENDS, "recognizer.backend")
         if self.recognizer.backend == "labels":
             _check(self.recognizer.labels is not None, "recognizer.labels", "the labels backend needs a file")
+        la = self.recognizer.lookahead_ms
+        if la is not None:
+            _check(0 <= la <= 500 and la % 10 == 0, "recognizer.lookahead_ms", "must be a multiple of 10 in 0..500")
         if self.recognizer.backend == "vosk":
             _check(self.recognizer.vosk_model is not None, "recognizer.vosk_model", "vosk needs a model dir")
         d = self.decoder
@@ -261,6 +268,8 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--checkpoint", "decoder.checkpoint", str, "StyleTalk checkpoint (official or own format); default built-in"),
     ("--recognizer", "recognizer.backend", str, f"phoneme recognizer: {' | '.join(RECOGNIZER_BACKENDS)}"),
     ("--labels", "recognizer.labels", str, "phoneme label file for --recognizer labels"),
+    ("--recognizer-lookahead", "recognizer.lookahead_ms", int,
+     "allphone recognizer lookahead in ms (multiple of 10): latency vs phoneme accuracy"),
     ("--renderer", "renderer.kind", str, f"renderer: {' | '.join(RENDERER_KINDS)}"),
     ("--renderer-checkpoint", "renderer.checkpoint", str, "PIRenderer checkpoint (--renderer pirenderer)"),
     ("--window-lookahead", "renderer.window_lookahead", int, "PIRenderer window lookahead in frames (0..13)"),

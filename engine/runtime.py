@@ -137,6 +137,8 @@ class EngineRuntime:
             opts["labels"] = rc.labels
         if rc.backend == "vosk":
             opts["model"] = rc.vosk_model
+        if rc.backend == "allphone" and rc.lookahead_ms is not None:
+            opts["lookahead_ms"] = rc.lookahead_ms
         return make_recognizer(rc.backend, **opts)
 
     def output_delay(self, recognizer: object) -> Fraction:

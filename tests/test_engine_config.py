@@ -40,6 +40,8 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
         ({"decoder.accelerator": "magic"}, "not one of"),
         ({"decoder": "1"}, "is a section"),
         ({"recognizer.backend": "labels"}, "needs a file"),
+        ({"recognizer.lookahead_ms": "95"}, "multiple of 10"),
+        ({"recognizer.lookahead_ms": "-10"}, "multiple of 10"),
     ],
 )
 def test_errors_name_the_key(overrides: dict[str, str], message: str) -> None:
@@ -73,3 +75,20 @@ def test_command_line_precedence(tmp_path: Path) -> None:
     assert cfg.renderer.kind == "pirenderer"
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
         config_from_args(parser.parse_args(["--set", "decoder.lookahead"]))
+
+
+def test_recognizer_lookahead_reaches_the_allphone_recognizer() -> None:
+    """The latency knob of the default recognizer: the flag sets the config, the runtime builds with it, and
+    the recognizer's declared lag (which sets the session's output delay) moves by the same amount."""
+    from engine.runtime import EngineRuntime, recognizer_lag_seconds
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    lags = {}
+    for ms in (60, 120):
+        cfg = config_from_args(parser.parse_args(["--recognizer-lookahead", str(ms)]))
+        assert cfg.recognizer.lookahead_ms == ms
+        rt = EngineRuntime.__new__(EngineRuntime)  # only make_recognizer is exercised: no models loaded
+        rt.config, rt._recognizer_factory = cfg, None
+        lags[ms] = recognizer_lag_seconds(rt.make_recognizer())
+    assert lags[120] - lags[60] == pytest.approx(0.06, abs=1e-6)
