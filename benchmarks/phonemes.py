@@ -4,8 +4,8 @@ For every backend and every ``source/wav/*.wav`` of the shared samples (16 kHz; 
 ``source/phoneme/*_seq.json``, one phoneme id per 30 fps frame):
 
 - **frame accuracy**: recognized phoneme == reference phoneme, over all reference frames;
-- **viseme accuracy**: same after mapping both to the 13 lip-shape groups of
-  :mod:`engine.recognizer.visemes` (``viseme15``: the 15-class layout of ``models.phonemes``);
+- **viseme accuracy**: same after mapping both to the 13 lip-shape groups of ``models.phonemes``
+  (``VISEMES``/``PHONEME_TO_VISEME``, Neti et al. 2000: the project's single viseme table);
 - **lag** of every label, streaming in ``--chunk-ms`` chunks: *audio* lag = audio fed when the label was
   returned minus the end of its frame; *wall* lag = audio lag + the CPU time of the ``feed`` call that
   returned it (what a real-time session would see on an otherwise idle core). Median and p90;
@@ -13,9 +13,14 @@ For every backend and every ``source/wav/*.wav`` of the shared samples (16 kHz; 
 - the same labels from one whole-file ``feed`` + ``flush`` ("whole"), and the streaming/whole agreement.
 
 The shared samples are also where the defaults were chosen (three knobs of the allphone recognizer; see
-``engine/recognizer/allphone.py``), so these numbers are not an independent test set.
+``engine/recognizer/allphone.py``) and where the allphone label rescorer was fitted (its honest
+leave-one-speaker-out figures are in ``engine/recognizer/assets/rescorer.md``), so these numbers are not an
+independent test set.
 
     .venv/bin/python -m benchmarks.phonemes [--backends allphone,allphone-viterbi,words] [--clips N]
+
+A backend spec may carry options after ``:`` (``key=value``, JSON values), each spec a separate row, e.g.
+``--backends allphone:lookahead_ms=80,allphone:lookahead_ms=80:rescorer=null``.
 """
 
 from __future__ import annotations
@@ -31,10 +36,8 @@ from typing import Any
 import numpy as np
 
 from engine.recognizer import make_recognizer
-from engine.recognizer.visemes import PHONEME_TO_VISEME
 from models.dataset import default_data_dir
-from models.phonemes import PHONEME_TO_VISEME as VISEME15
-from models.phonemes import SIL
+from models.phonemes import PHONEME_TO_VISEME, SIL
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "phonemes.json"
 DEFAULT_BACKENDS = ("allphone", "allphone-viterbi", "words", "labels")
@@ -92,7 +95,6 @@ def scores(hyp: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {
         "frame_acc": float(np.mean(hyp == ref)),
         "viseme_acc": float(np.mean(PHONEME_TO_VISEME[hyp] == PHONEME_TO_VISEME[ref])),
-        "viseme15_acc": float(np.mean(np.asarray(VISEME15)[hyp] == np.asarray(VISEME15)[ref])),
     }
 
 
@@ -142,23 +144,43 @@ def bench_backend(backend: str, options: dict[str, Any], clips: list[str], data:
 
 
 def print_table(results: dict[str, dict]) -> None:
-    head = (f"{'backend':18s} {'frame%':>7s} {'vis13%':>7s} {'vis15%':>7s} {'whole%':>7s} {'agree%':>7s} "
+    width = max([18, *map(len, results)])
+    head = (f"{'backend':{width}s} {'frame%':>7s} {'vis13%':>7s} {'whole%':>7s} {'agree%':>7s} "
             f"{'lag p50':>8s} {'lag p90':>8s} {'wall p90':>8s} {'cpu s/s':>8s}")
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         la, lw = r["lag_audio_ms"] or {}, r["lag_wall_ms"] or {}
-        print(f"{name:18s} {100 * r['stream']['frame_acc']:7.1f} {100 * r['stream']['viseme_acc']:7.1f} "
-              f"{100 * r['stream']['viseme15_acc']:7.1f} {100 * r['whole']['frame_acc']:7.1f} "
+        print(f"{name:{width}s} {100 * r['stream']['frame_acc']:7.1f} {100 * r['stream']['viseme_acc']:7.1f} "
+              f"{100 * r['whole']['frame_acc']:7.1f} "
               f"{100 * r['stream_whole_agreement']:7.1f} {la.get('p50', float('nan')):6.0f}ms "
               f"{la.get('p90', float('nan')):6.0f}ms {lw.get('p90', float('nan')):6.0f}ms "
               f"{r['cpu_per_audio_s']:8.3f}")
 
 
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"allphone:lookahead_ms=80:rescorer=null"`` -> ``("allphone", {"lookahead_ms": 80, "rescorer": None})``."""
+    name, *items = spec.strip().split(":")
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"backend option {item!r} in {spec!r}: expected key=value")
+        opts[key.strip()] = _value(value.strip())
+    return name.strip(), opts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                    help="comma-separated backend names (see engine.recognizer.factory)")
+                    help="comma-separated backend specs: name[:key=value...] (see engine.recognizer.factory)")
     ap.add_argument("--clips", type=int, default=0, help="use only the first N clips (0 = all)")
     ap.add_argument("--chunk-ms", type=int, default=20)
     ap.add_argument("--data", type=Path, default=None, help="styletalk-samples directory")
@@ -176,16 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         backend, _, opt = key.partition(".")
-        try:
-            parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        options.setdefault(backend, {})[opt] = parsed
+        options.setdefault(backend, {})[opt] = _value(value)
     results = {}
     for spec in args.backends.split(","):
-        backend = spec.strip()
-        print(f"{backend}:", flush=True)
-        results[backend] = bench_backend(backend, dict(options.get(backend, {})), clips, data, args.chunk_ms)
+        backend, spec_options = parse_spec(spec)
+        print(f"{spec.strip()}:", flush=True)
+        opts = {**options.get(backend, {}), **spec_options}
+        results[spec.strip()] = bench_backend(backend, opts, clips, data, args.chunk_ms)
     out = {
         "what": "phoneme recognizers vs reference labels of the shared samples (see benchmarks/phonemes.py)",
         "clips": clips,

@@ -53,11 +53,10 @@ class RecognizerConfig:
     backend: str = "allphone"  # allphone | allphone-viterbi | words | vosk | labels
     vosk_model: str | None = None  # vosk model directory (backend "vosk")
     labels: str | None = None  # phoneme label file (backend "labels"): frame-level ids/names at 30 fps
-    # allphone: future audio each label waits for (ms, multiple of 10; None = the backend's own default, 120).
-    # The latency/accuracy knob of the default backend: every 10 ms adds 10 ms to the output delay. 90 is
-    # chosen with benchmarks/latency.py: speech onset -> mouth motion p50 ~257 ms at 120, ~233 ms at 90 (goal
-    # 250), for a fraction of a point of phoneme accuracy (engine/recognizer/README.md, per setting).
-    lookahead_ms: int | None = 90
+    # allphone: future audio each label waits for (ms, multiple of 10; None = the backend's default, 60 ms).
+    # The latency/accuracy knob of the default backend: every 10 ms adds 10 ms to the output delay
+    # (engine/recognizer/README.md has the accuracy per setting; benchmarks/latency.py the onset -> mouth time).
+    lookahead_ms: int | None = None
 
 
 @dataclass

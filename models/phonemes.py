@@ -27,34 +27,56 @@ NSN: int = PHONEME_INDEX["NSN"]
 WIN_SIZE: int = 5  # official WIN_SIZE: the decoder sees frames t-5 .. t+5
 WINDOW_LENGTH: int = 2 * WIN_SIZE + 1
 
-# Viseme classes (mouth shapes) in the common 15-class layout used by lip-sync tools. Not used by StyleTalk
-# itself (it sees phonemes); useful for evaluation (viseme accuracy is more forgiving than phoneme accuracy)
-# and for renderers or fallbacks that only need a coarse mouth shape.
-VISEMES: tuple[str, ...] = (
-    "sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou",
-)  # fmt: skip
-_VISEME_GROUPS: dict[str, tuple[str, ...]] = {
-    # HH is an aspiration whose mouth shape is carried over from its neighbours: treat it as rest.
-    "sil": ("SIL", "NSN", "HH"),
-    "PP": ("P", "B", "M"),
-    "FF": ("F", "V"),
-    "TH": ("TH", "DH"),
-    "DD": ("T", "D"),
-    "kk": ("K", "G", "NG"),
-    "CH": ("CH", "JH", "SH", "ZH"),
-    "SS": ("S", "Z"),
-    "nn": ("N", "L"),
-    "RR": ("R", "ER"),
-    "aa": ("AA", "AE", "AH", "AY", "AW"),
-    "E": ("EH", "EY"),
-    "ih": ("IH", "IY", "Y"),
-    "oh": ("AO", "OW", "OY"),
-    "ou": ("UH", "UW", "W"),
+# Viseme (lip-shape) classes: the 13 groups of Neti et al. (2000) - the single viseme table of the project
+# (engine.recognizer.visemes re-exports it; the benchmarks score "viseme accuracy" with it). Why these 13: they
+# are the standard viseme classes of audio-visual speech recognition (C. Neti, G. Potamianos et al.,
+# "Audio-visual speech recognition", JHU CLSP workshop 2000 final report), derived from the visual
+# confusability of English phonemes - "would the mouth look the same?", the question that matters for a
+# talking head. Four vowel groups by lip rounding / opening, eight consonant groups by place of articulation,
+# and silence. NSN (noise) counts as silence (mouth at rest); HH takes the shape of the vowel it precedes (V1).
+# StyleTalk itself sees phonemes, not visemes.
+VISEME_GROUPS: dict[str, tuple[str, ...]] = {
+    "V1": ("AO", "AH", "AA", "ER", "OY", "AW", "HH"),  # open / lax vowels
+    "V2": ("UW", "UH", "OW"),  # rounded vowels
+    "V3": ("AE", "EH", "EY", "AY"),  # spread, open-mid vowels
+    "V4": ("IH", "IY"),  # spread, close vowels
+    "A": ("L", "R", "Y"),  # alveolar semivowels
+    "B": ("S", "Z"),  # alveolar fricatives
+    "C": ("T", "D", "N"),  # alveolar stops / nasal
+    "D": ("SH", "ZH", "CH", "JH"),  # palato-alveolar (protruded lips)
+    "E": ("P", "B", "M"),  # bilabial closure
+    "F": ("TH", "DH"),  # dental
+    "G": ("F", "V"),  # labio-dental
+    "H": ("NG", "K", "G", "W"),  # velar (and W)
+    "S": ("SIL", "NSN"),  # silence / rest
 }
-PHONEME_TO_VISEME: tuple[int, ...] = tuple(
-    next(VISEMES.index(v) for v, members in _VISEME_GROUPS.items() if name in members) for name in PHONEMES
-)
-"""``PHONEME_TO_VISEME[phoneme_id]`` = index into ``VISEMES``."""
+VISEMES: tuple[str, ...] = tuple(VISEME_GROUPS)
+NUM_VISEMES: int = len(VISEMES)  # 13
+VISEME_INDEX: dict[str, int] = {name: i for i, name in enumerate(VISEMES)}
+
+
+def _viseme_table() -> np.ndarray:
+    owner = {p: v for v, members in enumerate(VISEME_GROUPS.values()) for p in members}
+    missing = [p for p in PHONEMES if p not in owner]
+    if missing or len(owner) != NUM_PHONEMES:  # pragma: no cover - guarded by tests
+        raise AssertionError(f"viseme groups must cover each phoneme once; missing {missing}")
+    table = np.array([owner[p] for p in PHONEMES], dtype=np.int64)
+    table.setflags(write=False)
+    return table
+
+
+PHONEME_TO_VISEME: np.ndarray = _viseme_table()
+"""``PHONEME_TO_VISEME[phoneme_id]`` = index into ``VISEMES`` (read-only int64 array of 41; index it with arrays)."""
+
+
+def viseme_of(phoneme: int) -> str:
+    """Viseme name of one phoneme id."""
+    return VISEMES[int(PHONEME_TO_VISEME[int(phoneme)])]
+
+
+def visemes(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Map phoneme ids (any shape) to viseme indices."""
+    return PHONEME_TO_VISEME[np.asarray(ids, dtype=np.int64)]
 
 
 def phoneme_windows(seq: Sequence[int] | np.ndarray, win: int = WIN_SIZE) -> np.ndarray:

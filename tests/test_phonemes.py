@@ -16,6 +16,8 @@ from models.phonemes import (
     SIL,
     VISEMES,
     phoneme_windows,
+    viseme_of,
+    visemes,
 )
 
 
@@ -72,11 +74,17 @@ def test_invalid_sequences_rejected(bad: list) -> None:
 
 
 def test_visemes_cover_every_phoneme() -> None:
-    assert len(PHONEME_TO_VISEME) == NUM_PHONEMES
-    assert set(PHONEME_TO_VISEME) == set(range(len(VISEMES)))  # every class used
-    assert VISEMES[PHONEME_TO_VISEME[SIL]] == "sil"
-    assert (
-        VISEMES[PHONEME_TO_VISEME[PHONEME_INDEX["M"]]]
-        == VISEMES[PHONEME_TO_VISEME[PHONEME_INDEX["B"]]]
-        == "PP"
-    )
+    assert len(VISEMES) == 13 and PHONEME_TO_VISEME.shape == (NUM_PHONEMES,)
+    assert set(PHONEME_TO_VISEME.tolist()) == set(range(len(VISEMES)))  # every class used
+    assert VISEMES[PHONEME_TO_VISEME[SIL]] == "S" == viseme_of(PHONEME_INDEX["NSN"])
+    assert {viseme_of(PHONEME_INDEX[p]) for p in ("P", "B", "M")} == {"E"}  # bilabial closure
+    assert viseme_of(PHONEME_INDEX["F"]) != viseme_of(PHONEME_INDEX["P"])
+    np.testing.assert_array_equal(visemes([[PHONEME_INDEX["S"], PHONEME_INDEX["Z"]]]), [[VISEMES.index("B")] * 2])
+    with pytest.raises(ValueError):  # the shared table cannot be changed by accident
+        PHONEME_TO_VISEME[0] = 1
+
+
+def test_engine_viseme_names_are_the_models_table() -> None:
+    from engine.recognizer import visemes as engine_visemes
+
+    assert engine_visemes.PHONEME_TO_VISEME is PHONEME_TO_VISEME and engine_visemes.VISEMES is VISEMES

@@ -126,7 +126,10 @@ def sentence() -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
 
 
-@pytest.mark.parametrize("backend,min_agree", [("allphone", 0.85), ("words", 0.85)])
+# allphone streams with a fixed lag (60 ms of future by default) while a whole file gives every posterior all of
+# it, so labels near phone boundaries may differ: 81 % identical on this sentence, 91.5 % on the shared samples
+# with equal accuracy (benchmarks/phonemes.py). A streaming bug (lost, shifted or repeated chunks) drops far lower.
+@pytest.mark.parametrize("backend,min_agree", [("allphone", 0.75), ("words", 0.85)])
 def test_streaming_matches_whole_file(sentence: np.ndarray, backend: str, min_agree: float) -> None:
     streamed = recognize(backend, sentence, chunk=320)
     whole = recognize(backend, sentence, chunk=sentence.size)

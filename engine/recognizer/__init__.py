@@ -4,7 +4,8 @@ Use :func:`make_recognizer` (``"allphone"`` default, ``"words"``, ``"vosk"``, ``
 ``"allphone-viterbi"``, ``"auto"``); every backend implements :class:`Recognizer`:
 ``feed(pcm) -> list[PhonemeEvent]``, ``flush() -> list[PhonemeEvent]``, ``lag`` (seconds).
 Audio of any rate/channel layout/dtype is normalised at the edge by :class:`AudioNormalizer`
-(``engine.sources``, re-exported here). Scoring helpers: :mod:`engine.recognizer.visemes`.
+(``engine.sources``, re-exported here). Scoring helpers: :mod:`engine.recognizer.visemes`; the allphone
+label rescorer: :mod:`engine.recognizer.rescorer` (refit with ``python -m engine.recognizer.fit_rescorer``).
 """
 
 from __future__ import annotations
