@@ -281,6 +281,14 @@ class WarpCore(torch.nn.Module):
         self.register_buffer("eye_lo", torch.tensor(EYE_LO), persistent=False)
         self.register_buffer("eye_rows", torch.tensor([[0, 1], [2, 3]]), persistent=False)  # lookup-table rows
         self.register_buffer("mouth_rows", torch.tensor([4, 5, 6]), persistent=False)
+        # landmark index sets as tensors on the module's device: indexing with a Python list converts the list
+        # to a tensor on every call (about 2x the cost of the indexing itself, tens of times per frame)
+        for name, idx in _IDX.items():
+            self.register_buffer(f"idx_{name}", torch.tensor(idx), persistent=False)
+
+    def _ix(self, name: str) -> torch.Tensor:
+        """The landmark index set ``name`` of ``_IDX`` (current device; ``.to()`` replaces the buffers)."""
+        return self._buffers[f"idx_{name}"]  # type: ignore[return-value]
 
     # ---------------------------------------------------------------------------------------- prepare
 
@@ -437,19 +445,19 @@ class WarpCore(torch.nn.Module):
         bx, by = cfg.brow_cap  # strong styles: cap brow travel
         off[:, BROWS, 0] = off[:, BROWS, 0].clamp(-bx, bx)
         off[:, BROWS, 1] = off[:, BROWS, 1].clamp(-by, by)
-        c = _IDX["corners"]
+        c = self._ix("corners")
         off[:, c] = off[:, c].clamp(-cfg.corner_cap, cfg.corner_cap)
         tgt = src.unsqueeze(0) + off
 
         # eyelids: the lower lid moves a little; the upper lid may rise a little and fall onto the lower lid
-        iu, il = _IDX["lids_up"], _IDX["lids_lo"]
+        iu, il = self._ix("lids_up"), self._ix("lids_lo")
         lo = tgt[:, il, 1].clamp(src[il, 1] - cfg.lower_lid_cap, src[il, 1] + cfg.lower_lid_cap)
         up = torch.minimum(torch.maximum(tgt[:, iu, 1], src[iu, 1] - cfg.eye_open_cap), lo)
         if blink is not None:
             up = up + blink.unsqueeze(1) * (lo - up)
         tgt[:, il, 1], tgt[:, iu, 1] = lo, up
         # inner lips may touch but not cross; the gap is capped
-        iu, il = _IDX["pairs_in_u"], _IDX["pairs_in_l"]
+        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
         up, lo = tgt[:, iu, 1], tgt[:, il, 1]
         mid = (up + lo) / 2
         crossed = lo < up
@@ -457,7 +465,7 @@ class WarpCore(torch.nn.Module):
         lo = torch.minimum(torch.where(crossed, mid, lo), up + cfg.lip_gap_cap)
         tgt[:, iu, 1], tgt[:, il, 1] = up, lo
         # lips keep part of their thickness; the chin stays below the lower lip
-        io, ii = _IDX["lip_outer"], _IDX["lip_inner"]
+        io, ii = self._ix("lip_outer"), self._ix("lip_inner")
         keep = tgt[:, ii, 1] + self.lip_sign * cfg.lip_min_thickness * avatar.lip_thickness
         tgt[:, io, 1] = torch.where(self.lip_sign < 0, torch.minimum(tgt[:, io, 1], keep),
                                     torch.maximum(tgt[:, io, 1], keep))
@@ -468,8 +476,8 @@ class WarpCore(torch.nn.Module):
         # apart. The eye and mouth models draw the true contours.
         spline = tgt.clone()
         rigid = off[:, c].reshape(n, 2, 2, 2).mean(2)  # (N, eye, 2)
-        spline[:, _IDX["lids_up"]] = src[_IDX["lids_up"]] + rigid.repeat_interleave(2, dim=1)
-        iu, il = _IDX["pairs_in_u"], _IDX["pairs_in_l"]
+        spline[:, self._ix("lids_up")] = src[self._ix("lids_up")] + rigid.repeat_interleave(2, dim=1)
+        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
         spline[:, il, 1] = torch.maximum(spline[:, il, 1], spline[:, iu, 1] + cfg.tps_lip_min_gap * avatar.lip_gap)
         return tgt, spline
 
@@ -521,7 +529,7 @@ class WarpCore(torch.nn.Module):
         # ---- region models on their lattices
         # The eye model corrects exactly the lid motion the spline leaves out; below a fraction of a pixel it is
         # skipped (on CPU only: a data-dependent branch would break CUDA graph capture).
-        lids = _IDX["lids_up"]
+        lids = self._ix("lids_up")
         eyes_move = tgt.is_cuda or bool((tgt[:, lids, 1] - spline[:, lids, 1]).abs().max() > cfg.eye_skip)
         eye_dv = self._eye_model(avatar, tgt, spline, coarse, move) if eyes_move else None  # (N, 2, Qv, Qh)
         mouth_fields = self._mouth_model(avatar, tgt, spline, coarse, move)  # (N, 5, Qv, Qh)
@@ -665,7 +673,7 @@ class WarpCore(torch.nn.Module):
         reg = avatar.mouth
         px = reg.step  # one lattice step: the antialiasing width
         h_s = self._lattice_sources(avatar, (reg,), coarse, move).reshape(n, reg.v.shape[0], reg.h.shape[0])
-        upl, lol, loo = _IDX["lip_up_in"], _IDX["lip_lo_in"], _IDX["lip_lo_out"]
+        upl, lol, loo = self._ix("lip_up_in"), self._ix("lip_lo_in"), self._ix("lip_lo_out")
 
         # target curves per column → (N, 1, Qh); source curves at the source columns → (N, Qv, Qh)
         qh = reg.h.shape[0]
