@@ -64,7 +64,7 @@ class DecoderConfig:
     checkpoint: str | None = None  # None = built-in weights; "random" = seeded random small model (tests)
     # Frames of future phonemes the decoder waits for (0..5); the rest of the 11-frame window is padded.
     # Chosen with benchmarks/latency.py (built-in model): speech onset -> first mouth motion is the same for
-    # every L (~260 ms: the model anticipates by as many frames as it waits), while the mouth error against
+    # every L (~200 ms: the model anticipates by as many frames as it waits), while the mouth error against
     # full lookahead falls from 0.70 (L=2) / 0.50 (L=3) to 0.27 (L=4) of the mouth's movement; each frame of
     # lookahead adds 33 ms to the output (A/V) delay. L=4: quality within ~7 % of offline (R^2 0.93).
     lookahead: int = 4

@@ -4,7 +4,7 @@ Backends (names as in ``engine.config.RECOGNIZER_BACKENDS`` plus aliases):
 
 | name | class | lag | notes |
 |---|---|---|---|
-| ``allphone`` (default; alias ``pocketsphinx``) | :class:`AllphoneRecognizer` | ~0.12 s, fixed | phone posteriors |
+| ``allphone`` (default; alias ``pocketsphinx``) | :class:`AllphoneRecognizer` | 66 ms, fixed | posteriors + rescorer |
 | ``allphone-viterbi`` | :class:`ViterbiAllphoneRecognizer` | ~0.12 s | pocketsphinx 1-best (baseline) |
 | ``words`` | :class:`WordRecognizer` (pocketsphinx LM) | up to ``max_lag_ms`` | word route |
 | ``vosk`` | :class:`WordRecognizer` (vosk; needs ``model=<dir>``) | up to ``max_lag_ms`` | word route |
