@@ -29,28 +29,19 @@ import argparse
 import json
 import platform
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.recognizer import make_recognizer
+from engine.recognizer.fit_rescorer import load_clip  # one reader of a sample clip (wav + labels)
 from models.dataset import default_data_dir
 from models.phonemes import PHONEME_TO_VISEME, SIL
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "phonemes.json"
 DEFAULT_BACKENDS = ("allphone", "allphone-viterbi", "words", "labels")
 RATE, FPS = 16000, 30
-
-
-def load_clip(data: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    with wave.open(str(data / "source" / "wav" / f"{name}.wav")) as w:
-        if w.getframerate() != RATE or w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise SystemExit(f"{name}.wav: expected 16 kHz mono 16-bit")
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
-    ref = np.asarray(json.loads((data / "source" / "phoneme" / f"{name}_seq.json").read_text()), dtype=np.int64)
-    return pcm, ref
 
 
 def _labels(events: list[Any], n: int) -> np.ndarray:
