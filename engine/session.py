@@ -161,7 +161,6 @@ class LiveSession:
         self._rec_queue: queue.Queue[tuple[np.ndarray, int, float] | None] | None = queue.Queue()
         self._rec_gen = 0  # generation of the current recognizer thread; older (stuck) threads post nothing
         self._rec_busy_since: float | None = None  # clock time the current thread entered feed()
-        self._rec_abandoned: list[threading.Thread] = []
         self.timeline = AudioTimeline(
             self.tb,
             on_append=self._on_timeline_append,
@@ -209,7 +208,7 @@ class LiveSession:
         self.clock = MediaClock(origin=self._clock(), delay=self.delay)
         self._last_job_end = self.clock.origin
         self.pacer = OutputPacer(self.clock, self.tb, self.chunk_samples)
-        self._start_recognizer_thread(self._recognizer, 0)
+        self._start_recognizer_thread(lambda: self._recognizer, None)
         self._producer = asyncio.create_task(self._produce(), name=f"producer-{self.session_id}")
         self._started = True
         self._info("started", delay_ms=float(self.delay) * 1000, lookahead=self.core.lookahead)
@@ -301,31 +300,30 @@ class LiveSession:
             q.put((samples, start, self._clock()))
 
     # ========================================================================================== recognizer
-    def _start_recognizer_thread(self, recognizer: Any | Callable[[], Any], min_start: int) -> None:
-        """Run ``recognizer`` (or build it from a factory, off the event loop) in a new thread on a new queue.
-
-        A restarted recognizer counts frames from the first sample it is fed, so it is fed from a sample that
-        starts a video frame (``min_start`` or later): its events are then shifted to the session's frames.
+    def _start_recognizer_thread(self, make: Callable[[], Any], min_start: int | None) -> None:
+        """Build a recognizer with ``make`` (in the new thread: loading a model may take a while) and run it on
+        a new queue. ``min_start`` None: the session's recognizer, fed from sample 0. A restarted recognizer
+        counts frames from the first sample it is fed, so it is fed from a sample that starts a video frame
+        (``min_start`` or later) and its events are shifted to the session's frames.
         """
         q: queue.Queue[tuple[np.ndarray, int, float] | None] = queue.Queue()
         self._rec_queue = q
         self._rec_busy_since = None
         self._rec_thread = threading.Thread(
-            target=self._recognizer_loop, args=(recognizer, q, self._rec_gen, min_start),
+            target=self._recognizer_loop, args=(make, q, self._rec_gen, min_start),
             name=f"recognizer-{self.session_id}-{self._rec_gen}", daemon=True,
         )
         self._rec_thread.start()
 
-    def _recognizer_loop(self, rec: Any, q: queue.Queue, gen: int, min_start: int) -> None:
-        if min_start > 0:  # a restart: build the replacement here (loading a model may take a while)
-            try:
-                rec = rec()
-            except Exception as exc:  # noqa: BLE001
-                self._error_threadsafe("recognizer", f"could not restart the recognizer: {type(exc).__name__}: {exc}")
-                return
+    def _recognizer_loop(self, make: Callable[[], Any], q: queue.Queue, gen: int, min_start: int | None) -> None:
+        try:
+            rec = make()
+        except Exception as exc:  # noqa: BLE001
+            self._error_threadsafe("recognizer", f"could not start the recognizer: {type(exc).__name__}: {exc}")
+            return
         # samples of the shortest whole number of frames (1600 = 3 frames at 16 kHz / 30 fps)
         step = self.tb.sample_rate // math.gcd(self.tb.sample_rate, self.config.fps)
-        origin: int | None = 0 if min_start == 0 else None  # session sample where this recognizer's input starts
+        origin: int | None = 0 if min_start is None else None  # session sample where this recognizer's input starts
         base_frame = 0
         while gen == self._rec_gen:
             item = q.get()
@@ -333,7 +331,7 @@ class LiveSession:
                 break
             samples, start, arrival = item
             if origin is None:
-                origin = -(-max(start, min_start) // step) * step
+                origin = -(-max(start, min_start or 0) // step) * step
                 base_frame = self.tb.frames_complete(origin)
             if start + samples.shape[0] <= origin:
                 continue
@@ -362,12 +360,9 @@ class LiveSession:
         busy = self._rec_busy_since
         if busy is None or now - busy < REC_HANG_S or self._rec_queue is None:
             return
-        stuck = self._rec_thread
-        self._rec_gen += 1
+        self._rec_gen += 1  # the stuck thread exits without posting if feed() ever returns
         old, self._rec_queue = self._rec_queue, None
         old.put(None)
-        if stuck is not None:
-            self._rec_abandoned = [t for t in self._rec_abandoned if t.is_alive()] + [stuck]
         self._rec_busy_since = None
         if self._make_recognizer is None or self.counters.recognizer_restarts >= REC_MAX_RESTARTS:
             self._error("recognizer", f"recognizer stuck in feed() for {now - busy:.1f} s; lip sync is off for the "
@@ -376,7 +371,7 @@ class LiveSession:
         self.counters.recognizer_restarts += 1
         self._error("recognizer", f"recognizer stuck in feed() for {now - busy:.1f} s; restarted it "
                     f"({self.counters.recognizer_restarts}/{REC_MAX_RESTARTS})")
-        self._start_recognizer_thread(self._make_recognizer, max(1, self.timeline.write_pos))
+        self._start_recognizer_thread(self._make_recognizer, self.timeline.write_pos)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
