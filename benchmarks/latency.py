@@ -38,12 +38,13 @@ import torch
 from engine.config import Config, add_config_arguments, config_from_args
 from engine.decoder import ExpressionDecoder
 from engine.ring import PhonemeRing
+from models.dataset import default_data_dir
 from models.phonemes import SIL, phoneme_windows
 from models.styletalk import LOWER_FACE3D_INDICES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
-SHARED = Path(os.environ.get("STYLETALK_SHARED", ROOT.parent / "shared")) / "data" / "styletalk-samples"
+SHARED = default_data_dir()
 MOUTH = np.array(LOWER_FACE3D_INDICES)
 MOTION_FRACTION = 0.1  # "first motion": at least this fraction of the typical mouth movement while speaking
 FPS = 30
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(config.decoder.threads)
     clips = sample_clips()
     if not clips:
-        print(f"no sample data under {SHARED} (set STYLETALK_SHARED)", file=sys.stderr)
+        print(f"no sample data under {SHARED} (set STYLETALK_DATA)", file=sys.stderr)
         return 2
     from engine.runtime import (
         BUILTIN_CHECKPOINT,

@@ -33,11 +33,12 @@ import torch
 from engine.avatar import builtin_avatar, detect_landmarks, load_image
 from engine.landmark_fit import STABLE, read_video_rgb, similarity_fit
 from engine.renderer import WarpRenderer
+from models.dataset import default_data_dir
 from models.warp import ExpressionMap
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("STYLETALK_SHARED", REPO_ROOT.parent / "shared")) / "data" / "styletalk-samples"
+DATA = default_data_dir()
 SOURCE_OFFSET = 2  # coefficient row i ↔ source video frame i + 2
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,9 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.avatar import FaceBox, detect_faces, landmarks_in_box
+from models.dataset import default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("STYLETALK_SHARED", REPO_ROOT.parent / "shared")) / "data" / "styletalk-samples"
+DEFAULT_DATA = default_data_dir()
 DEFAULT_OUT = REPO_ROOT / "models" / "assets" / "exp2lmk.npz"
 
 STABLE = np.array([27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45])

@@ -46,10 +46,18 @@ DEFAULT_STYLE_TAIL_FRACTION = 0.3
 STYLE_CHUNK = 64
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = REPO_ROOT / "data" / "styletalk-samples"
+"""The StyleTalk sample data shipped in the checkout (MIT, see its LICENSE-MIT and ``data/README.md``)."""
+
+
 def default_data_dir() -> Path:
-    """``$STYLETALK_SHARED/data/styletalk-samples`` (default ``<repo>/../shared``), as the tests locate it."""
-    repo = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("STYLETALK_SHARED", repo.parent / "shared")) / "data" / "styletalk-samples"
+    """``$STYLETALK_DATA`` if set, else the copy shipped in the checkout (``data/styletalk-samples``).
+
+    The environment variable lets training and fitting run on a larger StyleTalk-format set without copying it.
+    """
+    env = os.environ.get("STYLETALK_DATA")
+    return Path(env) if env else SAMPLES_DIR
 
 
 def style_label(clip_name: str) -> str:

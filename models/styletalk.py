@@ -10,7 +10,7 @@ Three networks, named like the official sub-modules so that ``state_dict()`` key
   whose first FFN linear mixes K=8 expert weight sets by ``softmax(MLP(style) / 30)``; each decodes only the
   middle token of every window and the two outputs (51 + 13 values) are scattered into the 64 coefficients.
 
-Semantics follow the reference implementation exactly (see ``/work/shared/fixtures/README.md``): post-norm
+Semantics follow the reference implementation exactly (see ``tests/fixtures/parity/README.md``): post-norm
 layers, positional encodings added once at the stack input, decoder query = positions + style code, memory
 = content features without positions, pad-masked frames get -100000 in the pooling score, dropout 0.1 in
 every layer (so outputs are reproducible only in ``eval()``). Tensors are batch-first internally (the

@@ -89,7 +89,7 @@ _OPERATIONAL = {"out_dir", "export", "export_style_codes", "threads", "ckpt_ever
 class TrainConfig:
     """Everything that defines a training run (stored in its checkpoints)."""
 
-    data_dir: str = ""  # empty: $STYLETALK_SHARED/data/styletalk-samples
+    data_dir: str = ""  # empty: $STYLETALK_DATA, else data/styletalk-samples in the checkout
     out_dir: str = "runs/styletalk"
     export: str = ""  # fp16 checkpoint of the best model, written at the end
     export_style_codes: str = ""  # style_codes.npz from the best model, written at the end

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """Root of the read-only shared data (`fixtures/`, `data/styletalk-samples/`).
+def samples_dir() -> Path:
+    """The StyleTalk sample data shipped in the checkout (``data/styletalk-samples``, MIT)."""
+    from models.dataset import default_data_dir
 
-    Located via the env var ``STYLETALK_SHARED`` (default ``<repo>/../shared``); tests that need it are
-    skipped, with the reason, on machines that do not have it.
-    """
-    root = Path(os.environ.get("STYLETALK_SHARED", REPO_ROOT.parent / "shared"))
-    if not root.is_dir():
-        pytest.skip(f"shared data directory {root} not found (set STYLETALK_SHARED to its location)")
+    root = default_data_dir()
+    assert root.is_dir(), f"sample data missing at {root}: the checkout ships it under data/"
+    return root
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Parity fixtures for the official network layouts (``tests/fixtures/parity``, see its README)."""
+    root = REPO_ROOT / "tests" / "fixtures" / "parity"
+    assert root.is_dir(), f"parity fixtures missing at {root}"
     return root
 
 

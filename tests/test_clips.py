@@ -17,14 +17,6 @@ from models.clips import (
 )
 
 
-@pytest.fixture(scope="module")
-def samples_dir(shared_dir: Path) -> Path:
-    d = shared_dir / "data" / "styletalk-samples"
-    if not (d / "style" / "3dmm").is_dir():
-        pytest.skip(f"StyleTalk sample data not found in {d}")
-    return d
-
-
 def _coeff(frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.normal(size=(frames, 257)).astype(np.float32), rng.normal(size=(frames, 5)).astype(np.float32)

@@ -26,11 +26,8 @@ from models.phonemes import SIL, WIN_SIZE
 
 
 @pytest.fixture(scope="module")
-def data_dir(shared_dir: Path) -> Path:
-    d = shared_dir / "data" / "styletalk-samples"
-    if not d.is_dir():
-        pytest.skip(f"{d} not found")
-    return d
+def data_dir(samples_dir: Path) -> Path:
+    return samples_dir
 
 
 @pytest.fixture(scope="module")

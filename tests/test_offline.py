@@ -63,8 +63,8 @@ def test_render_audio_has_synced_aac_track(tmp_path: Path) -> None:
     assert audio_s is not None and abs(frames.shape[0] / 30 - audio_s) <= 1 / 30 + 0.07  # AAC frame granularity
 
 
-def test_render_style_clip_file(shared_dir: Path, phoneme_file: Path, tmp_path: Path) -> None:
-    clip = shared_dir / "data/styletalk-samples/style/3dmm/happyenglish_clip1.mat"
+def test_render_style_clip_file(samples_dir: Path, phoneme_file: Path, tmp_path: Path) -> None:
+    clip = samples_dir / "style/3dmm/happyenglish_clip1.mat"
     out = tmp_path / "happy.mp4"
     assert cli_main(["render", "--phonemes", str(phoneme_file), "--style", str(clip), "-o", str(out),
                      "--no-progress"]) == 0

@@ -22,8 +22,8 @@ from models.phonemes import (
 
 
 @pytest.fixture(scope="module")
-def windows_doc(shared_dir: Path) -> dict:
-    path = shared_dir / "fixtures" / "phoneme_windows.json"
+def windows_doc(fixtures_dir: Path) -> dict:
+    path = fixtures_dir / "phoneme_windows.json"
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return json.loads(path.read_text())
@@ -35,8 +35,8 @@ def test_table_matches_official_index(windows_doc: dict) -> None:
     assert windows_doc["pad_index"] == SIL and windows_doc["pad_symbol"] == "SIL"
 
 
-def test_table_matches_sample_phindex(shared_dir: Path) -> None:
-    path = shared_dir / "data" / "styletalk-samples" / "phindex.json"
+def test_table_matches_sample_phindex(samples_dir: Path) -> None:
+    path = samples_dir / "phindex.json"
     if not path.is_file():
         pytest.skip(f"{path} not found")
     assert PHONEME_INDEX == json.loads(path.read_text())

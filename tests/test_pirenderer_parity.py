@@ -29,16 +29,16 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def renderer_keys(shared_dir: Path) -> dict[str, Any]:
-    path = shared_dir / "fixtures" / "renderer_keys.json"
+def renderer_keys(fixtures_dir: Path) -> dict[str, Any]:
+    path = fixtures_dir / "renderer_keys.json"
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")
-def small(shared_dir: Path) -> dict[str, Any]:
-    path = shared_dir / "fixtures" / "renderer_small.pt"
+def small(fixtures_dir: Path) -> dict[str, Any]:
+    path = fixtures_dir / "renderer_small.pt"
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return torch.load(path, weights_only=True)

@@ -26,14 +26,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
-def fixtures_dir(shared_dir: Path) -> Path:
-    d = shared_dir / "fixtures"
-    if not (d / "styletalk_small.pt").is_file():
-        pytest.skip(f"StyleTalk parity fixtures not found in {d}")
-    return d
-
-
-@pytest.fixture(scope="module")
 def small(fixtures_dir: Path) -> dict:
     return torch.load(fixtures_dir / "styletalk_small.pt", weights_only=True)
 

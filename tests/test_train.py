@@ -47,8 +47,8 @@ TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def split(shared_dir: Path) -> DataSplit:
-    d = shared_dir / "data" / "styletalk-samples"
+def split(samples_dir: Path) -> DataSplit:
+    d = samples_dir
     if not d.is_dir():
         pytest.skip(f"{d} not found")
     return make_split(d)
@@ -207,11 +207,11 @@ def test_resume_matches_uninterrupted_run(split: DataSplit, tmp_path: Path) -> N
         Trainer(replace(cfg, seed=1), split).load(path)
 
 
-def test_cli_trains_exports_and_resumes(split: DataSplit, tmp_path: Path, shared_dir: Path) -> None:
+def test_cli_trains_exports_and_resumes(split: DataSplit, tmp_path: Path, samples_dir: Path) -> None:
     out = tmp_path / "cli"
     args = [
         "--data",
-        str(shared_dir / "data" / "styletalk-samples"),
+        str(samples_dir),
         "--out",
         str(out),
         "--steps",

@@ -27,9 +27,9 @@ def state(renderer: WarpRenderer) -> WarpAvatarState:
 
 
 @pytest.fixture(scope="module")
-def open_mouth_exp(shared_dir: Path) -> np.ndarray:
+def open_mouth_exp(samples_dir: Path) -> np.ndarray:
     """The expression of a real frame with a wide-open mouth (largest predicted inner-lip gap of a sample clip)."""
-    mat = shared_dir / "data" / "styletalk-samples" / "source" / "3dmm" / "Obama_clip1.mat"
+    mat = samples_dir / "source" / "3dmm" / "Obama_clip1.mat"
     if not mat.is_file():
         pytest.skip(f"{mat} not found")
     exp = scipy.io.loadmat(str(mat))["coeff"][:, 80:144].astype(np.float32)
