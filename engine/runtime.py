@@ -167,7 +167,7 @@ class EngineRuntime:
 
     # -------------------------------------------------------------------------------------------- sessions
     def new_session(self, session_id: str, **kwargs: Any) -> Any:
-        from engine.session import LiveSession
+        from engine.live.session import LiveSession
 
         if len(self.sessions) >= self.config.server.max_sessions:
             raise RuntimeError(f"too many sessions ({len(self.sessions)}; max {self.config.server.max_sessions})")

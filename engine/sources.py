@@ -1,6 +1,6 @@
 """Audio in: validation/normalisation at the edge, and the sources that feed a session.
 
-Every source ends in ``sink(pcm, sample_rate)`` = :meth:`engine.session.LiveSession.push_audio`, which runs
+Every source ends in ``sink(pcm, sample_rate)`` = :meth:`engine.live.LiveSession.push_audio`, which runs
 :class:`AudioNormalizer` - so a browser track (48 kHz stereo), a microphone (any device rate) and a file all
 reach the recognizer as 16 kHz mono int16. Bad input is made harmless here rather than deep in the pipeline:
 NaN/inf become 0, floats are clipped to [-1, 1], stereo is averaged, any rate is resampled (stateful, so
