@@ -2,7 +2,7 @@
 
 One ``websockets`` asyncio server does both: its ``process_request`` hook answers plain GETs (the files under
 ``clients/web`` and ``/healthz``) before any websocket handshake, and ``/ws`` upgrades. Every websocket is one
-client with its own :class:`~engine.session.LiveSession` and, after an ``offer``, its own aiortc peer; all
+client with its own :class:`~engine.live.LiveSession` and, after an ``offer``, its own aiortc peer; all
 clients share the process-wide :class:`~engine.runtime.EngineRuntime` (models loaded once).
 
 Isolation: each client's messages are handled in its own task and every failure is caught at that client's

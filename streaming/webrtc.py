@@ -39,7 +39,7 @@ ENGINE_RATE = 16_000
 
 
 class LiveSessionLike(Protocol):
-    """What the transport needs from ``engine.session.LiveSession`` (structural typing)."""
+    """What the transport needs from ``engine.live.LiveSession`` (structural typing)."""
 
     async def next_video_frame(self) -> Any: ...
     async def next_audio_chunk(self) -> Any: ...
