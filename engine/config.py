@@ -44,7 +44,7 @@ class AudioConfig:
     chunk_ms: int = 20  # capture / output audio chunk
     max_input_queue_s: float = 2.0  # audio accepted ahead of the real-time position before pushes are dropped
     # Constant input -> output delay of a live session (audio and video). None = computed from the decoder
-    # lookahead, the recognizer's label lag and the renderer's window (engine.runtime.output_delay).
+    # lookahead, the recognizer's label lag and the renderer's window (engine.latency.output_delay).
     output_delay_ms: float | None = None
 
 

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import latency
 from engine.config import Config
+from engine.contracts import Recognizer
 from engine.decoder import ExpressionDecoder
 from engine.stylebank import StyleBank
 from engine.timing import Timebase
@@ -32,29 +34,8 @@ BUILTIN_CHECKPOINT = ASSETS / "styletalk_default.pt"
 BUILTIN_STYLE_CODES = ASSETS / "style_codes.npz"
 STYLE_CLIP_SUFFIXES = (".mat", ".npy", ".txt")
 
-# Label-stable lag assumed for a recognizer that does not declare one (s); DESIGN.md: allphone p90 145 ms.
-DEFAULT_RECOGNIZER_LAG_S = 0.15
-COMPUTE_MARGIN_S = 0.03  # decode + render + hand-over of one frame on a busy 2-core machine
-
-
 class RuntimeErrorConfig(RuntimeError):
     """The runtime cannot be built from the configuration (missing file, bad weights...)."""
-
-
-def recognizer_lag_seconds(recognizer: object) -> float:
-    """The recognizer's declared label lag in seconds (``lag_s``, or ``lag`` in seconds/frames), else a default."""
-    for name in ("lag_s", "lag_seconds"):
-        v = getattr(recognizer, name, None)
-        if isinstance(v, int | float):
-            return float(v)
-    v = getattr(recognizer, "lag", None)
-    if isinstance(v, Fraction):
-        return float(v)
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v / 30.0  # integer lag = frames
-    if isinstance(v, float):
-        return v
-    return DEFAULT_RECOGNIZER_LAG_S
 
 
 class EngineRuntime:
@@ -141,29 +122,14 @@ class EngineRuntime:
             opts["lookahead_ms"] = rc.lookahead_ms
         return make_recognizer(rc.backend, **opts)
 
-    def output_delay(self, recognizer: object) -> Fraction:
-        """Constant delay between input and output media time for a session (see DESIGN.md timing model).
-
-        Frame t is ready once frames up to t+L are labelled: its audio ends at (t+L+1)/fps, arrives up to one
-        capture chunk later, is labelled ``lag`` later, then decoded and rendered (:meth:`compute_margin`);
-        a renderer that lags by k frames adds k/fps. ``audio.output_delay_ms`` overrides the computed value.
-        """
-        cfg = self.config
-        if cfg.audio.output_delay_ms is not None:
-            return Fraction(cfg.audio.output_delay_ms) / 1000
-        tb = self.timebase
-        frames = cfg.decoder.lookahead + 1 + renderer_delay_frames(self.renderer)
-        seconds = (
-            Fraction(cfg.audio.chunk_ms, 1000)
-            + Fraction(recognizer_lag_seconds(recognizer)).limit_denominator(1000)
-            + Fraction(self.compute_margin()).limit_denominator(1000)
-        )
-        return tb.frame_pts(frames) + seconds
+    def output_delay(self, recognizer: Recognizer) -> Fraction:
+        """Constant delay between input and output media time for a session with ``recognizer``
+        (:func:`engine.latency.output_delay`: lookahead + capture chunk + recognizer lag + compute margin)."""
+        return latency.output_delay(self.config, self.timebase, recognizer, self.renderer, self.frame_compute_s)
 
     def compute_margin(self) -> float:
-        """Time budgeted for decoding + rendering a frame: the default, or 1.5x the measured cost if larger."""
-        measured = self.frame_compute_s
-        return COMPUTE_MARGIN_S if measured is None else max(COMPUTE_MARGIN_S, 1.5 * measured + 0.01)
+        """Time budgeted for decoding + rendering a frame (:func:`engine.latency.compute_margin`)."""
+        return latency.compute_margin(self.frame_compute_s)
 
     # -------------------------------------------------------------------------------------------- sessions
     def new_session(self, session_id: str, **kwargs: Any) -> Any:
@@ -180,14 +146,6 @@ class EngineRuntime:
 
     def close(self) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)
-
-
-def renderer_delay_frames(renderer: object) -> int:
-    """Frames by which a renderer's output lags its input (PIRenderer window lookahead; warp: 0)."""
-    v = getattr(renderer, "delay_frames", None)
-    if v is None:
-        v = getattr(renderer, "lookahead", 0)
-    return int(v or 0)
 
 
 # ------------------------------------------------------------------------------------------------ builders

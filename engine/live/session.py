@@ -23,7 +23,7 @@ part                                  owner
   media clock: frame t and the audio at pts t/30 are both released at ``origin + delay + t/30``.
 
 Latency model: the output runs a constant ``delay`` behind the input (recognizer lag + decoder lookahead +
-compute margin, see :func:`engine.latency.output_delay`). The session never waits for a late stage, so it
+compute margin, see :mod:`engine.latency`). The session never waits for a late stage, so it
 never stalls and never drifts:
 - a frame whose phonemes are late is decoded anyway shortly before its deadline (*forced*, window padded);
 - a frame that can no longer be rendered in time is skipped, and a frame missing at its due time is replaced
@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.contracts import PhonemeEventLike, Recognizer
+from engine.latency import COMPUTE_MARGIN_S
 from engine.live.audio_input import AudioInput
 from engine.live.deadlines import Deadlines
 from engine.live.events import EventChannel
@@ -56,7 +57,6 @@ from engine.live.render_stream import RenderedItem, RenderStream
 from engine.live.stats import ProducerCounters, session_stats
 from engine.motion import IdleMotion
 from engine.pacing import OutputPacer, StageMetrics
-from engine.runtime import COMPUTE_MARGIN_S
 from engine.stream import DecodeJob, StreamCore
 from engine.stylebank import MAX_INTENSITY, StyleBank
 from engine.timing import MediaClock
