@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         pose_weights=pose_weights,
         lam=np.float32(best),
         meta=np.array(json.dumps({k: v for k, v in report.items() if k != "lambda_scan"})),
-        **heldout,
+        **heldout,  # type: ignore[arg-type]  # numpy stubs type **kwds as the bool allow_pickle
     )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - t0:.0f} s")
     return 0

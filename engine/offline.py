@@ -165,8 +165,10 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     style_name, code = resolve_style(runtime, config)
     if audio is not None:
         log.info("recognizing phonemes in %s (%s backend)", audio, config.recognizer.backend)
+        assert pcm16 is not None  # decoded above
         labels = recognize_audio(pcm16, runtime.make_recognizer(), config, timebase)
     else:
+        assert phonemes is not None  # exactly one of the two (checked above)
         labels = load_phonemes(phonemes)
     n = labels.shape[0]
     log.info("%d frames (%.2f s) in style %r", n, n / config.fps, style_name)

@@ -22,7 +22,7 @@ import torch
 
 from engine import latency
 from engine.config import Config
-from engine.contracts import Recognizer
+from engine.contracts import Recognizer, Renderer
 from engine.decoder import ExpressionDecoder
 from engine.stylebank import StyleBank
 from engine.timing import Timebase
@@ -45,10 +45,10 @@ class EngineRuntime:
         self,
         config: Config,
         decoder: ExpressionDecoder,
-        renderer: Any,
+        renderer: Renderer,
         styles: StyleBank,
         avatar: np.ndarray,
-        recognizer_factory: Callable[[], Any] | None = None,
+        recognizer_factory: Callable[[], Recognizer] | None = None,
         pose: np.ndarray | None = None,
     ) -> None:
         self.config = config
@@ -107,7 +107,7 @@ class EngineRuntime:
         return self.frame_compute_s
 
     # ----------------------------------------------------------------------------------------- recognizer
-    def make_recognizer(self) -> Any:
+    def make_recognizer(self) -> Recognizer:
         if self._recognizer_factory is not None:
             return self._recognizer_factory()
         from engine.recognizer import make_recognizer
@@ -191,7 +191,7 @@ def build_styles(config: Config, decoder: ExpressionDecoder) -> StyleBank:
     return bank
 
 
-def build_renderer(config: Config) -> Any:
+def build_renderer(config: Config) -> Renderer:
     rc = config.renderer
     if rc.kind == "pirenderer":
         from engine.renderer_pir import PIRendererRenderer

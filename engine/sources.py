@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import av  # imported eagerly: a first lazy import inside push_audio would stall the event loop ~0.2 s
 import numpy as np
@@ -93,7 +94,7 @@ class AudioNormalizer:
     def __init__(self, target_rate: int = TARGET_RATE) -> None:
         self.target_rate = target_rate
         self.stats = NormalizerStats()
-        self._resampler = None
+        self._resampler: av.AudioResampler | None = None
         self._rate: int | None = None
 
     def __call__(self, pcm: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -167,7 +168,7 @@ def decode_audio_file(path: str | Path, rate: int = TARGET_RATE, max_seconds: fl
         try:
             for frame in container.decode(streams[0]):
                 frame.pts = None  # resample by sample count; some files have broken timestamps
-                for out in resampler.resample(frame):
+                for out in resampler.resample(cast(av.AudioFrame, frame)):  # an audio stream's frames
                     parts.append(out.to_ndarray().reshape(-1))
                     total += parts[-1].shape[0]
                 if total > limit:
@@ -247,7 +248,7 @@ class MicrophoneSource:
         self.sink = sink
         self.device = device
         self.chunk_ms = chunk_ms
-        self._stream = None
+        self._stream: Any = None  # sounddevice.InputStream (imported lazily: PortAudio may be missing)
         self._lock = threading.Lock()
         self.errors: list[str] = []
 

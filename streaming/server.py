@@ -462,7 +462,7 @@ class ClientHandler:
             image = await asyncio.to_thread(_decode_avatar, req.data, req.format, self.server.avatar_size)
             if self.session_started:
                 self.session.set_avatar(image)  # prepared on the model worker; failures arrive as events
-        except (*_avatar_errors(), ValueError) as exc:
+        except (*_avatar_errors(), ValueError) as exc:  # type: ignore[misc]  # mypy: no starred except
             raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
         self.avatar = image
         return {"width": int(image.shape[1]), "height": int(image.shape[0])}

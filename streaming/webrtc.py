@@ -21,13 +21,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, cast
 
 import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
+
+from streaming.contracts import MediaSession
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +38,6 @@ VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
 OPUS_FRAME_SAMPLES = OPUS_RATE // 50  # 20 ms
 ENGINE_RATE = 16_000
-
-
-class LiveSessionLike(Protocol):
-    """What the transport needs from ``engine.live.LiveSession`` (structural typing)."""
-
-    async def next_video_frame(self) -> Any: ...
-    async def next_audio_chunk(self) -> Any: ...
-    def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None: ...
 
 
 class _RateMeter:
@@ -72,7 +66,7 @@ class SessionVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, session: LiveSessionLike) -> None:
+    def __init__(self, session: MediaSession) -> None:
         super().__init__()
         self._session = session
         self.frames_sent = 0
@@ -106,7 +100,7 @@ class SessionAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, session: LiveSessionLike) -> None:
+    def __init__(self, session: MediaSession) -> None:
         super().__init__()
         self._session = session
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
@@ -158,7 +152,7 @@ def frame_to_mono16k(resampler: av.AudioResampler, frame: av.AudioFrame) -> np.n
     return np.concatenate(parts).astype(np.int16, copy=False) if parts else np.zeros(0, np.int16)
 
 
-async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, stats: MicStats) -> None:
+async def pump_microphone(track: MediaStreamTrack, session: MediaSession, stats: MicStats) -> None:
     """Read the remote microphone until it ends, pushing 16 kHz mono int16 into the session."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
     while True:
@@ -168,13 +162,13 @@ async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, sta
             return
         stats.frames += 1
         try:
-            pcm = frame_to_mono16k(resampler, frame)
+            pcm = frame_to_mono16k(resampler, cast(av.AudioFrame, frame))
         except ValueError:
             # the peer changed rate/layout mid-stream (a resampler is fixed to its first frame's format):
             # start a new one rather than ending the microphone
             resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
             try:
-                pcm = frame_to_mono16k(resampler, frame)
+                pcm = frame_to_mono16k(resampler, cast(av.AudioFrame, frame))
             except ValueError as exc:
                 stats.last_error = f"undecodable audio frame: {exc}"
                 continue
@@ -192,7 +186,7 @@ async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, sta
 class MediaPeer:
     """The WebRTC side of one client: peer connection, outgoing tracks, microphone pump."""
 
-    def __init__(self, session: LiveSessionLike, on_state: Callable[[str], None] | None = None) -> None:
+    def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.pc = RTCPeerConnection()
         self.video = SessionVideoTrack(session)
