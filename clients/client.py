@@ -31,11 +31,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from engine.timing import SAMPLE_RATE
 from streaming import protocol as P
 
 log = logging.getLogger(__name__)
 
-MIC_RATE = 16_000
+MIC_RATE = SAMPLE_RATE  # the engine's input rate
 MIC_CHUNK = MIC_RATE // 50  # 20 ms
 
 
@@ -354,19 +355,6 @@ class StyleTalkClient:
                     out.mux(aus.encode(af))
                 out.mux(aus.encode(None))
         return path
-
-
-def analyse_motion(frames: list[ReceivedFrame], box: tuple[float, float, float, float]) -> np.ndarray:
-    """Mean absolute grey-level change of a region between consecutive frames, ``(N-1,)``.
-
-    ``box`` = (x0, y0, x1, y1) as fractions of the frame.
-    """
-    if len(frames) < 2:
-        return np.zeros(0)
-    h, w = frames[0].image.shape[:2]
-    x0, y0, x1, y1 = int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)
-    grey = np.stack([f.image[y0:y1, x0:x1].astype(np.float32).mean(axis=2) for f in frames])
-    return np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))
 
 
 async def _run(args: argparse.Namespace) -> int:

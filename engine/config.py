@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.timing import SAMPLE_RATE
+
 ACCELERATORS = ("eager", "compile", "cudagraph", "tensorrt")
 RECOGNIZER_BACKENDS = ("allphone", "allphone-viterbi", "words", "vosk", "labels")
 RENDERER_KINDS = ("warp", "pirenderer")
 LOOKAHEAD_PADS = ("sil", "repeat", "hold")
 MAX_DECODER_LOOKAHEAD = 5  # the decoder window is t-5 .. t+5
 MAX_WINDOW_LOOKAHEAD = 13  # the PIRenderer window is t-13 .. t+13
+MAX_INTENSITY = 2.0  # style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated (engine, protocol, page)
 
 
 class ConfigError(ValueError):
@@ -40,7 +43,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = 16000  # the recognizers and the timing module work at 16 kHz mono
+    sample_rate: int = SAMPLE_RATE  # the recognizers and the timing module work at 16 kHz mono
     chunk_ms: int = 20  # capture / output audio chunk
     max_input_queue_s: float = 2.0  # audio accepted ahead of the real-time position before pushes are dropped
     # Constant input -> output delay of a live session (audio and video). None = computed from the decoder
@@ -121,7 +124,7 @@ class Config:
     def validate(self) -> Config:
         """Check ranges and choices; raises :class:`ConfigError` naming the key. Returns self."""
         _check(self.fps == 30, "fps", "only 30 fps is supported (the models and labels are 30 fps)")
-        _check(self.audio.sample_rate == 16000, "audio.sample_rate", "only 16000 Hz is supported")
+        _check(self.audio.sample_rate == SAMPLE_RATE, "audio.sample_rate", f"only {SAMPLE_RATE} Hz is supported")
         _check(5 <= self.audio.chunk_ms <= 100, "audio.chunk_ms", "must be in 5..100")
         _check(self.audio.max_input_queue_s > 0, "audio.max_input_queue_s", "must be > 0")
         if self.audio.output_delay_ms is not None:
@@ -146,7 +149,7 @@ class Config:
         _check(0 <= r.window_lookahead <= MAX_WINDOW_LOOKAHEAD, "renderer.window_lookahead", "must be in 0..13")
         s = self.style
         _check(0 <= s.crossfade_frames <= 300, "style.crossfade_frames", "must be in 0..300")
-        _check(0.0 <= s.intensity <= 2.0, "style.intensity", "must be in 0..2")
+        _check(0.0 <= s.intensity <= MAX_INTENSITY, "style.intensity", f"must be in 0..{MAX_INTENSITY:g}")
         _check(bool(s.default), "style.default", "must not be empty")
         v = self.server
         _check(0 <= v.port <= 65535, "server.port", "must be in 0..65535")

@@ -188,7 +188,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     blink = motion.blink_amounts(frames_idx)
     renderer = runtime.renderer
     state = renderer.prepare(runtime.avatar)
-    delay = int(getattr(renderer, "delay_frames", 0) or 0)
+    delay = int(renderer.delay_frames)  # engine.contracts.Renderer
 
     def frames():
         emitted = 0

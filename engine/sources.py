@@ -29,9 +29,11 @@ from typing import Any, cast
 import av  # imported eagerly: a first lazy import inside push_audio would stall the event loop ~0.2 s
 import numpy as np
 
+from engine.timing import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-TARGET_RATE = 16000
+TARGET_RATE = SAMPLE_RATE  # what the engine runs at (engine.timing)
 MIN_RATE, MAX_RATE = 4000, 384000
 MAX_CHANNELS = 32
 MAX_FILE_SECONDS = 3 * 3600

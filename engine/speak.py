@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import ConfigError, add_config_arguments, config_from_args
+from engine.timing import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Mp4Writer:
     the session's media clock, so the file's A/V alignment is the session's.
     """
 
-    def __init__(self, path: str | Path, size: tuple[int, int], fps: int = 30, sample_rate: int = 16000) -> None:
+    def __init__(self, path: str | Path, size: tuple[int, int], fps: int = FPS, sample_rate: int = SAMPLE_RATE) -> None:
         import av
 
         self.path = Path(path)

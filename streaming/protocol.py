@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from engine.config import MAX_INTENSITY
+
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 64
 MAX_SDP_CHARS = 32 << 10  # a browser offer with audio+video is ~5 KiB; leave room for many candidates
 MAX_CANDIDATE_CHARS = 1024
 MAX_TRANSITION_MS = 10_000
-MAX_INTENSITY = 2.0
 MAX_IMAGE_SIDE = 4096  # avatar photos are cropped to the face; larger only costs memory (decompression bombs)
 STYLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}")
 # A JSON id may be a string or an integer that survives a round trip through a JavaScript number.

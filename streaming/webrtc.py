@@ -29,15 +29,15 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
 from streaming.contracts import MediaSession
 
 log = logging.getLogger(__name__)
 
-VIDEO_CLOCK_RATE = 90_000  # RTP video clock
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
 OPUS_FRAME_SAMPLES = OPUS_RATE // 50  # 20 ms
-ENGINE_RATE = 16_000
+ENGINE_RATE = SAMPLE_RATE
 
 
 class _RateMeter:

@@ -7,6 +7,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from engine.timing import SAMPLE_RATE
+
 
 class SessionClosed(RuntimeError):
     """The session was closed while (or before) waiting for output."""
@@ -26,7 +28,7 @@ class OutputVideoFrame:
 class OutputAudioChunk:
     pts: Fraction
     pcm: np.ndarray  # int16 mono 16 kHz: the input audio delayed by the pipeline latency
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     stamps: dict[str, float] = field(default_factory=dict)  # wall times: due, sent
 
 

@@ -103,7 +103,7 @@ class AvPairing:
 
     def starts_chunk(self, pts: Fraction) -> bool:
         """Whether an audio chunk starts exactly at ``pts``."""
-        return pts.denominator in (1, 2, 5, 10)
+        return self.tb.starts_chunk(pts, self.chunk_samples)
 
     def audio(self, pts: Fraction, sent: float) -> None:
         self.audio_sent[pts] = sent

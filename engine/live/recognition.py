@@ -15,7 +15,6 @@ factory, inside its new thread) is fed from the next sample that starts a video 
 from __future__ import annotations
 
 import contextlib
-import math
 import queue
 import threading
 from collections.abc import Callable
@@ -139,8 +138,7 @@ class RecognitionWorker:
         except Exception as exc:  # noqa: BLE001
             self._error_threadsafe("recognizer", f"could not start the recognizer: {type(exc).__name__}: {exc}")
             return
-        # samples of the shortest whole number of frames (1600 = 3 frames at 16 kHz / 30 fps)
-        step = self.tb.sample_rate // math.gcd(self.tb.sample_rate, self.fps)
+        step = self.tb.frame_group_samples  # a restarted recognizer starts on a frame (1600 = 3 frames)
         origin: int | None = 0 if min_start is None else None  # session sample where this recognizer's input starts
         base_frame = 0
         while gen == self.generation:
