@@ -7,7 +7,7 @@ Kept free of heavy imports (numpy only) so any layer may import it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -49,3 +49,41 @@ class Renderer(Protocol):
         ...
 
     def reset(self, state: Any) -> None: ...
+
+
+class FaceBoxLike(Protocol):
+    """A detected face rectangle in pixels (``engine.avatar.FaceBox``)."""
+
+    @property
+    def left(self) -> int: ...
+
+    @property
+    def top(self) -> int: ...
+
+    @property
+    def right(self) -> int: ...
+
+    @property
+    def bottom(self) -> int: ...
+
+    @property
+    def score(self) -> float: ...
+
+
+@runtime_checkable
+class Landmarker(Protocol):
+    """Face detection + the 68-point landmark layout (iBUG 300-W order) that the avatar crop, the warp renderer
+    and the expression->landmark fit are built on.
+
+    The default (:class:`engine.landmarker.DlibLandmarker`) is dlib's HOG detector and the shape predictor of
+    ``face_recognition_models``, whose training data (iBUG 300-W) excludes commercial use - see the README's
+    licence section. Another model with the same 68-point layout replaces it by implementing these two methods.
+    """
+
+    def detect_faces(self, image: np.ndarray, upsample: int | None = None) -> Sequence[FaceBoxLike]:
+        """All plausible faces in a uint8 RGB image (H, W, 3), largest first."""
+        ...
+
+    def landmarks_in_box(self, image: np.ndarray, box: FaceBoxLike) -> np.ndarray:
+        """The 68 landmarks (68, 2) float32 (x, y) of the face in ``box``."""
+        ...

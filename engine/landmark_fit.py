@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.avatar import FaceBox, detect_faces, landmarks_in_box
+from engine.contracts import FaceBoxLike, Landmarker
+from engine.landmarker import default_landmarker
 from models.dataset import default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,16 +61,18 @@ def read_video_rgb(path: Path) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
-def video_landmarks(frames: list[np.ndarray], progress: tqdm | None = None) -> np.ndarray:
+def video_landmarks(frames: list[np.ndarray], progress: tqdm | None = None,
+                    landmarker: Landmarker | None = None) -> np.ndarray:
     """(F, 68, 2) landmarks per frame; a frame without detection reuses the previous face box (NaN if none)."""
+    lm = landmarker or default_landmarker()
     out = np.full((len(frames), 68, 2), np.nan, dtype=np.float32)
-    box: FaceBox | None = None
+    box: FaceBoxLike | None = None
     for i, frame in enumerate(frames):
-        boxes = detect_faces(frame, upsample=0) or detect_faces(frame, upsample=1)
+        boxes = lm.detect_faces(frame, upsample=0) or lm.detect_faces(frame, upsample=1)
         if boxes:
             box = boxes[0]
         if box is not None:
-            out[i] = landmarks_in_box(frame, box)
+            out[i] = lm.landmarks_in_box(frame, box)
         if progress is not None:
             progress.update(1)
     return out

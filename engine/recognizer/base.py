@@ -1,6 +1,6 @@
 """Recognizer interface shared by every backend: events, input coercion, frame arithmetic.
 
-Contract (DESIGN.md "Contracts"): a recognizer is sans-I/O. The caller pushes 16 kHz mono int16 PCM with
+Contract (:class:`engine.contracts.Recognizer`): a recognizer is sans-I/O. The caller pushes 16 kHz mono int16 PCM with
 :meth:`Recognizer.feed` and receives the phoneme labels that became *stable* - final, never revised - as
 :class:`PhonemeEvent` ``(frame, phoneme)`` at 30 fps, where frame ``t``'s phoneme is the label at the frame
 centre ``(t + 1/2) / 30`` s. Events come in increasing frame order, every frame exactly once, starting at 0.
