@@ -268,7 +268,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--lookahead", "decoder.lookahead", int, "decoder lookahead in frames (0..5): latency vs lip accuracy"),
     ("--accelerator", "decoder.accelerator", str, f"decoder accelerator: {' | '.join(ACCELERATORS)}"),
     ("--threads", "decoder.threads", int, "torch threads of the model worker"),
-    ("--checkpoint", "decoder.checkpoint", str, "StyleTalk checkpoint (official or own format); default built-in"),
+    ("--checkpoint", "decoder.checkpoint", str, "StyleTalk checkpoint (official or own format)"),
     ("--recognizer", "recognizer.backend", str, f"phoneme recognizer: {' | '.join(RECOGNIZER_BACKENDS)}"),
     ("--labels", "recognizer.labels", str, "phoneme label file for --recognizer labels"),
     ("--recognizer-lookahead", "recognizer.lookahead_ms", int,
@@ -278,28 +278,71 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--window-lookahead", "renderer.window_lookahead", int, "PIRenderer window lookahead in frames (0..13)"),
     ("--style", "style.default", str, "speaking style at start (see `styletalk-live styles`)"),
     ("--intensity", "style.intensity", float, "style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated"),
-    ("--avatar", "avatar.image", str, "photo of a face to animate; default: the built-in avatar"),
+    ("--avatar", "avatar.image", str, "photo of a face to animate"),
 ]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with defaults, except empty ones (None, False, "", []) that would only say "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, "", []) or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _dest(flag: str) -> str:
     return "cfg_" + flag.lstrip("-").replace("-", "_")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE.toml``, repeatable ``--set section.key=value`` and the common engine flags."""
+# what a None default means, for --help
+_NONE_MEANS = {
+    "decoder.checkpoint": "built-in weights",
+    "recognizer.labels": "none",
+    "recognizer.lookahead_ms": "the backend's own (allphone: 60)",
+    "renderer.checkpoint": "none",
+    "avatar.image": "the built-in avatar",
+}
+
+
+def _metavar(key: str, typ: type) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if name in ("checkpoint", "labels"):
+        return "FILE"
+    if name == "image":
+        return "PHOTO"
+    if name.endswith("_ms"):
+        return "MS"
+    return {int: "N", float: "X"}.get(typ, "NAME")
+
+
+def _default_text(key: str) -> str:
+    value: Any = Config()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return _NONE_MEANS.get(key, "none") if value is None else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None) -> None:
+    """Add ``--config FILE.toml``, repeatable ``--set section.key=value`` and the common engine flags
+    (only ``flags`` when given: a command offers no flag it would ignore)."""
     group = parser.add_argument_group("engine configuration")
-    group.add_argument("--config", metavar="FILE.toml", default=None, help="configuration file (TOML)")
+    group.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS, help="configuration file (TOML)")
     group.add_argument(
         "--set",
         metavar="SECTION.KEY=VALUE",
         action="append",
-        default=[],
+        default=argparse.SUPPRESS,
         dest="cfg_set",
         help="override one configuration value, e.g. --set decoder.lookahead=2 (repeatable)",
     )
-    for flag, _key, typ, help_text in _FLAGS:
-        group.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=help_text)
+    for flag, key, typ, help_text in _FLAGS:
+        if flags is not None and flag not in flags:
+            continue
+        # SUPPRESS: a flag not given leaves the configuration (file, --set, defaults) alone, and --help shows the
+        # configuration's real default instead of argparse's None
+        group.add_argument(flag, dest=_dest(flag), type=typ, default=argparse.SUPPRESS, metavar=_metavar(key, typ),
+                           help=f"{help_text} (default: {_default_text(key).replace('%', '%%')})")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

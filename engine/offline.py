@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import Config, ConfigError, add_config_arguments, config_from_args
+from engine.config import Config, ConfigError, HelpFormatter, add_config_arguments, config_from_args
 from engine.motion import IdleMotion, render_with_blink
 from engine.runtime import STYLE_CLIP_SUFFIXES
 from engine.timing import Timebase
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
             "StyleTalk weights via --checkpoint, PIRenderer weights via --renderer pirenderer "
             "--renderer-checkpoint FILE (slow on a CPU: seconds per frame)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--phonemes", metavar="SEQ.json", help="phoneme labels, one per 30 fps frame (ids or names)")
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.avatar import AvatarError
     from engine.runtime import RuntimeErrorConfig
 
     args = build_parser().parse_args(argv)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         result = render(config, Path(args.output), phonemes=args.phonemes, audio=args.audio, pose=args.pose,
                         progress=not args.no_progress)
-    except (InputError, ConfigError, ClipError, RuntimeErrorConfig) as exc:
+    except (InputError, ConfigError, ClipError, RuntimeErrorConfig, AvatarError) as exc:
         print(f"styletalk-live render: error: {exc}", file=sys.stderr)
         return 2
     print(f"{result.path}: {result.frames} frames, {result.seconds:.2f} s, style {result.style}")
@@ -253,7 +254,7 @@ def list_styles_main(argv: list[str] | None = None) -> int:
     from engine.runtime import build_decoder, build_styles
 
     parser = argparse.ArgumentParser(prog="styletalk-live styles", description=list_styles_main.__doc__)
-    add_config_arguments(parser)
+    add_config_arguments(parser, flags=("--checkpoint",))  # built-in codes match the built-in weights only
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

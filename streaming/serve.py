@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow binding a non-loopback address WITHOUT a token (anyone who can reach the port can use "
         "the engine); without this flag serve refuses to start that way",
     )
-    net.add_argument("--max-sessions", type=int, default=None, help="concurrent clients (default 4)")
+    net.add_argument("--max-sessions", type=int, default=None, metavar="N", help="concurrent clients (default 4)")
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
+    net.add_argument("--verbose", action="store_true",
+                     help="also log the WebRTC stack's connection checks (aioice/aiortc; INFO/DEBUG chatter)")
     add_config_arguments(parser)
     return parser
 
@@ -95,8 +97,18 @@ async def serve_until_stopped(runtime: object, server_config: object, web_root: 
         await server.close()
 
 
+CHATTY_LOGGERS = ("aioice", "aiortc")  # log every ICE candidate-pair check at INFO: half of a serve log
+
+
+def quiet_webrtc_logs(verbose: bool) -> None:
+    """At INFO the serve log says what the server does; ICE/RTP detail only with ``--verbose``."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_webrtc_logs(args.verbose)
     try:
         config = config_from_args(args)
         overrides = {
