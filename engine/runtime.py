@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,8 +24,12 @@ from engine import latency
 from engine.config import Config
 from engine.contracts import Recognizer, Renderer
 from engine.decoder import ExpressionDecoder
+from engine.live.registry import SessionRegistry
 from engine.stylebank import StyleBank
 from engine.timing import Timebase
+
+if TYPE_CHECKING:
+    from engine.live.session import LiveSession
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ class EngineRuntime:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-model")
         self._threads = config.decoder.threads
         self.worker.submit(torch.set_num_threads, self._threads).result()
-        self.sessions: dict[str, Any] = {}
+        # running sessions; admission against server.max_sessions happens there (engine.live.registry)
+        self.sessions: SessionRegistry[LiveSession] = SessionRegistry(lambda: self.config.server.max_sessions)
         self.frame_compute_s: float | None = None  # measured by warmup()
         if config.style.default not in styles:
             raise RuntimeErrorConfig(f"default style {config.style.default!r} is not among {styles.names()}")
@@ -132,17 +137,16 @@ class EngineRuntime:
         return latency.compute_margin(self.frame_compute_s)
 
     # -------------------------------------------------------------------------------------------- sessions
-    def new_session(self, session_id: str, **kwargs: Any) -> Any:
+    def new_session(self, session_id: str, max_sessions: int | None = None, **kwargs: Any) -> LiveSession:
+        """Admit (:class:`engine.live.registry.SessionRegistry`, atomic) and build a session;
+        ``SessionRefused`` (a ``RuntimeError``) when ``max_sessions`` (default ``server.max_sessions``) run."""
         from engine.live.session import LiveSession
 
-        if len(self.sessions) >= self.config.server.max_sessions:
-            raise RuntimeError(f"too many sessions ({len(self.sessions)}; max {self.config.server.max_sessions})")
-        session = LiveSession(self, session_id, **kwargs)
-        self.sessions[session_id] = session
-        return session
+        return self.sessions.admit(session_id, lambda: LiveSession(self, session_id, **kwargs), max_sessions)
 
-    def forget(self, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
+    def forget(self, session_id: str, session: object | None = None) -> None:
+        """Free ``session_id``'s slot (only if it still holds ``session``, when given). Idempotent."""
+        self.sessions.release(session_id, session)
 
     def close(self) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)

@@ -205,3 +205,48 @@ def test_recognition_watchdog_replaces_a_stuck_recognizer(monkeypatch: pytest.Mo
     assert posted and posted[0][1] == 1600  # 1600 = 3 frames: the first sample that starts a frame
     assert [tuple(e)[0] for e in posted[0][0]][:1] == [3]  # events shifted to the session's frames
     assert Fraction(posted[0][1], 16000) == TB.frame_pts(3)
+
+
+# ------------------------------------------------------------------------------------------ registry
+def test_registry_admission_is_atomic_and_release_frees_only_its_holder() -> None:
+    from engine.live.registry import SessionRefused, SessionRegistry
+
+    reg: SessionRegistry[object] = SessionRegistry(lambda: 3)
+    barrier = threading.Barrier(8)
+    admitted: list[str] = []
+    refused: list[str] = []
+
+    def build() -> object:
+        time.sleep(0.05)  # slow construction: every thread is past the check before any finishes
+        return object()
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            reg.admit(f"s{i}", build)
+            admitted.append(f"s{i}")
+        except SessionRefused:
+            refused.append(f"s{i}")
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 3 and len(refused) == 5 and len(reg) == 3
+    first = admitted[0]
+    old = reg.get(first)
+    reg.release(first)
+    new = reg.admit(first, object)  # a replacement under the same id ...
+    reg.release(first, old)  # ... is not freed by the old session's late release
+    assert reg.get(first) is new
+    with pytest.raises(SessionRefused, match="too many sessions"):
+        reg.admit("extra", object)
+    assert reg.admit("extra", object, limit=4) is not None  # a caller's own limit (the server's setting)
+
+    def broken() -> object:
+        raise ValueError("no model")
+
+    with pytest.raises(ValueError):
+        reg.admit("broken", broken, limit=10)
+    assert "broken" not in reg  # a failed construction gives the slot back

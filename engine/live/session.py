@@ -191,7 +191,7 @@ class LiveSession:
             if not await asyncio.to_thread(self.recognition.join, 5.0):
                 log.warning("session %s: recognizer thread did not stop within 5 s", self.session_id)
         self.buffer.clear()
-        self.runtime.forget(self.session_id)
+        self.runtime.forget(self.session_id, self)  # only this session's slot (a replacement may hold the id)
 
     @property
     def closed(self) -> bool:
