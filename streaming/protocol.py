@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from engine.config import MAX_INTENSITY
+
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 64
 MAX_SDP_CHARS = 32 << 10  # a browser offer with audio+video is ~5 KiB; leave room for many candidates
 MAX_CANDIDATE_CHARS = 1024
 MAX_TRANSITION_MS = 10_000
-MAX_INTENSITY = 2.0
 # An offer carries one media section per track (the presenter needs audio + video; a browser may add a data
 # channel). aiortc builds transports and gathers candidates per unbundled section: hundreds of them stall it.
 MAX_MEDIA_SECTIONS = 8

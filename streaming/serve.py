@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow binding a non-loopback address WITHOUT a token (anyone who can reach the port can use "
         "the engine); without this flag serve refuses to start that way",
     )
-    net.add_argument("--max-sessions", type=int, default=None, help="concurrent clients (default 4)")
+    net.add_argument("--max-sessions", type=int, default=None, metavar="N", help="concurrent clients (default 4)")
     net.add_argument(
         "--allow-host",
         action="append",
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "to IP addresses and localhost, so that a web page cannot reach it by DNS rebinding",
     )
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
+    net.add_argument("--verbose", action="store_true",
+                     help="also log the WebRTC stack's connection checks (aioice/aiortc; INFO/DEBUG chatter)")
     add_config_arguments(parser)
     return parser
 
@@ -117,8 +119,18 @@ async def serve_until_stopped(
             log.warning("clients not closed within %.0f s; exiting anyway", SHUTDOWN_TIMEOUT_S)
 
 
+CHATTY_LOGGERS = ("aioice", "aiortc")  # log every ICE candidate-pair check at INFO: half of a serve log
+
+
+def quiet_webrtc_logs(verbose: bool) -> None:
+    """At INFO the serve log says what the server does; ICE/RTP detail only with ``--verbose``."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_webrtc_logs(args.verbose)
     try:
         config = config_from_args(args)
         overrides = {

@@ -2,7 +2,7 @@
 
 One ``websockets`` asyncio server does both: its ``process_request`` hook answers plain GETs (the files under
 ``clients/web`` and ``/healthz``) before any websocket handshake, and ``/ws`` upgrades. Every websocket is one
-client with its own :class:`~engine.session.LiveSession` and, after an ``offer``, its own aiortc peer; all
+client with its own :class:`~engine.live.LiveSession` and, after an ``offer``, its own aiortc peer; all
 clients share the process-wide :class:`~engine.runtime.EngineRuntime` (models loaded once).
 
 Isolation: each client's messages are handled in its own task and every failure is caught at that client's
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import hmac
 import http
 import ipaddress
@@ -95,7 +96,7 @@ def _same_origin(origin: str, host: str | None) -> bool:
 class RuntimeLike(Protocol):
     """What the server needs from ``engine.runtime.EngineRuntime``."""
 
-    def new_session(self, session_id: str) -> Any: ...
+    def new_session(self, session_id: str, max_sessions: int | None = None) -> Any: ...
     def forget(self, session_id: str, session: Any = None) -> None: ...
 
 
@@ -281,7 +282,10 @@ class ClientHandler:
         if self.closing:
             raise ConnectionClosed(None, None)
         runtime = self.server.runtime
-        future = asyncio.get_running_loop().run_in_executor(None, runtime.new_session, self.id)
+        # admission (max_sessions) happens in the engine's session registry, atomically, and nowhere else
+        future = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(runtime.new_session, self.id, max_sessions=self.server.settings.max_sessions)
+        )
         try:
             session = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -627,7 +631,7 @@ class ClientHandler:
             image = await loop.run_in_executor(self.server.uploads, _decode_avatar, req.data, req.format, size)
             if self.session_started:
                 self.session.set_avatar(image)  # prepared on the model worker; failures arrive as events
-        except (*_avatar_errors(), ValueError) as exc:
+        except (*_avatar_errors(), ValueError) as exc:  # type: ignore[misc]  # mypy: no starred except
             raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
         self.avatar = image
         return {"width": int(image.shape[1]), "height": int(image.shape[0])}
@@ -807,9 +811,6 @@ class PresenterServer:
             await ws.close(1013, "server full")
 
     async def _handle(self, ws: ServerConnection) -> None:
-        if len(self.clients) >= self.settings.max_sessions:
-            await self._refuse(ws, f"server full: {self.settings.max_sessions} sessions running; try later")
-            return
         client_id = f"s{next(self._ids)}-{secrets.token_hex(3)}"
         client = ClientHandler(self, ws, client_id)
         self.clients[client_id] = client
@@ -818,8 +819,8 @@ class PresenterServer:
             await client.run()
         except ConnectionClosed:
             pass
-        except SessionRefused as exc:  # the engine has no room (its own session limit)
-            await self._refuse(ws, str(exc))
+        except SessionRefused as exc:  # no room: the engine's registry refused (max_sessions)
+            await self._refuse(ws, f"server full: {exc}; try later")
         except Exception:  # noqa: BLE001 - a broken client must never take the server down
             log.exception("client %s failed", client_id)
             with contextlib.suppress(ConnectionClosed):

@@ -332,7 +332,7 @@ def test_internal_failures_reply_internal_without_details(runtime) -> None:
             # engine error events are forwarded without paths / exception names
             await session.start()
             handler.session_started = True
-            session._error("pipeline", "ValueError: failed in /work/main/models/warp.py line 3")
+            session.channel.error("pipeline", "ValueError: failed in /work/main/models/warp.py line 3")
             for _ in range(50):
                 await c.assert_alive()
                 errors = [e for e in c.events if e["event"] == "error"]
