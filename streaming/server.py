@@ -202,6 +202,9 @@ class ClientHandler:
         self._events_task: asyncio.Task[None] | None = None
         self._aux_tasks: set[asyncio.Task[Any]] = set()
         self._releases: set[asyncio.Task[None]] = set()  # this client's clean-ups (owned by the server)
+        # one replacement of the session at a time: a hangup and the peer's own "closed" (the page closes its
+        # peer, then sends hangup) would otherwise both build a session under this client's id
+        self._replacing = asyncio.Lock()
         self.closing = False  # the websocket is gone: no new session may be created any more
         self.requests = 0
         self.errors = 0
@@ -245,6 +248,8 @@ class ClientHandler:
             self.session.set_style(self.style, 0)
         events = getattr(self.session, "events", None)
         if isinstance(events, asyncio.Queue):
+            while not events.empty():  # re-applying the client's choices is not news to the client
+                events.get_nowait()
             self._events_task = asyncio.get_running_loop().create_task(self._forward_events(events))
 
     def _free_orphan(self, future: asyncio.Future[Any]) -> None:
@@ -363,18 +368,19 @@ class ClientHandler:
             peer = self.peer
 
             async def drop() -> None:
-                if self.peer is not peer or self.closing:
-                    return
-                await self._close_media()
-                if self.closing:  # the websocket closed meanwhile: no replacement session
-                    return
-                try:
-                    await self._new_session()
-                    await self.send(P.event("media_ended", reason=f"peer connection {state}"))
-                except (ConnectionClosed, SessionRefused):
-                    return  # gone, or no room: the next request creates the session (or says server_full)
-                except Exception:  # noqa: BLE001 - a failed replacement never takes the client down
-                    log.exception("client %s: could not replace the session after the peer ended", self.id)
+                async with self._replacing:
+                    if self.peer is not peer or self.closing:
+                        return
+                    await self._close_media()
+                    if self.closing:  # the websocket closed meanwhile: no replacement session
+                        return
+                    try:
+                        await self._new_session()
+                        await self.send(P.event("media_ended", reason=f"peer connection {state}"))
+                    except (ConnectionClosed, SessionRefused):
+                        return  # gone, or no room: the next request creates the session (or says server_full)
+                    except Exception:  # noqa: BLE001 - a failed replacement never takes the client down
+                        log.exception("client %s: could not replace the session after the peer ended", self.id)
 
             task = asyncio.get_running_loop().create_task(drop(), name=f"drop-{self.id}")
             self._aux_tasks.add(task)
@@ -439,7 +445,9 @@ class ClientHandler:
 
     async def dispatch(self, req: P.Request) -> dict[str, Any]:
         if self.session is None:
-            await self._new_session()
+            async with self._replacing:
+                if self.session is None:
+                    await self._new_session()
         session = self.session
         if isinstance(req, P.Ping):
             return {"server_time": time.time()}
@@ -454,9 +462,10 @@ class ClientHandler:
                 raise self._error(req, P.ErrorCode.BAD_FIELD, str(exc)) from None
             return {}
         if isinstance(req, P.Hangup):
-            had_media = self.peer is not None
-            await self._close_media()
-            await self._new_session()
+            async with self._replacing:
+                had_media = self.peer is not None
+                await self._close_media()
+                await self._new_session()
             return {"stopped": had_media}
         if isinstance(req, P.ListStyles):
             current = getattr(session, "style", None) or self.style

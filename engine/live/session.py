@@ -388,6 +388,13 @@ class LiveSession:
 
         Returns the first frame affected (None before start).
         """
+        at = self._cut()
+        if at is not None:
+            self.channel.info("interrupted", frame=at)
+        return at
+
+    def _cut(self) -> int | None:
+        """:meth:`interrupt` without its event (pause reports itself)."""
         if not self._started or self.pacer is None:
             return None
         pacer = self.pacer
@@ -399,18 +406,19 @@ class LiveSession:
         self.timeline.mute(audio_from, self.timeline.write_pos)
         if self._wake is not None:
             self._wake.set()
-        self.channel.info("interrupted", frame=at)
         return at
 
     def pause(self) -> None:
         """Interrupt and ignore input (treated as silence) until :meth:`resume`; the face idles."""
-        self.interrupt()
+        at = self._cut()
         self.timeline.silent = True
         self._paused = True
+        self.channel.info("paused", frame=at)
 
     def resume(self) -> None:
         self.timeline.silent = False
         self._paused = False
+        self.channel.info("resumed")
 
     # ============================================================================================== stats
     def stats(self) -> dict[str, Any]:
