@@ -12,7 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.config import ConfigError, add_config_arguments, config_from_args
+from engine.config import ConfigError, ServerConfig, add_config_arguments, config_from_args
+from streaming.contracts import ServedRuntime
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,12 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
     )
 
 
-async def serve_until_stopped(runtime: object, server_config: object, web_root: Path | None = None) -> None:
+async def serve_until_stopped(runtime: ServedRuntime, server_config: ServerConfig,
+                              web_root: Path | None = None) -> None:
     """Run the server until SIGINT/SIGTERM; closes every client session on the way out."""
     from streaming.server import PresenterServer
 
-    server = PresenterServer(runtime, server_config, web_root)  # type: ignore[arg-type]
+    server = PresenterServer(runtime, server_config, web_root)
     await server.start()
     token = server.settings.token
     url = server.url + (f"?token={token}" if token else "")
@@ -146,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        close = getattr(runtime, "close", None)
-        if callable(close):
-            close()
+        runtime.close()
     return 0
 
 

@@ -25,10 +25,10 @@ import mimetypes
 import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
@@ -40,6 +40,7 @@ from websockets.http11 import Response
 
 from engine.config import ServerConfig
 from streaming import protocol as P
+from streaming.contracts import ServedRuntime, ServedSession
 from streaming.webrtc import MediaPeer
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob:; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
-
-
-class RuntimeLike(Protocol):
-    """What the server needs from ``engine.runtime.EngineRuntime``."""
-
-    def new_session(self, session_id: str, max_sessions: int | None = None) -> Any: ...
-    def forget(self, session_id: str, session: Any = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -184,6 +178,22 @@ class SessionRefused(RuntimeError):
     """The engine refused to create a session (its own limit); the client is told ``server_full``."""
 
 
+Handler = Callable[["ClientHandler", Any], Awaitable[dict[str, Any]]]
+HANDLERS: dict[type[P.Request], Handler] = {}  # request class -> ClientHandler method answering it
+
+
+def _handles(request_type: type[P.Request]) -> Callable[[Handler], Handler]:
+    """Register the decorated ``ClientHandler`` method as the answer to ``request_type``."""
+
+    def register(fn: Handler) -> Handler:
+        if request_type in HANDLERS:
+            raise TypeError(f"{request_type.TYPE} has two handlers")
+        HANDLERS[request_type] = fn
+        return fn
+
+    return register
+
+
 class ClientHandler:
     """One websocket client: its live session, its media peer, and the dispatch of its requests."""
 
@@ -191,7 +201,7 @@ class ClientHandler:
         self.server = server
         self.ws = ws
         self.id = client_id
-        self.session: Any = None
+        self.session: ServedSession | None = None
         self.session_started = False
         self.peer: MediaPeer | None = None
         # The client's choices, re-applied when a hangup replaces the session with a fresh one.
@@ -238,19 +248,17 @@ class ClientHandler:
             raise ConnectionClosed(None, None)
         self.session = session
         self.session_started = False
-        bank = getattr(self.session, "styles", None)
         for name, code in self.uploaded.items():
-            if bank is not None and name not in bank:
-                bank.add_code(name, code)
+            if name not in session.styles:
+                session.styles.add_code(name, code)
         if self.intensity is not None:
-            self.session.set_intensity(self.intensity)
+            session.set_intensity(self.intensity)
         if self.style is not None:
-            self.session.set_style(self.style, 0)
-        events = getattr(self.session, "events", None)
-        if isinstance(events, asyncio.Queue):
-            while not events.empty():  # re-applying the client's choices is not news to the client
-                events.get_nowait()
-            self._events_task = asyncio.get_running_loop().create_task(self._forward_events(events))
+            session.set_style(self.style, 0)
+        events = session.events
+        while not events.empty():  # re-applying the client's choices is not news to the client
+            events.get_nowait()
+        self._events_task = asyncio.get_running_loop().create_task(self._forward_events(events))
 
     def _free_orphan(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None:
@@ -304,7 +312,7 @@ class ClientHandler:
                 "welcome",
                 session=self.id,
                 protocol=P.PROTOCOL_VERSION,
-                styles=self.session.list_styles(),
+                styles=self.live.list_styles(),
                 limits={
                     "max_message_bytes": self.server.limits.max_message_bytes,
                     "max_upload_bytes": self.server.limits.max_upload_bytes,
@@ -437,81 +445,107 @@ class ClientHandler:
     def _intensity(self) -> float | None:
         if self.intensity is not None:
             return self.intensity
-        config = getattr(self.server.runtime, "config", None)
-        return float(config.style.intensity) if config is not None else None
+        return float(self.server.runtime.config.style.intensity)
 
     def _error(self, request: P.Request, code: P.ErrorCode, message: str) -> P.ProtocolError:
         return P.ProtocolError(code, message, request.id, request.TYPE)
 
     async def dispatch(self, req: P.Request) -> dict[str, Any]:
+        """Answer one parsed request from the :data:`HANDLERS` table (one handler per request type)."""
         if self.session is None:
             async with self._replacing:
                 if self.session is None:
                     await self._new_session()
-        session = self.session
-        if isinstance(req, P.Ping):
-            return {"server_time": time.time()}
-        if isinstance(req, P.Offer):
-            return await self._offer(req)
-        if isinstance(req, P.IceCandidate):
-            if self.peer is None:
-                raise self._error(req, P.ErrorCode.NO_MEDIA, "no peer connection: send an offer first")
-            try:
-                await self.peer.add_ice_candidate(req.candidate, req.sdp_mid, req.sdp_mline_index)
-            except ValueError as exc:
-                raise self._error(req, P.ErrorCode.BAD_FIELD, str(exc)) from None
-            return {}
-        if isinstance(req, P.Hangup):
-            async with self._replacing:
-                had_media = self.peer is not None
-                await self._close_media()
-                await self._new_session()
-            return {"stopped": had_media}
-        if isinstance(req, P.ListStyles):
-            current = getattr(session, "style", None) or self.style
-            return {"styles": session.list_styles(), "current": current, "intensity": self._intensity()}
-        if isinstance(req, P.SetStyle):
-            if req.name not in session.list_styles():
-                raise self._error(req, P.ErrorCode.UNKNOWN_STYLE, f"no style named {req.name!r}")
-            frame = session.set_style(req.name, req.transition_ms)
-            self.style = req.name
-            return {"style": req.name, "frame": int(frame), "transition_ms": req.transition_ms}
-        if isinstance(req, P.SetIntensity):
-            session.set_intensity(req.value)
-            self.intensity = req.value
-            return {"intensity": req.value}
-        if isinstance(req, P.UploadStyle):
-            return await self._upload_style(req)
-        if isinstance(req, P.SetAvatar):
-            return await self._set_avatar(req)
-        if isinstance(req, P.Interrupt):
-            session.interrupt()
-            return {}
-        if isinstance(req, P.Pause):
-            session.pause()
-            return {}
-        if isinstance(req, P.Resume):
-            session.resume()
-            return {}
-        if isinstance(req, P.GetStats):
-            return {
-                "session": self.id,
-                "engine": session.stats(),
-                "transport": self.peer.stats() if self.peer is not None else None,
-            }
-        raise self._error(req, P.ErrorCode.UNKNOWN_TYPE, f"{req.TYPE} is not handled")  # pragma: no cover
+        handler = HANDLERS.get(type(req))
+        if handler is None:  # pragma: no cover - tests/test_protocol_docs.py checks the table is complete
+            raise self._error(req, P.ErrorCode.UNKNOWN_TYPE, f"{req.TYPE} is not handled")
+        return await handler(self, req)
 
+    @property
+    def live(self) -> ServedSession:
+        """The current session (``dispatch`` creates one before any handler runs)."""
+        assert self.session is not None
+        return self.session
+
+    @_handles(P.Ping)
+    async def _ping(self, req: P.Ping) -> dict[str, Any]:
+        return {"server_time": time.time()}
+
+    @_handles(P.IceCandidate)
+    async def _ice(self, req: P.IceCandidate) -> dict[str, Any]:
+        if self.peer is None:
+            raise self._error(req, P.ErrorCode.NO_MEDIA, "no peer connection: send an offer first")
+        try:
+            await self.peer.add_ice_candidate(req.candidate, req.sdp_mid, req.sdp_mline_index)
+        except ValueError as exc:
+            raise self._error(req, P.ErrorCode.BAD_FIELD, str(exc)) from None
+        return {}
+
+    @_handles(P.Hangup)
+    async def _hangup(self, req: P.Hangup) -> dict[str, Any]:
+        async with self._replacing:
+            had_media = self.peer is not None
+            await self._close_media()
+            await self._new_session()
+        return {"stopped": had_media}
+
+    @_handles(P.ListStyles)
+    async def _list_styles(self, req: P.ListStyles) -> dict[str, Any]:
+        session = self.live
+        return {"styles": session.list_styles(), "current": session.style or self.style,
+                "intensity": self._intensity()}
+
+    @_handles(P.SetStyle)
+    async def _set_style(self, req: P.SetStyle) -> dict[str, Any]:
+        session = self.live
+        if req.name not in session.list_styles():
+            raise self._error(req, P.ErrorCode.UNKNOWN_STYLE, f"no style named {req.name!r}")
+        frame = session.set_style(req.name, req.transition_ms)
+        self.style = req.name
+        return {"style": req.name, "frame": int(frame), "transition_ms": req.transition_ms}
+
+    @_handles(P.SetIntensity)
+    async def _set_intensity(self, req: P.SetIntensity) -> dict[str, Any]:
+        self.live.set_intensity(req.value)
+        self.intensity = req.value
+        return {"intensity": req.value}
+
+    @_handles(P.Interrupt)
+    async def _interrupt(self, req: P.Interrupt) -> dict[str, Any]:
+        self.live.interrupt()
+        return {}
+
+    @_handles(P.Pause)
+    async def _pause(self, req: P.Pause) -> dict[str, Any]:
+        self.live.pause()
+        return {}
+
+    @_handles(P.Resume)
+    async def _resume(self, req: P.Resume) -> dict[str, Any]:
+        self.live.resume()
+        return {}
+
+    @_handles(P.GetStats)
+    async def _stats(self, req: P.GetStats) -> dict[str, Any]:
+        return {
+            "session": self.id,
+            "engine": self.live.stats(),
+            "transport": self.peer.stats() if self.peer is not None else None,
+        }
+
+    @_handles(P.Offer)
     async def _offer(self, req: P.Offer) -> dict[str, Any]:
         if self.peer is not None:
             raise self._error(
                 req, P.ErrorCode.BAD_STATE, "media already running: send hangup before a new offer"
             )
+        session = self.live
         if not self.session_started:
-            await self.session.start()
+            await session.start()
             self.session_started = True
             if self.avatar is not None:  # chosen before media started
-                self.session.set_avatar(self.avatar)
-        peer = MediaPeer(self.session, on_state=self._on_peer_state)
+                session.set_avatar(self.avatar)
+        peer = MediaPeer(session, on_state=self._on_peer_state)
         try:
             answer = await peer.accept_offer(req.sdp)
         except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for unusable SDP
@@ -523,28 +557,26 @@ class ClientHandler:
         self.peer = peer
         return {"sdp": answer, "sdp_type": "answer"}
 
+    @_handles(P.UploadStyle)
     async def _upload_style(self, req: P.UploadStyle) -> dict[str, Any]:
-        if req.name in self.session.list_styles():
+        session = self.live
+        if req.name in session.list_styles():
             raise self._error(req, P.ErrorCode.STYLE_EXISTS, f"a style named {req.name!r} already exists")
-        session = self.session
         try:
             clip = await asyncio.to_thread(_decode_clip, req.data, req.format)
-            if hasattr(session, "add_style_async"):
-                await session.add_style_async(req.name, clip)  # style encoder on the model worker
-            else:
-                session.add_style(req.name, clip)
+            await session.add_style_async(req.name, clip)  # style encoder on the model worker
         except _clip_errors() as exc:
             raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
-        bank = getattr(session, "styles", None)
-        if bank is not None and req.name in bank:
-            self.uploaded[req.name] = bank.get(req.name)
-        return {"style": req.name, "frames": int(clip.shape[0]), "styles": self.session.list_styles()}
+        if req.name in session.styles:
+            self.uploaded[req.name] = session.styles.get(req.name)
+        return {"style": req.name, "frames": int(clip.shape[0]), "styles": session.list_styles()}
 
+    @_handles(P.SetAvatar)
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:
         try:
             image = await asyncio.to_thread(_decode_avatar, req.data, req.format, self.server.avatar_size)
             if self.session_started:
-                self.session.set_avatar(image)  # prepared on the model worker; failures arrive as events
+                self.live.set_avatar(image)  # prepared on the model worker; failures arrive as events
         except (*_avatar_errors(), ValueError) as exc:  # type: ignore[misc]  # mypy: no starred except
             raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
         self.avatar = image
@@ -554,16 +586,17 @@ class ClientHandler:
 class PresenterServer:
     """HTTP page + websocket control/signaling on one port; one :class:`ClientHandler` per websocket."""
 
-    def __init__(self, runtime: RuntimeLike, settings: Any = None, web_root: Path | None = None) -> None:
+    def __init__(self, runtime: ServedRuntime, settings: ServerSettings | ServerConfig | None = None,
+                 web_root: Path | None = None) -> None:
         """``settings``: a :class:`ServerSettings` or ``ServerConfig``; default ``runtime.config.server``."""
         self.runtime = runtime
-        config = getattr(runtime, "config", None)
+        config = runtime.config
         if settings is None:
-            settings = config.server  # type: ignore[union-attr]
+            settings = config.server
         self.settings = (
             settings if isinstance(settings, ServerSettings) else ServerSettings.from_config(settings)
         )
-        self.avatar_size = int(config.renderer.size) if config is not None else 256
+        self.avatar_size = int(config.renderer.size)
         self.web_root = (web_root or DEFAULT_WEB_ROOT).resolve()
         self.limits = P.Limits(self.settings.max_message_bytes, self.settings.max_upload_bytes)
         self.clients: dict[str, ClientHandler] = {}
@@ -652,7 +685,7 @@ class PresenterServer:
                     "ok": True,
                     "sessions": self.active_sessions,
                     "max_sessions": self.settings.max_sessions,
-                    "engine_sessions": len(getattr(self.runtime, "sessions", ())),
+                    "engine_sessions": len(self.runtime.sessions),
                 }
             )
             return _response(200, body.encode(), "application/json")
