@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.live.events import EventCode
 from streaming import protocol as P
-from streaming.server import HANDLERS
+from streaming.client_handler import HANDLERS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "streaming" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -36,7 +36,8 @@ def test_every_error_and_event_code_is_documented() -> None:
     assert {str(c) for c in P.ErrorCode} <= _table_keys("## Error codes")
     envelope = _table_keys("## Message envelope")
     assert {str(c) for c in EventCode} <= envelope
-    server_src = (ROOT / "streaming" / "server.py").read_text(encoding="utf-8")
+    server_src = "".join((ROOT / "streaming" / f).read_text(encoding="utf-8")
+                         for f in ("server.py", "client_handler.py"))
     sent = set(re.findall(r'P\.event\(\s*"([a-z_]+)"', server_src))
     sent |= {"info", "warning", "error"}  # engine events are forwarded under their type
     assert sent and sent <= envelope, sent - envelope

@@ -1,4 +1,5 @@
-"""``styletalk-live serve``: load the engine once, then serve page, websocket and WebRTC on one port."""
+"""The ``styletalk-live serve`` command (argument parsing, exposure check, logging set-up): load the engine
+once, then run :class:`streaming.server.PresenterServer` - page, websocket and WebRTC on one port."""
 
 from __future__ import annotations
 
