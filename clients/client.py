@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import av
 import numpy as np
@@ -170,13 +170,18 @@ class Recording:
         return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``token=<token>`` added to its query, URL-encoded (a token may hold ``+ & % =`` ...)."""
+    return f"{url}{'&' if '?' in url else '?'}{urlencode({'token': token})}"
+
+
 class StyleTalkClient:
     """One connection to ``styletalk-live serve``: ``connect()``, ``start_media(mic)``, ``request(...)``."""
 
     def __init__(
         self, url: str = "ws://127.0.0.1:8080/ws", token: str | None = None, keep_frames: int = 10_000
     ):
-        self.url = url if token is None else f"{url}{'&' if '?' in url else '?'}token={token}"
+        self.url = url if token is None else with_token(url, token)
         self.ws: ClientConnection | None = None
         self.pc: RTCPeerConnection | None = None
         self.mic: MicrophoneTrack | None = None

@@ -81,6 +81,7 @@ class ClientHandler:
         self.requests = 0
         self.errors = 0
         self.limiter = P.RateLimiter(server.settings.rate_limit_per_s, server.settings.rate_limit_burst)
+        self.upload_limiter = P.RateLimiter(server.settings.upload_rate_per_s, server.settings.upload_burst)
 
     # -------------------------------------------------------------------------------------------- life cycle
     async def _new_session(self) -> None:
@@ -258,30 +259,38 @@ class ClientHandler:
 
     # --------------------------------------------------------------------------------------------- requests
     async def handle_raw(self, raw: str | bytes) -> None:
-        """Parse, dispatch and answer one message; nothing a client sends ends its session."""
+        """Parse, dispatch and answer one message; nothing a client sends ends its session.
+
+        Refusals come *before* parsing: a rate-limited message is not parsed at all (its id and type are
+        echoed from a scan of its first 256 characters), and only an upload may be larger than
+        ``max_message_bytes`` (see :func:`streaming.protocol.parse_message`); a large upload is parsed
+        (JSON + base64 of megabytes) on the upload thread instead of the event loop.
+        """
         self.requests += 1
         request: P.Request | None = None
-        if not self.limiter.allow(time.monotonic()):
-            self.errors += 1
-            rid: str | int | None = None
-            rtype: str | None = None
-            try:
-                parsed = P.parse_message(raw, self.server.limits)
-                rid, rtype = parsed.id, parsed.TYPE
-            except P.ProtocolError as exc:
-                rid, rtype = exc.request_id, exc.request_type
-            await self.send(
-                P.error_reply(
-                    P.ErrorCode.RATE_LIMITED,
-                    f"too many messages: at most {self.limiter.rate:g} per second (bursts of "
-                    f"{self.limiter.burst:g}); this request was not executed",
-                    rid,
-                    rtype,
-                )
+        now = time.monotonic()
+        limits = self.server.limits
+        large = len(raw) > limits.max_message_bytes  # characters <= bytes: only an upload can be this large
+        if not self.limiter.allow(now):
+            await self._refuse_unparsed(
+                raw,
+                f"too many messages: at most {self.limiter.rate:g} per second (bursts of "
+                f"{self.limiter.burst:g}); this request was not executed",
             )
             return
+        upload_charged = large or P.peek_envelope(raw)[1] in P.UPLOAD_TYPES
+        if upload_charged and not self.upload_limiter.allow(now):
+            await self._refuse_unparsed(raw, self._upload_limit_message())
+            return
         try:
-            request = P.parse_message(raw, self.server.limits)
+            if large:
+                loop = asyncio.get_running_loop()
+                request = await loop.run_in_executor(self.server.uploads, P.parse_message, raw, limits)
+            else:
+                request = P.parse_message(raw, limits)
+            if request.TYPE in P.UPLOAD_TYPES and not upload_charged and not self.upload_limiter.allow(now):
+                raise P.ProtocolError(P.ErrorCode.RATE_LIMITED, self._upload_limit_message(), request.id,
+                                      request.TYPE)
             result = await self.dispatch(request)
             await self.send(P.reply(request, result))
         except P.ProtocolError as exc:
@@ -303,6 +312,18 @@ class ClientHandler:
             await self.send(
                 P.error_reply(P.ErrorCode.INTERNAL, "internal server error (logged on the server)", rid, rtype)
             )
+
+    async def _refuse_unparsed(self, raw: str | bytes, message: str) -> None:
+        self.errors += 1
+        rid, rtype = P.peek_envelope(raw)
+        await self.send(P.error_reply(P.ErrorCode.RATE_LIMITED, message, rid, rtype))
+
+    def _upload_limit_message(self) -> str:
+        per_min = self.upload_limiter.rate * 60
+        return (
+            f"too many uploads: at most {per_min:g} per minute (bursts of {self.upload_limiter.burst:g}); "
+            "this upload was not executed"
+        )
 
     def _intensity(self) -> float | None:
         if self.intensity is not None:
@@ -421,22 +442,35 @@ class ClientHandler:
 
     @_handles(P.UploadStyle)
     async def _upload_style(self, req: P.UploadStyle) -> dict[str, Any]:
+        """Decode the clip and encode its style code on the server's upload thread: neither the event loop
+        nor the model worker (every session's frames) spends time on an upload."""
         session = self.live
         if req.name in session.list_styles():
             raise self._error(req, P.ErrorCode.STYLE_EXISTS, f"a style named {req.name!r} already exists")
+        limit = self.server.settings.max_uploaded_styles
+        if len(self.uploaded) >= limit:
+            raise self._error(req, P.ErrorCode.BAD_STATE, f"this session already has {limit} uploaded styles")
+        bank = session.styles
+        loop = asyncio.get_running_loop()
         try:
-            clip = await asyncio.to_thread(decode_clip, req.data, req.format)
-            await session.add_style_async(req.name, clip)  # style encoder on the model worker
+            clip = await loop.run_in_executor(self.server.uploads, decode_clip, req.data, req.format)
+            await loop.run_in_executor(self.server.uploads, bank.add, req.name, clip)
         except clip_errors() as exc:
             raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
-        if req.name in session.styles:
-            self.uploaded[req.name] = session.styles.get(req.name)
-        return {"style": req.name, "frames": int(clip.shape[0]), "styles": session.list_styles()}
+        if req.name in bank:
+            code = bank.get(req.name)
+            self.uploaded[req.name] = code
+            current = self.live.styles
+            if current is not bank and req.name not in current:
+                current.add_code(req.name, code)  # the session was replaced meanwhile (peer ended)
+        return {"style": req.name, "frames": int(clip.shape[0]), "styles": self.live.list_styles()}
 
     @_handles(P.SetAvatar)
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        size = self.server.avatar_size
         try:
-            image = await asyncio.to_thread(decode_avatar, req.data, req.format, self.server.avatar_size)
+            image = await loop.run_in_executor(self.server.uploads, decode_avatar, req.data, req.format, size)
             if self.session_started:
                 self.live.set_avatar(image)  # prepared on the model worker; failures arrive as events
         except (*avatar_errors(), ValueError) as exc:  # type: ignore[misc]  # mypy: no starred except

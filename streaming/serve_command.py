@@ -12,9 +12,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode
 
 from engine.config import ConfigError, ServerConfig, add_config_arguments, config_from_args
 from streaming.contracts import ServedRuntime
+
+if TYPE_CHECKING:
+    from streaming.server import PresenterServer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the engine); without this flag serve refuses to start that way",
     )
     net.add_argument("--max-sessions", type=int, default=None, metavar="N", help="concurrent clients (default 4)")
+    net.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the page may be opened under (repeatable). Without a token the server answers only "
+        "to IP addresses and localhost, so that a web page cannot reach it by DNS rebinding",
+    )
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
     net.add_argument("--verbose", action="store_true",
                      help="also log the WebRTC stack's connection checks (aioice/aiortc; INFO/DEBUG chatter)")
@@ -76,16 +89,26 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
     )
 
 
-async def serve_until_stopped(runtime: ServedRuntime, server_config: ServerConfig,
-                              web_root: Path | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM; closes every client session on the way out."""
-    from streaming.server import PresenterServer
+SHUTDOWN_TIMEOUT_S = 4.0  # SIGTERM: clients are closed and sessions freed within this, then the process exits
 
-    server = PresenterServer(runtime, server_config, web_root)
-    await server.start()
+
+def page_url(server: PresenterServer) -> str:
+    """The URL to open: the server's page with its token, URL-encoded so that it works as printed."""
     token = server.settings.token
-    url = server.url + (f"?token={token}" if token else "")
-    print(f"styletalk-live: serving on {url}  (Ctrl+C to stop)", flush=True)
+    return server.url + (f"?{urlencode({'token': token}, quote_via=quote)}" if token else "")
+
+
+async def serve_until_stopped(
+    runtime: ServedRuntime, server_config: ServerConfig, web_root: Path | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+) -> None:
+    """Run the server until SIGINT/SIGTERM; closes every client session on the way out (bounded in time)."""
+    from streaming.server import PresenterServer, ServerSettings
+
+    settings = dataclasses.replace(ServerSettings.from_config(server_config), allowed_hosts=tuple(allowed_hosts))
+    server = PresenterServer(runtime, settings, web_root)
+    await server.start()
+    print(f"styletalk-live: serving on {page_url(server)}  (Ctrl+C to stop)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,7 +120,10 @@ async def serve_until_stopped(runtime: ServedRuntime, server_config: ServerConfi
         await stop.wait()
     finally:
         print("styletalk-live: stopping", flush=True)
-        await server.close()
+        try:
+            await asyncio.wait_for(server.close(), SHUTDOWN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("clients not closed within %.0f s; exiting anyway", SHUTDOWN_TIMEOUT_S)
 
 
 CHATTY_LOGGERS = ("aioice", "aiortc")  # log every ICE candidate-pair check at INFO: half of a serve log
@@ -141,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = EngineRuntime.load(config)
     web_root = Path(args.web_root) if args.web_root else None
     try:
-        asyncio.run(serve_until_stopped(runtime, config.server, web_root))
+        asyncio.run(serve_until_stopped(runtime, config.server, web_root, tuple(args.allow_host)))
     except OSError as exc:
         print(
             f"styletalk-live serve: cannot listen on {config.server.host}:{config.server.port}: {exc}",

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import itertools
 import logging
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,35 @@ log = logging.getLogger(__name__)
 WS_PATH = "/ws"
 
 
+def _split_host(host: str | None) -> tuple[str, int] | None:
+    """A Host header (``name``, ``name:port``, ``[v6]:port``) → (lower-case name, port); None if malformed."""
+    if not host or len(host) > 300:
+        return None
+    try:
+        url = urlsplit("//" + host)
+        name, port = url.hostname, url.port
+    except ValueError:
+        return None
+    if not name or url.path or url.query or url.username is not None:
+        return None
+    return name.rstrip("."), port or 80
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """A browser's Origin is this server's own page: ``http``, the same host name and the same port."""
+    if len(origin) > 300:
+        return False
+    expected = _split_host(host)
+    try:
+        url = urlsplit(origin)
+        port = url.port or (80 if url.scheme == "http" else None)
+    except ValueError:
+        return False
+    if expected is None or url.scheme != "http" or not url.hostname:
+        return False
+    return (url.hostname.rstrip("."), port) == expected
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """The subset of ``engine.config.ServerConfig`` the server reads (any object with these fields works),
@@ -59,6 +90,14 @@ class ServerSettings:
     # a client that stops reading its websocket is disconnected after this long instead of pinning its
     # session (and everything queued for it) forever
     send_timeout_s: float = 10.0
+    # uploads (style clips, photos) cost decoding + a style encoding or a face detection each: a client gets
+    # a burst of 3, then one every 5 s, and at most 16 uploaded styles
+    upload_rate_per_s: float = 0.2
+    upload_burst: int = 3
+    max_uploaded_styles: int = 16
+    # host names (besides loopback names and IP addresses) a tokenless server answers to: the Host header is
+    # checked so that a web page cannot reach the server through DNS rebinding (evil.example -> 127.0.0.1)
+    allowed_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -88,6 +127,9 @@ class PresenterServer:
         self.stalled_disconnects = 0  # clients dropped because they stopped reading (send timeout)
         self._server: Server | None = None
         self._owned: set[asyncio.Task[Any]] = set()  # clean-ups that must finish even if their caller is cancelled
+        # uploads (large-message parsing, clip decoding + style encoding, photo decoding + face detection) run
+        # one at a time on this thread: never on the event loop, never on the model worker that renders frames
+        self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-upload")
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed
         )
@@ -137,6 +179,7 @@ class PresenterServer:
             _, stuck = await asyncio.wait(set(self._owned), timeout=CLEANUP_TIMEOUT_S)
             if stuck:
                 log.warning("%d clean-up task(s) still running at shutdown", len(stuck))
+        self.uploads.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> PresenterServer:
         await self.start()
@@ -153,14 +196,63 @@ class PresenterServer:
         given = parse_qs(query).get("token", [""])[0]
         return hmac.compare_digest(given.encode(), expected.encode())
 
+    def _host_allowed(self, host: str | None) -> bool:
+        """Whether a request naming ``host`` (its Host header) may be served.
+
+        A tokenless server answers only to IP addresses, ``localhost`` names and the configured
+        ``allowed_hosts``: DNS rebinding needs a *name* (``evil.example`` resolving to 127.0.0.1), so an
+        attacker's page cannot reach the server through its own origin. With a token the token protects it.
+        """
+        if self.settings.token:
+            return True
+        parsed = _split_host(host)
+        if parsed is None:
+            return False
+        name = parsed[0]
+        if name == "localhost" or name.endswith(".localhost") or name in self._allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def _allowed_hosts(self) -> frozenset[str]:
+        return frozenset(h.lower().rstrip(".") for h in self.settings.allowed_hosts)
+
     def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
+        """Admission and plain HTTP (GET and HEAD; other methods 405) before any websocket handshake."""
+        resp: Response | None
+        try:
+            resp = self._route(request)
+        except Exception:  # noqa: BLE001 - one line in the log, never a traceback per request
+            log.warning("HTTP %s %.80s failed", request.method, request.path,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+            resp = text(500, "internal server error")
+        if resp is not None and request.method == "HEAD":
+            resp = Response(resp.status_code, resp.reason_phrase, resp.headers, b"")
+        return resp
+
+    def _route(self, request: HttpRequest) -> Response | None:
+        if request.method not in ("GET", "HEAD"):
+            return response(405, b"method not allowed\n", "text/plain; charset=utf-8",
+                            [("Allow", "GET, HEAD")])
         url = urlsplit(request.path)
+        hosts, origins = request.headers.get_all("Host"), request.headers.get_all("Origin")
+        if len(hosts) > 1 or len(origins) > 1:
+            return text(400, "bad request: repeated Host or Origin header")
+        host = hosts[0] if hosts else None
+        if not self._host_allowed(host):
+            return text(403, "forbidden: unknown host name (serve --allow-host NAME to allow it)")
         if url.path == WS_PATH:
+            if request.method != "GET":
+                return response(405, b"websocket: use GET\n", "text/plain; charset=utf-8",
+                                [("Allow", "GET")])
             if not self._token_ok(url.query):
                 return text(401, "unauthorized: open the page with ?token=<the server's token>")
-            origin = request.headers.get("Origin")
-            host = request.headers.get("Host")
-            if origin is not None and urlsplit(origin).netloc != host:
+            origin = origins[0] if origins else None
+            if origin is not None and not _same_origin(origin, host):
                 return text(403, "forbidden: cross-origin websocket")
             return None  # continue with the websocket handshake
         if url.path == "/healthz":

@@ -56,6 +56,13 @@ def text(status: int, text: str) -> Response:
 
 def resolve_static(web_root: Path, url_path: str) -> Path | None:
     """Map a URL path to a file strictly inside ``web_root`` (no traversal, no hidden files, known types)."""
+    try:
+        return _resolve_static(web_root, url_path)
+    except (OSError, ValueError):  # e.g. a path segment longer than the file system allows: not found
+        return None
+
+
+def _resolve_static(web_root: Path, url_path: str) -> Path | None:
     path = unquote(url_path)
     if path in ("", "/"):
         path = "/index.html"

@@ -200,7 +200,7 @@ def _png(image: np.ndarray) -> str:
 
 def test_control_requests_against_the_real_engine(live_runtime) -> None:  # noqa: F811
     async def main() -> None:
-        async with PresenterServer(live_runtime, server_settings()) as server:
+        async with PresenterServer(live_runtime, server_settings(upload_burst=100)) as server:
             async with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
                 c = Control(ws)
                 welcome = await c.welcome()
