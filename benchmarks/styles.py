@@ -274,6 +274,28 @@ def run(checkpoint: Path, data_dir: str | None, labels_path: Path, intensity_mod
     return res
 
 
+def decoder_step(paths: dict[str, Path], runs: int = 200) -> dict[str, Any]:
+    """Median wall time of the live engine's per-frame work - ``ExpressionDecoder.decode`` of one new
+    window with a cached style code - for each checkpoint, timed in alternating rounds (same load)."""
+    from engine.decoder import ExpressionDecoder
+
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 41, size=(1, 11)) for _ in range(16)]
+    decs = {k: ExpressionDecoder(StyleTalk.from_checkpoint(p), skip_silence=False) for k, p in paths.items()}
+    codes = {k: np.zeros(d.style_dim, np.float32) for k, d in decs.items()}
+    times: dict[str, list[float]] = {k: [] for k in decs}
+    for i in range(runs + 10):
+        for k, d in decs.items():
+            t0 = time.perf_counter()
+            d.decode(windows[i % 16], codes[k])
+            if i >= 10:
+                times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v) * 1e3) for k, v in times.items()}
+    first = next(iter(med))
+    return {"median_ms": med, "ratio_to_" + first: {k: v / med[first] for k, v in med.items()},
+            "runs": runs, "loadavg": os.getloadavg()}
+
+
 def _sha(path: Path) -> str:
     import hashlib
 
@@ -314,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="recognizer label cache (built on first use)")
     p.add_argument("--intensity", choices=("code", "output"), default="code",
                    help="intensity path to measure")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="also time the per-frame decoder step of this checkpoint against --checkpoint")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -322,7 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"checkpoint {args.checkpoint} not found", file=sys.stderr)
         return 1
     res = run(args.checkpoint.resolve(), args.data, args.labels, args.intensity)
+    if args.baseline is not None:
+        res["decoder_step"] = decoder_step({"baseline": args.baseline, "checkpoint": args.checkpoint})
     print_table(res)
+    if "decoder_step" in res:
+        ds = res["decoder_step"]
+        print("decoder step (one frame, cached style), median ms: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ds["median_ms"].items())
+              + f"; ratio {ds['ratio_to_baseline']['checkpoint']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

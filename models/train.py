@@ -131,6 +131,8 @@ class TrainConfig:
     recognized_prob: float = 0.5  # share of items trained on recognized labels (when the file is given)
     select_style: bool = False  # model selection on tail mouth L1 + style offset L1 (else mouth L1 only)
     init: str = ""  # start from this checkpoint's weights (fine-tuning); new modules keep their init
+    intensity_aug: float = 0.0  # share of cross-style items decoded at a random intensity (0 = off)
+    intensity_max: float = 2.0  # their intensity k ~ U(0.5, intensity_max)
     # model size (the official full model: 256 / 8 / 1024 / 3 / 128)
     d_model: int = 128
     nhead: int = 4
@@ -301,6 +303,12 @@ class Trainer:
         )
         self.val_items = evaluation_items(self.split)
         self.style_probe = StyleProbe.from_split(self.split) if cfg.select_style else None
+        # statistics of the neutral face (source speakers' read speech): the k = 0 end of intensity
+        src = self.split.train_sources
+        self.neutral_mean = torch.from_numpy(np.mean([s.exp.mean(0) for s in src], axis=0).astype(np.float32))
+        self.neutral_std = torch.from_numpy(
+            np.mean([self.sampler.window_stats(s.exp)[1] for s in src], axis=0).astype(np.float32)
+        )
         torch.manual_seed(cfg.seed)
         self.model = StyleTalk(cfg.model_config())
         if cfg.init:
@@ -369,7 +377,10 @@ class Trainer:
         # drop the padding columns no reference uses: same codes, up to ~2x less style-encoder work
         used = int((~batch.reference_mask).sum(1).max())
         style = self.model.encode_style(batch.reference[:, :used], batch.reference_mask[:, :used])  # (B, C)
-        pred = self.model.decode(self.model.encode_content(batch.windows), style)  # (B, L, 64)
+        code, ref_mean, ref_std = style, batch.ref_mean, batch.ref_std
+        if c.intensity_aug > 0 and ref_mean is not None and ref_std is not None and bool(has.any()):
+            code, ref_mean, ref_std = self._intensity_items(style, has, ref_mean, ref_std, rng)
+        pred = self.model.decode(self.model.encode_content(batch.windows), code)  # (B, L, 64)
         logs: dict[str, float] = {}
 
         # discriminators: real data vs the (detached) current generation
@@ -414,8 +425,8 @@ class Trainer:
             loss = temporal_g_loss(self.discs["temporal"], pred)
             logs["g_temporal"] = float(loss.detach())
             g_loss = g_loss + c.w_temporal * loss
-        if (c.w_stat_mean > 0 or c.w_stat_std > 0) and batch.ref_mean is not None and batch.ref_std is not None:
-            mean_err, std_err = style_stat_loss(pred, batch.ref_mean, batch.ref_std)
+        if (c.w_stat_mean > 0 or c.w_stat_std > 0) and ref_mean is not None and ref_std is not None:
+            mean_err, std_err = style_stat_loss(pred, ref_mean, ref_std)
             logs["stat_mean"], logs["stat_std"] = float(mean_err.detach()), float(std_err.detach())
             g_loss = g_loss + c.w_stat_mean * mean_err + c.w_stat_std * std_err
         self.opt_g.zero_grad(set_to_none=True)
@@ -427,6 +438,29 @@ class Trainer:
         logs["loss"] = float(g_loss.detach())
         self.step += 1
         return logs
+
+    def _intensity_items(
+        self, style: Tensor, has: Tensor, ref_mean: Tensor, ref_std: Tensor, rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Interpolation/extrapolation augmentation: a share of the cross-style items is decoded with
+        ``neutral + k (code - neutral)``, k ~ U(0.5, intensity_max), and its statistics targets move the same
+        way from the neutral face's (``neutral_mean + k (ref_mean - neutral_mean)``, std likewise, >= 0).
+        The neutral code is the mean code of the batch's source-speaker items, as ``style_codes`` defines
+        ``neutral``. This teaches the decoder that intensity 2 means twice the style's departure from
+        neutral, where plain code extrapolation saturates (softmax expert mixing, LayerNorm)."""
+        c = self.cfg
+        b = style.shape[0]
+        pick = (~has).numpy() & (rng.random(b) < c.intensity_aug)
+        k = np.ones(b, np.float32)
+        k[pick] = rng.uniform(0.5, c.intensity_max, int(pick.sum()))
+        if not pick.any():
+            return style, ref_mean, ref_std
+        kt = torch.from_numpy(k)[:, None]  # (B, 1)
+        neutral = style[has].mean(0, keepdim=True).detach()  # (1, C)
+        code = neutral + kt * (style - neutral)
+        mean = self.neutral_mean + kt * (ref_mean - self.neutral_mean)
+        std = (self.neutral_std + kt * (ref_std - self.neutral_std)).clamp_min(0.0)
+        return code, mean, std
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -671,7 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = load_checkpoint(best_path)
     summary = {
         "best_step": trainer.best_step,
-        "best_tail_mouth_l1": trainer.best,
+        "selection": "tail mouth L1 + style offset L1" if cfg.select_style else "tail mouth L1",
+        "best_selection_score": trainer.best,
         "final_step": trainer.step,
         "train_seconds_this_session": round(elapsed, 1),
         "parameters": n_params,

@@ -101,3 +101,25 @@ def test_trainer_uses_style_losses_and_fine_tunes_from_a_checkpoint(samples_dir:
     wrong = TrainConfig(out_dir=str(tmp_path / "c"), init=str(tmp_path / "base.pt"), **{**TINY, "d_model": 48})
     with pytest.raises(CheckpointError, match="network size"):
         Trainer(wrong, split)
+
+
+def test_intensity_augmentation_moves_code_and_targets_from_neutral(samples_dir: Path, tmp_path: Path) -> None:
+    split = make_split(samples_dir)
+    cfg = TrainConfig(out_dir=str(tmp_path / "r"), intensity_aug=1.0, w_stat_mean=1.0, w_stat_std=1.0, **TINY)
+    trainer = Trainer(cfg, split)
+    style = torch.randn(6, 32)
+    has = torch.tensor([True, True, True, True, False, False])
+    ref_mean, ref_std = torch.randn(6, 64), torch.rand(6, 64)
+    code, mean, std = trainer._intensity_items(style, has, ref_mean, ref_std, np.random.default_rng(1))
+    torch.testing.assert_close(code[:4], style[:4])  # supervised items keep their code and targets
+    torch.testing.assert_close(mean[:4], ref_mean[:4])
+    neutral = style[:4].mean(0)
+    for i in (4, 5):
+        k = float(((code[i] - neutral) / (style[i] - neutral)).mean())
+        assert 0.5 <= k <= 2.0
+        torch.testing.assert_close(code[i], neutral + k * (style[i] - neutral), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mean[i], trainer.neutral_mean + k * (ref_mean[i] - trainer.neutral_mean),
+                                   atol=1e-5, rtol=1e-5)
+        assert bool((std[i] >= 0).all())
+    logs = trainer.train_step()
+    assert np.isfinite(logs["loss"]) and np.isfinite(logs["stat_mean"])
