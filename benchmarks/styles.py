@@ -17,9 +17,13 @@ the output). Which data scores what:
   style's held-out tails, divided by the same for a style-blind output (the mean training expression).
 * **spread** - mean pairwise L1 between the 13 styles' output means / the same between the styles' tail
   means (1 = the outputs differ from each other as much as the real styles do).
-* **intensity** - per style, the code (or output, see ``engine.stylebank``) at k = 0, 0.5, 1, 1.5, 2 via
-  the engine's own intensity path; distance = mean |out_k - out_0| over frames and coefficients.
-  Monotone for every style and d(2)/d(1) >= 1.7 are the targets.
+* **intensity** - per style, the output at k = 0, 0.5, 1, 1.5, 2 through the engine's own intensity path
+  (``StyleBank.intensity``: code space, along the line from ``neutral``); distance = mean |out_k - out_0|
+  over frames and coefficients. Monotone for every style and d(2)/d(1) >= 1.7 are the targets.
+  ``--intensity output`` measures the alternative the engine does not implement (neutral output +
+  k x (style output - neutral output)), which is linear by construction.
+* **decoder step** (``--baseline OTHER.pt``) - the per-frame ``ExpressionDecoder.decode`` cost of both
+  checkpoints, timed in alternating rounds.
 * **lip sync (reference labels)** - mouth-opening r and mouth L1 against ground truth on the clip tails and
   on the held-out clip (as ``benchmarks.expression_quality``).
 * **lip sync (audio-driven)** - every source clip's wav through the streaming recognizer (default
