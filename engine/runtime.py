@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -35,6 +36,9 @@ STYLE_CLIP_SUFFIXES = (".mat", ".npy", ".txt")
 # Label-stable lag assumed for a recognizer that does not declare one (s); DESIGN.md: allphone p90 145 ms.
 DEFAULT_RECOGNIZER_LAG_S = 0.15
 COMPUTE_MARGIN_S = 0.03  # decode + render + hand-over of one frame on a busy 2-core machine
+
+
+_RESERVED = object()  # placeholder in ``EngineRuntime.sessions`` for a slot whose session is being built
 
 
 class RuntimeErrorConfig(RuntimeError):
@@ -81,7 +85,8 @@ class EngineRuntime:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-model")
         self._threads = config.decoder.threads
         self.worker.submit(torch.set_num_threads, self._threads).result()
-        self.sessions: dict[str, Any] = {}
+        self.sessions: dict[str, Any] = {}  # session id -> LiveSession (or _RESERVED while it is built)
+        self._admission = threading.Lock()  # guards ``sessions``: check + reserve is one step
         self.frame_compute_s: float | None = None  # measured by warmup()
         if config.style.default not in styles:
             raise RuntimeErrorConfig(f"default style {config.style.default!r} is not among {styles.names()}")
@@ -167,16 +172,39 @@ class EngineRuntime:
 
     # -------------------------------------------------------------------------------------------- sessions
     def new_session(self, session_id: str, **kwargs: Any) -> Any:
+        """Admit and build a session; ``RuntimeError`` when ``server.max_sessions`` are running.
+
+        Admission is atomic: the slot is reserved under a lock *before* the (slow: ~0.5 s recognizer set-up)
+        construction, so concurrent callers in different threads can never all pass the check. A failed
+        construction gives the slot back.
+        """
         from engine.session import LiveSession
 
-        if len(self.sessions) >= self.config.server.max_sessions:
-            raise RuntimeError(f"too many sessions ({len(self.sessions)}; max {self.config.server.max_sessions})")
-        session = LiveSession(self, session_id, **kwargs)
-        self.sessions[session_id] = session
+        limit = self.config.server.max_sessions
+        with self._admission:
+            if session_id in self.sessions:
+                raise RuntimeError(f"session {session_id!r} is already running")
+            if len(self.sessions) >= limit:
+                raise RuntimeError(f"too many sessions ({len(self.sessions)}; max {limit})")
+            self.sessions[session_id] = _RESERVED
+        try:
+            session = LiveSession(self, session_id, **kwargs)
+        except BaseException:
+            self._release(session_id, _RESERVED)
+            raise
+        with self._admission:
+            self.sessions[session_id] = session
         return session
 
-    def forget(self, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
+    def forget(self, session_id: str, session: Any = None) -> None:
+        """Free ``session_id``'s slot (only if it still holds ``session``, when given). Idempotent."""
+        self._release(session_id, session)
+
+    def _release(self, session_id: str, holder: Any) -> None:
+        with self._admission:
+            current = self.sessions.get(session_id)
+            if current is not None and (holder is None or current is holder):
+                del self.sessions[session_id]
 
     def close(self) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)

@@ -65,6 +65,7 @@ class RuntimeLike(Protocol):
     """What the server needs from ``engine.runtime.EngineRuntime``."""
 
     def new_session(self, session_id: str) -> Any: ...
+    def forget(self, session_id: str, session: Any = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ def _avatar_errors() -> tuple[type[BaseException], ...]:
     return (AvatarError,)
 
 
+CLEANUP_TIMEOUT_S = 15.0  # freeing one client (peer close <= 5 s, session threads <= 5 s) never takes longer
+
+
 class SessionRefused(RuntimeError):
     """The engine refused to create a session (its own limit); the client is told ``server_full``."""
 
@@ -196,6 +200,8 @@ class ClientHandler:
         self.uploaded: dict[str, np.ndarray] = {}  # name -> style code (encoded once, on upload)
         self._events_task: asyncio.Task[None] | None = None
         self._aux_tasks: set[asyncio.Task[Any]] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # this client's clean-ups (owned by the server)
+        self.closing = False  # the websocket is gone: no new session may be created any more
         self.requests = 0
         self.errors = 0
         self.limiter = P.RateLimiter(server.settings.rate_limit_per_s, server.settings.rate_limit_burst)
@@ -205,12 +211,25 @@ class ClientHandler:
         """Create a fresh (not yet started) live session, re-applying this client's choices to it.
 
         Built in a worker thread: a session owns a recognizer whose set-up (model files) takes ~0.5 s, which
-        must not stall the other clients' media on the event loop.
+        must not stall the other clients' media on the event loop. If this coroutine is cancelled while the
+        thread runs (the client left), the session the thread still builds is freed when it is ready instead
+        of holding its slot forever.
         """
+        if self.closing:
+            raise ConnectionClosed(None, None)
+        runtime = self.server.runtime
+        future = asyncio.get_running_loop().run_in_executor(None, runtime.new_session, self.id)
         try:
-            self.session = await asyncio.to_thread(self.server.runtime.new_session, self.id)
+            session = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._free_orphan)
+            raise
         except RuntimeError as exc:
             raise SessionRefused(str(exc)) from exc
+        if self.closing:  # the client left while the session was built: never hand it out
+            self._release_later(None, None, session)
+            raise ConnectionClosed(None, None)
+        self.session = session
         self.session_started = False
         bank = getattr(self.session, "styles", None)
         for name, code in self.uploaded.items():
@@ -224,20 +243,50 @@ class ClientHandler:
         if isinstance(events, asyncio.Queue):
             self._events_task = asyncio.get_running_loop().create_task(self._forward_events(events))
 
+    def _free_orphan(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._release_later(None, None, future.result())
+
     async def _close_media(self) -> None:
-        """Free the peer and the session (tasks, threads, queues)."""
+        """Free the peer and the session (tasks, threads, queues, the engine slot).
+
+        The freeing runs in a task owned by the server: a caller cancelled halfway (the client's websocket
+        closed during a drop, server shutdown) cannot leave a half-closed peer or a session that still holds
+        its engine slot; the caller waits for it unless it is itself cancelled.
+        """
         peer, self.peer = self.peer, None
         session, self.session = self.session, None
         task, self._events_task = self._events_task, None
-        if peer is not None:
-            await peer.close()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if session is not None:
-            await session.close()
         self.session_started = False
+        if peer is None and session is None and task is None:
+            return
+        await asyncio.shield(self._release_later(peer, task, session))
+
+    def _release_later(
+        self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: Any
+    ) -> asyncio.Task[None]:
+        release = self.server.own(self._release(peer, task, session), name=f"release-{self.id}")
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+        return release
+
+    async def _release(self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: Any) -> None:
+        try:
+            if task is not None:
+                task.cancel()
+            if peer is not None:
+                try:
+                    await peer.close()
+                except Exception:  # noqa: BLE001 - the session below must be freed anyway
+                    log.exception("client %s: closing the peer connection failed", self.id)
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if session is not None:
+                await session.close()
+        finally:
+            if session is not None:  # whatever happened above, the engine slot is given back
+                self.server.runtime.forget(self.id, session)
 
     async def run(self) -> None:
         await self._new_session()
@@ -257,9 +306,22 @@ class ClientHandler:
             await self.handle_raw(raw)
 
     async def close(self) -> None:
-        for task in list(self._aux_tasks):
-            task.cancel()
+        """The websocket is gone: free everything this client holds, and wait until it is free.
+
+        A drop in flight (the peer connection closed first) is let finish its clean-up rather than cancelled
+        halfway; ``closing`` stops it from creating a replacement session.
+        """
+        self.closing = True
+        pending = set(self._aux_tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=CLEANUP_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
         await self._close_media()
+        if self._releases:
+            done, stuck = await asyncio.wait(set(self._releases), timeout=CLEANUP_TIMEOUT_S)
+            if stuck:
+                log.warning("client %s: clean-up still running after %.0f s", self.id, CLEANUP_TIMEOUT_S)
 
     async def send(self, text: str) -> None:
         """Send one message; a client that does not read for ``send_timeout_s`` is disconnected.
@@ -297,12 +359,20 @@ class ClientHandler:
             peer = self.peer
 
             async def drop() -> None:
-                if self.peer is peer:
-                    await self._close_media()
+                if self.peer is not peer or self.closing:
+                    return
+                await self._close_media()
+                if self.closing:  # the websocket closed meanwhile: no replacement session
+                    return
+                try:
                     await self._new_session()
                     await self.send(P.event("media_ended", reason=f"peer connection {state}"))
+                except (ConnectionClosed, SessionRefused):
+                    return  # gone, or no room: the next request creates the session (or says server_full)
+                except Exception:  # noqa: BLE001 - a failed replacement never takes the client down
+                    log.exception("client %s: could not replace the session after the peer ended", self.id)
 
-            task = asyncio.get_running_loop().create_task(drop())
+            task = asyncio.get_running_loop().create_task(drop(), name=f"drop-{self.id}")
             self._aux_tasks.add(task)
             task.add_done_callback(self._aux_tasks.discard)
 
@@ -487,6 +557,7 @@ class PresenterServer:
         self._ids = itertools.count(1)
         self.stalled_disconnects = 0  # clients dropped because they stopped reading (send timeout)
         self._server: Server | None = None
+        self._owned: set[asyncio.Task[Any]] = set()  # clean-ups that must finish even if their caller is cancelled
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed
         )
@@ -519,11 +590,23 @@ class PresenterServer:
     def active_sessions(self) -> int:
         return len(self.clients)
 
+    def own(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task owned by the server (kept referenced, awaited by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._owned.add(task)
+        task.add_done_callback(self._owned.discard)
+        return task
+
     async def close(self) -> None:
+        """Stop listening, close every client and wait (bounded) until their sessions are freed."""
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
+        if self._owned:
+            _, stuck = await asyncio.wait(set(self._owned), timeout=CLEANUP_TIMEOUT_S)
+            if stuck:
+                log.warning("%d clean-up task(s) still running at shutdown", len(stuck))
 
     async def __aenter__(self) -> PresenterServer:
         await self.start()
@@ -552,7 +635,12 @@ class PresenterServer:
             return None  # continue with the websocket handshake
         if url.path == "/healthz":
             body = P._dump(
-                {"ok": True, "sessions": self.active_sessions, "max_sessions": self.settings.max_sessions}
+                {
+                    "ok": True,
+                    "sessions": self.active_sessions,
+                    "max_sessions": self.settings.max_sessions,
+                    "engine_sessions": len(getattr(self.runtime, "sessions", ())),
+                }
             )
             return _response(200, body.encode(), "application/json")
         path = resolve_static(self.web_root, url.path)

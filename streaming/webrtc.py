@@ -36,6 +36,7 @@ VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
 OPUS_FRAME_SAMPLES = OPUS_RATE // 50  # 20 ms
 ENGINE_RATE = 16_000
+PC_CLOSE_TIMEOUT_S = 5.0  # aiortc's close stops the senders/receivers and transports: well under a second
 
 
 class LiveSessionLike(Protocol):
@@ -201,6 +202,7 @@ class MediaPeer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_state = on_state
         self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -258,15 +260,29 @@ class MediaPeer:
         }
 
     async def close(self) -> None:
-        """Stop tracks and tasks and close the peer connection; idempotent."""
-        if self._closed:
-            return
+        """Stop tracks and tasks and close the peer connection; idempotent, and safe to cancel.
+
+        The work runs in one task of its own that a cancelled caller does not interrupt: aiortc's
+        ``RTCPeerConnection.close()`` cancelled halfway (or awaiting aiortc's own close, which it starts when
+        the remote side closes DTLS) leaves the connection half-stopped and breaks that shared close
+        (``InvalidStateError``, timers that never stop). Every caller waits for the same task.
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close(), name="media-peer-close")
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
         self._closed = True
         self.video.stop()
         self.audio.stop()
         for task in list(self._tasks):
             task.cancel()
-        await self.pc.close()
+        pc_close = asyncio.ensure_future(self.pc.close())
+        done, _ = await asyncio.wait({pc_close}, timeout=PC_CLOSE_TIMEOUT_S)
+        if not done:  # never cancel it (see close()); report and move on
+            log.warning("peer connection did not close within %.0f s", PC_CLOSE_TIMEOUT_S)
+        elif pc_close.exception() is not None:
+            log.warning("closing the peer connection failed: %r", pc_close.exception())
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()

@@ -113,7 +113,12 @@ def test_http_serves_only_the_page_files(live_runtime, tmp_path) -> None:  # noq
                 assert status == 404, (evil, status)
                 assert b"[project]" not in body
             status, headers, body = await http_get(server.port, "/healthz")
-            assert status == 200 and json.loads(body) == {"ok": True, "sessions": 0, "max_sessions": 4}
+            assert status == 200 and json.loads(body) == {
+                "ok": True,
+                "sessions": 0,
+                "max_sessions": 4,
+                "engine_sessions": 0,
+            }
 
     run(main())
     # The resolver itself, on a directory with a symlink pointing outside it.
