@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from engine.avatar import SECOND_FACE_RATIO, FaceBox, _dlib_models, detect_faces
 from models.expression_inverse import ExpressionInverse, rest_frames
 
 log = logging.getLogger(__name__)
+
+TARGET_FPS = 30  # the models' frame rate: clips are one row per 1/30 s
 
 # stable error codes (also used by the server's upload_style replies)
 ERROR_CODES = ("unreadable", "no_video", "too_short", "too_long", "resolution", "no_face", "several_faces",
@@ -156,9 +159,14 @@ class _Tracker:
         self.rows.append(lmk)
 
 
-def video_landmarks(path: str | Path, limits: ExtractLimits = ExtractLimits(), progress: bool = False
-                    ) -> tuple[np.ndarray, float, float, tuple[int, int]]:
-    """(F, 68, 2) landmarks in the detection frame (NaN where no face), fps, duration, (width, height)."""
+ProgressFn = Callable[[int, "int | None"], None]  # (frames done, frames expected or None)
+
+
+def video_landmarks(path: str | Path, limits: ExtractLimits = ExtractLimits(), progress: bool = False,
+                    on_progress: ProgressFn | None = None) -> tuple[np.ndarray, float, float, tuple[int, int]]:
+    """(F, 68, 2) landmarks in the detection frame (NaN where no face), fps, duration, (width, height).
+
+    ``on_progress`` is called from this thread after every frame (the server forwards it, throttled)."""
     from tqdm import tqdm
 
     path = Path(path)
@@ -180,13 +188,18 @@ def video_landmarks(path: str | Path, limits: ExtractLimits = ExtractLimits(), p
         tracker = _Tracker(limits, scale)
         rows = tracker.rows
         total = int(duration * fps) if duration else None
-        max_frames = int(limits.max_seconds * fps) + 30
+        max_frames = int(limits.max_seconds * max(fps, 30.0)) + 30
+        times: list[float] = []
         with tqdm(total=total, desc="landmarks", unit="frame", disable=not progress, mininterval=0.5) as bar:
             try:
                 for frame in container.decode(stream):
                     rgb = frame.to_ndarray(format="rgb24", width=dw, height=dh)
                     tracker(rgb)
+                    if frame.time is not None:
+                        times.append(float(frame.time))
                     bar.update(1)
+                    if on_progress is not None:
+                        on_progress(len(rows), total)
                     if len(rows) > max_frames:
                         raise StyleExtractError("too_long", f"{path}: longer than {limits.max_seconds:g} s")
             except StyleExtractError:
@@ -205,7 +218,22 @@ def video_landmarks(path: str | Path, limits: ExtractLimits = ExtractLimits(), p
     for i, r in enumerate(rows):
         if r is not None:
             lmk[i] = r
-    return lmk, fps, len(rows) / fps, (w, h)
+    if len(times) == len(rows) > 1 and times[-1] > times[0]:
+        # browser recordings (MediaRecorder webm) often declare no or a nominal rate: trust the timestamps
+        fps = (len(rows) - 1) / (times[-1] - times[0])
+        if abs(fps - TARGET_FPS) > 0.5:
+            lmk = resample(lmk, np.asarray(times) - times[0], TARGET_FPS)
+            fps = float(TARGET_FPS)
+    return lmk, fps, len(lmk) / fps, (w, h)
+
+
+def resample(lmk: np.ndarray, t: np.ndarray, fps: float) -> np.ndarray:
+    """Landmarks (F, 68, 2) at times ``t`` (s) → a regular ``fps`` grid by linear interpolation (a frame next to
+    a missing one is missing)."""
+    grid = np.arange(0.0, t[-1] + 0.5 / fps, 1.0 / fps)
+    j = np.clip(np.searchsorted(t, grid, side="right") - 1, 0, len(t) - 2)
+    w = np.clip((grid - t[j]) / np.maximum(t[j + 1] - t[j], 1e-9), 0.0, 1.0)[:, None, None]
+    return ((1.0 - w) * lmk[j] + w * lmk[j + 1]).astype(np.float32)  # NaN propagates from either neighbour
 
 
 def bridge_gaps(lmk: np.ndarray, max_gap: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -242,7 +270,8 @@ def bridge_gaps(lmk: np.ndarray, max_gap: int) -> tuple[np.ndarray, list[tuple[i
 
 
 def extract_style(path: str | Path, limits: ExtractLimits = ExtractLimits(), inverse: ExpressionInverse | None = None,
-                  progress: bool = False, static_weight: float = 1.0) -> ExtractResult:
+                  progress: bool = False, static_weight: float = 1.0,
+                  on_progress: ProgressFn | None = None) -> ExtractResult:
     """The style clip of one video (see the module docstring); raises StyleExtractError on bad input.
 
     ``static_weight`` < 1 reads the person's least-active frames as their rest face and keeps only that share of
@@ -253,7 +282,7 @@ def extract_style(path: str | Path, limits: ExtractLimits = ExtractLimits(), inv
     """
     _dlib_models()  # one-time model load (~100 MB), not part of the per-video cost
     t0 = time.perf_counter()
-    lmk, fps, seconds, size = video_landmarks(path, limits, progress)
+    lmk, fps, seconds, size = video_landmarks(path, limits, progress, on_progress)
     if seconds < limits.min_seconds:
         raise StyleExtractError("too_short", f"{path}: {seconds:.1f} s of video; at least {limits.min_seconds:g} s")
     lmk, gaps = bridge_gaps(lmk, max(1, int(round(limits.max_gap_s * fps))))

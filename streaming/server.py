@@ -144,6 +144,20 @@ def _decode_clip(data: bytes, fmt: str) -> np.ndarray:
         return load_style_clip(path)
 
 
+def _extract_video_clip(data: bytes, fmt: str, style_config: Any, on_progress: Callable[[int, Any], None]
+                        ) -> np.ndarray:
+    """Uploaded style video bytes → expression ``(T, 64)`` through the engine's extractor (raises
+    ``StyleExtractError`` with a stable ``code``). Slow (landmarks on every frame): run it off the event loop."""
+    from engine.style_extract import ExtractLimits, extract_style
+    from engine.user_styles import limits_from
+
+    limits = limits_from(style_config) if style_config is not None else ExtractLimits()
+    with tempfile.TemporaryDirectory(prefix="styletalk-upload-") as tmp:
+        path = Path(tmp) / f"style.{fmt}"
+        path.write_bytes(data)
+        return extract_style(path, limits, on_progress=on_progress).exp
+
+
 def _decode_avatar(data: bytes, fmt: str, size: int) -> np.ndarray:
     """Uploaded PNG/JPEG bytes → the face crop ``(size, size, 3)`` uint8 RGB the renderer animates.
 
@@ -515,7 +529,10 @@ class ClientHandler:
             raise self._error(req, P.ErrorCode.STYLE_EXISTS, f"a style named {req.name!r} already exists")
         session = self.session
         try:
-            clip = await asyncio.to_thread(_decode_clip, req.data, req.format)
+            if req.format in P.VIDEO_FORMATS:
+                clip = await self._extract_video(req)
+            else:
+                clip = await asyncio.to_thread(_decode_clip, req.data, req.format)
             if hasattr(session, "add_style_async"):
                 await session.add_style_async(req.name, clip)  # style encoder on the model worker
             else:
@@ -526,6 +543,28 @@ class ClientHandler:
         if bank is not None and req.name in bank:
             self.uploaded[req.name] = bank.get(req.name)
         return {"style": req.name, "frames": int(clip.shape[0]), "styles": self.session.list_styles()}
+
+    async def _extract_video(self, req: P.UploadStyle) -> np.ndarray:
+        """Style from an uploaded video, in a worker thread (the media path and other clients keep running);
+        ``style_progress`` events (at most 4 per second) tell the client how far it got."""
+        from engine.style_extract import StyleExtractError
+
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def progress(done: int, total: Any) -> None:  # called on the worker thread
+            now = time.monotonic()
+            if now - last[0] >= 0.25:
+                last[0] = now
+                text = P.event("style_progress", style=req.name, frames=done, total=total)
+                asyncio.run_coroutine_threadsafe(self.send(text), loop)
+
+        config = getattr(self.server.runtime, "config", None)
+        try:
+            return await asyncio.to_thread(_extract_video_clip, req.data, req.format,
+                                           getattr(config, "style", None), progress)
+        except StyleExtractError as exc:
+            raise self._error(req, P.ErrorCode.BAD_VIDEO, f"[{exc.code}] {exc}") from None
 
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:
         try:
