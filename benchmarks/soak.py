@@ -68,7 +68,7 @@ class Footprint:
 async def settle(server: Any, timeout: float = 20.0) -> None:
     """Wait until the server has freed every client, then let finished threads/tasks be reaped."""
     deadline = time.monotonic() + timeout
-    while server.clients and time.monotonic() < deadline:
+    while server.clients and time.monotonic() < deadline:  # noqa: ASYNC110 - the server owns its client set
         await asyncio.sleep(0.05)
     for _ in range(10):  # aiortc / websockets tidy up in callbacks scheduled after the close
         await asyncio.sleep(0.02)

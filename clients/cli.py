@@ -13,7 +13,7 @@ import sys
 
 # name -> (module:function taking argv and returning an exit code, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("streaming.serve:main", "serve the browser presenter page + WebRTC + websocket control (default)"),
+    "serve": ("streaming.serve_command:main", "serve the presenter page + WebRTC + websocket control (default)"),
     "speak": ("engine.speak:main", "run the live pipeline on a WAV file or the microphone into a recording"),
     "render": ("engine.offline:main", "offline render: phoneme labels or audio -> MP4 (H.264/AAC)"),
     "styles": ("engine.user_styles:main", "list speaking styles; `styles add NAME VIDEO|CLIP`, `styles remove NAME`"),
