@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="styletalk-live styles", description=main.__doc__,
         epilog="User styles live in style.user_dir (default $XDG_DATA_HOME/styletalk-live/styles) and are "
                "available to render, speak and serve by name (--style NAME).")
-    add_config_arguments(parser)
+    add_config_arguments(parser, flags=("--checkpoint",))  # built-in codes match the built-in weights only
     sub = parser.add_subparsers(dest="action")
     p_add = sub.add_parser("add", help="add a user style from a video (extracted) or a style clip (.mat/.npy/.txt)")
     p_add.add_argument("name")
@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     p_add.add_argument("--no-progress", action="store_true")
     p_rm = sub.add_parser("remove", help="remove a user style")
     p_rm.add_argument("name")
+    # an unknown flag before the action would otherwise be reported as "invalid choice" of its value
+    known = {o for p in (parser, p_add, p_rm) for a in p._actions for o in a.option_strings}
+    for token in argv or []:
+        if token.startswith("--") and token.split("=", 1)[0] not in known:
+            parser.error(f"unrecognized arguments: {token}")
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
