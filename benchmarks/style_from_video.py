@@ -12,8 +12,10 @@ product's own tracker, engine/style_extract.video_landmarks) are solved. Methods
 * ``centred``   - the naive clip minus its own mean plus the prior mean (a style without its static part);
 * ``rest``      - the person's least-active frames (10 % smallest inner-lip gap) read as the model's neutral
   expression: the clip is their deviation from rest placed on the model's neutral ("after");
-* ``rest+w``    - ``rest`` with a share w of the rest frames' solved expression kept (w chosen leave-one-clip-out
-  on the other 24 clips' identification + output score).
+* ``rest+w``    - ``rest`` with a share w ∈ {0, 0.25, 0.5, 0.75, 1} of the rest frames' solved expression kept
+  (w chosen leave-one-clip-out on the other 24 clips' identification + output score; w = 1 is ``naive``);
+* ``oracle …``  - the .mat expression itself with its static part replaced (rest → the model's neutral, or the
+  clip mean → the population mean): what those ideas could reach with perfect landmarks.
 
 Metrics per method (means over clips): lower-face r (mean per-coefficient Pearson r of the 13 lower-face
 coefficients, best offset within ±3 of the clip's row↔frame pairing), upper-face r, mouth-opening r (inner-lip
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # rest+w: the share w chosen leave-one-clip-out (on the other clips' identification + closer counts)
     chosen, ident, closer, cos = [], [], [], []
-    cands = ["rest"] + [f"rest{w}" for w in WEIGHTS[1:]]
+    cands = ["rest"] + [f"rest{w}" for w in WEIGHTS[1:]] + ["naive"]  # naive = w 1
     for i, _ in enumerate(names):
         others = [j for j in range(len(names)) if j != i]
 
