@@ -16,7 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("streaming.serve_command:main", "serve the presenter page + WebRTC + websocket control (default)"),
     "speak": ("engine.speak:main", "run the live pipeline on a WAV file or the microphone into a recording"),
     "render": ("engine.offline:main", "offline render: phoneme labels or audio -> MP4 (H.264/AAC)"),
-    "styles": ("engine.style_sheet:main", "list the speaking styles; --sheet draws each on the avatar"),
+    "styles": ("engine.user_styles:main", "list speaking styles; `styles add NAME VIDEO|CLIP`, `styles remove NAME`, "
+               "`styles --sheet OUT.png`"),
     "extract-style": ("engine.style_extract:main", "a style clip (.npy) from any video of a talking face"),
     "train": ("models.train:main", "train a StyleTalk checkpoint on StyleTalk-format data"),
     "fit-landmarks": ("engine.landmark_fit:main", "fit the expression->landmark map of the warp renderer"),

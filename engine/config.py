@@ -93,6 +93,10 @@ class StyleConfig:
     crossfade_frames: int = 8  # style switches blend over this many frames
     clips_dir: str | None = None  # extra style clips (.mat/.npy/.txt), added by file stem
     intensity: float = 1.0  # 0 = neutral, 1 = the style as encoded, up to 2 = exaggerated
+    user_dir: str | None = None  # styles added with `styles add`; None = $XDG_DATA_HOME/styletalk-live/styles
+    video_min_seconds: float = 2.0  # a style video must be this long (extract-style, styles add, uploads) ...
+    video_max_seconds: float = 60.0  # ... and at most this long
+    video_max_pixels: int = 3840 * 2160  # larger video frames are refused
 
 
 @dataclass
@@ -151,6 +155,9 @@ class Config:
         _check(0 <= s.crossfade_frames <= 300, "style.crossfade_frames", "must be in 0..300")
         _check(0.0 <= s.intensity <= MAX_INTENSITY, "style.intensity", f"must be in 0..{MAX_INTENSITY:g}")
         _check(bool(s.default), "style.default", "must not be empty")
+        _check(0.5 <= s.video_min_seconds <= s.video_max_seconds <= 600, "style.video_min_seconds",
+               "must satisfy 0.5 <= video_min_seconds <= video_max_seconds <= 600")
+        _check(s.video_max_pixels >= 64 * 64, "style.video_max_pixels", "must be at least 4096")
         v = self.server
         _check(0 <= v.port <= 65535, "server.port", "must be in 0..65535")
         _check(v.max_sessions >= 1, "server.max_sessions", "must be >= 1")

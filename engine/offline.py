@@ -248,20 +248,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.path}: {result.frames} frames, {result.seconds:.2f} s, style {result.style}")
     return 0
 
-
-def list_styles_main(argv: list[str] | None = None) -> int:
-    """`styletalk-live styles`: the names usable with --style (built-in codes + --set style.clips_dir)."""
-    from engine.runtime import build_decoder, build_styles
-
-    parser = argparse.ArgumentParser(prog="styletalk-live styles", description=list_styles_main.__doc__)
-    add_config_arguments(parser, flags=("--checkpoint",))  # built-in codes match the built-in weights only
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-        bank = build_styles(config, build_decoder(config))
-    except (ConfigError, ClipError) as exc:
-        print(f"styletalk-live styles: error: {exc}", file=sys.stderr)
-        return 2
-    for name in bank.names():
-        print(name)
-    return 0

@@ -171,7 +171,8 @@ def build_decoder(config: Config) -> ExpressionDecoder:
 
 
 def build_styles(config: Config, decoder: ExpressionDecoder) -> StyleBank:
-    """Built-in codes (when they match the decoder) + ``style.clips_dir`` clips; a neutral fallback."""
+    """Built-in codes (when they match the decoder) + ``style.clips_dir`` clips + user styles (``styles add``,
+    ``style.user_dir``); a neutral fallback."""
     bank = StyleBank(decoder.encode_style)
     builtin_weights = config.decoder.checkpoint is None and BUILTIN_CHECKPOINT.is_file()
     if builtin_weights and BUILTIN_STYLE_CODES.is_file():
@@ -189,6 +190,10 @@ def build_styles(config: Config, decoder: ExpressionDecoder) -> StyleBank:
         for p in sorted(root.iterdir()):
             if p.suffix.lower() in STYLE_CLIP_SUFFIXES:
                 bank.add(p.stem, load_style_clip(p))
+    from engine.user_styles import UserStyles, styles_dir
+
+    for name, clip in UserStyles(styles_dir(config.style)).load().items():  # `styles add`, kept across restarts
+        bank.add(name, clip)
     if "neutral" not in bank:
         # no trained codes: the resting (all-zero) expression clip is the closest thing to "neutral"
         bank.add("neutral", np.zeros((64, 64), np.float32))

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streaming import protocol as P
 from streaming.contracts import ServedSession
-from streaming.uploads import avatar_errors, clip_errors, decode_avatar, decode_clip
+from streaming.uploads import avatar_errors, clip_errors, decode_avatar, decode_clip, extract_video_clip
 from streaming.webrtc import MediaPeer
 
 if TYPE_CHECKING:
@@ -453,7 +453,10 @@ class ClientHandler:
         bank = session.styles
         loop = asyncio.get_running_loop()
         try:
-            clip = await loop.run_in_executor(self.server.uploads, decode_clip, req.data, req.format)
+            if req.format in P.VIDEO_FORMATS:
+                clip = await self._extract_video(req)
+            else:
+                clip = await loop.run_in_executor(self.server.uploads, decode_clip, req.data, req.format)
             await loop.run_in_executor(self.server.uploads, bank.add, req.name, clip)
         except clip_errors() as exc:
             raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
@@ -464,6 +467,28 @@ class ClientHandler:
             if current is not bank and req.name not in current:
                 current.add_code(req.name, code)  # the session was replaced meanwhile (peer ended)
         return {"style": req.name, "frames": int(clip.shape[0]), "styles": self.live.list_styles()}
+
+    async def _extract_video(self, req: P.UploadStyle) -> np.ndarray:
+        """Style from an uploaded video on the upload thread (the media path and other clients keep running);
+        ``style_progress`` events (at most 4 per second) tell the client how far it got."""
+        from engine.style_extract import StyleExtractError
+
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def progress(done: int, total: Any) -> None:  # called on the upload thread
+            now = time.monotonic()
+            if now - last[0] >= 0.25:
+                last[0] = now
+                text = P.event("style_progress", style=req.name, frames=done, total=total)
+                asyncio.run_coroutine_threadsafe(self.send(text), loop)
+
+        style_config = self.server.runtime.config.style
+        try:
+            return await loop.run_in_executor(self.server.uploads, extract_video_clip, req.data, req.format,
+                                              style_config, progress)
+        except StyleExtractError as exc:
+            raise self._error(req, P.ErrorCode.BAD_VIDEO, f"[{exc.code}] {exc}") from None
 
     @_handles(P.SetAvatar)
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     BAD_BASE64 = "bad_base64"  # upload data is not valid base64
     BAD_CLIP = "bad_clip"  # uploaded style clip cannot be read as (T, 64) expression coefficients
     BAD_IMAGE = "bad_image"  # uploaded avatar is not a decodable PNG/JPEG with one usable face
+    BAD_VIDEO = "bad_video"  # uploaded style video gives no style; the message names "[detail]" (no_face...)
     UNKNOWN_STYLE = "unknown_style"  # no style with that name
     STYLE_EXISTS = "style_exists"  # upload under a name that is already taken
     BAD_STATE = "bad_state"  # request not valid now (e.g. a second offer while media is running)
@@ -262,7 +263,8 @@ class SetIntensity(Request):
 
 @dataclass(frozen=True)
 class UploadStyle(Request):
-    """A new named style from a style clip file (``format`` "mat" or "npy"); ``data`` is the decoded file."""
+    """A new named style from a style clip file (``format`` "mat" or "npy") or a short video of a talking face
+    (``format`` "mp4" or "webm": the server extracts the clip); ``data`` is the decoded file."""
 
     TYPE: ClassVar[str] = "upload_style"
     name: str = ""
@@ -272,7 +274,7 @@ class UploadStyle(Request):
     @classmethod
     def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> UploadStyle:
         name = f.style_name()
-        fmt = f.choice("format", CLIP_FORMATS)
+        fmt = f.choice("format", CLIP_FORMATS + VIDEO_FORMATS)
         return cls(rid, name=name, format=fmt, data=f.upload("data", fmt, limits.max_upload_bytes))
 
 
@@ -314,6 +316,7 @@ class GetStats(Request):
 
 UPLOAD_TYPES = frozenset({UploadStyle.TYPE, SetAvatar.TYPE})
 CLIP_FORMATS = ("mat", "npy")
+VIDEO_FORMATS = ("mp4", "webm")  # upload_style also takes a short video; the server extracts the style from it
 IMAGE_FORMATS = ("png", "jpeg")
 
 # File signatures checked at the edge so an obviously wrong upload fails fast with a precise message.
@@ -479,6 +482,8 @@ class _Fields:
         if magic is not None and not data.startswith(magic):
             code = ErrorCode.BAD_IMAGE if fmt in IMAGE_FORMATS else ErrorCode.BAD_CLIP
             raise self.error(code, f"data is not a {fmt} file (wrong file signature)")
+        if fmt == "mp4" and data[4:8] != b"ftyp" or fmt == "webm" and not data.startswith(b"\x1a\x45\xdf\xa3"):
+            raise self.error(ErrorCode.BAD_VIDEO, f"[unreadable] data is not an {fmt} file (wrong file signature)")
         if fmt == "mat" and b"MATLAB" not in data[:128]:
             raise self.error(ErrorCode.BAD_CLIP, "data is not a MATLAB .mat file (no MATLAB header)")
         if fmt in IMAGE_FORMATS:

@@ -1,4 +1,4 @@
-"""Uploads of the control protocol, decoded off the event loop: style clips and avatar photos.
+"""Uploads of the control protocol, decoded off the event loop: style clips, style videos and avatar photos.
 
 The bytes were validated at the edge (:mod:`streaming.protocol`: size, base64, file signature); here they go
 through the engine's own readers, so an upload is read exactly like a file given on the command line.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +25,20 @@ def decode_clip(data: bytes, fmt: str) -> np.ndarray:
         path = Path(tmp) / f"upload.{fmt}"
         path.write_bytes(data)
         return load_style_clip(path)
+
+
+def extract_video_clip(data: bytes, fmt: str, style_config: Any, on_progress: Callable[[int, Any], None]
+                       ) -> np.ndarray:
+    """Uploaded style video bytes → expression ``(T, 64)`` through the engine's extractor (raises
+    ``StyleExtractError`` with a stable ``code``; limits from ``style.video_*``). Slow: landmarks on every frame."""
+    from engine.style_extract import ExtractLimits, extract_style
+    from engine.user_styles import limits_from
+
+    limits = limits_from(style_config) if style_config is not None else ExtractLimits()
+    with tempfile.TemporaryDirectory(prefix="styletalk-upload-") as tmp:
+        path = Path(tmp) / f"style.{fmt}"
+        path.write_bytes(data)
+        return extract_style(path, limits, on_progress=on_progress).exp
 
 
 AVATAR_DETECT_SIDE = 1024  # photos are shrunk to this before face detection (cost grows with the pixels)

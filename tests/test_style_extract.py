@@ -130,3 +130,11 @@ def test_short_face_loss_is_interpolated_and_reported(frames, tmp_path) -> None:
     assert len(res.exp) == 90 and np.isfinite(res.exp).all()
     (a, b), = res.interpolated
     assert a <= 40 and 45 <= b <= 50  # the blank frames, plus tracked frames no detection confirmed
+
+
+def test_other_frame_rates_give_30_fps_rows(frames, tmp_path) -> None:
+    """A 15 fps recording (webcams, browsers) is resampled by its timestamps: one row per 1/30 s."""
+    path = write_video(tmp_path / "15fps.mp4", frames[::2], fps=15)
+    res = extract_style(path)
+    assert res.fps == 30.0
+    assert abs(len(res.exp) - 89) <= 2 and np.isfinite(res.exp).all()

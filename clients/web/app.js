@@ -20,6 +20,7 @@ const state = {
   framesPresented: 0, // counted with requestVideoFrameCallback
   rxFps: 0,
   lastStats: null,
+  recording: null, // "Record my style": {phase, seconds, bytes, progress, style, error}
 };
 window.styletalk = state;
 
@@ -119,6 +120,10 @@ function onEvent(msg) {
       log(`${d.code || msg.event} ${details}`, msg.event === "warning" ? "error" : "info");
       break;
     }
+    case "style_progress":
+      if (state.recording) state.recording.progress = { frames: msg.frames, total: msg.total };
+      recordStatus(`extracting your style… ${msg.frames}${msg.total ? ` / ${msg.total}` : ""} frames`);
+      break;
     case "media_ended":
       log(`media ended: ${msg.reason}`, "error");
       stopMedia();
@@ -323,13 +328,73 @@ async function uploadStyle(ev) {
   const file = $("style-file").files[0];
   const name = $("style-name").value.trim();
   if (!file || !name) return;
-  const format = file.name.toLowerCase().endsWith(".mat") ? "mat" : "npy";
+  const ext = file.name.toLowerCase().split(".").pop();
+  const format = ["mat", "mp4", "webm"].includes(ext) ? ext : "npy";
   try {
     const r = await request("upload_style", { name, format, data: await readFileBase64(file) });
     showStyles(r.styles);
     log(`style “${r.style}” added (${r.frames} frames)`);
   } catch (err) {
     log(`style upload refused: ${err.code}: ${err.message}`, "error");
+  }
+}
+
+// "Record my style": a few seconds from the webcam (MediaRecorder, webm), uploaded as upload_style; the server
+// extracts the style off its real-time path and reports progress (style_progress events).
+const RECORD_SECONDS = 6;
+
+function recordStatus(text) {
+  $("record-status").textContent = text;
+}
+
+function recordedName() {
+  let name = "my style";
+  for (let k = 2; state.styles.includes(name); k++) name = `my style ${k}`;
+  return name;
+}
+
+async function recordStyle() {
+  const button = $("record-style");
+  button.disabled = true;
+  const rec = (state.recording = { phase: "starting", seconds: RECORD_SECONDS, bytes: 0 });
+  let camera = null;
+  try {
+    camera = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    $("record-preview").srcObject = camera;
+    $("record-preview").classList.add("live");
+    const mimeType = ["video/webm;codecs=vp8", "video/webm"].find((t) => MediaRecorder.isTypeSupported(t));
+    const recorder = new MediaRecorder(camera, mimeType ? { mimeType } : {});
+    const chunks = [];
+    recorder.ondataavailable = (e) => e.data.size && chunks.push(e.data);
+    const stopped = new Promise((resolve) => (recorder.onstop = resolve));
+    recorder.start(500);
+    rec.phase = "recording";
+    for (let left = RECORD_SECONDS; left > 0; left--) {
+      recordStatus(`recording… ${left} s left: look at the camera and talk as you usually do`);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    recorder.stop();
+    await stopped;
+    const blob = new Blob(chunks, { type: "video/webm" });
+    rec.bytes = blob.size;
+    rec.phase = "uploading";
+    recordStatus(`uploading ${Math.round(blob.size / 1024)} KiB…`);
+    const r = await request("upload_style", { name: recordedName(), format: "webm", data: await readFileBase64(blob) });
+    showStyles(r.styles);
+    rec.phase = "done";
+    rec.style = r.style;
+    recordStatus(`style “${r.style}” ready (${r.frames} frames): pick it above`);
+    log(`recorded style “${r.style}” added (${r.frames} frames)`);
+  } catch (err) {
+    rec.phase = "failed";
+    rec.error = err.code || err.name || "error";
+    recordStatus(`no style: ${err.message || err}`);
+    log(`record my style: ${err.code || err.name}: ${err.message}`, "error");
+  } finally {
+    camera?.getTracks().forEach((t) => t.stop());
+    $("record-preview").srcObject = null;
+    $("record-preview").classList.remove("live");
+    button.disabled = !state.connected;
   }
 }
 
@@ -427,6 +492,8 @@ function updateButtons() {
   $("stop").disabled = !live;
   $("interrupt").disabled = !live;
   $("pause").disabled = !live;
+  const recording = state.recording && !["done", "failed"].includes(state.recording.phase);
+  $("record-style").disabled = !state.connected || Boolean(recording);
 }
 
 async function togglePause() {
@@ -451,6 +518,7 @@ function init() {
   };
   $("intensity").oninput = onIntensity;
   $("upload-style").onsubmit = uploadStyle;
+  $("record-style").onclick = recordStyle;
   $("upload-avatar").onsubmit = uploadAvatar;
   connect();
   setInterval(pollStats, 1000);
