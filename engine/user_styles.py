@@ -68,7 +68,7 @@ class UserStyles:
         self.builtin = builtin
 
     def list(self) -> list[UserStyle]:
-        out = []
+        out: list[UserStyle] = []
         if not self.root.is_dir():
             return out
         for p in sorted(self.root.glob("*.npy")):
