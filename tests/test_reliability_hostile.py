@@ -436,9 +436,8 @@ TOKEN = "a+b&c%d=e f"
 def test_tokens_with_url_special_characters_work_as_printed(runtime) -> None:
     from urllib.parse import parse_qs, urlsplit
 
-    from streaming.serve_command import page_url
-
     from clients.client import StyleTalkClient
+    from streaming.serve_command import page_url
 
     async def main() -> None:
         async with PresenterServer(runtime, settings(token=TOKEN)) as server:
