@@ -31,7 +31,7 @@ MAX_TRANSITION_MS = 10_000
 # channel). aiortc builds transports and gathers candidates per unbundled section: hundreds of them stall it.
 MAX_MEDIA_SECTIONS = 8
 MAX_IMAGE_SIDE = 4096  # avatar photos are cropped to the face; larger only costs memory (decompression bombs)
-STYLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}")
+STYLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+\-]{0,63}")  # "a+b": the mix of styles a and b
 # A JSON id may be a string or an integer that survives a round trip through a JavaScript number.
 MAX_SAFE_INT = (1 << 53) - 1
 
@@ -457,7 +457,7 @@ class _Fields:
         if not STYLE_NAME_RE.fullmatch(value or ""):
             raise self.error(
                 ErrorCode.BAD_FIELD,
-                f'"{name}" must be 1..64 characters of letters, digits, space, "_", "." or "-" '
+                f'"{name}" must be 1..64 characters of letters, digits, space, "_", ".", "+" or "-" '
                 "starting with a letter or digit",
             )
         return value  # type: ignore[return-value]
