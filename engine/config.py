@@ -330,9 +330,10 @@ def _default_text(key: str) -> str:
     return _NONE_MEANS.get(key, "none") if value is None else str(value)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None,
+                         exclude: tuple[str, ...] = ()) -> None:
     """Add ``--config FILE.toml``, repeatable ``--set section.key=value`` and the common engine flags
-    (only ``flags`` when given: a command offers no flag it would ignore)."""
+    (only ``flags`` when given, never ``exclude``: a command offers no flag it would ignore)."""
     group = parser.add_argument_group("engine configuration")
     group.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS, help="configuration file (TOML)")
     group.add_argument(
@@ -344,7 +345,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags: tuple[str, ...]
         help="override one configuration value, e.g. --set decoder.lookahead=2 (repeatable)",
     )
     for flag, key, typ, help_text in _FLAGS:
-        if flags is not None and flag not in flags:
+        if (flags is not None and flag not in flags) or flag in exclude:
             continue
         # SUPPRESS: a flag not given leaves the configuration (file, --set, defaults) alone, and --help shows the
         # configuration's real default instead of argparse's None

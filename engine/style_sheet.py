@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, metavar="A,B,...", help="comma-separated styles to draw (default all)")
     p.add_argument("--phonemes", default=None, metavar="FILE.json", help="phoneme labels to decode")
     p.add_argument("--tile", type=int, default=192, help="tile size in pixels")
-    add_config_arguments(p)
+    # a sheet decodes given phonemes in every style: no recognizer, no starting style
+    add_config_arguments(p, exclude=("--style", "--recognizer", "--labels", "--recognizer-lookahead"))
     return p
 
 

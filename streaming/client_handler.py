@@ -143,14 +143,16 @@ class ClientHandler:
         await asyncio.shield(self._release_later(peer, task, session))
 
     def _release_later(
-        self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: Any
+        self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: ServedSession | None
     ) -> asyncio.Task[None]:
         release = self.server.own(self._release(peer, task, session), name=f"release-{self.id}")
         self._releases.add(release)
         release.add_done_callback(self._releases.discard)
         return release
 
-    async def _release(self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: Any) -> None:
+    async def _release(
+        self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: ServedSession | None
+    ) -> None:
         try:
             if task is not None:
                 task.cancel()

@@ -35,15 +35,16 @@ def test_engine_flags_help_shows_real_defaults_and_plain_metavars(command: str) 
     text = " ".join(out.stdout.split())  # argparse wraps lines
     assert "CFG_" not in text and "(default: None)" not in text and "(default: [])" not in text
     assert f"usage: styletalk-live {command}" in text
+    assert f"--lookahead N decoder lookahead in frames (0..5): latency vs lip accuracy (default: " \
+        f"{Config().decoder.lookahead})" in text
     if command != "styles":
-        assert f"--lookahead N decoder lookahead in frames (0..5): latency vs lip accuracy (default: " \
-               f"{Config().decoder.lookahead})" in text
         assert f"(default: {Config().style.default})" in text
 
 
 def test_styles_refuses_engine_flags_it_would_ignore() -> None:
-    out = cli("styles", "--lookahead", "2")
-    assert out.returncode == 2 and "unrecognized arguments: --lookahead" in out.stderr
+    for flag, value in (("--recognizer", "labels"), ("--style", "happy"), ("--recognizer-lookahead", "60")):
+        out = cli("styles", flag, value)
+        assert out.returncode == 2 and f"unrecognized arguments: {flag}" in out.stderr, (flag, out.stderr)
 
 
 def test_train_help_names_the_command_and_explains_every_flag() -> None:
