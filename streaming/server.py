@@ -22,11 +22,13 @@ import ipaddress
 import itertools
 import logging
 import mimetypes
+import multiprocessing
 import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -239,6 +241,10 @@ def _avatar_errors() -> tuple[type[BaseException], ...]:
 
 
 CLEANUP_TIMEOUT_S = 15.0  # freeing one client (peer close <= 5 s, session threads <= 5 s) never takes longer
+
+
+class DecoderFailed(ValueError):
+    """The upload decoder process died while decoding (the upload is refused, the server goes on)."""
 
 
 class SessionRefused(RuntimeError):
@@ -463,6 +469,11 @@ class ClientHandler:
         upload_charged = large or P.peek_envelope(raw)[1] in P.UPLOAD_TYPES
         if upload_charged and not self.upload_limiter.allow(now):
             await self._refuse_unparsed(raw, self._upload_limit_message())
+            if large:
+                # Back-pressure: receiving a multi-megabyte frame costs the event loop (unmasking, UTF-8
+                # checking) even when it is refused; not reading this socket until the upload bucket refills
+                # makes a flooding client wait on TCP instead of costing every session's frames.
+                await asyncio.sleep(min(self.upload_limiter.wait_s(time.monotonic()), 10.0))
             return
         try:
             if large:
@@ -603,13 +614,13 @@ class ClientHandler:
         session = self.session
         loop = asyncio.get_running_loop()
         try:
-            clip = await loop.run_in_executor(self.server.uploads, _decode_clip, req.data, req.format)
+            clip = await self.server.decode_upload(_decode_clip, req.data, req.format)
             bank = getattr(session, "styles", None)
             if bank is not None:
                 await loop.run_in_executor(self.server.uploads, bank.add, req.name, clip)
             else:
                 session.add_style(req.name, clip)
-        except _clip_errors() as exc:
+        except (*_clip_errors(), DecoderFailed) as exc:
             raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
         bank = getattr(session, "styles", None)
         if bank is not None and req.name in bank:
@@ -621,13 +632,11 @@ class ClientHandler:
         return {"style": req.name, "frames": int(clip.shape[0]), "styles": self.session.list_styles()}
 
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        size = self.server.avatar_size
         try:
-            image = await loop.run_in_executor(self.server.uploads, _decode_avatar, req.data, req.format, size)
+            image = await self.server.decode_upload(_decode_avatar, req.data, req.format, self.server.avatar_size)
             if self.session_started:
                 self.session.set_avatar(image)  # prepared on the model worker; failures arrive as events
-        except (*_avatar_errors(), ValueError) as exc:
+        except (*_avatar_errors(), ValueError) as exc:  # DecoderFailed is a ValueError
             raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
         self.avatar = image
         return {"width": int(image.shape[1]), "height": int(image.shape[0])}
@@ -653,9 +662,11 @@ class PresenterServer:
         self.stalled_disconnects = 0  # clients dropped because they stopped reading (send timeout)
         self._server: Server | None = None
         self._owned: set[asyncio.Task[Any]] = set()  # clean-ups that must finish even if their caller is cancelled
-        # uploads (large-message parsing, clip decoding + style encoding, photo decoding + face detection) run
-        # one at a time on this thread: never on the event loop, never on the model worker that renders frames
+        # Uploads never run on the event loop nor on the model worker that renders every session's frames:
+        # large-message parsing and style encoding (the model) run one at a time on this thread; file
+        # decoding and face detection (GIL-holding C code: dlib, scipy, Pillow) in a decoder process
         self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-upload")
+        self._decoder: ProcessPoolExecutor | None = None
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed
         )
@@ -706,6 +717,25 @@ class PresenterServer:
             if stuck:
                 log.warning("%d clean-up task(s) still running at shutdown", len(stuck))
         self.uploads.shutdown(wait=False, cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = None
+
+    async def decode_upload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the upload decoder process (started on first use, one upload at a time).
+
+        A separate process keeps the cost of a decode - CPU the GIL would take from the event loop, memory
+        of a large photo - away from the sessions' media; if it dies (e.g. killed for memory) the upload fails
+        with :class:`DecoderFailed` and the next upload starts a fresh one.
+        """
+        if self._decoder is None:
+            self._decoder = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+        except BrokenProcessPool:
+            log.warning("the upload decoder process died; starting a new one for the next upload")
+            self._decoder = None
+            raise DecoderFailed("the upload could not be decoded") from None
 
     async def __aenter__(self) -> PresenterServer:
         await self.start()
