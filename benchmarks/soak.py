@@ -24,6 +24,7 @@ import platform
 import sys
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+WARM_UP_S = 60.0  # the long session's first minute (allocator and caches warming up) is left out of its slope
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEECH_WAV = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech_16k.wav"
 
@@ -266,16 +268,24 @@ class LongSessionResult:
     fresh_fps_engine: float = 0.0
     av_offset_ms: dict[str, Any] | None = None
     max_latency_ms: float | None = None  # p99 of the engine's "total" latency (audio in -> frame sent)
+    rss_slope_mib_per_min: float | None = None  # least-squares slope of RSS after the first minute
+    growth_sites: list[str] = field(default_factory=list)  # --tracemalloc: top growing allocation sites
     engine_errors: int = 0
     rss_kb: list[int] = field(default_factory=list)
+    rss_t: list[float] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
 
 
-async def long_session(url: str, seconds: float, switch_every_s: float = 3.0) -> LongSessionResult:
+async def long_session(
+    url: str, seconds: float, switch_every_s: float = 3.0, profile: bool = False
+) -> LongSessionResult:
     """One WebRTC session streaming looped speech for ``seconds``, switching style every ``switch_every_s``."""
     from clients.client import ClientError, MicrophoneTrack, StyleTalkClient
 
     out = LongSessionResult()
+    snapshot: tracemalloc.Snapshot | None = None
+    if profile:
+        tracemalloc.start(12)
     client = StyleTalkClient(url, keep_frames=64)  # keep few images: the client must not be the leak
     welcome = await client.connect()
     styles = list(welcome["styles"])
@@ -296,10 +306,27 @@ async def long_session(url: str, seconds: float, switch_every_s: float = 3.0) ->
                 out.switch_errors[exc.code] += 1
             client.recording.audio.clear()  # the test client records audio for MP4s: not kept here
             client.recording.audio_arrivals.clear()
+            client.events.clear()  # and every event it receives (tracemalloc: the largest growth in this process)
             fp = Footprint.now()
             out.rss_kb.append(fp.rss_kb)
+            out.rss_t.append(time.monotonic() - start)
+            if profile and snapshot is None and time.monotonic() - start >= WARM_UP_S:
+                gc.collect()
+                snapshot = tracemalloc.take_snapshot()
             out.fds.append(fp.fds)
         out.seconds = time.monotonic() - start
+        t = np.array(out.rss_t)
+        late = t >= WARM_UP_S
+        if late.sum() >= 3:
+            out.rss_slope_mib_per_min = float(np.polyfit(t[late], np.array(out.rss_kb)[late], 1)[0] * 60 / 1024)
+        if snapshot is not None:
+            gc.collect()
+            diff = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")
+            out.growth_sites = [
+                f"{d.size_diff / 1024:+.1f} KiB {d.count_diff:+d} {d.traceback[0].filename}:{d.traceback[0].lineno}"
+                for d in diff[:15]
+            ]
+            tracemalloc.stop()
         stats = await client.request("stats")
         engine = stats["engine"]
         fresh = engine["fresh_frames"] - stats0["fresh_frames"]
@@ -619,7 +646,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await settle(server)
             ls = LongSessionResult()
             if args.minutes > 0:
-                ls = await long_session(url, args.minutes * 60.0, args.switch_every)
+                ls = await long_session(url, args.minutes * 60.0, args.switch_every, args.tracemalloc)
                 await settle(server)
             after = Footprint.now()
             stalled = server.stalled_disconnects
@@ -650,6 +677,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_kb_first_last": [ls.rss_kb[0], ls.rss_kb[-1]] if ls.rss_kb else None,
             "fds_first_last": [ls.fds[0], ls.fds[-1]] if ls.fds else None,
             "rss_kb_trend": ls.rss_kb[:: max(1, len(ls.rss_kb) // 20)],  # ~20 samples over the session
+            "rss_slope_mib_per_min_after_1min": ls.rss_slope_mib_per_min,
+            "tracemalloc_top_growth": ls.growth_sites,
         },
         "close_orders": orders,
         "attacks": attacks,
@@ -668,6 +697,7 @@ def print_report(r: dict[str, Any]) -> None:
                                      f"{c['footprint_after']['rss_kb'] / 1024:.1f} MiB"),
         ("growth after churn", json.dumps(c["growth"])),
         ("long session", f"{s['seconds']} s, {s['style_switches']} switches, errors {s['switch_errors_by_kind']}"),
+        ("RSS slope after 1 min", f"{s.get('rss_slope_mib_per_min_after_1min')} MiB/min"),
         ("fps received / fresh (engine)", f"{s['fps_received']} / {s['fresh_fps_engine']}"),
         ("A/V offset ms", json.dumps(s["av_offset_ms"])),
         ("latency p99 ms (total)", str(s["max_latency_ms"])),
@@ -714,6 +744,10 @@ def main(argv: list[str] | None = None) -> int:
         help="length of each hostile client's attack while a normal session streams (default 6; 0: skip)",
     )
     parser.add_argument("--out", default=str(RESULTS / "soak.json"))
+    parser.add_argument(
+        "--tracemalloc", action="store_true",
+        help="profile the long session: top growing Python allocation sites between minute 1 and the end",
+    )
     parser.add_argument("--attacker", default=None, choices=ATTACKS, help=argparse.SUPPRESS)  # internal
     parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
