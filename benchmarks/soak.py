@@ -71,7 +71,7 @@ class Footprint:
 async def settle(server: Any, timeout: float = 20.0) -> None:
     """Wait until the server has freed every client, then let finished threads/tasks be reaped."""
     deadline = time.monotonic() + timeout
-    while server.clients and time.monotonic() < deadline:
+    while server.clients and time.monotonic() < deadline:  # noqa: ASYNC110 - the server owns its client set
         await asyncio.sleep(0.05)
     for _ in range(10):  # aiortc / websockets tidy up in callbacks scheduled after the close
         await asyncio.sleep(0.02)
@@ -359,7 +359,7 @@ async def close_order_churn(url: str, server: Any, cycles: int) -> dict[str, Any
             errors[f"{order}:{type(exc).__name__}"] += 1
     seconds = time.monotonic() - t0
     deadline = time.monotonic() + 20
-    while (server.clients or server.runtime.sessions) and time.monotonic() < deadline:
+    while (server.clients or server.runtime.sessions) and time.monotonic() < deadline:  # noqa: ASYNC110 - state of another object
         await asyncio.sleep(0.05)
     await settle(server)
     leaked = len(server.runtime.sessions)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import Config, ConfigError, add_config_arguments, config_from_args
+from engine.config import Config, ConfigError, HelpFormatter, add_config_arguments, config_from_args
 from engine.motion import IdleMotion, render_with_blink
 from engine.runtime import STYLE_CLIP_SUFFIXES
 from engine.timing import Timebase
@@ -165,8 +165,10 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     style_name, code = resolve_style(runtime, config)
     if audio is not None:
         log.info("recognizing phonemes in %s (%s backend)", audio, config.recognizer.backend)
+        assert pcm16 is not None  # decoded above
         labels = recognize_audio(pcm16, runtime.make_recognizer(), config, timebase)
     else:
+        assert phonemes is not None  # exactly one of the two (checked above)
         labels = load_phonemes(phonemes)
     n = labels.shape[0]
     log.info("%d frames (%.2f s) in style %r", n, n / config.fps, style_name)
@@ -186,7 +188,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     blink = motion.blink_amounts(frames_idx)
     renderer = runtime.renderer
     state = renderer.prepare(runtime.avatar)
-    delay = int(getattr(renderer, "delay_frames", 0) or 0)
+    delay = int(renderer.delay_frames)  # engine.contracts.Renderer
 
     def frames():
         emitted = 0
@@ -216,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
             "StyleTalk weights via --checkpoint, PIRenderer weights via --renderer pirenderer "
             "--renderer-checkpoint FILE (slow on a CPU: seconds per frame)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--phonemes", metavar="SEQ.json", help="phoneme labels, one per 30 fps frame (ids or names)")
@@ -232,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.avatar import AvatarError
     from engine.runtime import RuntimeErrorConfig
 
     args = build_parser().parse_args(argv)
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         result = render(config, Path(args.output), phonemes=args.phonemes, audio=args.audio, pose=args.pose,
                         progress=not args.no_progress)
-    except (InputError, ConfigError, ClipError, RuntimeErrorConfig) as exc:
+    except (InputError, ConfigError, ClipError, RuntimeErrorConfig, AvatarError) as exc:
         print(f"styletalk-live render: error: {exc}", file=sys.stderr)
         return 2
     print(f"{result.path}: {result.frames} frames, {result.seconds:.2f} s, style {result.style}")
@@ -251,7 +254,7 @@ def list_styles_main(argv: list[str] | None = None) -> int:
     from engine.runtime import build_decoder, build_styles
 
     parser = argparse.ArgumentParser(prog="styletalk-live styles", description=list_styles_main.__doc__)
-    add_config_arguments(parser)
+    add_config_arguments(parser, flags=("--checkpoint",))  # built-in codes match the built-in weights only
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -29,22 +29,16 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
+from streaming.contracts import MediaSession
+
 log = logging.getLogger(__name__)
 
-VIDEO_CLOCK_RATE = 90_000  # RTP video clock
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
 OPUS_FRAME_SAMPLES = OPUS_RATE // 50  # 20 ms
-ENGINE_RATE = 16_000
+ENGINE_RATE = SAMPLE_RATE
 PC_CLOSE_TIMEOUT_S = 5.0  # aiortc's close stops the senders/receivers and transports: well under a second
-
-
-class LiveSessionLike(Protocol):
-    """What the transport needs from ``engine.session.LiveSession`` (structural typing)."""
-
-    async def next_video_frame(self) -> Any: ...
-    async def next_audio_chunk(self) -> Any: ...
-    def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None: ...
 
 
 class _RateMeter:
@@ -73,7 +67,7 @@ class SessionVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, session: LiveSessionLike) -> None:
+    def __init__(self, session: MediaSession) -> None:
         super().__init__()
         self._session = session
         self.frames_sent = 0
@@ -107,7 +101,7 @@ class SessionAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, session: LiveSessionLike) -> None:
+    def __init__(self, session: MediaSession) -> None:
         super().__init__()
         self._session = session
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
@@ -159,7 +153,7 @@ def frame_to_mono16k(resampler: av.AudioResampler, frame: av.AudioFrame) -> np.n
     return np.concatenate(parts).astype(np.int16, copy=False) if parts else np.zeros(0, np.int16)
 
 
-async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, stats: MicStats) -> None:
+async def pump_microphone(track: MediaStreamTrack, session: MediaSession, stats: MicStats) -> None:
     """Read the remote microphone until it ends, pushing 16 kHz mono int16 into the session."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
     while True:
@@ -169,13 +163,13 @@ async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, sta
             return
         stats.frames += 1
         try:
-            pcm = frame_to_mono16k(resampler, frame)
+            pcm = frame_to_mono16k(resampler, cast(av.AudioFrame, frame))
         except ValueError:
             # the peer changed rate/layout mid-stream (a resampler is fixed to its first frame's format):
             # start a new one rather than ending the microphone
             resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
             try:
-                pcm = frame_to_mono16k(resampler, frame)
+                pcm = frame_to_mono16k(resampler, cast(av.AudioFrame, frame))
             except ValueError as exc:
                 stats.last_error = f"undecodable audio frame: {exc}"
                 continue
@@ -193,7 +187,7 @@ async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, sta
 class MediaPeer:
     """The WebRTC side of one client: peer connection, outgoing tracks, microphone pump."""
 
-    def __init__(self, session: LiveSessionLike, on_state: Callable[[str], None] | None = None) -> None:
+    def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.pc = RTCPeerConnection()
         self.video = SessionVideoTrack(session)

@@ -332,7 +332,7 @@ def test_internal_failures_reply_internal_without_details(runtime) -> None:
             # engine error events are forwarded without paths / exception names
             await session.start()
             handler.session_started = True
-            session._error("pipeline", "ValueError: failed in /work/main/models/warp.py line 3")
+            session.channel.error("pipeline", "ValueError: failed in /work/main/models/warp.py line 3")
             for _ in range(50):
                 await c.assert_alive()
                 errors = [e for e in c.events if e["event"] == "error"]
@@ -463,7 +463,7 @@ def test_churn_leaves_no_growth(runtime) -> None:
 
 def test_defaults_bind_loopback_and_serve_refuses_exposure_without_a_token(monkeypatch, capsys) -> None:
     from engine.config import load_config
-    from streaming import serve
+    from streaming import serve_command as serve
 
     assert load_config().server.host == "127.0.0.1"
     assert ServerSettings().host == "127.0.0.1"

@@ -1,4 +1,5 @@
-"""``styletalk-live serve``: load the engine once, then serve page, websocket and WebRTC on one port."""
+"""The ``styletalk-live serve`` command (argument parsing, exposure check, logging set-up): load the engine
+once, then run :class:`streaming.server.PresenterServer` - page, websocket and WebRTC on one port."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from engine.config import ConfigError, add_config_arguments, config_from_args
+from engine.config import ConfigError, ServerConfig, add_config_arguments, config_from_args
+from streaming.contracts import ServedRuntime
+
+if TYPE_CHECKING:
+    from streaming.server import PresenterServer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow binding a non-loopback address WITHOUT a token (anyone who can reach the port can use "
         "the engine); without this flag serve refuses to start that way",
     )
-    net.add_argument("--max-sessions", type=int, default=None, help="concurrent clients (default 4)")
+    net.add_argument("--max-sessions", type=int, default=None, metavar="N", help="concurrent clients (default 4)")
     net.add_argument(
         "--allow-host",
         action="append",
@@ -57,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "to IP addresses and localhost, so that a web page cannot reach it by DNS rebinding",
     )
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
+    net.add_argument("--verbose", action="store_true",
+                     help="also log the WebRTC stack's connection checks (aioice/aiortc; INFO/DEBUG chatter)")
     add_config_arguments(parser)
     return parser
 
@@ -87,20 +95,21 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
 SHUTDOWN_TIMEOUT_S = 4.0  # SIGTERM: clients are closed and sessions freed within this, then the process exits
 
 
-def page_url(server: object) -> str:
+def page_url(server: PresenterServer) -> str:
     """The URL to open: the server's page with its token, URL-encoded so that it works as printed."""
-    token = server.settings.token  # type: ignore[attr-defined]
-    return server.url + (f"?{urlencode({'token': token}, quote_via=quote)}" if token else "")  # type: ignore[attr-defined]
+    token = server.settings.token
+    return server.url + (f"?{urlencode({'token': token}, quote_via=quote)}" if token else "")
 
 
 async def serve_until_stopped(
-    runtime: object, server_config: object, web_root: Path | None = None, allowed_hosts: tuple[str, ...] = ()
+    runtime: ServedRuntime, server_config: ServerConfig, web_root: Path | None = None,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> None:
     """Run the server until SIGINT/SIGTERM; closes every client session on the way out (bounded in time)."""
     from streaming.server import PresenterServer, ServerSettings
 
     settings = dataclasses.replace(ServerSettings.from_config(server_config), allowed_hosts=tuple(allowed_hosts))
-    server = PresenterServer(runtime, settings, web_root)  # type: ignore[arg-type]
+    server = PresenterServer(runtime, settings, web_root)
     await server.start()
     print(f"styletalk-live: serving on {page_url(server)}  (Ctrl+C to stop)", flush=True)
     stop = asyncio.Event()
@@ -122,10 +131,20 @@ async def serve_until_stopped(
             log.warning("clients not closed within %.0f s; exiting anyway", SHUTDOWN_TIMEOUT_S)
 
 
+CHATTY_LOGGERS = ("aioice", "aiortc")  # log every ICE candidate-pair check at INFO: half of a serve log
+
+
+def quiet_webrtc_logs(verbose: bool) -> None:
+    """At INFO the serve log says what the server does; ICE/RTP detail only with ``--verbose``."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with contextlib.suppress(AttributeError, ValueError, RuntimeError):  # `kill -USR1 <pid>` dumps every stack
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    quiet_webrtc_logs(args.verbose)
     try:
         config = config_from_args(args)
         overrides = {
@@ -163,11 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        close = getattr(runtime, "close", None)
-        if callable(close):
-            t0 = time.monotonic()
-            close()
-            log.info("engine closed in %.2f s", time.monotonic() - t0)
+        t0 = time.monotonic()
+        runtime.close()
+        log.info("engine closed in %.2f s", time.monotonic() - t0)
     _exit_now(0)
     return 0  # pragma: no cover - _exit_now does not return
 
