@@ -746,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "soak.json"))
     parser.add_argument(
         "--tracemalloc", action="store_true",
-        help="profile the long session: top growing Python allocation sites between minute 1 and the end",
+        help="profile the long session: top growing Python allocation sites between minute 1 and the end "
+        "(tracing slows this process; on a loaded 2-core machine the session can starve and its media end)",
     )
     parser.add_argument("--attacker", default=None, choices=ATTACKS, help=argparse.SUPPRESS)  # internal
     parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
