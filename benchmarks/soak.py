@@ -21,8 +21,10 @@ import gc
 import json
 import os
 import platform
+import sys
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+WARM_UP_S = 60.0  # the long session's first minute (allocator and caches warming up) is left out of its slope
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEECH_WAV = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech_16k.wav"
 
@@ -265,16 +268,24 @@ class LongSessionResult:
     fresh_fps_engine: float = 0.0
     av_offset_ms: dict[str, Any] | None = None
     max_latency_ms: float | None = None  # p99 of the engine's "total" latency (audio in -> frame sent)
+    rss_slope_mib_per_min: float | None = None  # least-squares slope of RSS after the first minute
+    growth_sites: list[str] = field(default_factory=list)  # --tracemalloc: top growing allocation sites
     engine_errors: int = 0
     rss_kb: list[int] = field(default_factory=list)
+    rss_t: list[float] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
 
 
-async def long_session(url: str, seconds: float, switch_every_s: float = 3.0) -> LongSessionResult:
+async def long_session(
+    url: str, seconds: float, switch_every_s: float = 3.0, profile: bool = False
+) -> LongSessionResult:
     """One WebRTC session streaming looped speech for ``seconds``, switching style every ``switch_every_s``."""
     from clients.client import ClientError, MicrophoneTrack, StyleTalkClient
 
     out = LongSessionResult()
+    snapshot: tracemalloc.Snapshot | None = None
+    if profile:
+        tracemalloc.start(12)
     client = StyleTalkClient(url, keep_frames=64)  # keep few images: the client must not be the leak
     welcome = await client.connect()
     styles = list(welcome["styles"])
@@ -295,10 +306,27 @@ async def long_session(url: str, seconds: float, switch_every_s: float = 3.0) ->
                 out.switch_errors[exc.code] += 1
             client.recording.audio.clear()  # the test client records audio for MP4s: not kept here
             client.recording.audio_arrivals.clear()
+            client.events.clear()  # and every event it receives (tracemalloc: the largest growth in this process)
             fp = Footprint.now()
             out.rss_kb.append(fp.rss_kb)
+            out.rss_t.append(time.monotonic() - start)
+            if profile and snapshot is None and time.monotonic() - start >= WARM_UP_S:
+                gc.collect()
+                snapshot = tracemalloc.take_snapshot()
             out.fds.append(fp.fds)
         out.seconds = time.monotonic() - start
+        t = np.array(out.rss_t)
+        late = t >= WARM_UP_S
+        if late.sum() >= 3:
+            out.rss_slope_mib_per_min = float(np.polyfit(t[late], np.array(out.rss_kb)[late], 1)[0] * 60 / 1024)
+        if snapshot is not None:
+            gc.collect()
+            diff = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")
+            out.growth_sites = [
+                f"{d.size_diff / 1024:+.1f} KiB {d.count_diff:+d} {d.traceback[0].filename}:{d.traceback[0].lineno}"
+                for d in diff[:15]
+            ]
+            tracemalloc.stop()
         stats = await client.request("stats")
         engine = stats["engine"]
         fresh = engine["fresh_frames"] - stats0["fresh_frames"]
@@ -312,6 +340,278 @@ async def long_session(url: str, seconds: float, switch_every_s: float = 3.0) ->
         out.engine_errors = int(engine.get("errors", 0))
     finally:
         await client.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- close orders
+async def close_order_churn(url: str, server: Any, cycles: int) -> dict[str, Any]:
+    """``cycles`` WebRTC sessions leaving in every order of :data:`CLOSE_ORDERS` in turn; then the capacity (all
+    ``max_sessions`` websockets welcomed at once?), the footprint growth and the idle CPU of the process."""
+    pcm = speech()
+    before = Footprint.now()
+    errors: Counter[str] = Counter()
+    t0 = time.monotonic()
+    for i in range(cycles):
+        order = CLOSE_ORDERS[i % len(CLOSE_ORDERS)]
+        try:
+            await asyncio.wait_for(close_order_cycle(url, server, order, pcm), 60)
+        except Exception as exc:  # noqa: BLE001 - counted by kind, the churn goes on
+            errors[f"{order}:{type(exc).__name__}"] += 1
+    seconds = time.monotonic() - t0
+    deadline = time.monotonic() + 20
+    while (server.clients or server.runtime.sessions) and time.monotonic() < deadline:  # noqa: ASYNC110 - state of another object
+        await asyncio.sleep(0.05)
+    await settle(server)
+    leaked = len(server.runtime.sessions)
+    admitted = await capacity(url, server.settings.max_sessions)
+    await settle(server)
+    await asyncio.sleep(1.0)  # aiortc's last timers
+    after = Footprint.now()
+    idle = await idle_cpu_fraction(5.0)
+    return {
+        "cycles": cycles,
+        "orders": list(CLOSE_ORDERS),
+        "errors_by_kind": dict(errors),
+        "seconds": round(seconds, 1),
+        "engine_sessions_left": leaked,
+        "capacity_after": admitted,
+        "max_sessions": server.settings.max_sessions,
+        "growth": after.minus(before),
+        "idle_cpu_percent": round(100 * idle, 2),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- attacks
+def _clear_peak_rss() -> int:
+    Path("/proc/self/clear_refs").write_text("5")
+    return Footprint.now().rss_kb
+
+
+def _peak_rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def attack_payloads() -> dict[str, Any]:
+    """The hostile inputs of issue #12 (built once, before measuring)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+    from scipy.io import savemat
+
+    from engine.avatar import builtin_avatar
+    from streaming import protocol as P
+
+    def upload(rtype: str, **fields: Any) -> str:
+        return P.make_request(rtype, "a", **fields)
+
+    buf = io.BytesIO()
+    savemat(buf, {"coeff": np.zeros((400_000, 257))}, do_compression=True)
+    mat_bomb = buf.getvalue()
+    img = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(img, format="PNG")
+    good = img.getvalue()
+    body = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0)
+    ihdr2 = struct.pack(">I", len(body)) + b"IHDR" + body + struct.pack(">I", zlib.crc32(b"IHDR" + body))
+    two_ihdr = good[:33] + ihdr2 + good[33:]
+    face = Image.fromarray(np.asarray(builtin_avatar(256))).resize((4096, 4096), Image.BILINEAR)
+    jpg = io.BytesIO()
+    face.save(jpg, format="JPEG", quality=90)
+    sections = "".join(f"m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:{i}\r\na=rtpmap:96 VP8/90000\r\n" for i in range(250))
+    sdp = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-ufrag:abcd\r\na=ice-pwd:"
+        + "x" * 24
+        + "\r\na=fingerprint:sha-256 "
+        + ":".join(["AA"] * 32)
+        + "\r\na=setup:actpass\r\n"
+        + sections
+    )
+    clip = io.BytesIO()
+    np.save(clip, (0.2 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32))
+    return {
+        "json_bomb": '{"v":1,"id":"a","type":"ping","x":[' + "{}," * 3_600_000 + "{}]}",
+        "mat_bomb": upload("upload_style", name="bomb", format="mat", data=mat_bomb),
+        "png_two_ihdr": upload("set_avatar", format="png", data=two_ihdr),
+        "photo_4096": upload("set_avatar", format="jpeg", data=jpg.getvalue()),
+        "sdp_250_sections": upload("offer", sdp=sdp),
+        "style_clip": clip.getvalue(),
+    }
+
+
+async def _attack(kind: str, url: str, payloads: dict[str, Any], stop: asyncio.Event, codes: Counter[str]) -> int:
+    """One hostile client until ``stop``; returns the number of hostile requests it made."""
+    import json as _json
+
+    from websockets.asyncio.client import connect
+
+    from streaming import protocol as P
+
+    port = int(url.split(":")[2].split("/")[0])
+    sent = 0
+    if kind == "dns_rebinding":
+        while not stop.is_set():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /ws HTTP/1.1\r\nHost: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+            writer.close()
+            codes[line.split()[1].decode() if line else "closed"] += 1
+            sent += 1
+            await asyncio.sleep(0.01)
+        return sent
+    async with connect(url, max_size=None) as ws:
+        await ws.recv()  # welcome
+
+        async def reply() -> None:
+            while True:
+                msg = _json.loads(await ws.recv())
+                if msg.get("type") != "event":
+                    codes[msg.get("code") or msg.get("type")] += 1
+                    return
+
+        while not stop.is_set():
+            if kind == "message_flood":
+                for i in range(200):
+                    await ws.send(P.make_request("ping", f"f{i}"))
+                for _ in range(200):
+                    await reply()
+                sent += 200
+                continue
+            if kind == "upload_flood":
+                name = f"u{sent}"
+                text = P.make_request("upload_style", name, name=name, format="npy", data=payloads["style_clip"])
+            else:
+                text = payloads[kind]
+            await ws.send(text)
+            await reply()
+            sent += 1
+            if kind == "upload_flood":
+                await asyncio.sleep(1 / 19)  # the issue's 19 uploads/s
+    return sent
+
+
+async def run_attacker(kind: str, url: str, seconds: float) -> None:
+    """``--attacker``: build the payloads, print "ready", attack for ``seconds``, print the result as JSON."""
+    payloads = attack_payloads()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    codes: Counter[str] = Counter()
+    asyncio.get_running_loop().call_later(seconds, stop.set)
+    try:
+        sent = await _attack(kind, url, payloads, stop, codes)
+    except Exception as exc:  # noqa: BLE001 - the server may disconnect an attacker: that is a result too
+        sent, codes[f"attacker:{type(exc).__name__}"] = -1, 1
+    print(json.dumps({"requests": sent, "replies": dict(codes)}), flush=True)
+
+
+ATTACKS = (
+    "json_bomb",
+    "message_flood",
+    "sdp_250_sections",
+    "mat_bomb",
+    "png_two_ihdr",
+    "photo_4096",
+    "upload_flood",
+    "dns_rebinding",
+)
+
+
+async def _observe(victim: Any, seconds: float, attack: Any = None) -> dict[str, Any]:
+    """The victim session's received fps and ping round trips over ``seconds`` (while ``attack`` runs)."""
+    from clients.client import ClientError
+
+    frames0 = victim.recording.frames_total
+    rtts: list[float] = []
+    ping_errors = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        p0 = time.monotonic()
+        try:
+            await victim.request("ping", timeout=10)
+            rtts.append(time.monotonic() - p0)
+        except (ClientError, TimeoutError):
+            ping_errors += 1
+        await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - p0)))
+    elapsed = time.monotonic() - t0
+    fps = (victim.recording.frames_total - frames0) / elapsed
+    ms = np.array(rtts) * 1000 if rtts else np.array([float("nan")])
+    return {
+        "fps": round(fps, 2),
+        "ping_p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "ping_p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "pings": len(rtts),
+        "ping_errors": ping_errors,
+    }
+
+
+async def attack_section(url: str, seconds: float = 6.0, kinds: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
+    """A normal WebRTC session (looped speech) keeps streaming while each hostile client attacks in turn.
+
+    Per attack: the victim's received fps and ping p50/p99 over the attack, the hostile requests made and the
+    replies they got, and the cost to this process (server and clients share it, so these are upper bounds):
+    CPU seconds per hostile request beyond the no-attack rate, and the peak RSS growth during the attack.
+    """
+    from clients.client import MicrophoneTrack, StyleTalkClient
+
+    victim = StyleTalkClient(url, keep_frames=64)
+    await victim.connect()
+    out: dict[str, Any] = {"seconds_each": seconds}
+    try:
+        await victim.start_media(MicrophoneTrack(speech(), loop=True))
+        await victim.wait_frames(30, timeout=60)
+        c0 = process_cpu_s()
+        base = await _observe(victim, seconds)
+        base_cpu_rate = (process_cpu_s() - c0) / seconds
+        base["process_cpu_percent"] = round(100 * base_cpu_rate, 1)
+        out["no_attack"] = base
+        n_events = len(victim.events)
+        for kind in kinds:
+            victim.recording.audio.clear()
+            victim.recording.audio_arrivals.clear()
+            if victim.mic is not None:
+                victim.mic.sent.clear()
+            await asyncio.sleep(1.0)  # the previous attack's tail
+            # the attacker is its own process (as a remote client would be): its CPU is not the server's
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "benchmarks.soak", "--attacker", kind, "--url", url,
+                "--attack-seconds", str(seconds), stdout=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            await asyncio.wait_for(proc.stdout.readline(), 120)  # "ready": payloads built
+            rss0 = _clear_peak_rss()
+            c0, t0 = process_cpu_s(), time.monotonic()
+            seen = await _observe(victim, seconds)
+            try:
+                report = json.loads((await asyncio.wait_for(proc.stdout.readline(), 90)) or b"{}")
+            except (TimeoutError, ValueError):
+                report = {}
+            await proc.wait()
+            sent, codes = int(report.get("requests", -1)), report.get("replies", {})
+            elapsed = time.monotonic() - t0
+            extra_cpu = process_cpu_s() - c0 - base_cpu_rate * elapsed
+            events = [e.get("event") for e in victim.events[n_events:]]
+            n_events = len(victim.events)
+            transport = (await victim.request("stats")).get("transport") or {}
+            seen.update(
+                victim_events=dict(Counter(events)),
+                victim_connection=transport.get("connection_state"),
+                requests=sent,
+                replies=codes,
+                cpu_s_per_request=round(extra_cpu / sent, 4) if sent > 0 else None,
+                extra_cpu_s=round(extra_cpu, 2),
+                peak_rss_growth_mb=round((_peak_rss_kb() - rss0) / 1024, 1),
+            )
+            out[kind] = seen
+            print(f"  attack {kind:<18} {json.dumps(seen)}", flush=True)
+    finally:
+        await victim.close()
     return out
 
 
@@ -333,16 +633,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ch = await churn(url, server, args.cycles, webrtc_every=args.webrtc_every, abrupt=args.abrupt)
             churn_s = time.monotonic() - t0
             after_churn = Footprint.now()
+            orders: dict[str, Any] = {}
+            if args.close_cycles > 0:
+                print(f"close-order churn: {args.close_cycles} WebRTC cycles", flush=True)
+                orders = await close_order_churn(url, server, args.close_cycles)
+            attacks: dict[str, Any] = {}
+            if args.attack_seconds > 0:
+                print(f"attacks: {args.attack_seconds} s each against a concurrent session", flush=True)
+                load0 = os.getloadavg()
+                attacks = await attack_section(url, args.attack_seconds)
+                attacks["loadavg_before_after"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
+                await settle(server)
             ls = LongSessionResult()
             if args.minutes > 0:
-                ls = await long_session(url, args.minutes * 60.0, args.switch_every)
+                ls = await long_session(url, args.minutes * 60.0, args.switch_every, args.tracemalloc)
                 await settle(server)
             after = Footprint.now()
             stalled = server.stalled_disconnects
     finally:
         runtime.close()
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_end": os.getloadavg()},
         "settings": vars(args),
         "churn": {
             "cycles": ch.cycles,
@@ -366,7 +677,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_kb_first_last": [ls.rss_kb[0], ls.rss_kb[-1]] if ls.rss_kb else None,
             "fds_first_last": [ls.fds[0], ls.fds[-1]] if ls.fds else None,
             "rss_kb_trend": ls.rss_kb[:: max(1, len(ls.rss_kb) // 20)],  # ~20 samples over the session
+            "rss_slope_mib_per_min_after_1min": ls.rss_slope_mib_per_min,
+            "tracemalloc_top_growth": ls.growth_sites,
         },
+        "close_orders": orders,
+        "attacks": attacks,
         "footprint_end": asdict(after),
         "growth_total": after.minus(before),
         "stalled_disconnects": stalled,
@@ -382,10 +697,29 @@ def print_report(r: dict[str, Any]) -> None:
                                      f"{c['footprint_after']['rss_kb'] / 1024:.1f} MiB"),
         ("growth after churn", json.dumps(c["growth"])),
         ("long session", f"{s['seconds']} s, {s['style_switches']} switches, errors {s['switch_errors_by_kind']}"),
+        ("RSS slope after 1 min", f"{s.get('rss_slope_mib_per_min_after_1min')} MiB/min"),
         ("fps received / fresh (engine)", f"{s['fps_received']} / {s['fresh_fps_engine']}"),
         ("A/V offset ms", json.dumps(s["av_offset_ms"])),
         ("latency p99 ms (total)", str(s["max_latency_ms"])),
         ("RSS end", f"{r['footprint_end']['rss_kb'] / 1024:.1f} MiB"),
+    ]
+    o = r.get("close_orders") or {}
+    if o:
+        rows += [
+            ("close-order cycles", f"{o['cycles']} in {o['seconds']} s, errors {json.dumps(o['errors_by_kind'])}"),
+            ("capacity after churn", f"{o['capacity_after']} / {o['max_sessions']} (engine sessions left "
+                                     f"{o['engine_sessions_left']})"),
+            ("growth after close orders", json.dumps(o["growth"])),
+            ("idle CPU after churn", f"{o['idle_cpu_percent']} % of a core"),
+        ]
+    a = r.get("attacks") or {}
+    for kind, v in a.items():
+        if isinstance(v, dict):
+            cost = (f", {v['cpu_s_per_request']} s CPU/req, +{v['peak_rss_growth_mb']} MB peak"
+                    if "requests" in v else "")
+            rows.append((f"attack {kind}", f"victim {v['fps']} fps, ping p50/p99 {v['ping_p50_ms']}/"
+                                           f"{v['ping_p99_ms']} ms{cost}"))
+    rows += [
         ("growth total", json.dumps(r["growth_total"])),
     ]
     width = max(len(k) for k, _ in rows)
@@ -400,8 +734,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="long-session length (0: skip)")
     parser.add_argument("--switch-every", type=float, default=3.0, help="seconds between style switches")
     parser.add_argument("--abrupt", action="store_true", help="every other client vanishes without closing")
+    parser.add_argument(
+        "--close-cycles", type=int, default=50,
+        help="WebRTC cycles leaving in each close order in turn (pc first, ws first, both, ws during the drop, ws "
+        "during the new session, TCP reset); then capacity and idle CPU (default 50; 0: skip)",
+    )
+    parser.add_argument(
+        "--attack-seconds", type=float, default=6.0,
+        help="length of each hostile client's attack while a normal session streams (default 6; 0: skip)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "soak.json"))
+    parser.add_argument(
+        "--tracemalloc", action="store_true",
+        help="profile the long session: top growing Python allocation sites between minute 1 and the end "
+        "(tracing slows this process; on a loaded 2-core machine the session can starve and its media end)",
+    )
+    parser.add_argument("--attacker", default=None, choices=ATTACKS, help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.attacker:
+        asyncio.run(run_attacker(args.attacker, args.url, args.attack_seconds))
+        return 0
     result = asyncio.run(run(args))
     print_report(result)
     out = Path(args.out)

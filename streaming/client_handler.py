@@ -25,7 +25,14 @@ from websockets.exceptions import ConnectionClosed
 
 from streaming import protocol as P
 from streaming.contracts import ServedSession
-from streaming.uploads import avatar_errors, clip_errors, decode_avatar, decode_clip, extract_video_clip
+from streaming.uploads import (
+    DecoderFailed,
+    avatar_errors,
+    clip_errors,
+    decode_avatar,
+    decode_clip,
+    extract_video_clip,
+)
 from streaming.webrtc import MediaPeer
 
 if TYPE_CHECKING:
@@ -283,6 +290,11 @@ class ClientHandler:
         upload_charged = large or P.peek_envelope(raw)[1] in P.UPLOAD_TYPES
         if upload_charged and not self.upload_limiter.allow(now):
             await self._refuse_unparsed(raw, self._upload_limit_message())
+            if large:
+                # Back-pressure: receiving a multi-megabyte frame costs the event loop (unmasking, UTF-8
+                # checking) even when it is refused; not reading this socket until the upload bucket refills
+                # makes a flooding client wait on TCP instead of costing every session's frames.
+                await asyncio.sleep(min(self.upload_limiter.wait_s(time.monotonic()), 10.0))
             return
         try:
             if large:
@@ -458,9 +470,9 @@ class ClientHandler:
             if req.format in P.VIDEO_FORMATS:
                 clip = await self._extract_video(req)
             else:
-                clip = await loop.run_in_executor(self.server.uploads, decode_clip, req.data, req.format)
+                clip = await self.server.decode_upload(decode_clip, req.data, req.format)
             await loop.run_in_executor(self.server.uploads, bank.add, req.name, clip)
-        except clip_errors() as exc:
+        except (*clip_errors(), DecoderFailed) as exc:  # type: ignore[misc]  # mypy: no starred except
             raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
         if req.name in bank:
             code = bank.get(req.name)
@@ -494,13 +506,12 @@ class ClientHandler:
 
     @_handles(P.SetAvatar)
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
         size = self.server.avatar_size
         try:
-            image = await loop.run_in_executor(self.server.uploads, decode_avatar, req.data, req.format, size)
+            image = await self.server.decode_upload(decode_avatar, req.data, req.format, size)
             if self.session_started:
                 self.live.set_avatar(image)  # prepared on the model worker; failures arrive as events
-        except (*avatar_errors(), ValueError) as exc:  # type: ignore[misc]  # mypy: no starred except
+        except (*avatar_errors(), ValueError) as exc:  # type: ignore[misc]  # DecoderFailed is a ValueError
             raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
         self.avatar = image
         return {"width": int(image.shape[1]), "height": int(image.shape[0])}

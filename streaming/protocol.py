@@ -128,6 +128,13 @@ class RateLimiter:
         self.refused += 1
         return False
 
+    def wait_s(self, now: float) -> float:
+        """Seconds from ``now`` until the next token is available (0 when one is)."""
+        tokens = self._tokens
+        if self._last is not None and now > self._last:
+            tokens = min(self.burst, tokens + (now - self._last) * self.rate)
+        return max(0.0, (1.0 - tokens) / self.rate)
+
 
 # Error texts go to remote clients: they must name the problem, never the server's internals.
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.\-+~@%]+){2,}/?|/(?:tmp|home|root|usr|etc|var|work|proc)\b[^\s:'\",)]*")

@@ -19,9 +19,11 @@ import hmac
 import ipaddress
 import itertools
 import logging
+import multiprocessing
 import secrets
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from streaming import protocol as P
 from streaming.client_handler import CLEANUP_TIMEOUT_S, ClientHandler, SessionRefused
 from streaming.contracts import ServedRuntime
 from streaming.static_http import DEFAULT_WEB_ROOT, response, static_file, text
+from streaming.uploads import DecoderFailed
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +130,11 @@ class PresenterServer:
         self.stalled_disconnects = 0  # clients dropped because they stopped reading (send timeout)
         self._server: Server | None = None
         self._owned: set[asyncio.Task[Any]] = set()  # clean-ups that must finish even if their caller is cancelled
-        # uploads (large-message parsing, clip decoding + style encoding, photo decoding + face detection) run
-        # one at a time on this thread: never on the event loop, never on the model worker that renders frames
+        # Uploads never run on the event loop nor on the model worker that renders every session's frames:
+        # large-message parsing and style encoding (the model) run one at a time on this thread; file
+        # decoding and face detection (GIL-holding C code: dlib, scipy, Pillow) in a decoder process
         self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-upload")
+        self._decoder: ProcessPoolExecutor | None = None
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed
         )
@@ -180,6 +185,25 @@ class PresenterServer:
             if stuck:
                 log.warning("%d clean-up task(s) still running at shutdown", len(stuck))
         self.uploads.shutdown(wait=False, cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = None
+
+    async def decode_upload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the upload decoder process (started on first use, one upload at a time).
+
+        A separate process keeps the cost of a decode - CPU the GIL would take from the event loop, memory
+        of a large photo - away from the sessions' media; if it dies (e.g. killed for memory) the upload fails
+        with :class:`DecoderFailed` and the next upload starts a fresh one.
+        """
+        if self._decoder is None:
+            self._decoder = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+        except BrokenProcessPool:
+            log.warning("the upload decoder process died; starting a new one for the next upload")
+            self._decoder = None
+            raise DecoderFailed("the upload could not be decoded") from None
 
     async def __aenter__(self) -> PresenterServer:
         await self.start()

@@ -1,5 +1,8 @@
 """Uploads of the control protocol, decoded off the event loop: style clips, style videos and avatar photos.
 
+The decoders run in the server's upload decoder process (``PresenterServer.decode_upload``): module-level
+functions of plain bytes, so they pickle to a spawned process.
+
 The bytes were validated at the edge (:mod:`streaming.protocol`: size, base64, file signature); here they go
 through the engine's own readers, so an upload is read exactly like a file given on the command line.
 """
@@ -15,6 +18,10 @@ from typing import Any
 import numpy as np
 
 from streaming import protocol as P
+
+
+class DecoderFailed(ValueError):
+    """The upload decoder process died while decoding (the upload is refused, the server goes on)."""
 
 
 def decode_clip(data: bytes, fmt: str) -> np.ndarray:
