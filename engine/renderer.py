@@ -80,7 +80,7 @@ def template_landmarks(mean_shape: np.ndarray, size: int) -> np.ndarray:
 
 
 class WarpRenderer:
-    """The built-in renderer: thin-plate-spline warp of the avatar photo (models/warp.py), CPU real-time.
+    """The built-in renderer: thin-plate-spline warp of the avatar photo (models/warp/), CPU real-time.
 
     ``prepare`` expects a framed face crop (``engine.avatar.crop_face`` / ``builtin_avatar``; other photos are
     cropped here). When dlib finds no face in a crop (tiny or synthetic images) the standard layout is assumed

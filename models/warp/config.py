@@ -1,0 +1,37 @@
+"""Tunables of the warp renderer (one frozen dataclass; lengths in inter-ocular units)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WarpConfig:
+    """Tunables of the warp renderer. Lengths are in inter-ocular units (IOD) unless noted."""
+
+    grid: int = 32  # coarse grid on which the spline is evaluated (then upsampled); 32 vs 64: 0.3 grey levels
+    tps_reg: float = 1e-4  # spline smoothing (normalised coordinates); keeps near-coincident targets solvable
+    exp_clip: float = 4.0  # clip (exp − exp_ref) to ± this many training standard deviations per coefficient
+    brow_cap: tuple[float, float] = (0.04, 0.07)  # max |Δh|, |Δv| of brow points (strong styles)
+    eye_open_cap: float = 0.035  # the upper lid may rise at most this much; it may fall until the eye is closed
+    lower_lid_cap: float = 0.03  # lower lid travel either way
+    corner_cap: float = 0.03  # eye-corner travel
+    lip_gap_cap: float = 0.40  # max inner-lip gap
+    lip_min_thickness: float = 0.5  # a lip keeps at least this fraction of its thickness in the photo
+    tps_lip_min_gap: float = 0.15  # inner-lip gap given to the spline, fraction of the photo's
+    lid_band: float = 0.11  # eyelid skin above the upper lid that stretches over a closing eye
+    lash_band: float = 0.025  # the lid margin with the lashes moves rigidly (stretching it smears the lashes)
+    under_eye_band: float = 0.07  # skin below the lower lid that follows the lower lid
+    ramp: float = 0.03  # soft horizontal edge of the eye model at the eye corners
+    eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
+    lip_edge_inset: float = 0.015  # the lower lip's edge lies this much below dlib's inner-lip points
+    teeth_upper: float = 0.095  # visible length of the upper incisors below the upper lip
+    teeth_lower: float = 0.05  # visible length of the lower incisors (only when the mouth is wide open)
+    lower_teeth_from: float = 0.2  # lower teeth start showing when the gap exceeds this
+    lattice_step: float = 1.0 / 90.0  # region-model sample spacing (≈ one pixel of a 256² crop)
+    forehead_lift: float = 0.45  # forehead control points sit this far above the brows / temples
+    border_points: int = 5  # fixed points per image side (corners included)
+    head_max_rotation: float = math.radians(6.0)
+    head_max_shift: float = 0.1
+    head_max_log_scale: float = 0.05
