@@ -276,6 +276,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--style", "style.default", str, "speaking style at start (see `styletalk-live styles`)"),
     ("--intensity", "style.intensity", float, "style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated"),
     ("--avatar", "avatar.image", str, "photo of a face to animate; default: the built-in avatar"),
+    ("--size", "renderer.size", int, "output frames are SIZE² pixels: 256 (real-time on one CPU thread) or 512"),
 ]
 
 

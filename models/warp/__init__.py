@@ -22,16 +22,19 @@ Pipeline per frame (all batched over N frames, float32, fixed shapes once an ava
 
 Module map: ``landmarks`` (index sets, the fitted map), ``tps`` (geometry and spline maths), ``config``
 (tunables), ``avatar`` (per-photo preparation, lattice resampling), ``eyes`` and ``mouth`` (region models),
+``interior`` (real mouth interiors),
 ``core`` (the per-frame pipeline).
 """
 
 from models.warp.avatar import Region, WarpAvatar, prepare_avatar
 from models.warp.config import WarpConfig
 from models.warp.core import IndexSets, WarpCore
+from models.warp.interior import BANK_PATH, Interior, MouthBank
 from models.warp.landmarks import ASSET_PATH, ExpressionMap
 from models.warp.tps import affine2, interp_curve, px_to_norm, similarity, tps_eval, tps_fit, tps_kernel
 
 __all__ = [
-    "ASSET_PATH", "ExpressionMap", "IndexSets", "Region", "WarpAvatar", "WarpConfig", "WarpCore", "affine2",
+    "ASSET_PATH", "BANK_PATH", "ExpressionMap", "Interior", "MouthBank",
+    "IndexSets", "Region", "WarpAvatar", "WarpConfig", "WarpCore", "affine2",
     "interp_curve", "prepare_avatar", "px_to_norm", "similarity", "tps_eval", "tps_fit", "tps_kernel",
 ]

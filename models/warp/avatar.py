@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models.warp.config import WarpConfig
+from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
 from models.warp.tps import affine2, interp_curve, px_to_norm, similarity
 
@@ -59,6 +60,9 @@ class WarpAvatar:
     src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
     border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
     grid_norm: torch.Tensor  # (G*G, 2) coarse evaluation grid, normalised
+    head_mask: torch.Tensor  # (G*G,) 1 on the head, 0 on the background: head motion is confined to it
+    grid_face: torch.Tensor  # (G*G, 2) the coarse grid's points in the face frame (before head motion)
+    head_ellipse: tuple[float, float, float, float]  # face frame: centre h, v and radii of the head mask
     exp_ref: torch.Tensor  # (64,)
     eyes: tuple[Region, Region]  # equal lattice sizes (both eyes run as one batch)
     mouth: Region
@@ -66,6 +70,7 @@ class WarpAvatar:
     lut_h0: float
     lut_step: float
     norm_to_h: tuple[float, float, float]  # face-frame h of a normalised image point: k0·qx + k1·qy + c
+    norm_to_v: tuple[float, float, float]  # face-frame v of a normalised image point, likewise
     v_axis: tuple[float, float]  # one IOD along the face-frame v axis, in normalised image units
     lip_gap: torch.Tensor  # (3,) photo's inner-lip gaps (LIP_PAIRS_IN)
     lip_thickness: torch.Tensor  # (6,) photo's lip thickness (LIP_PAIRS_UP then LIP_PAIRS_LO)
@@ -73,6 +78,8 @@ class WarpAvatar:
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     photo_teeth: bool = False
+    skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
+    interior: Interior | None = None  # colour-matched real mouth interiors (None: painted)
 
 
 def prepare_avatar(
@@ -105,7 +112,11 @@ def prepare_avatar(
     src_ctrl = torch.cat([px_to_norm(lmk, size), px_to_norm(affine2(extra, A, t), size), border])
     g = torch.linspace(0, size - 1, cfg.grid)
     gy, gx = torch.meshgrid(g, g, indexing="ij")
-    grid_norm = px_to_norm(torch.stack([gx, gy], -1).reshape(-1, 2), size)
+    grid_px = torch.stack([gx, gy], -1).reshape(-1, 2)
+    grid_norm = px_to_norm(grid_px, size)
+    grid_face = affine2(grid_px - t, torch.linalg.inv(A))
+    ellipse = _head_ellipse(cfg, src)
+    head_mask = head_mask_at(cfg, grid_face, ellipse)
 
     # region lattices (face-frame boxes: h0, h1, v0, v1)
     eye_boxes = []
@@ -116,7 +127,7 @@ def prepare_avatar(
                           float(src[list(lo), 1].max()) + cfg.under_eye_band + 0.03))
     mouth = src[48:68]
     mouth_box = (float(mouth[:, 0].min()) - 0.03, float(mouth[:, 0].max()) + 0.03,
-                 float(src[_IDX["lip_up_in"], 1].min()) - 0.03,
+                 float(src[_IDX["lip_up_in"], 1].min()) - 0.06 - cfg.mouth_margin,
                  float(src[_IDX["lip_lo_out"], 1].max()) + cfg.lip_gap_cap + 0.03)
     eyes = _regions(cfg, eye_boxes, A, t, size, iod)
     (mouth_region,) = _regions(cfg, [mouth_box], A, t, size, iod)
@@ -130,13 +141,16 @@ def prepare_avatar(
     a_inv = torch.linalg.inv(A)
     k0, k1 = (a_inv[0] * (size / 2)).tolist()
     norm_to_h = (k0, k1, float(a_inv[0] @ (size / 2 - 0.5 - t)))
+    j0, j1 = (a_inv[1] * (size / 2)).tolist()
+    norm_to_v = (j0, j1, float(a_inv[1] @ (size / 2 - 0.5 - t)))
     avatar = WarpAvatar(
-        norm_to_h=norm_to_h, v_axis=(float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size), size=size,
+        norm_to_h=norm_to_h, norm_to_v=norm_to_v, size=size,
+        v_axis=(float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size),
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=img.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
         landmarks=lmk, src_local=src,
         extra_local=extra, frame_a=A, frame_t=t, iod_px=iod, src_ctrl_norm=src_ctrl, border_norm=border,
-        grid_norm=grid_norm,
+        grid_norm=grid_norm, head_mask=head_mask, grid_face=grid_face, head_ellipse=ellipse,
         exp_ref=torch.zeros(64) if exp_ref is None else torch.as_tensor(np.asarray(exp_ref), dtype=torch.float32),
         eyes=(eyes[0], eyes[1]), mouth=mouth_region, lut=lut, lut_h0=lut_h0, lut_step=step,
         lip_gap=(src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0),
@@ -145,6 +159,27 @@ def prepare_avatar(
     )
     mouth_colours(avatar)
     return avatar
+
+def _head_ellipse(cfg: WarpConfig, src: torch.Tensor) -> tuple[float, float, float, float]:
+    """The head mask's ellipse in the face frame: over face, hair and chin, sized from the jaw line and brows."""
+    jaw, brows = src[0:17], src[17:27]
+    top = float(brows[:, 1].min()) - cfg.head_mask_above
+    bottom = float(jaw[:, 1].max()) + cfg.head_mask_below
+    rx = cfg.head_mask_wide * float(jaw[:, 0].max() - jaw[:, 0].min()) / 2
+    return float(jaw[:, 0].mean()), (top + bottom) / 2, rx, (bottom - top) / 2
+
+
+def head_mask_at(cfg: WarpConfig, pts: torch.Tensor, ellipse: tuple[float, float, float, float]) -> torch.Tensor:
+    """Soft head mask at face-frame points (…, 2): 1 inside the ellipse, a smooth fall-off to 0 beyond.
+
+    Head motion moves what is inside and leaves the background still (no bending window bars); the band in
+    between stretches.
+    """
+    cx, cy, rx, ry = ellipse
+    r = torch.sqrt(((pts[..., 0] - cx) / rx) ** 2 + ((pts[..., 1] - cy) / ry) ** 2)
+    x = ((cfg.head_mask_outer - r) / (cfg.head_mask_outer - 1.0)).clamp(0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
 
 def _regions(
     cfg: WarpConfig, boxes: list[tuple[float, float, float, float]], A: torch.Tensor, t: torch.Tensor, size: int,
@@ -194,6 +229,7 @@ def mouth_colours(avatar: WarpAvatar) -> None:
     lip = sample((lm[_IDX["lip_outer"]] + lm[_IDX["lip_inner"]]) / 2).median(0).values
     skin = sample(torch.stack([(lm[31] + lm[3]) / 2, (lm[35] + lm[13]) / 2, lm[29], lm[28]])).median(0).values
     avatar.cavity_rgb = lip * torch.tensor([0.30, 0.20, 0.20])
+    avatar.skin_rgb = skin
 
     m, s = avatar.mouth, avatar.src_local  # pixels of the photo's own mouth opening
     f = affine2(m.box_px - avatar.frame_t, torch.linalg.inv(avatar.frame_a))
@@ -212,9 +248,10 @@ def mouth_colours(avatar: WarpAvatar) -> None:
 
 
 def lattice_sources(
-    avatar: WarpAvatar, regions: tuple[Region, ...], coarse: torch.Tensor, move: Move
+    avatar: WarpAvatar, regions: tuple[Region, ...], coarse: torch.Tensor, move: Move, with_v: bool = False
 ) -> torch.Tensor:
-    """Face-frame h of the spline's source for every lattice point: (N, R, Qv*Qh)."""
+    """Face-frame h (and, ``with_v``, v stacked after it) of the spline's source for every lattice point:
+    (N, R, Qv*Qh), or (2N, R, Qv*Qh) h then v."""
     n, size = coarse.shape[0], avatar.size
     if move is None:
         q = torch.cat([r.still_coarse for r in regions]).expand(n, -1, -1)
@@ -226,7 +263,11 @@ def lattice_sources(
     src = F.grid_sample(coarse, q.unsqueeze(1), mode="bilinear", padding_mode="border",
                         align_corners=True)[:, :, 0]  # (N, 2, P) normalised source positions
     k0, k1, c0 = avatar.norm_to_h
-    return (k0 * src[:, 0] + k1 * src[:, 1] + c0).reshape(n, len(regions), -1)
+    h = (k0 * src[:, 0] + k1 * src[:, 1] + c0).reshape(n, len(regions), -1)
+    if not with_v:
+        return h
+    j0, j1, d0 = avatar.norm_to_v
+    return torch.cat([h, (j0 * src[:, 0] + j1 * src[:, 1] + d0).reshape(n, len(regions), -1)])
 
 def lookup(avatar: WarpAvatar, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Source curves ``rows`` (C,) or (B, C) of the lookup table at h (B, …) → (B, C, …)."""

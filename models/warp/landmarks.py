@@ -35,6 +35,7 @@ _IDX = {
     "lids_up": list(LIDS_UP), "lids_lo": list(LIDS_LO),
     "lip_up_in": list(LIP_UP_IN), "lip_lo_in": list(LIP_LO_IN), "lip_lo_out": list(LIP_LO_OUT),
     "pairs_in_u": [u for u, _ in LIP_PAIRS_IN], "pairs_in_l": [lo for _, lo in LIP_PAIRS_IN],
+    "lo_out_mid": [o for o, _ in LIP_PAIRS_LO], "lo_out_side": [59, 55],
     "lip_outer": [o for o, _ in LIP_PAIRS_UP + LIP_PAIRS_LO], "lip_inner": [i for _, i in LIP_PAIRS_UP + LIP_PAIRS_LO],
 }
 # source-curve lookup table rows: eye 0 upper/lower, eye 1 upper/lower, lips upper inner/lower inner/lower outer

@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from models.warp.avatar import Move, WarpAvatar, lattice_sources, lookup
 from models.warp.config import WarpConfig
+from models.warp.interior import shape_features
 from models.warp.tps import interp_curve, ramp01, smoothstep
 
 if TYPE_CHECKING:
     from models.warp.core import IndexSets
+
+RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not interior
 
 
 def mouth_model(
@@ -32,7 +36,8 @@ def mouth_model(
     n = tgt.shape[0]
     reg = avatar.mouth
     px = reg.step  # one lattice step: the antialiasing width
-    h_s = lattice_sources(avatar, (reg,), coarse, move).reshape(n, reg.v.shape[0], reg.h.shape[0])
+    hv = lattice_sources(avatar, (reg,), coarse, move, with_v=True).reshape(2, n, reg.v.shape[0], reg.h.shape[0])
+    h_s, v_spline = hv[0], hv[1]  # where the spline samples the photo (face frame)
     upl, lol, loo = ix.get("lip_up_in"), ix.get("lip_lo_in"), ix.get("lip_lo_out")
 
     # target curves per column → (N, 1, Qh); source curves at the source columns → (N, Qv, Qh)
@@ -66,13 +71,46 @@ def mouth_model(
     lower_edge = torch.where(keep_lo > 0, ls - keep_lo, ls_lip)
     interior = torch.where(exposed & (b < a), lower_edge, interior)
     want = torch.where(v_t < lt, interior, lip_body)
-    model = torch.where(v_t < lp, us + a * gs / (lp - ut).clamp_min(1e-6), ls + (v_t - lp) * (os_ - ls) / (ot - lp))
-    band = (a > 0) & (v_t < ot) & (h_t > h0) & (h_t < h1)
-    dv = torch.where(band, want - model, 0.0)
+    # Just above the upper lip's edge the upper lip rides rigidly (the smooth spline, compressing the photo's
+    # opening between lips kept apart, pulls teeth rows up into view: a closed mouth kept a strip of teeth).
+    m = cfg.mouth_margin
+    want = torch.where(a < 0, us + a, want)
+    # the correction replaces the spline's actual sampling position inside the band, faded to zero over a
+    # margin at its top, bottom and corners (continuous: no seams, no torn corners)
+    r = cfg.ramp
+    fade = ramp01((a + m) / m) * ramp01((ot - v_t) / m) * smoothstep(torch.minimum(h_t - h0, h1 - h_t) / r + 1.0)
+    dv = fade * (want - v_spline)
     # antialiased: distance (in samples) to the nearest lip / corner / hidden-area edge
     edge = torch.minimum(torch.minimum(a, b), torch.where(upper, a - keep_up, b - keep_lo))
     alpha = ramp01(torch.minimum(edge, torch.minimum(h_t - h0, h1 - h_t)) / px)
 
+    if avatar.interior is not None:
+        fill = exemplar_fill(avatar, tgt, ut, lt, h0, h1, v_t, h_t)
+    else:
+        fill = painted_fill(cfg, avatar, a, b, gt, h0, h1, h_t)
+    return torch.cat([dv.unsqueeze(1), alpha.unsqueeze(1), fill], 1)
+
+
+def exemplar_fill(avatar: WarpAvatar, tgt: torch.Tensor, ut: torch.Tensor, lt: torch.Tensor, h0: torch.Tensor,
+                  h1: torch.Tensor, v_t: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+    """Real interiors stretched into the target inner-lip contour → (N, 3, Qv, Qh).
+
+    Lattice point (h, v) → lip-normalised (s, t): s along the corners 60 → 64, t from the upper inner lip (ut)
+    to the lower one (lt) in that column; the blended exemplar is sampled there.
+    """
+    assert avatar.interior is not None
+    patches = avatar.interior.blend(shape_features(tgt))  # (N, 3, T, S)
+    s = (h_t - h0) / (h1 - h0).clamp_min(1e-6)  # (N, 1, Qh)
+    t = (v_t - ut) / (lt - ut).clamp_min(1e-6)  # (N, Qv, Qh)
+    t = RIM + (1.0 - 2.0 * RIM) * t  # skip the exemplars' lip rims (dlib's inner-lip points sit on the lips)
+    grid = torch.stack([(2.0 * s - 1.0).expand_as(t), 2.0 * t - 1.0], -1)
+    return F.grid_sample(patches, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def painted_fill(cfg: WarpConfig, avatar: WarpAvatar, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
+                 h0: torch.Tensor, h1: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+    """The painted interior (no bank): upper/lower teeth bands over a dark cavity → (N, 3, Qv, Qh)."""
+    px = avatar.mouth.step
     side = (2.0 * (h_t - h0) / (h1 - h0).clamp_min(1e-6) - 1.0).abs().clamp(max=1.0)  # (N, 1, Qh)
     narrow = 1.0 - 0.4 * side * side  # teeth look shorter towards the corners
     t_up = cfg.teeth_upper * narrow
@@ -86,4 +124,4 @@ def mouth_model(
     cavity = avatar.cavity_rgb[None, :, None, None] * (0.6 + 0.4 * (1.0 - side)).unsqueeze(1)  # (N, 3, 1, Qh)
     teeth_col = avatar.teeth_rgb[None, :, None, None] * shade.unsqueeze(1)
     fill = cavity + teeth.unsqueeze(1) * (teeth_col - cavity)  # (N, 3, Qv, Qh)
-    return torch.cat([dv.unsqueeze(1), alpha.unsqueeze(1), fill], 1)
+    return fill
