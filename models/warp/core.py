@@ -81,8 +81,12 @@ class WarpCore(torch.nn.Module):
         """
         avatar = prepare_avatar(self.config, self.mean_shape, image, landmarks, exp_ref)
         if self.bank is not None:
+            # the photo's "teeth" are trusted as a colour reference only when brighter than its skin (a slightly
+            # open mouth's pixels are often lip and shade)
+            luma = torch.tensor([0.299, 0.587, 0.114])
+            bright = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 1.1 * float(avatar.skin_rgb @ luma)
             avatar.interior = self.bank.for_avatar(
-                self.bank.donor(), avatar.teeth_rgb if avatar.photo_teeth else None, avatar.skin_rgb)
+                self.bank.donor(), avatar.teeth_rgb if bright else None, avatar.skin_rgb)
         return avatar
 
     def target_local(

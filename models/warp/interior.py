@@ -24,6 +24,7 @@ PATCH_T, PATCH_S = 20, 40  # lip-normalised sample grid: rows upper → lower li
 FEATURE_WEIGHTS = (1.0, 1.0, 1.0, 0.5)  # inner-lip gaps at 61–67, 62–66, 63–65, then the corner-to-corner width
 NEAREST = 4  # exemplars blended per frame
 SIGMA = 0.006  # IOD: blend weights exp(−d² / σ²) relative to the nearest (small: the nearest dominates, crisp)
+MIN_EXEMPLAR_GAP = 0.06  # IOD: exemplars with a smaller mean inner-lip gap are not used
 MIN_DONOR = 100  # a donor speaker needs this many exemplars (enough shapes to follow the lips)
 LUMA = (0.299, 0.587, 0.114)
 
@@ -84,14 +85,27 @@ class MouthBank:
         return int(torch.argmax(torch.where(eligible, score, -1.0)))
 
     def for_avatar(self, donor: int, photo_teeth: torch.Tensor | None, photo_skin: torch.Tensor) -> Interior:
-        """The donor's exemplars colour-matched to a photo: teeth → the photo's teeth (or the predicted ones)."""
-        sel = self.speaker == donor
+        """The donor's exemplars colour-matched to a photo.
+
+        With teeth in the photo: the donor's teeth → the photo's teeth (one gain per channel, half the tint).
+        Without: a grey gain, the square root of the photo-to-donor skin luminance ratio — lighting shows in the
+        skin, but teeth do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin).
+        """
+        # small openings are mostly lip rim in the crops (dlib's inner-lip points sit on the lips): a small
+        # target opening takes the smallest open interior instead, squeezed (teeth edges and shade, not pink)
+        sel = (self.speaker == donor) & (self.shape[:, :3].mean(1) >= MIN_EXEMPLAR_GAP)
+        if not bool(sel.any()):
+            sel = self.speaker == donor
         d_teeth, d_skin = self.teeth_rgb[donor], self.skin_rgb[donor].clamp_min(1.0)
-        target = photo_teeth if photo_teeth is not None else d_teeth * (photo_skin / d_skin)
-        # one gain per channel, bounded so that a strange photo cannot turn teeth into another colour
-        gain = (target / d_teeth.clamp_min(1.0)).clamp(0.5, 1.6)
-        grey_gain = float((gain * torch.tensor(LUMA)).sum())
-        gain = grey_gain + 0.5 * (gain - grey_gain)  # keep the donor's hue mostly: only half the tint moves
+        luma = torch.tensor(LUMA)
+        if photo_teeth is not None:
+            # one gain per channel, bounded so that a strange photo cannot turn teeth into another colour
+            gain = (photo_teeth / d_teeth.clamp_min(1.0)).clamp(0.5, 1.6)
+            grey_gain = float((gain * luma).sum())
+            gain = grey_gain + 0.5 * (gain - grey_gain)  # keep the donor's hue mostly: only half the tint moves
+        else:
+            ratio = float((photo_skin * luma).sum() / (d_skin * luma).sum())
+            gain = torch.full((3,), min(max(ratio, 0.0) ** 0.5, 1.2))
         patches = (self.patches[sel] * gain[None, :, None, None]).clamp(0.0, 255.0)
         weights = torch.tensor(FEATURE_WEIGHTS)
         return Interior(patches=patches, shape=self.shape[sel] * weights, weights=weights,
