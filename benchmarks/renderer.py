@@ -52,8 +52,8 @@ from engine.avatar import builtin_avatar, detect_landmarks, load_image
 from engine.landmark_fit import STABLE, read_video_rgb, similarity_fit
 from engine.renderer import WarpRenderer
 from models.clips import load_pose
-from models.dataset import default_data_dir
-from models.warp import ExpressionMap
+from models.dataset import default_data_dir, style_label
+from models.warp import ExpressionMap, MouthBank, WarpConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +85,11 @@ def time_render(renderer: WarpRenderer, exp: np.ndarray, runs: int, pose: bool) 
 
 def speed(args: argparse.Namespace, exp: np.ndarray) -> list[dict]:
     rows = []
-    variants = [("eager", False)] + ([("compile", True)] if args.compile else [])
-    for name, comp in variants:
+    variants = [("eager", False, "bank"), ("eager", False, "painted")] + (
+        [("compile", True, "bank")] if args.compile else [])
+    for name, comp, interior in variants:
         for size in args.sizes:
-            renderer = WarpRenderer(size=size, compile=comp)
+            renderer = WarpRenderer(size=size, compile=comp, config=WarpConfig(interior=interior))
             if comp:  # compile outside the timed runs, and report how long it took
                 t0 = time.perf_counter()
                 st = renderer.prepare(builtin_avatar(size))
@@ -98,11 +99,12 @@ def speed(args: argparse.Namespace, exp: np.ndarray) -> list[dict]:
                 renderer.threads = threads
                 for pose in (False, True):
                     r = time_render(renderer, exp, args.runs, pose)
-                    r.update(variant=name, size=size, threads=threads, head_motion=pose, runs=args.runs)
+                    r.update(variant=name, interior=interior, size=size, threads=threads, head_motion=pose,
+                             runs=args.runs, loadavg=list(os.getloadavg()))
                     if comp:
                         r["compile_s"] = compile_s
                     rows.append(r)
-                    print(f"{name:8s} {size:4d}² threads {threads} motion {str(pose):5s}: "
+                    print(f"{name:8s} {interior:8s} {size:4d}² threads {threads} motion {str(pose):5s}: "
                           f"wall {r['wall_ms_median']:6.2f} ms (p90 {r['wall_ms_p90']:6.2f})  "
                           f"cpu {r['cpu_ms_median']:6.2f} ms", flush=True)
     return rows
@@ -242,7 +244,7 @@ def quality(args: argparse.Namespace) -> dict:
     clips = sorted(p.stem for p in (DATA / "source" / "image").glob("*.png"))
     if not clips:
         raise SystemExit(f"no sample clips under {DATA}")
-    face_rows: list[dict[str, np.ndarray]] = []
+    face_rows: dict[str, list[dict[str, np.ndarray]]] = {}
     per_clip, pooled = {}, {"m_lmd": [], "m_lmd_static": [], "f_lmd": [], "f_lmd_static": [], "gap_r": [], "gap_t": []}
     for name in clips:
         coeff = scipy.io.loadmat(str(DATA / "source" / "3dmm" / f"{name}.mat"))["coeff"].astype(np.float32)
@@ -250,7 +252,10 @@ def quality(args: argparse.Namespace) -> dict:
         video = read_video_rgb(DATA / "source" / "video" / f"{name}.mp4")
         rows = np.arange(0, min(len(exp), len(video) - SOURCE_OFFSET), args.stride)
         emap = ExpressionMap.load() if args.in_sample else ExpressionMap.load(heldout_clip=name)
-        renderer = WarpRenderer(size=256, emap=emap)
+        speaker = style_label(name)
+        bank = MouthBank.load(exclude=(speaker,))  # leave the scored speaker out of the interiors
+        renderer = WarpRenderer(size=256, emap=emap, bank=bank)
+        painted = WarpRenderer(size=256, emap=emap, config=WarpConfig(interior="painted"))
         image = load_image(DATA / "source" / "image" / f"{name}.png")
         # The still is video frame 0, which has no coefficient row (rows start at frame 2, and the first frames
         # can differ: Obama_clip2), and for the feifeili clips it is another shot altogether. By default the
@@ -278,22 +283,29 @@ def quality(args: argparse.Namespace) -> dict:
 
         # face measures: driven by the clip's own pose too, unaligned
         pose = load_pose(DATA / "source" / "3dmm" / f"{name}.mat")
-        renderer.reset(state)
-        posed = np.concatenate([renderer.render(state, exp[rows[i : i + 16]], pose[rows[i : i + 16]])
-                                for i in range(0, len(rows), 16)])
-        l_posed = detect_all(posed)
-        okp = ~(np.isnan(l_real).any((1, 2)) | np.isnan(l_posed).any((1, 2)))
-        fm = face_measures(real[okp], posed[okp], state.image, l_real[okp], l_posed[okp], first)
-        face = {k: float(np.mean(fm[k])) for k in fm if k not in ("interior", "gap_real")}
-        face.update(summarise_interior(fm["interior"], fm["gap_real"]))
-        face["frames"] = int(okp.sum())
+        faces, posed_by = {}, {}
+        for key, rnd in (("bank", renderer), ("painted", painted)):
+            st = state if rnd is renderer else rnd.prepare(image if use_png else first_frame, exp_ref=exp[0])
+            rnd.reset(st)
+            posed = np.concatenate([rnd.render(st, exp[rows[i : i + 16]], pose[rows[i : i + 16]])
+                                    for i in range(0, len(rows), 16)])
+            l_posed = detect_all(posed)
+            okp = ~(np.isnan(l_real).any((1, 2)) | np.isnan(l_posed).any((1, 2)))
+            fm = face_measures(real[okp], posed[okp], state.image, l_real[okp], l_posed[okp], first)
+            fc = {k: float(np.mean(fm[k])) for k in fm if k not in ("interior", "gap_real")}
+            fc.update(summarise_interior(fm["interior"], fm["gap_real"]))
+            fc["frames"] = int(okp.sum())
+            faces[key], posed_by[key] = fc, (posed, l_posed, okp, fm["gap_real"])
+            face_rows.setdefault(key, []).append(fm)
+        face = faces["bank"]
+        face["donor"] = bank.speakers[bank.donor()]
         nose = l_real[~np.isnan(l_real).any((1, 2)), 30]
         face["real_nose_travel_px"] = float(np.linalg.norm(nose - nose.mean(0), axis=-1).max() * 2)
-        face_rows.append(fm)
         per_clip[name] = {
             "frames": int(ok.sum()), "m_lmd": float(m.mean()), "m_lmd_static": float(ms.mean()),
             "f_lmd": float(f.mean()), "f_lmd_static": float(fs.mean()), "mouth_opening_corr": corr,
             "avatar": "source/image png" if use_png else "video frame 2", "face": face,
+            "face_painted": faces["painted"], "gap_amplitude": float(g_rend.std() / g_real.std()),
         }
         for k, v in (("m_lmd", m), ("m_lmd_static", ms), ("f_lmd", f), ("f_lmd_static", fs),
                      ("gap_r", g_rend), ("gap_t", g_real)):
@@ -306,7 +318,11 @@ def quality(args: argparse.Namespace) -> dict:
               f"{face['real_teeth']:.2f}  luma {face['rendered_luma_mean']:.0f}±{face['rendered_luma_std']:.0f} vs "
               f"{face['real_luma_mean']:.0f}±{face['real_luma_std']:.0f}", flush=True)
         if name in args.sheets:
-            mouth_sheet(name, real[okp], posed[okp], state.image, l_real[okp], l_posed[okp], first, fm["gap_real"])
+            pb, lb, okb, _ = posed_by["bank"]
+            pp, _, okq, _ = posed_by["painted"]
+            both = okb & okq
+            mouth_sheet(name, real[both], pb[both], pp[both], state.image, l_real[both], lb[both], first,
+                        inner_gap(l_real[both]))
         if name in args.sheets:
             pick = np.linspace(0, len(rows) - 1, 8).round().astype(int)
             sheet = np.concatenate([tile([real[i] for i in pick], 128), tile([rendered[i] for i in pick], 128),
@@ -315,25 +331,35 @@ def quality(args: argparse.Namespace) -> dict:
             skimage.io.imsave(path, sheet, check_contrast=False)
             print(f"  wrote {path} ({path.stat().st_size // 1024} KiB): rows real / rendered / static", flush=True)
     cat = {k: np.concatenate(v) for k, v in pooled.items()}
-    fcat = {k: np.concatenate([r[k] for r in face_rows]) for k in face_rows[0] if k != "interior"}
-    face_summary = {k: float(np.mean(v)) for k, v in fcat.items() if k != "gap_real"}
+    face_summaries = {}
+    for key, fkey in (("bank", "face"), ("painted", "face_painted")):
+        rows_k = face_rows[key]
+        fcat = {k: np.concatenate([r[k] for r in rows_k]) for k in rows_k[0] if k != "interior"}
+        fs = {k: float(np.mean(v)) for k, v in fcat.items() if k != "gap_real"}
+        fs["centre_err_max_clip"] = max(c[fkey]["centre_err"] for c in per_clip.values())
+        for k in ("real_teeth", "rendered_teeth", "rendered_own_outline_teeth", "real_luma_mean",
+                  "rendered_luma_mean", "real_luma_std", "rendered_luma_std"):
+            fs[k] = float(np.nanmean([c[fkey][k] for c in per_clip.values()]))
+        fs["teeth_abs_err"] = float(np.nanmean(
+            [abs(c[fkey]["rendered_teeth"] - c[fkey]["real_teeth"]) for c in per_clip.values()]))
+        fs["teeth_abs_err_own"] = float(np.nanmean(
+            [abs(c[fkey]["rendered_own_outline_teeth"] - c[fkey]["real_teeth"]) for c in per_clip.values()]))
+        print(f"face, {key} interior (pooled frames; interior: mean over clips):",
+              json.dumps({k: round(v, 3) for k, v in fs.items()}))
+        face_summaries[key] = fs
+    face_summary = face_summaries["bank"]
     face_summary["real_nose_travel_px_max"] = max(c["face"]["real_nose_travel_px"] for c in per_clip.values())
-    face_summary["centre_err_max_clip"] = max(c["face"]["centre_err"] for c in per_clip.values())
-    for k in ("real_teeth", "rendered_teeth", "rendered_own_outline_teeth", "real_luma_mean", "rendered_luma_mean",
-              "real_luma_std", "rendered_luma_std"):
-        face_summary[k] = float(np.nanmean([c["face"][k] for c in per_clip.values()]))
-    face_summary["teeth_abs_err"] = float(np.nanmean(
-        [abs(c["face"]["rendered_teeth"] - c["face"]["real_teeth"]) for c in per_clip.values()]))
-    face_summary["teeth_abs_err_own"] = float(np.nanmean(
-        [abs(c["face"]["rendered_own_outline_teeth"] - c["face"]["real_teeth"]) for c in per_clip.values()]))
-    print("face (pooled frames; interior: mean over clips):",
-          json.dumps({k: round(v, 3) for k, v in face_summary.items()}))
+    face_summary["ssim_vs_painted"] = face_summary["ssim"] / face_summaries["painted"]["ssim"]
+    face_summary["ssim_own_vs_painted"] = face_summary["ssim_own"] / face_summaries["painted"]["ssim_own"]
+    print(f"mouth SSIM bank / painted: real-box {face_summary['ssim_vs_painted']:.3f}, own-centred "
+          f"{face_summary['ssim_own_vs_painted']:.3f}")
     summary = {
         "m_lmd": float(cat["m_lmd"].mean()), "m_lmd_static": float(cat["m_lmd_static"].mean()),
         "f_lmd": float(cat["f_lmd"].mean()), "f_lmd_static": float(cat["f_lmd_static"].mean()),
         "mouth_opening_corr": float(np.corrcoef(cat["gap_r"], cat["gap_t"])[0, 1]),
         "frames": int(len(cat["m_lmd"])), "expression_map": "in-sample" if args.in_sample else "held-out per clip",
-        "avatar": args.first, "face": face_summary,
+        "avatar": args.first, "face": face_summary, "face_painted": face_summaries["painted"],
+        "gap_amplitude": float(cat["gap_r"].std() / cat["gap_t"].std()),
     }
     print("pooled:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
     return {"summary": summary, "clips": per_clip}
@@ -379,6 +405,8 @@ def rest_and_closure(args: argparse.Namespace) -> dict:
         names = [n for n in codes.files if n != "names"]
         for style in names:
             exp = decoder.decode(windows, codes[style])
+            if not args.no_rest_reference:
+                renderer.set_rest(state, decoder.idle(codes[style]))
             pick = np.concatenate([sil, bil])
             frames = renderer.render(state, exp[pick], None)
             gaps = inner_gap(detect_all(frames))
@@ -386,6 +414,7 @@ def rest_and_closure(args: argparse.Namespace) -> dict:
             row = {"silence_gap_px": float(np.nanmean(g_sil) - photo_gap),
                    "silence_gap_abs_px": float(np.nanmean(np.abs(g_sil - photo_gap))),
                    "bilabial_closed": float(np.nanmean(g_bil <= 1.0)),
+                   "bilabial_closed_2px": float(np.nanmean(g_bil <= 2.0)),
                    "bilabial_gap_px": float(np.nanmedian(g_bil))}
             out["styles"][style] = row
             print(f"  style {style:12s} silence gap − photo {row['silence_gap_px']:+6.2f} px   bilabial closed "
@@ -394,8 +423,11 @@ def rest_and_closure(args: argparse.Namespace) -> dict:
     out["silence_gap_px_mean"] = float(np.mean([r["silence_gap_px"] for r in st]))
     out["silence_gap_px_worst"] = float(max((r["silence_gap_px"] for r in st), key=abs))
     out["bilabial_closed_mean"] = float(np.mean([r["bilabial_closed"] for r in st]))
+    out["bilabial_closed_2px_mean"] = float(np.mean([r["bilabial_closed_2px"] for r in st]))
+    out["bilabial_gap_px_median"] = float(np.median([r["bilabial_gap_px"] for r in st]))
     print(f"rest: photo gap {photo_gap:.1f} px; silence gap − photo mean {out['silence_gap_px_mean']:+.2f} px "
-          f"(worst {out['silence_gap_px_worst']:+.2f}); bilabial closed {out['bilabial_closed_mean']:.0%}", flush=True)
+          f"(worst {out['silence_gap_px_worst']:+.2f}); bilabial closed {out['bilabial_closed_mean']:.0%} "
+          f"(≤ 2 px: {out['bilabial_closed_2px_mean']:.0%})", flush=True)
     return out
 
 
@@ -426,9 +458,9 @@ def head_motion(args: argparse.Namespace) -> dict:
     return out
 
 
-def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, static: np.ndarray, l_real: np.ndarray,
-                l_rend: np.ndarray, l_static: np.ndarray, gaps: np.ndarray) -> Path:
-    """Mouth close-ups of the 8 most open frames: real / rendered (real box) / rendered (own box) / static."""
+def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, painted: np.ndarray, static: np.ndarray,
+                l_real: np.ndarray, l_rend: np.ndarray, l_static: np.ndarray, gaps: np.ndarray) -> Path:
+    """Mouth close-ups of 8 open frames: real / rendered / rendered (own box) / painted interior / static."""
     import skimage.io
     from scipy.ndimage import map_coordinates
 
@@ -439,17 +471,19 @@ def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, static: np.ndarra
                          for c in range(3)], -1).clip(0, 255).astype(np.uint8)
 
     pick = np.sort(np.argsort(-gaps)[: 8 * 3 : 3])
-    rows = [[], [], [], []]
+    rows = [[], [], [], [], []]
     for i in pick:
         c, side = mouth_box(l_real[i])
         rows[0].append(crop(real[i], c, side))
         rows[1].append(crop(rend[i], c, side))
         rows[2].append(crop(rend[i], mouth_box(l_rend[i])[0], side))
-        rows[3].append(crop(static, mouth_box(l_static)[0], side))
+        rows[3].append(crop(painted[i], mouth_box(l_rend[i])[0], side))
+        rows[4].append(crop(static, mouth_box(l_static)[0], side))
     sheet = np.concatenate([np.concatenate(r, 1) for r in rows], 0)
     path = RESULTS / f"renderer_mouth_{name}.png"
     skimage.io.imsave(path, sheet, check_contrast=False)
-    print(f"  wrote {path}: rows real / rendered (real box) / rendered (own box) / static photo", flush=True)
+    print(f"  wrote {path}: rows real / rendered (real box) / rendered (own box) / painted interior (same box) / "
+          "static photo", flush=True)
     return path
 
 
@@ -486,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-rest", action="store_true", help="skip the silence / bilabial-closure measures")
+    ap.add_argument("--no-rest-reference", action="store_true",
+                    help="render relative to zero expression, not the style's silence (the old behaviour)")
     ap.add_argument("--sentence-frames", type=int, default=300,
                     help="frames of the held-out sentence used for the rest / closure measures")
     ap.add_argument("--first", choices=["frame", "png"], default="frame",

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.motion import IdleMotion, render_with_blink
-from engine.renderer import RestAware, rest_expression
+from engine.renderer import RestAware
 from engine.runtime import STYLE_CLIP_SUFFIXES
 from engine.timing import Timebase
 from models.clips import ClipError, load_pose, load_style_clip
@@ -188,7 +188,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     renderer = runtime.renderer
     state = renderer.prepare(runtime.avatar)
     if isinstance(renderer, RestAware):  # silence shows the photo's own mouth
-        renderer.set_rest(state, rest_expression(runtime.decoder.decode, code))
+        renderer.set_rest(state, runtime.decoder.idle(code))
     delay = int(getattr(renderer, "delay_frames", 0) or 0)
 
     def frames():

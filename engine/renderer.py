@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,7 +28,7 @@ EXP_DIM = 64
 POSE_DIM = 9
 
 __all__ = [
-    "AvatarState", "Renderer", "RestAware", "WarpAvatarState", "WarpRenderer", "rest_expression", "template_landmarks",
+    "AvatarState", "Renderer", "RestAware", "WarpAvatarState", "WarpRenderer", "template_landmarks",
 ]
 
 
@@ -41,17 +41,12 @@ class AvatarState:
 
 @runtime_checkable
 class RestAware(Protocol):
-    """A renderer that renders relative to a rest expression (the style's silence shows the photo as it is)."""
+    """A renderer that renders relative to a rest expression (the style's silence shows the photo as it is).
+
+    The rest is the decoder's output for silence in the current style, ``ExpressionDecoder.idle(code)``.
+    """
 
     def set_rest(self, state: AvatarState, exp_rest: np.ndarray) -> None: ...
-
-
-def rest_expression(decode: Callable[[np.ndarray, np.ndarray], np.ndarray], style: np.ndarray) -> np.ndarray:
-    """The decoder's output for silence in ``style``: (64,) — what a rest-aware renderer shows as the photo."""
-    from models.phonemes import SIL, WINDOW_LENGTH
-
-    windows = np.full((1, WINDOW_LENGTH), SIL, np.int64)
-    return np.asarray(decode(windows, style), np.float32)[0]
 
 
 @runtime_checkable
@@ -169,7 +164,7 @@ class WarpRenderer:
     def set_rest(self, state: AvatarState, exp_rest: np.ndarray) -> None:
         """Render relative to ``exp_rest`` (64,): that expression reproduces the photo as it is.
 
-        Give the current style's silence output (``rest_expression``): silence then shows the photo's own
+        Give the current style's silence output (``ExpressionDecoder.idle``): silence then shows the photo's own
         mouth, speech moves the lips relative to it and a bilabial closes them (models/warp/core.py).
         """
         if not isinstance(state, WarpAvatarState) or state.warp is None:

@@ -42,6 +42,7 @@ import numpy as np
 
 from engine.motion import IdleMotion, apply_blink, render_with_blink, renderer_accepts_blink
 from engine.pacing import AudioTimeline, OutputPacer, StageMetrics, percentile
+from engine.renderer import RestAware
 from engine.runtime import COMPUTE_MARGIN_S, EngineRuntime, renderer_delay_frames
 from engine.sources import AudioFormatError, AudioNormalizer
 from engine.stream import DecodeJob, StreamCore, run_decode
@@ -202,9 +203,7 @@ class LiveSession:
         self._loop_thread = threading.current_thread()
         self._wake = asyncio.Event()
         self._closed_event = asyncio.Event()
-        self._avatar_state = await self._loop.run_in_executor(
-            self.runtime.worker, self.runtime.renderer.prepare, self.runtime.avatar
-        )
+        self._avatar_state = await self._loop.run_in_executor(self.runtime.worker, self._prepare, self.runtime.avatar)
         self.clock = MediaClock(origin=self._clock(), delay=self.delay)
         self._last_job_end = self.clock.origin
         self.pacer = OutputPacer(self.clock, self.tb, self.chunk_samples)
@@ -653,6 +652,7 @@ class LiveSession:
         frames = self.tb.frames_for_ms(transition_ms, "round")
         landing = self.core.switch_style(code, at_frame, frames)
         self._style_name = name
+        self._update_rest()
         self._info("style", name=name, frame=landing, crossfade_frames=frames)
         return landing
 
@@ -663,6 +663,7 @@ class LiveSession:
             raise ValueError(f"intensity must be in 0..{MAX_INTENSITY}, got {k}")
         self._intensity = k
         self.core.switch_style(self.styles.intensity(self._style_name, k), None, self.config.style.crossfade_frames)
+        self._update_rest()
 
     def add_style(self, name: str, clip: np.ndarray) -> None:
         """Encode a style clip ``(T, 64)`` (once) and make it available to this session.
@@ -688,12 +689,29 @@ class LiveSession:
             raise RuntimeError(f"session {self.session_id} is not started")
 
         def swap() -> None:
-            self._avatar_state = self.runtime.renderer.prepare(image)
+            self._avatar_state = self._prepare(image)
             self._render_next = None  # the renderer stream starts over with the new state
 
         fut = self._loop.run_in_executor(self.runtime.worker, swap)
         fut.add_done_callback(lambda f: self._error("avatar", str(f.exception())) if f.exception() else
                               self._info("avatar"))
+
+    def _prepare(self, image: np.ndarray) -> Any:
+        """Model worker: prepare an avatar; a rest-aware renderer shows the style's silence as the photo."""
+        state = self.runtime.renderer.prepare(image)
+        self._set_rest(state)
+        return state
+
+    def _set_rest(self, state: Any) -> None:
+        """Model worker: render relative to the current style's silence (silence = the photo's own mouth)."""
+        renderer = self.runtime.renderer
+        if isinstance(renderer, RestAware) and state is not None:
+            code = self.styles.intensity(self._style_name, self._intensity)
+            renderer.set_rest(state, self.runtime.decoder.idle(code))
+
+    def _update_rest(self) -> None:
+        if self._started and self._loop is not None:
+            self._loop.run_in_executor(self.runtime.worker, lambda: self._set_rest(self._avatar_state))
 
     def interrupt(self) -> int | None:
         """Stop speaking now: discard the delayed audio and pending phonemes; the mouth eases shut in 2 frames.

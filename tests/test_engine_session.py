@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.motion import IdleMotion
 from engine.session import LiveSession, SessionClosed
 from engine.timing import DEFAULT_TIMEBASE as TB
 from models.phonemes import SIL, phoneme_windows
@@ -151,7 +152,7 @@ def test_bad_audio_never_stalls_the_session() -> None:
 def test_a_still_face_is_rendered_once() -> None:
     """In silence the expression, pose and eyelids repeat exactly: the image is reused, not re-rendered."""
     runtime = small_runtime(np.full(10, SIL))
-    session = runtime.new_session("still")
+    session = runtime.new_session("still", motion=IdleMotion(head=0.0))  # a still head: the pose repeats too
     session._avatar_state = runtime.renderer.prepare(runtime.avatar)
     posted: list[tuple[int, np.ndarray]] = []
 

@@ -28,6 +28,7 @@ class WarpConfig:
     ramp: float = 0.03  # soft horizontal edge of the eye model at the eye corners
     eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there
+    lip_close_inset: float = 0.04  # closed lips are drawn from this far outside dlib's inner-lip points
     lip_edge_inset: float = 0.015  # the lower lip's edge lies this much below dlib's inner-lip points
     teeth_upper: float = 0.095  # visible length of the upper incisors below the upper lip
     teeth_lower: float = 0.05  # visible length of the lower incisors (only when the mouth is wide open)

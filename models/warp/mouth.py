@@ -64,6 +64,10 @@ def mouth_model(
     # lower (else a rim of teeth rides along the moving lip); phased in as the mouth opens beyond the photo's
     inset = cfg.lip_edge_inset
     ls_lip = ls + torch.where(gs > 2 * inset, ((gt - gs) / inset).clamp(0.0, 1.0) * inset, 0.0)
+    # closing below the photo's opening: the lips' true edges lie a little outside dlib's inner points (which
+    # sit on the teeth in a smile), so the meeting lips are drawn from there (else a line of teeth stays)
+    closing = ((gs - gt) / gs.clamp_min(1e-6)).clamp(0.0, 1.0) * cfg.lip_close_inset
+    ls_lip = ls_lip + closing
     lip_body = ls_lip + (v_t - lt) * (os_ - ls_lip) / (ot - lt).clamp_min(1e-6)
     # under the painted area, nearer the lower lip, show the lower jaw's edge (or the lip): the antialiased
     # border then blends cavity with what borders it
@@ -74,7 +78,7 @@ def mouth_model(
     # Just above the upper lip's edge the upper lip rides rigidly (the smooth spline, compressing the photo's
     # opening between lips kept apart, pulls teeth rows up into view: a closed mouth kept a strip of teeth).
     m = cfg.mouth_margin
-    want = torch.where(a < 0, us + a, want)
+    want = torch.where(a < 0, us - closing * ramp01((a + m) / m) + a, want)
     # the correction replaces the spline's actual sampling position inside the band, faded to zero over a
     # margin at its top, bottom and corners (continuous: no seams, no torn corners)
     r = cfg.ramp
