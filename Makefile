@@ -30,10 +30,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m tests.setup_system
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV)

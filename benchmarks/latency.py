@@ -38,6 +38,7 @@ import torch
 from engine.config import Config, add_config_arguments, config_from_args
 from engine.decoder import ExpressionDecoder
 from engine.ring import PhonemeRing
+from engine.timing import DEFAULT_TIMEBASE, FPS, SAMPLE_RATE
 from models.dataset import default_data_dir
 from models.phonemes import SIL, phoneme_windows
 from models.styletalk import LOWER_FACE3D_INDICES
@@ -47,7 +48,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
 SHARED = default_data_dir()
 MOUTH = np.array(LOWER_FACE3D_INDICES)
 MOTION_FRACTION = 0.1  # "first motion": at least this fraction of the typical mouth movement while speaking
-FPS = 30
+
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -123,16 +124,17 @@ def utterance_track(clips: dict[str, tuple[np.ndarray, Path]], seconds: float, l
         start = int(np.argmax(seq != SIL))  # skip a leading pause so the excerpt starts with speech
         n = int(clip_s * FPS)
         lab = seq[start : start + n]
-        pcm = audio[start * 1600 // 3 : (start + lab.shape[0]) * 1600 // 3]
+        pcm = audio[start * SAMPLE_RATE // FPS : (start + lab.shape[0]) * SAMPLE_RATE // FPS]
         onsets.append(frames + lead + int(np.argmax(lab != SIL)))
         lab_parts += [np.full(lead, SIL, np.int64), lab]
-        pcm_parts += [np.zeros(lead * 1600 // 3, np.int16), pcm]
+        pcm_parts += [np.zeros(lead * SAMPLE_RATE // FPS, np.int16), pcm]
         frames += lead + lab.shape[0]
     lab_parts.append(np.full(FPS, SIL, np.int64))
-    pcm_parts.append(np.zeros(16000, np.int16))
+    pcm_parts.append(np.zeros(SAMPLE_RATE, np.int16))
     labels = np.concatenate(lab_parts)
     pcm = np.concatenate(pcm_parts)
-    pcm = np.concatenate([pcm, np.zeros(max(0, labels.shape[0] * 1600 // 3 + 1600 - pcm.shape[0]), np.int16)])
+    tail = labels.shape[0] * SAMPLE_RATE // FPS + DEFAULT_TIMEBASE.frame_group_samples - pcm.shape[0]
+    pcm = np.concatenate([pcm, np.zeros(max(0, tail), np.int16)])
     return pcm, labels, onsets
 
 

@@ -36,12 +36,13 @@ import numpy as np
 
 from engine.recognizer import make_recognizer
 from engine.recognizer.fit_rescorer import load_clip  # one reader of a sample clip (wav + labels)
+from engine.timing import FPS, SAMPLE_RATE
 from models.dataset import default_data_dir
 from models.phonemes import PHONEME_TO_VISEME, SIL
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "phonemes.json"
 DEFAULT_BACKENDS = ("allphone", "allphone-viterbi", "words", "labels")
-RATE, FPS = 16000, 30
+RATE = SAMPLE_RATE
 
 
 def _labels(events: list[Any], n: int) -> np.ndarray:

@@ -68,7 +68,7 @@ class Footprint:
 async def settle(server: Any, timeout: float = 20.0) -> None:
     """Wait until the server has freed every client, then let finished threads/tasks be reaped."""
     deadline = time.monotonic() + timeout
-    while server.clients and time.monotonic() < deadline:
+    while server.clients and time.monotonic() < deadline:  # noqa: ASYNC110 - the server owns its client set
         await asyncio.sleep(0.05)
     for _ in range(10):  # aiortc / websockets tidy up in callbacks scheduled after the close
         await asyncio.sleep(0.02)
@@ -123,6 +123,112 @@ async def _leave(client: Any, abrupt: bool) -> None:
         # the peer disappears: no websocket close frame, no goodbye on the peer connection
         client.ws.transport.abort()
     await client.close()
+
+
+CLOSE_ORDERS = ("pc_first", "ws_first", "both", "ws_during_drop", "ws_during_new_session", "reset")
+"""How a WebRTC client leaves (:func:`close_order_cycle`):
+
+- ``pc_first``: peer connection closed, then the websocket (what ``clients/client.py`` does);
+- ``ws_first``: websocket closed, then the peer connection;
+- ``both``: both closed at once;
+- ``ws_during_drop``: peer connection closed, websocket closed as soon as the server starts dropping the media;
+- ``ws_during_new_session``: the same, websocket closed once the server is building the replacement session;
+- ``reset``: the TCP connection of the websocket is reset (RST, no close frame), then the peer connection closes.
+"""
+
+
+async def _poll(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def reset_websocket(client: Any) -> None:
+    """Reset the client's websocket TCP connection: SO_LINGER 0 makes the close send RST, no close frame."""
+    import socket
+    import struct
+
+    transport = client.ws.transport
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def close_order_cycle(url: str, server: Any, order: str, pcm: np.ndarray | None, frames: int = 5) -> None:
+    """Connect, negotiate media, receive a few frames, then leave in one of :data:`CLOSE_ORDERS`.
+
+    ``server`` is the in-process :class:`~streaming.server.PresenterServer`: the in-flight orders watch its
+    client handler to close the websocket at the right moment of the server's clean-up.
+    """
+    from clients.client import MicrophoneTrack, StyleTalkClient
+
+    if order not in CLOSE_ORDERS:
+        raise ValueError(f"unknown close order {order!r}: one of {CLOSE_ORDERS}")
+    client = StyleTalkClient(url)
+    welcome = await client.connect()
+    handler = server.clients[welcome["session"]]
+    try:
+        await client.start_media(MicrophoneTrack(pcm, loop=True) if pcm is not None else None)
+        await client.wait_frames(frames, timeout=30)
+        assert client.pc is not None and client.ws is not None
+        pc, ws = client.pc, client.ws
+        if order == "pc_first":
+            await client.close()
+        elif order == "ws_first":
+            await ws.close()
+            await client.close()
+        elif order == "both":
+            await asyncio.gather(pc.close(), ws.close())
+            await client.close()
+        elif order == "ws_during_drop":
+            await pc.close()
+            await _poll(lambda: handler.peer is None, 15, "the server to drop the closed peer")
+            await ws.close()
+            await client.close()
+        elif order == "ws_during_new_session":
+            old = handler.session
+            await pc.close()
+            runtime = server.runtime
+            await _poll(lambda: runtime.sessions.get(handler.id) is not old, 15, "the old session to be freed")
+            await ws.close()
+            await client.close()
+        else:  # reset
+            reset_websocket(client)
+            await client.close()
+    except BaseException:
+        await client.close()
+        raise
+
+
+async def capacity(url: str, n: int, timeout: float = 30.0) -> int:
+    """How many of ``n`` websockets opened at once are welcomed (the rest get ``server_full``)."""
+    from clients.client import ClientError, StyleTalkClient
+
+    clients = [StyleTalkClient(url) for _ in range(n)]
+    results = await asyncio.gather(*(asyncio.wait_for(c.connect(), timeout) for c in clients), return_exceptions=True)
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, ClientError):
+            raise r
+    return sum(1 for r in results if isinstance(r, dict))
+
+
+def process_cpu_s() -> float:
+    """CPU time (user + system) of this process so far, seconds."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def idle_cpu_fraction(seconds: float = 3.0) -> float:
+    """Share of one core this process uses while nothing is connected, over ``seconds`` of wall time."""
+    c0, t0 = process_cpu_s(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (process_cpu_s() - c0) / (time.monotonic() - t0)
 
 
 async def churn(

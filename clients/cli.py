@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "speak": ("engine.speak:main", "run the live pipeline on a WAV file or the microphone into a recording"),
     "render": ("engine.offline:main", "offline render: phoneme labels or audio -> MP4 (H.264/AAC)"),
     "styles": ("engine.offline:list_styles_main", "list the built-in speaking styles"),
+    "extract-style": ("engine.style_extract:main", "a style clip (.npy) from any video of a talking face"),
     "train": ("models.train:main", "train a StyleTalk checkpoint on StyleTalk-format data"),
     "fit-landmarks": ("engine.landmark_fit:main", "fit the expression->landmark map of the warp renderer"),
 }

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import av
 import numpy as np
@@ -31,11 +32,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from engine.timing import SAMPLE_RATE
 from streaming import protocol as P
 
 log = logging.getLogger(__name__)
 
-MIC_RATE = 16_000
+MIC_RATE = SAMPLE_RATE  # the engine's input rate
 MIC_CHUNK = MIC_RATE // 50  # 20 ms
 
 
@@ -168,13 +170,18 @@ class Recording:
         return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``token=<token>`` added to its query, URL-encoded (a token may hold ``+ & % =`` ...)."""
+    return f"{url}{'&' if '?' in url else '?'}{urlencode({'token': token})}"
+
+
 class StyleTalkClient:
     """One connection to ``styletalk-live serve``: ``connect()``, ``start_media(mic)``, ``request(...)``."""
 
     def __init__(
         self, url: str = "ws://127.0.0.1:8080/ws", token: str | None = None, keep_frames: int = 10_000
     ):
-        self.url = url if token is None else f"{url}{'&' if '?' in url else '?'}token={token}"
+        self.url = url if token is None else with_token(url, token)
         self.ws: ClientConnection | None = None
         self.pc: RTCPeerConnection | None = None
         self.mic: MicrophoneTrack | None = None
@@ -356,19 +363,6 @@ class StyleTalkClient:
         return path
 
 
-def analyse_motion(frames: list[ReceivedFrame], box: tuple[float, float, float, float]) -> np.ndarray:
-    """Mean absolute grey-level change of a region between consecutive frames, ``(N-1,)``.
-
-    ``box`` = (x0, y0, x1, y1) as fractions of the frame.
-    """
-    if len(frames) < 2:
-        return np.zeros(0)
-    h, w = frames[0].image.shape[:2]
-    x0, y0, x1, y1 = int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)
-    grey = np.stack([f.image[y0:y1, x0:x1].astype(np.float32).mean(axis=2) for f in frames])
-    return np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))
-
-
 async def _run(args: argparse.Namespace) -> int:
     mic = None
     if args.wav:
@@ -384,12 +378,50 @@ async def _run(args: argparse.Namespace) -> int:
         )
     await asyncio.sleep(args.seconds)
     stats = await client.request("stats")
-    print(f"received {len(client.recording.frames)} frames, {client.recording.fps():.1f} fps")
-    print(json.dumps(stats, indent=1))
+    received = {"frames": len(client.recording.frames), "fps": round(client.recording.fps(), 2)}
+    if args.json:
+        print(json.dumps({"received": received, "stats": stats}, indent=1))
+    else:
+        print(summarize(stats, received))
     if args.out:
         print("wrote", client.save_mp4(args.out))
     await client.close()
     return 0
+
+
+def summarize(stats: dict[str, Any], received: dict[str, Any]) -> str:
+    """A few lines a person reads after a run (``--json`` prints everything)."""
+    eng = stats.get("engine") or {}
+
+    def ms(v: Any) -> str:
+        return "-" if v is None else f"{v:.0f} ms"
+
+    total = (eng.get("latency_ms") or {}).get("total") or {}
+    av = eng.get("av_offset_ms") or {}
+    lines = [
+        f"received {received['frames']} frames at {received['fps']:.1f} fps",
+        f"engine: {eng.get('frames_sent', 0)} frames sent ({eng.get('fresh_frames', 0)} fresh, "
+        f"{eng.get('late_frames', 0)} repeated late, {eng.get('dropped_frames', 0)} skipped), "
+        f"style {eng.get('style')}, output delay {ms(eng.get('delay_ms'))}",
+        f"latency audio->sent: p50 {ms(total.get('p50'))}, p95 {ms(total.get('p95'))}; "
+        f"A/V offset p95 {ms(av.get('p95'))}; errors {eng.get('errors', 0)}",
+    ]
+    return "\n".join(lines)
+
+
+def _connect_error(url: str, exc: BaseException) -> str:
+    """One line for a failed connection (no traceback): what happened and what to try."""
+    from websockets.exceptions import InvalidStatus, InvalidURI
+
+    if isinstance(exc, InvalidStatus):
+        code = exc.response.status_code
+        hint = " (missing or wrong token? pass --token)" if code in (401, 403) else ""
+        return f"the server at {url} refused the connection: HTTP {code}{hint}"
+    if isinstance(exc, InvalidURI):
+        return f"{url} is not a websocket URL: use ws://HOST:PORT/ws (or wss://)"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {url} in time"
+    return f"cannot connect to {url}: {exc} (is `styletalk-live serve` running there?)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,11 +434,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", default=None, help="switch to this style after connecting")
     parser.add_argument("--transition-ms", type=int, default=250)
     parser.add_argument("--out", default=None, help="write the received video to this MP4")
+    parser.add_argument("--json", action="store_true", help="print the full stats as JSON instead of a summary")
     args = parser.parse_args(argv)
+    if urlsplit(args.url).scheme not in ("ws", "wss"):
+        print(f"python -m clients.client: error: --url {args.url} is not a websocket URL: use "
+              "ws://HOST:PORT/ws (or wss://)", file=sys.stderr)
+        return 2
+    if args.wav and not Path(args.wav).is_file():
+        print(f"python -m clients.client: error: --wav {args.wav} does not exist", file=sys.stderr)
+        return 2
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+
     try:
         return asyncio.run(_run(args))
     except ClientError as exc:
-        print(f"server refused: {exc}", file=sys.stderr)
+        print(f"python -m clients.client: server refused: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        print(f"python -m clients.client: error: {_connect_error(args.url, exc)}", file=sys.stderr)
         return 1
 
 

@@ -101,13 +101,26 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read a photo file into (H, W, 3) uint8 RGB; raises AvatarError when it is not a readable image."""
+def load_image(path: str | Path, max_pixels: int = 100_000_000) -> np.ndarray:
+    """Read a photo file into (H, W, 3) uint8 RGB; raises AvatarError when it is not a readable image.
+
+    ``max_pixels`` is checked against the size Pillow's decoder will actually use (for a PNG the *last* IHDR
+    chunk, for a JPEG its frame header), read without decoding, so a small file cannot make the decoder
+    allocate a huge canvas. The default admits any camera photo; the server passes its upload limit.
+    """
     import skimage.io
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise AvatarError(f"avatar image {path} does not exist")
+    try:
+        with Image.open(path) as probe:  # parses the headers only
+            width, height = probe.size
+    except Exception as exc:  # noqa: BLE001 - any header failure means "unreadable"
+        raise AvatarError(f"cannot read avatar image {path}: {exc}") from exc
+    if width * height > max_pixels:
+        raise AvatarError(f"image is {width}x{height} pixels, more than the limit of {max_pixels}")
     try:
         image = skimage.io.imread(path)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"

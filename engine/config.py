@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.timing import SAMPLE_RATE
+
 ACCELERATORS = ("eager", "compile", "cudagraph", "tensorrt")
 RECOGNIZER_BACKENDS = ("allphone", "allphone-viterbi", "words", "vosk", "labels")
 RENDERER_KINDS = ("warp", "pirenderer")
 LOOKAHEAD_PADS = ("sil", "repeat", "hold")
 MAX_DECODER_LOOKAHEAD = 5  # the decoder window is t-5 .. t+5
 MAX_WINDOW_LOOKAHEAD = 13  # the PIRenderer window is t-13 .. t+13
+MAX_INTENSITY = 2.0  # style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated (engine, protocol, page)
 
 
 class ConfigError(ValueError):
@@ -40,11 +43,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = 16000  # the recognizers and the timing module work at 16 kHz mono
+    sample_rate: int = SAMPLE_RATE  # the recognizers and the timing module work at 16 kHz mono
     chunk_ms: int = 20  # capture / output audio chunk
     max_input_queue_s: float = 2.0  # audio accepted ahead of the real-time position before pushes are dropped
     # Constant input -> output delay of a live session (audio and video). None = computed from the decoder
-    # lookahead, the recognizer's label lag and the renderer's window (engine.runtime.output_delay).
+    # lookahead, the recognizer's label lag and the renderer's window (engine.latency.output_delay).
     output_delay_ms: float | None = None
 
 
@@ -121,7 +124,7 @@ class Config:
     def validate(self) -> Config:
         """Check ranges and choices; raises :class:`ConfigError` naming the key. Returns self."""
         _check(self.fps == 30, "fps", "only 30 fps is supported (the models and labels are 30 fps)")
-        _check(self.audio.sample_rate == 16000, "audio.sample_rate", "only 16000 Hz is supported")
+        _check(self.audio.sample_rate == SAMPLE_RATE, "audio.sample_rate", f"only {SAMPLE_RATE} Hz is supported")
         _check(5 <= self.audio.chunk_ms <= 100, "audio.chunk_ms", "must be in 5..100")
         _check(self.audio.max_input_queue_s > 0, "audio.max_input_queue_s", "must be > 0")
         if self.audio.output_delay_ms is not None:
@@ -146,7 +149,7 @@ class Config:
         _check(0 <= r.window_lookahead <= MAX_WINDOW_LOOKAHEAD, "renderer.window_lookahead", "must be in 0..13")
         s = self.style
         _check(0 <= s.crossfade_frames <= 300, "style.crossfade_frames", "must be in 0..300")
-        _check(0.0 <= s.intensity <= 2.0, "style.intensity", "must be in 0..2")
+        _check(0.0 <= s.intensity <= MAX_INTENSITY, "style.intensity", f"must be in 0..{MAX_INTENSITY:g}")
         _check(bool(s.default), "style.default", "must not be empty")
         v = self.server
         _check(0 <= v.port <= 65535, "server.port", "must be in 0..65535")
@@ -265,7 +268,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--lookahead", "decoder.lookahead", int, "decoder lookahead in frames (0..5): latency vs lip accuracy"),
     ("--accelerator", "decoder.accelerator", str, f"decoder accelerator: {' | '.join(ACCELERATORS)}"),
     ("--threads", "decoder.threads", int, "torch threads of the model worker"),
-    ("--checkpoint", "decoder.checkpoint", str, "StyleTalk checkpoint (official or own format); default built-in"),
+    ("--checkpoint", "decoder.checkpoint", str, "StyleTalk checkpoint (official or own format)"),
     ("--recognizer", "recognizer.backend", str, f"phoneme recognizer: {' | '.join(RECOGNIZER_BACKENDS)}"),
     ("--labels", "recognizer.labels", str, "phoneme label file for --recognizer labels"),
     ("--recognizer-lookahead", "recognizer.lookahead_ms", int,
@@ -275,29 +278,72 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--window-lookahead", "renderer.window_lookahead", int, "PIRenderer window lookahead in frames (0..13)"),
     ("--style", "style.default", str, "speaking style at start (see `styletalk-live styles`)"),
     ("--intensity", "style.intensity", float, "style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated"),
-    ("--avatar", "avatar.image", str, "photo of a face to animate; default: the built-in avatar"),
+    ("--avatar", "avatar.image", str, "photo of a face to animate"),
     ("--size", "renderer.size", int, "output frames are SIZE² pixels: 256 (real-time on one CPU thread) or 512"),
 ]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with defaults, except empty ones (None, False, "", []) that would only say "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, "", []) or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _dest(flag: str) -> str:
     return "cfg_" + flag.lstrip("-").replace("-", "_")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE.toml``, repeatable ``--set section.key=value`` and the common engine flags."""
+# what a None default means, for --help
+_NONE_MEANS = {
+    "decoder.checkpoint": "built-in weights",
+    "recognizer.labels": "none",
+    "recognizer.lookahead_ms": "the backend's own (allphone: 60)",
+    "renderer.checkpoint": "none",
+    "avatar.image": "the built-in avatar",
+}
+
+
+def _metavar(key: str, typ: type) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if name in ("checkpoint", "labels"):
+        return "FILE"
+    if name == "image":
+        return "PHOTO"
+    if name.endswith("_ms"):
+        return "MS"
+    return {int: "N", float: "X"}.get(typ, "NAME")
+
+
+def _default_text(key: str) -> str:
+    value: Any = Config()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return _NONE_MEANS.get(key, "none") if value is None else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None) -> None:
+    """Add ``--config FILE.toml``, repeatable ``--set section.key=value`` and the common engine flags
+    (only ``flags`` when given: a command offers no flag it would ignore)."""
     group = parser.add_argument_group("engine configuration")
-    group.add_argument("--config", metavar="FILE.toml", default=None, help="configuration file (TOML)")
+    group.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS, help="configuration file (TOML)")
     group.add_argument(
         "--set",
         metavar="SECTION.KEY=VALUE",
         action="append",
-        default=[],
+        default=argparse.SUPPRESS,
         dest="cfg_set",
         help="override one configuration value, e.g. --set decoder.lookahead=2 (repeatable)",
     )
-    for flag, _key, typ, help_text in _FLAGS:
-        group.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=help_text)
+    for flag, key, typ, help_text in _FLAGS:
+        if flags is not None and flag not in flags:
+            continue
+        # SUPPRESS: a flag not given leaves the configuration (file, --set, defaults) alone, and --help shows the
+        # configuration's real default instead of argparse's None
+        group.add_argument(flag, dest=_dest(flag), type=typ, default=argparse.SUPPRESS, metavar=_metavar(key, typ),
+                           help=f"{help_text} (default: {_default_text(key).replace('%', '%%')})")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

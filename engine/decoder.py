@@ -145,7 +145,7 @@ class ExpressionDecoder:
                     hit = _cache[key] = _mix(style)
                 return hit
 
-            module.mix = cached
+            module.mix = cached  # type: ignore[assignment]  # monkey-patching a torch submodule method
             n += 1
         return n
 

@@ -1,6 +1,7 @@
-"""Fit the expression → landmark map of the built-in warp renderer (writes models/assets/exp2lmk.npz).
+"""Fit the expression → landmark map of the built-in warp renderer.
 
-Run: ``.venv/bin/python -m engine.landmark_fit [--data DIR] [--cache DIR] [--out PATH]``
+Run: ``styletalk-live fit-landmarks [--data DIR] [--cache DIR] [--out PATH]``. The map is written to
+``runs/fit-landmarks/exp2lmk.npz``; only ``--out models/assets/exp2lmk.npz`` replaces the built-in asset.
 
 Why a linear map: the 64 StyleTalk expression coefficients are the coordinates of a linear 3DMM expression
 basis, so after removing head pose the 2-D landmark offsets are close to linear in them. Recipe:
@@ -28,12 +29,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.avatar import FaceBox, detect_faces, landmarks_in_box
+from engine.contracts import FaceBoxLike, Landmarker
+from engine.landmarker import default_landmarker
 from models.dataset import default_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = default_data_dir()
-DEFAULT_OUT = REPO_ROOT / "models" / "assets" / "exp2lmk.npz"
+ASSET = REPO_ROOT / "models" / "assets" / "exp2lmk.npz"  # the tracked built-in map: written only when asked
+DEFAULT_OUT = Path("runs") / "fit-landmarks" / "exp2lmk.npz"
 
 STABLE = np.array([27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45])
 EXP = slice(80, 144)
@@ -60,16 +63,18 @@ def read_video_rgb(path: Path) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
-def video_landmarks(frames: list[np.ndarray], progress: tqdm | None = None) -> np.ndarray:
+def video_landmarks(frames: list[np.ndarray], progress: tqdm | None = None,
+                    landmarker: Landmarker | None = None) -> np.ndarray:
     """(F, 68, 2) landmarks per frame; a frame without detection reuses the previous face box (NaN if none)."""
+    lm = landmarker or default_landmarker()
     out = np.full((len(frames), 68, 2), np.nan, dtype=np.float32)
-    box: FaceBox | None = None
+    box: FaceBoxLike | None = None
     for i, frame in enumerate(frames):
-        boxes = detect_faces(frame, upsample=0) or detect_faces(frame, upsample=1)
+        boxes = lm.detect_faces(frame, upsample=0) or lm.detect_faces(frame, upsample=1)
         if boxes:
             box = boxes[0]
         if box is not None:
-            out[i] = landmarks_in_box(frame, box)
+            out[i] = lm.landmarks_in_box(frame, box)
         if progress is not None:
             progress.update(1)
     return out
@@ -290,14 +295,28 @@ def fit_pose_map(clips: list[Clip], mats: dict[str, np.ndarray]) -> tuple[np.nda
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="styletalk-samples directory")
-    ap.add_argument("--cache", type=Path, default=None, help="directory to cache per-clip landmarks (.npy)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--lambdas", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])
+    from engine.config import HelpFormatter
+
+    ap = argparse.ArgumentParser(
+        prog="styletalk-live fit-landmarks",
+        description="Fit the expression -> landmark map of the built-in warp renderer on the sample videos "
+        "(dlib landmarks on every frame, ridge regression; held-out R2 per clip group is printed). "
+        f"Writes {DEFAULT_OUT} unless --out says otherwise; --out {ASSET.relative_to(REPO_ROOT)} replaces "
+        "the built-in map.",
+        formatter_class=HelpFormatter,
+    )
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                    help="StyleTalk sample data (source/ and style/ videos + 3DMM .mat)")
+    ap.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                    help="directory to cache per-clip landmarks (.npy); reruns skip the detection")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="PATH", help="where to write the map (.npz)")
+    ap.add_argument("--lambdas", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1], metavar="L",
+                    help="ridge penalties to scan (the best on held-out clips is kept)")
     ap.add_argument("--check-offsets", action="store_true", help="also scan frame offsets per clip group")
-    ap.add_argument("--quadratic-angles", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--quadratic-angles", action=argparse.BooleanOptionalAction, default=True,
+                    help="add squared head angles to the design (pose-dependent landmark shifts)")
     args = ap.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     clips = load_clips(args.data, args.cache)
@@ -357,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         pose_weights=pose_weights,
         lam=np.float32(best),
         meta=np.array(json.dumps({k: v for k, v in report.items() if k != "lambda_scan"})),
-        **heldout,
+        **heldout,  # type: ignore[arg-type]  # numpy stubs type **kwds as the bool allow_pickle
     )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import Config, ConfigError, add_config_arguments, config_from_args
+from engine.config import Config, ConfigError, HelpFormatter, add_config_arguments, config_from_args
+from engine.contracts import RestAware
 from engine.motion import IdleMotion, render_with_blink
-from engine.renderer import RestAware
 from engine.runtime import STYLE_CLIP_SUFFIXES
 from engine.timing import Timebase
 from models.clips import ClipError, load_pose, load_style_clip
@@ -166,8 +166,10 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     style_name, code = resolve_style(runtime, config)
     if audio is not None:
         log.info("recognizing phonemes in %s (%s backend)", audio, config.recognizer.backend)
+        assert pcm16 is not None  # decoded above
         labels = recognize_audio(pcm16, runtime.make_recognizer(), config, timebase)
     else:
+        assert phonemes is not None  # exactly one of the two (checked above)
         labels = load_phonemes(phonemes)
     n = labels.shape[0]
     log.info("%d frames (%.2f s) in style %r", n, n / config.fps, style_name)
@@ -189,7 +191,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     state = renderer.prepare(runtime.avatar)
     if isinstance(renderer, RestAware):  # silence shows the photo's own mouth
         renderer.set_rest(state, runtime.decoder.idle(code))
-    delay = int(getattr(renderer, "delay_frames", 0) or 0)
+    delay = int(renderer.delay_frames)  # engine.contracts.Renderer
 
     def frames():
         emitted = 0
@@ -219,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
             "StyleTalk weights via --checkpoint, PIRenderer weights via --renderer pirenderer "
             "--renderer-checkpoint FILE (slow on a CPU: seconds per frame)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--phonemes", metavar="SEQ.json", help="phoneme labels, one per 30 fps frame (ids or names)")
@@ -235,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.avatar import AvatarError
     from engine.runtime import RuntimeErrorConfig
 
     args = build_parser().parse_args(argv)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         result = render(config, Path(args.output), phonemes=args.phonemes, audio=args.audio, pose=args.pose,
                         progress=not args.no_progress)
-    except (InputError, ConfigError, ClipError, RuntimeErrorConfig) as exc:
+    except (InputError, ConfigError, ClipError, RuntimeErrorConfig, AvatarError) as exc:
         print(f"styletalk-live render: error: {exc}", file=sys.stderr)
         return 2
     print(f"{result.path}: {result.frames} frames, {result.seconds:.2f} s, style {result.style}")
@@ -254,7 +257,7 @@ def list_styles_main(argv: list[str] | None = None) -> int:
     from engine.runtime import build_decoder, build_styles
 
     parser = argparse.ArgumentParser(prog="styletalk-live styles", description=list_styles_main.__doc__)
-    add_config_arguments(parser)
+    add_config_arguments(parser, flags=("--checkpoint",))  # built-in codes match the built-in weights only
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

@@ -15,7 +15,6 @@ the pipeline's fixed delay. The zeros go to the recognizer too, so phoneme frame
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -224,7 +223,3 @@ class StageMetrics:
         if len(recent) < 2:
             return 0.0
         return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x

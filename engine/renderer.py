@@ -28,7 +28,7 @@ EXP_DIM = 64
 POSE_DIM = 9
 
 __all__ = [
-    "AvatarState", "Renderer", "RestAware", "WarpAvatarState", "WarpRenderer", "template_landmarks",
+    "AvatarState", "Renderer", "WarpAvatarState", "WarpRenderer", "template_landmarks",
 ]
 
 
@@ -37,16 +37,6 @@ class AvatarState:
     """What a renderer keeps per avatar (and per stream). Subclasses add their precomputed data."""
 
     size: int
-
-
-@runtime_checkable
-class RestAware(Protocol):
-    """A renderer that renders relative to a rest expression (the style's silence shows the photo as it is).
-
-    The rest is the decoder's output for silence in the current style, ``ExpressionDecoder.idle(code)``.
-    """
-
-    def set_rest(self, state: AvatarState, exp_rest: np.ndarray) -> None: ...
 
 
 @runtime_checkable

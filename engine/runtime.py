@@ -15,15 +15,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from engine import latency
 from engine.config import Config
+from engine.contracts import Recognizer, Renderer
 from engine.decoder import ExpressionDecoder
+from engine.live.registry import SessionRegistry
 from engine.stylebank import StyleBank
 from engine.timing import Timebase
+
+if TYPE_CHECKING:
+    from engine.live.session import LiveSession
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +38,8 @@ BUILTIN_CHECKPOINT = ASSETS / "styletalk_default.pt"
 BUILTIN_STYLE_CODES = ASSETS / "style_codes.npz"
 STYLE_CLIP_SUFFIXES = (".mat", ".npy", ".txt")
 
-# Label-stable lag assumed for a recognizer that does not declare one (s); DESIGN.md: allphone p90 145 ms.
-DEFAULT_RECOGNIZER_LAG_S = 0.15
-COMPUTE_MARGIN_S = 0.03  # decode + render + hand-over of one frame on a busy 2-core machine
-
-
 class RuntimeErrorConfig(RuntimeError):
     """The runtime cannot be built from the configuration (missing file, bad weights...)."""
-
-
-def recognizer_lag_seconds(recognizer: object) -> float:
-    """The recognizer's declared label lag in seconds (``lag_s``, or ``lag`` in seconds/frames), else a default."""
-    for name in ("lag_s", "lag_seconds"):
-        v = getattr(recognizer, name, None)
-        if isinstance(v, int | float):
-            return float(v)
-    v = getattr(recognizer, "lag", None)
-    if isinstance(v, Fraction):
-        return float(v)
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v / 30.0  # integer lag = frames
-    if isinstance(v, float):
-        return v
-    return DEFAULT_RECOGNIZER_LAG_S
 
 
 class EngineRuntime:
@@ -64,10 +49,10 @@ class EngineRuntime:
         self,
         config: Config,
         decoder: ExpressionDecoder,
-        renderer: Any,
+        renderer: Renderer,
         styles: StyleBank,
         avatar: np.ndarray,
-        recognizer_factory: Callable[[], Any] | None = None,
+        recognizer_factory: Callable[[], Recognizer] | None = None,
         pose: np.ndarray | None = None,
     ) -> None:
         self.config = config
@@ -81,7 +66,8 @@ class EngineRuntime:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-model")
         self._threads = config.decoder.threads
         self.worker.submit(torch.set_num_threads, self._threads).result()
-        self.sessions: dict[str, Any] = {}
+        # running sessions; admission against server.max_sessions happens there (engine.live.registry)
+        self.sessions: SessionRegistry[LiveSession] = SessionRegistry(lambda: self.config.server.max_sessions)
         self.frame_compute_s: float | None = None  # measured by warmup()
         if config.style.default not in styles:
             raise RuntimeErrorConfig(f"default style {config.style.default!r} is not among {styles.names()}")
@@ -126,7 +112,7 @@ class EngineRuntime:
         return self.frame_compute_s
 
     # ----------------------------------------------------------------------------------------- recognizer
-    def make_recognizer(self) -> Any:
+    def make_recognizer(self) -> Recognizer:
         if self._recognizer_factory is not None:
             return self._recognizer_factory()
         from engine.recognizer import make_recognizer
@@ -141,53 +127,29 @@ class EngineRuntime:
             opts["lookahead_ms"] = rc.lookahead_ms
         return make_recognizer(rc.backend, **opts)
 
-    def output_delay(self, recognizer: object) -> Fraction:
-        """Constant delay between input and output media time for a session (see DESIGN.md timing model).
-
-        Frame t is ready once frames up to t+L are labelled: its audio ends at (t+L+1)/fps, arrives up to one
-        capture chunk later, is labelled ``lag`` later, then decoded and rendered (:meth:`compute_margin`);
-        a renderer that lags by k frames adds k/fps. ``audio.output_delay_ms`` overrides the computed value.
-        """
-        cfg = self.config
-        if cfg.audio.output_delay_ms is not None:
-            return Fraction(cfg.audio.output_delay_ms) / 1000
-        tb = self.timebase
-        frames = cfg.decoder.lookahead + 1 + renderer_delay_frames(self.renderer)
-        seconds = (
-            Fraction(cfg.audio.chunk_ms, 1000)
-            + Fraction(recognizer_lag_seconds(recognizer)).limit_denominator(1000)
-            + Fraction(self.compute_margin()).limit_denominator(1000)
-        )
-        return tb.frame_pts(frames) + seconds
+    def output_delay(self, recognizer: Recognizer) -> Fraction:
+        """Constant delay between input and output media time for a session with ``recognizer``
+        (:func:`engine.latency.output_delay`: lookahead + capture chunk + recognizer lag + compute margin)."""
+        return latency.output_delay(self.config, self.timebase, recognizer, self.renderer, self.frame_compute_s)
 
     def compute_margin(self) -> float:
-        """Time budgeted for decoding + rendering a frame: the default, or 1.5x the measured cost if larger."""
-        measured = self.frame_compute_s
-        return COMPUTE_MARGIN_S if measured is None else max(COMPUTE_MARGIN_S, 1.5 * measured + 0.01)
+        """Time budgeted for decoding + rendering a frame (:func:`engine.latency.compute_margin`)."""
+        return latency.compute_margin(self.frame_compute_s)
 
     # -------------------------------------------------------------------------------------------- sessions
-    def new_session(self, session_id: str, **kwargs: Any) -> Any:
-        from engine.session import LiveSession
+    def new_session(self, session_id: str, max_sessions: int | None = None, **kwargs: Any) -> LiveSession:
+        """Admit (:class:`engine.live.registry.SessionRegistry`, atomic) and build a session;
+        ``SessionRefused`` (a ``RuntimeError``) when ``max_sessions`` (default ``server.max_sessions``) run."""
+        from engine.live.session import LiveSession
 
-        if len(self.sessions) >= self.config.server.max_sessions:
-            raise RuntimeError(f"too many sessions ({len(self.sessions)}; max {self.config.server.max_sessions})")
-        session = LiveSession(self, session_id, **kwargs)
-        self.sessions[session_id] = session
-        return session
+        return self.sessions.admit(session_id, lambda: LiveSession(self, session_id, **kwargs), max_sessions)
 
-    def forget(self, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
+    def forget(self, session_id: str, session: object | None = None) -> None:
+        """Free ``session_id``'s slot (only if it still holds ``session``, when given). Idempotent."""
+        self.sessions.release(session_id, session)
 
     def close(self) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)
-
-
-def renderer_delay_frames(renderer: object) -> int:
-    """Frames by which a renderer's output lags its input (PIRenderer window lookahead; warp: 0)."""
-    v = getattr(renderer, "delay_frames", None)
-    if v is None:
-        v = getattr(renderer, "lookahead", 0)
-    return int(v or 0)
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -233,7 +195,7 @@ def build_styles(config: Config, decoder: ExpressionDecoder) -> StyleBank:
     return bank
 
 
-def build_renderer(config: Config) -> Any:
+def build_renderer(config: Config) -> Renderer:
     rc = config.renderer
     if rc.kind == "pirenderer":
         from engine.renderer_pir import PIRendererRenderer

@@ -21,8 +21,6 @@ import numpy as np
 from engine.ring import PAD_MODES, PhonemeRing
 from models.phonemes import WIN_SIZE
 
-MAX_LOOKAHEAD = WIN_SIZE
-
 
 @dataclass
 class DecodeBatch:

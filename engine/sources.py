@@ -1,6 +1,6 @@
 """Audio in: validation/normalisation at the edge, and the sources that feed a session.
 
-Every source ends in ``sink(pcm, sample_rate)`` = :meth:`engine.session.LiveSession.push_audio`, which runs
+Every source ends in ``sink(pcm, sample_rate)`` = :meth:`engine.live.LiveSession.push_audio`, which runs
 :class:`AudioNormalizer` - so a browser track (48 kHz stereo), a microphone (any device rate) and a file all
 reach the recognizer as 16 kHz mono int16. Bad input is made harmless here rather than deep in the pipeline:
 NaN/inf become 0, floats are clipped to [-1, 1], stereo is averaged, any rate is resampled (stateful, so
@@ -24,13 +24,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import av  # imported eagerly: a first lazy import inside push_audio would stall the event loop ~0.2 s
 import numpy as np
 
+from engine.timing import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-TARGET_RATE = 16000
+TARGET_RATE = SAMPLE_RATE  # what the engine runs at (engine.timing)
 MIN_RATE, MAX_RATE = 4000, 384000
 MAX_CHANNELS = 32
 MAX_FILE_SECONDS = 3 * 3600
@@ -93,7 +96,7 @@ class AudioNormalizer:
     def __init__(self, target_rate: int = TARGET_RATE) -> None:
         self.target_rate = target_rate
         self.stats = NormalizerStats()
-        self._resampler = None
+        self._resampler: av.AudioResampler | None = None
         self._rate: int | None = None
 
     def __call__(self, pcm: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -167,7 +170,7 @@ def decode_audio_file(path: str | Path, rate: int = TARGET_RATE, max_seconds: fl
         try:
             for frame in container.decode(streams[0]):
                 frame.pts = None  # resample by sample count; some files have broken timestamps
-                for out in resampler.resample(frame):
+                for out in resampler.resample(cast(av.AudioFrame, frame)):  # an audio stream's frames
                     parts.append(out.to_ndarray().reshape(-1))
                     total += parts[-1].shape[0]
                 if total > limit:
@@ -247,7 +250,7 @@ class MicrophoneSource:
         self.sink = sink
         self.device = device
         self.chunk_ms = chunk_ms
-        self._stream = None
+        self._stream: Any = None  # sounddevice.InputStream (imported lazily: PortAudio may be missing)
         self._lock = threading.Lock()
         self.errors: list[str] = []
 

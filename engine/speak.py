@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import ConfigError, add_config_arguments, config_from_args
+from engine.timing import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Mp4Writer:
     the session's media clock, so the file's A/V alignment is the session's.
     """
 
-    def __init__(self, path: str | Path, size: tuple[int, int], fps: int = 30, sample_rate: int = 16000) -> None:
+    def __init__(self, path: str | Path, size: tuple[int, int], fps: int = FPS, sample_rate: int = SAMPLE_RATE) -> None:
         import av
 
         self.path = Path(path)
@@ -177,8 +178,11 @@ class Preview:
 
 
 async def run_speak(runtime: Any, audio: str | None, mic: bool, output: str | None, duration: float | None,
-                    preview: bool = False, device: str | None = None) -> dict[str, Any]:
-    """Run one live session from a file or the microphone, recording its output; returns the session stats."""
+                    preview: bool = False, device: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run one live session from a file or the microphone, recording its output; returns the session stats.
+
+    ``progress``: a bar over the output's media seconds on stderr (not with ``preview``, which prints status).
+    """
     from engine.sources import FileSource, MicrophoneSource
 
     session = runtime.new_session("speak")
@@ -202,12 +206,24 @@ async def run_speak(runtime: Any, audio: str | None, mic: bool, output: str | No
         end_pts = Fraction(length).limit_denominator(1000) + session.delay + Fraction(TAIL_S).limit_denominator(10) \
             if length != float("inf") else None
 
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(float(end_pts), 1) if end_pts is not None else None, unit="s", desc="speak",
+                   disable=not progress or preview, file=sys.stderr,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s media [{elapsed}<{remaining}]"
+                   if end_pts is not None else "{desc}: {n:.1f} s media [{elapsed}]")
+
         async def video() -> None:
             while not stop.is_set():
                 frame = await session.next_video_frame()
                 if end_pts is not None and frame.pts >= end_pts:
+                    bar.n = bar.total
+                    bar.refresh()
                     stop.set()
                     return
+                if frame.index % runtime.config.fps == 0:  # once per media second
+                    bar.n = float(frame.pts)
+                    bar.refresh()
                 if writer is not None:
                     writer.write_video(frame.index, frame.image)
                 view.show(frame.image, session.stats if preview else None)
@@ -224,6 +240,7 @@ async def run_speak(runtime: Any, audio: str | None, mic: bool, output: str | No
         try:
             await asyncio.gather(*tasks)
         finally:
+            bar.close()
             for t in tasks:
                 t.cancel()
             if feeder is not None:
@@ -266,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="microphone device (name or index) for --mic")
     parser.add_argument("--preview", action="store_true", help="show the frames while running (or print status)")
     parser.add_argument("--stats", metavar="FILE.json", default=None, help="write the session statistics here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser)
     return parser
 
@@ -295,7 +313,7 @@ def main(argv: list[str]) -> int:
     device: Any = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     try:
         stats = _run_loop(run_speak(runtime, args.audio, args.mic, args.output or None, args.duration,
-                                    args.preview, device))
+                                    args.preview, device, progress=not args.no_progress))
     except MicrophoneError as exc:
         print(f"styletalk-live speak: {exc}", file=sys.stderr)
         return 1

@@ -76,7 +76,7 @@ class FrameStamps:
         if self.forced:
             out["forced"] = 1.0
         out.update(self.extra)
-        return out  # type: ignore[return-value]
+        return out
 
 
 class StreamCore:

@@ -13,12 +13,12 @@ decoder's style-dependent expert mixing consistent during the crossfade.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-MAX_INTENSITY = 2.0
+from engine.config import MAX_INTENSITY
 
 
 class StyleError(KeyError):
@@ -66,10 +66,6 @@ class StyleBank:
             code.setflags(write=False)
             self._codes[name] = code
         return code
-
-    def add_codes(self, codes: Mapping[str, np.ndarray]) -> None:
-        for name, code in codes.items():
-            self.add_code(name, code)
 
     def remove(self, name: str) -> None:
         with self._lock:

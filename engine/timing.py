@@ -14,6 +14,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -67,6 +68,18 @@ class Timebase:
         """Sample position (exact) of frame ``frame``'s centre, where its phoneme label is taken."""
         return Fraction((2 * frame + 1) * self.sample_rate, 2 * self.fps)
 
+    def frames_with_centre(self, n_samples: int) -> int:
+        """How many frames (from frame 0) have their centre inside the first ``n_samples`` samples."""
+        # centre (t + 1/2) * sample_rate/fps < n  <=>  t < n*fps/sample_rate - 1/2
+        x = Fraction(n_samples * self.fps, self.sample_rate) - Fraction(1, 2)
+        return max(0, _ceil(x)) if x > 0 else 0
+
+    @property
+    def frame_group_samples(self) -> int:
+        """Samples in the shortest whole number of frames that is also a whole number of samples
+        (1600 = 3 frames at 16 kHz / 30 fps): streams that start on a multiple of it start on a frame."""
+        return self.sample_rate // math.gcd(self.sample_rate, self.fps)
+
     # ---- seconds
     def frame_pts(self, frame: int) -> Fraction:
         """Presentation time of frame ``frame`` in seconds."""
@@ -101,9 +114,6 @@ class Timebase:
     def frames_to_ms(self, frames: int | Fraction) -> float:
         return float(Fraction(frames) * 1000 / self.fps)
 
-    def samples_to_ms(self, samples: int) -> float:
-        return float(Fraction(samples * 1000, self.sample_rate))
-
     def chunk_samples(self, chunk_ms: int) -> int:
         """Samples in an audio chunk of ``chunk_ms`` ms; must be a whole number (20 ms -> 320)."""
         n = Fraction(chunk_ms * self.sample_rate, 1000)
@@ -114,6 +124,12 @@ class Timebase:
     def chunk_pts(self, chunk: int, chunk_samples: int) -> Fraction:
         """Media time of audio chunk ``chunk`` (chunks of ``chunk_samples`` samples from sample 0)."""
         return self.sample_pts(chunk * chunk_samples)
+
+    def starts_chunk(self, pts: Fraction, chunk_samples: int) -> bool:
+        """Whether an audio chunk (of ``chunk_samples`` from sample 0) starts exactly at media time ``pts``
+        (every 100 ms for 30 fps video and 20 ms chunks: there a video frame and a chunk share a pts)."""
+        s = Fraction(pts) * self.sample_rate
+        return s.denominator == 1 and s.numerator % chunk_samples == 0
 
     def resampled_length(self, n_in: int, rate_in: int) -> int:
         """Output samples when ``n_in`` samples at ``rate_in`` are resampled to ``sample_rate`` (floor)."""

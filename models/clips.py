@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,96 @@ class ClipError(ValueError):
     """A style-clip or pose file is missing, unreadable, or has the wrong shape or values."""
 
 
+# Bounds on what a .mat file may decode to, checked from its element headers *before* scipy decodes it: a
+# compressed element is a zlib stream, so an 800 KB upload can otherwise inflate to gigabytes.
+MAX_MAT_DECODED_BYTES = 64 << 20  # all variables together; a 257-column float64 clip of 30 000 frames is 62 MB
+MAX_CLIP_FRAMES = 30_000  # 16 minutes at 30 fps; the style encoder reads the first 256
+MAX_MAT_VARIABLES = 64
+_MAT_HEADER_BYTES = 128
+_MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 5, 6, 14, 15
+_MAT_PEEK_BYTES = 256  # enough decompressed bytes for a matrix's tag, flags and dimensions
+
+
+def check_mat_size(path: Path) -> None:
+    """Refuse a MATLAB v5 file whose variables would decode to more than :data:`MAX_MAT_DECODED_BYTES` or hold
+    more than :data:`MAX_CLIP_FRAMES` rows, reading only the element headers (and the first 256 decompressed
+    bytes of each compressed element): the cost is independent of what the file would inflate to.
+
+    Files that are not MATLAB v5 (v4, v7.3/HDF5) are left to scipy, which reads v4 uncompressed (bounded by the
+    file size) and refuses v7.3.
+    """
+    data = path.read_bytes()
+    if len(data) < _MAT_HEADER_BYTES or data[126:128] not in (b"IM", b"MI"):
+        return
+    order = "<" if data[126:128] == b"IM" else ">"
+    total = 0
+    offset = _MAT_HEADER_BYTES
+    variables = 0
+    while offset + 8 <= len(data):
+        kind, nbytes = np.frombuffer(data, f"{order}u4", 2, offset)
+        kind, nbytes = int(kind), int(nbytes)
+        if kind >> 16:  # small data element: 4 bytes of data in the tag itself
+            offset += 8
+            continue
+        body = data[offset + 8 : offset + 8 + nbytes]
+        if kind == _MI_COMPRESSED:
+            try:
+                head = zlib.decompressobj().decompress(body, _MAT_PEEK_BYTES)
+            except zlib.error as exc:
+                raise ClipError(f"{path}: corrupt compressed .mat element ({exc})") from None
+            decoded, rows = _matrix_extent(head, order, path)
+        elif kind == _MI_MATRIX:
+            decoded, rows = _matrix_extent(data[offset : offset + _MAT_PEEK_BYTES], order, path)
+        else:
+            decoded, rows = nbytes, 0
+        total += decoded
+        variables += 1
+        if total > MAX_MAT_DECODED_BYTES:
+            raise ClipError(
+                f"{path}: .mat variables decompress to more than {MAX_MAT_DECODED_BYTES >> 20} MiB "
+                f"({total >> 20} MiB declared so far)"
+            )
+        if rows > MAX_CLIP_FRAMES:
+            raise ClipError(f"{path}: a .mat variable has {rows} frames (rows), limit {MAX_CLIP_FRAMES}")
+        if variables > MAX_MAT_VARIABLES:
+            raise ClipError(f"{path}: more than {MAX_MAT_VARIABLES} variables in the .mat file")
+        offset += 8 + nbytes + (-nbytes % 8 if kind != _MI_COMPRESSED else 0)
+
+
+def _matrix_extent(head: bytes, order: str, path: Path) -> tuple[int, int]:
+    """(decoded bytes, rows) of an miMATRIX element from its first bytes: the larger of the size its tag
+    declares and 8 bytes per element of its dimensions (scipy allocates by the dimensions)."""
+    if len(head) < 8:
+        raise ClipError(f"{path}: truncated .mat element")
+    kind, nbytes = (int(v) for v in np.frombuffer(head, f"{order}u4", 2, 0))
+    if kind != _MI_MATRIX:
+        return nbytes, 0
+    if nbytes == 0:  # an empty matrix
+        return 0, 0
+    # array flags sub-element (8-byte tag + 8 bytes), then the dimensions sub-element
+    dims_at = 8 + 16
+    if len(head) < dims_at + 8:
+        raise ClipError(f"{path}: truncated .mat matrix header")
+    dkind, dbytes = (int(v) for v in np.frombuffer(head, f"{order}u4", 2, dims_at))
+    if dkind >> 16:  # small element: one or two int32 dims packed in the tag
+        count, start = (dkind >> 16) // 4, dims_at + 4
+    else:
+        count, start = dbytes // 4, dims_at + 8
+    if not 1 <= count <= 8 or start + 4 * count > len(head):
+        raise ClipError(f"{path}: unreadable .mat matrix dimensions")
+    dims = [int(v) for v in np.frombuffer(head, f"{order}i4", count, start)]
+    if min(dims) < 0:
+        raise ClipError(f"{path}: negative .mat matrix dimensions {dims}")
+    elements = 1
+    for d in dims:
+        elements *= d
+    return max(nbytes, 8 * elements), dims[0]
+
+
 def _read_mat(path: Path) -> dict[str, Any]:
     from scipy.io import loadmat  # local import: scipy is only needed for .mat files
 
+    check_mat_size(path)
     try:
         return loadmat(str(path))
     except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files

@@ -499,27 +499,87 @@ def load_style_codes(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+# (group, help) of every TrainConfig field: `styletalk-live train --help` explains each flag
+_FIELD_HELP: dict[str, tuple[str, str]] = {
+    "data_dir": ("data and output", "StyleTalk-format sample data (default: $STYLETALK_DATA, else "
+                 "data/styletalk-samples)"),
+    "out_dir": ("data and output", "run directory: checkpoints, best.pt, train_state.pt, the validation log"),
+    "export": ("data and output", "also write the best model as an fp16 checkpoint to this path at the end"),
+    "export_style_codes": ("data and output", "also write style_codes.npz of the best model to this path"),
+    "holdout": ("data and output", "source clips kept out of training (validation)"),
+    "tail_fraction": ("data and output", "last fraction of every training clip held out for validation"),
+    "seed": ("schedule", "random seed (data order, initialisation, augmentation)"),
+    "steps": ("schedule", "optimiser steps"),
+    "batch_size": ("schedule", "supervised items per step (even)"),
+    "cross_style": ("schedule", "cross-style items per step (even; 0 = none)"),
+    "seq_len": ("schedule", "frames per training sequence"),
+    "ref_min": ("schedule", "shortest random style reference, in frames"),
+    "offset_aug": ("schedule", "random expression offsets, in units of the spread of clip means (0 = off)"),
+    "offset_prob": ("schedule", "probability of an expression offset per item"),
+    "real_batch": ("schedule", "real sequences per discriminator step"),
+    "lr": ("schedule", "peak learning rate (AdamW)"),
+    "lr_min": ("schedule", "learning rate at the end of the cosine decay"),
+    "warmup": ("schedule", "linear warm-up steps"),
+    "weight_decay": ("schedule", "AdamW weight decay"),
+    "d_lr": ("schedule", "discriminators' learning rate"),
+    "grad_clip": ("schedule", "gradient norm clip"),
+    "ema": ("schedule", "weight averaging decay of the exported model (0 = none)"),
+    "val_every": ("schedule", "validate every N steps"),
+    "ckpt_every": ("schedule", "write train_state.pt every N steps (for --resume)"),
+    "threads": ("schedule", "torch threads (1 is fastest on a shared 2-core machine)"),
+    "w_lower": ("loss weights", "L1 reconstruction of the 13 lower-face (mouth) coefficients"),
+    "w_upper": ("loss weights", "L1 reconstruction of the 51 upper-face coefficients"),
+    "w_triplet": ("loss weights", "style-code triplet loss"),
+    "triplet_margin": ("loss weights", "triplet margin (style codes have norm ~10)"),
+    "w_sync": ("loss weights", "lip-sync discriminator (adversarial)"),
+    "w_style": ("loss weights", "style discriminator (adversarial)"),
+    "w_temporal": ("loss weights", "temporal discriminator (adversarial)"),
+    "d_model": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "transformer width"),
+    "nhead": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "attention heads"),
+    "dim_feedforward": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "feed-forward width"),
+    "layers": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)",
+               "layers of each encoder and of the decoder"),
+    "ph_embed_dim": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "phoneme embedding size"),
+    "dynamic_k": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)",
+                  "kernels of the style-dynamic decoder layers"),
+    "dropout": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "dropout"),
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones ("", False, None) that say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in ("", None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m models.train",
-        description="Train StyleTalk on the official sample clips (all paper losses, CPU-sized model).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="styletalk-live train",
+        description="Train StyleTalk on StyleTalk-format data (all paper losses, CPU-sized model by default). "
+        "Writes checkpoints to --out; the held-out clips score the validation loss.",
+        formatter_class=_HelpFormatter,
     )
     defaults = TrainConfig()
     flag_names = {"out_dir": "--out", "data_dir": "--data"}
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(TrainConfig):
         if f.name == "progress":
             continue
+        group_name, help_text = _FIELD_HELP[f.name]
+        group = groups.setdefault(group_name, p.add_argument_group(group_name))
         flag = flag_names.get(f.name, "--" + f.name.replace("_", "-"))
         value = getattr(defaults, f.name)
         if isinstance(value, list):
-            p.add_argument(
-                flag, dest=f.name, nargs="*", default=value, help="source clips kept out of training"
-            )
+            group.add_argument(flag, dest=f.name, nargs="*", default=value, metavar="CLIP", help=help_text)
         else:
-            p.add_argument(flag, dest=f.name, type=type(value), default=value)
+            metavar = "PATH" if isinstance(value, str) else ("N" if isinstance(value, int) else "X")
+            group.add_argument(flag, dest=f.name, type=type(value), default=value, metavar=metavar, help=help_text)
+    losses = groups["loss weights"]
     for name in ("triplet", "sync", "style", "temporal", "upper"):
-        p.add_argument(f"--no-{name}", action="store_true", help=f"disable the {name} loss (weight 0)")
+        losses.add_argument(f"--no-{name}", action="store_true", help=f"disable the {name} loss (weight 0)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

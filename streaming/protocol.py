@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from engine.config import MAX_INTENSITY
+
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 64
 MAX_SDP_CHARS = 32 << 10  # a browser offer with audio+video is ~5 KiB; leave room for many candidates
 MAX_CANDIDATE_CHARS = 1024
 MAX_TRANSITION_MS = 10_000
-MAX_INTENSITY = 2.0
+# An offer carries one media section per track (the presenter needs audio + video; a browser may add a data
+# channel). aiortc builds transports and gathers candidates per unbundled section: hundreds of them stall it.
+MAX_MEDIA_SECTIONS = 8
 MAX_IMAGE_SIDE = 4096  # avatar photos are cropped to the face; larger only costs memory (decompression bombs)
 STYLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}")
 # A JSON id may be a string or an integer that survives a round trip through a JavaScript number.
@@ -446,8 +450,64 @@ class _Fields:
 
 def _size(raw: str | bytes) -> int:
     if isinstance(raw, str):
-        return len(raw.encode("utf-8", "surrogatepass"))
+        return len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))  # isascii: O(1)
     return len(raw) if isinstance(raw, bytes | bytearray) else 0
+
+
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_JSON_WS_BYTES = re.compile(rb"[ \t\n\r]*")
+
+
+def _check_upload_envelope(raw: str | bytes, size: int, limits: Limits) -> None:
+    """Refuse, *before* JSON parsing, a large message that cannot be an upload.
+
+    Only uploads may exceed ``max_message_bytes``, and an upload is one flat JSON object whose only long value
+    is base64 text: so a large message with a second ``{`` or any ``[`` is refused by a C-speed byte count
+    instead of being parsed into millions of objects (seconds of event-loop time, hundreds of MB).
+    """
+    if isinstance(raw, str):
+        start = _JSON_WS.match(raw).end()  # type: ignore[union-attr]
+        is_object = raw.startswith("{", start)
+        bad = raw.find("{", start + 1) >= 0 or "[" in raw
+    else:
+        data = raw if isinstance(raw, bytes) else bytes(raw)
+        start = _JSON_WS_BYTES.match(data).end()  # type: ignore[union-attr]
+        is_object = data.startswith(b"{", start)
+        bad = data.find(b"{", start + 1) >= 0 or b"[" in data
+    if not is_object:
+        raise ProtocolError(ErrorCode.BAD_JSON, "message must be a JSON object")
+    if bad:  # each search stops at the first offending bracket
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"message is {size} bytes; only upload_style/set_avatar (one flat object) may exceed "
+            f"{limits.max_message_bytes}",
+        )
+
+
+_PEEK_CHARS = 256
+_PEEK_ID_RE = re.compile(r'"id"\s*:\s*(?:"([^"\\]{1,64})"|(-?\d{1,16})\b)')
+_PEEK_TYPE_RE = re.compile(r'"type"\s*:\s*"([a-z_]{1,20})"')
+
+
+def peek_envelope(raw: str | bytes) -> tuple[str | int | None, str | None]:
+    """The ``id`` and ``type`` of a message *without parsing it*: a scan of its first 256 characters.
+
+    For replies to requests that are refused unparsed (rate limiting): the cost is constant whatever the
+    message holds. Best effort: ``(None, None)`` parts when they are not near the start (clients put the
+    envelope first) or not well-formed; a ``type`` that is not a known request type is not echoed.
+    """
+    head = raw[:_PEEK_CHARS]
+    if not isinstance(head, str):
+        head = bytes(head).decode("utf-8", "replace")
+    rid: str | int | None = None
+    m = _PEEK_ID_RE.search(head)
+    if m is not None:
+        rid = m.group(1) if m.group(1) is not None else int(m.group(2))
+        if isinstance(rid, int) and abs(rid) > MAX_SAFE_INT:
+            rid = None
+    t = _PEEK_TYPE_RE.search(head)
+    rtype = t.group(1) if t is not None and t.group(1) in REQUEST_TYPES else None
+    return rid, rtype
 
 
 def parse_message(raw: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
@@ -459,6 +519,8 @@ def parse_message(raw: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     size = _size(raw)
     if size > limits.max_frame_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message is {size} bytes, limit {limits.max_frame_bytes}")
+    if size > limits.max_message_bytes:
+        _check_upload_envelope(raw, size, limits)
     obj = _decode_json(raw)
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, f"message must be a JSON object, got {type(obj).__name__}")
@@ -499,6 +561,11 @@ def _build(rtype: str, rid: str | int, f: _Fields, limits: Limits) -> Request:
         sdp = f.string("sdp", max_chars=MAX_SDP_CHARS)
         if not sdp or not sdp.startswith("v=0"):
             raise f.error(ErrorCode.BAD_FIELD, '"sdp" must be an SDP offer (starting with "v=0")')
+        sections = sum(1 for line in sdp.splitlines() if line.startswith("m="))
+        if sections > MAX_MEDIA_SECTIONS:
+            raise f.error(
+                ErrorCode.BAD_SDP, f"the offer has {sections} media sections, at most {MAX_MEDIA_SECTIONS}"
+            )
         return Offer(rid, sdp=sdp)
     if rtype == IceCandidate.TYPE:
         candidate = f.string("candidate", max_chars=MAX_CANDIDATE_CHARS)

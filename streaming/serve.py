@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from engine.config import ConfigError, add_config_arguments, config_from_args
 
@@ -43,8 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow binding a non-loopback address WITHOUT a token (anyone who can reach the port can use "
         "the engine); without this flag serve refuses to start that way",
     )
-    net.add_argument("--max-sessions", type=int, default=None, help="concurrent clients (default 4)")
+    net.add_argument("--max-sessions", type=int, default=None, metavar="N", help="concurrent clients (default 4)")
+    net.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the page may be opened under (repeatable). Without a token the server answers only "
+        "to IP addresses and localhost, so that a web page cannot reach it by DNS rebinding",
+    )
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
+    net.add_argument("--verbose", action="store_true",
+                     help="also log the WebRTC stack's connection checks (aioice/aiortc; INFO/DEBUG chatter)")
     add_config_arguments(parser)
     return parser
 
@@ -72,15 +83,25 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
     )
 
 
-async def serve_until_stopped(runtime: object, server_config: object, web_root: Path | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM; closes every client session on the way out."""
-    from streaming.server import PresenterServer
+SHUTDOWN_TIMEOUT_S = 4.0  # SIGTERM: clients are closed and sessions freed within this, then the process exits
 
-    server = PresenterServer(runtime, server_config, web_root)  # type: ignore[arg-type]
+
+def page_url(server: object) -> str:
+    """The URL to open: the server's page with its token, URL-encoded so that it works as printed."""
+    token = server.settings.token  # type: ignore[attr-defined]
+    return server.url + (f"?{urlencode({'token': token}, quote_via=quote)}" if token else "")  # type: ignore[attr-defined]
+
+
+async def serve_until_stopped(
+    runtime: object, server_config: object, web_root: Path | None = None, allowed_hosts: tuple[str, ...] = ()
+) -> None:
+    """Run the server until SIGINT/SIGTERM; closes every client session on the way out (bounded in time)."""
+    from streaming.server import PresenterServer, ServerSettings
+
+    settings = dataclasses.replace(ServerSettings.from_config(server_config), allowed_hosts=tuple(allowed_hosts))
+    server = PresenterServer(runtime, settings, web_root)  # type: ignore[arg-type]
     await server.start()
-    token = server.settings.token
-    url = server.url + (f"?token={token}" if token else "")
-    print(f"styletalk-live: serving on {url}  (Ctrl+C to stop)", flush=True)
+    print(f"styletalk-live: serving on {page_url(server)}  (Ctrl+C to stop)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,11 +113,24 @@ async def serve_until_stopped(runtime: object, server_config: object, web_root: 
         await stop.wait()
     finally:
         print("styletalk-live: stopping", flush=True)
-        await server.close()
+        try:
+            await asyncio.wait_for(server.close(), SHUTDOWN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("clients not closed within %.0f s; exiting anyway", SHUTDOWN_TIMEOUT_S)
+
+
+CHATTY_LOGGERS = ("aioice", "aiortc")  # log every ICE candidate-pair check at INFO: half of a serve log
+
+
+def quiet_webrtc_logs(verbose: bool) -> None:
+    """At INFO the serve log says what the server does; ICE/RTP detail only with ``--verbose``."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_webrtc_logs(args.verbose)
     try:
         config = config_from_args(args)
         overrides = {
@@ -126,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = EngineRuntime.load(config)
     web_root = Path(args.web_root) if args.web_root else None
     try:
-        asyncio.run(serve_until_stopped(runtime, config.server, web_root))
+        asyncio.run(serve_until_stopped(runtime, config.server, web_root, tuple(args.allow_host)))
     except OSError as exc:
         print(
             f"styletalk-live serve: cannot listen on {config.server.host}:{config.server.port}: {exc}",

@@ -2,7 +2,7 @@
 
 One ``websockets`` asyncio server does both: its ``process_request`` hook answers plain GETs (the files under
 ``clients/web`` and ``/healthz``) before any websocket handshake, and ``/ws`` upgrades. Every websocket is one
-client with its own :class:`~engine.session.LiveSession` and, after an ``offer``, its own aiortc peer; all
+client with its own :class:`~engine.live.LiveSession` and, after an ``offer``, its own aiortc peer; all
 clients share the process-wide :class:`~engine.runtime.EngineRuntime` (models loaded once).
 
 Isolation: each client's messages are handled in its own task and every failure is caught at that client's
@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import hmac
 import http
+import ipaddress
 import itertools
 import logging
 import mimetypes
@@ -25,6 +27,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,10 +64,40 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+def _split_host(host: str | None) -> tuple[str, int] | None:
+    """A Host header (``name``, ``name:port``, ``[v6]:port``) → (lower-case name, port); None if malformed."""
+    if not host or len(host) > 300:
+        return None
+    try:
+        url = urlsplit("//" + host)
+        name, port = url.hostname, url.port
+    except ValueError:
+        return None
+    if not name or url.path or url.query or url.username is not None:
+        return None
+    return name.rstrip("."), port or 80
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """A browser's Origin is this server's own page: ``http``, the same host name and the same port."""
+    if len(origin) > 300:
+        return False
+    expected = _split_host(host)
+    try:
+        url = urlsplit(origin)
+        port = url.port or (80 if url.scheme == "http" else None)
+    except ValueError:
+        return False
+    if expected is None or url.scheme != "http" or not url.hostname:
+        return False
+    return (url.hostname.rstrip("."), port) == expected
+
+
 class RuntimeLike(Protocol):
     """What the server needs from ``engine.runtime.EngineRuntime``."""
 
-    def new_session(self, session_id: str) -> Any: ...
+    def new_session(self, session_id: str, max_sessions: int | None = None) -> Any: ...
+    def forget(self, session_id: str, session: Any = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,14 @@ class ServerSettings:
     # a client that stops reading its websocket is disconnected after this long instead of pinning its
     # session (and everything queued for it) forever
     send_timeout_s: float = 10.0
+    # uploads (style clips, photos) cost decoding + a style encoding or a face detection each: a client gets
+    # a burst of 3, then one every 5 s, and at most 16 uploaded styles
+    upload_rate_per_s: float = 0.2
+    upload_burst: int = 3
+    max_uploaded_styles: int = 16
+    # host names (besides loopback names and IP addresses) a tokenless server answers to: the Host header is
+    # checked so that a web page cannot reach the server through DNS rebinding (evil.example -> 127.0.0.1)
+    allowed_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -116,6 +157,13 @@ def _text(status: int, text: str) -> Response:
 
 def resolve_static(web_root: Path, url_path: str) -> Path | None:
     """Map a URL path to a file strictly inside ``web_root`` (no traversal, no hidden files, known types)."""
+    try:
+        return _resolve_static(web_root, url_path)
+    except (OSError, ValueError):  # e.g. a path segment longer than the file system allows: not found
+        return None
+
+
+def _resolve_static(web_root: Path, url_path: str) -> Path | None:
     path = unquote(url_path)
     if path in ("", "/"):
         path = "/index.html"
@@ -143,19 +191,35 @@ def _decode_clip(data: bytes, fmt: str) -> np.ndarray:
         return load_style_clip(path)
 
 
+AVATAR_DETECT_SIDE = 1024  # photos are shrunk to this before face detection (cost grows with the pixels)
+
+
 def _decode_avatar(data: bytes, fmt: str, size: int) -> np.ndarray:
     """Uploaded PNG/JPEG bytes → the face crop ``(size, size, 3)`` uint8 RGB the renderer animates.
 
     Uses the engine's own reader and face detector/cropper (raises ``AvatarError`` for an unreadable image or
-    one without exactly one usable face). Slow (face detection): run it off the event loop.
+    one without exactly one usable face). The decoded size is bounded by what the decoder will really use
+    (not the first header: a PNG may carry a second IHDR), and large photos are shrunk before the face
+    detection, whose time and memory grow with the pixel count; the crop is ``size``² (256) anyway.
+    Slow (face detection): run it off the event loop.
     """
     from engine.avatar import crop_face, load_image
 
     with tempfile.TemporaryDirectory(prefix="styletalk-upload-") as tmp:
         path = Path(tmp) / f"avatar.{'jpg' if fmt == 'jpeg' else fmt}"
         path.write_bytes(data)
-        image = load_image(path)
-    return crop_face(image, size=size).image
+        image = load_image(path, max_pixels=P.MAX_IMAGE_SIDE**2)
+    return crop_face(_shrink(image, AVATAR_DETECT_SIDE), size=size).image
+
+
+def _shrink(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 box-filtered by an integer factor so that its longer side is <= ``side``."""
+    factor = -(-max(image.shape[:2]) // side)
+    if factor <= 1:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).reduce(factor))
 
 
 def _clip_errors() -> tuple[type[BaseException], ...]:
@@ -173,6 +237,9 @@ def _avatar_errors() -> tuple[type[BaseException], ...]:
     from engine.avatar import AvatarError
 
     return (AvatarError,)
+
+
+CLEANUP_TIMEOUT_S = 15.0  # freeing one client (peer close <= 5 s, session threads <= 5 s) never takes longer
 
 
 class SessionRefused(RuntimeError):
@@ -196,21 +263,40 @@ class ClientHandler:
         self.uploaded: dict[str, np.ndarray] = {}  # name -> style code (encoded once, on upload)
         self._events_task: asyncio.Task[None] | None = None
         self._aux_tasks: set[asyncio.Task[Any]] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # this client's clean-ups (owned by the server)
+        self.closing = False  # the websocket is gone: no new session may be created any more
         self.requests = 0
         self.errors = 0
         self.limiter = P.RateLimiter(server.settings.rate_limit_per_s, server.settings.rate_limit_burst)
+        self.upload_limiter = P.RateLimiter(server.settings.upload_rate_per_s, server.settings.upload_burst)
 
     # -------------------------------------------------------------------------------------------- life cycle
     async def _new_session(self) -> None:
         """Create a fresh (not yet started) live session, re-applying this client's choices to it.
 
         Built in a worker thread: a session owns a recognizer whose set-up (model files) takes ~0.5 s, which
-        must not stall the other clients' media on the event loop.
+        must not stall the other clients' media on the event loop. If this coroutine is cancelled while the
+        thread runs (the client left), the session the thread still builds is freed when it is ready instead
+        of holding its slot forever.
         """
+        if self.closing:
+            raise ConnectionClosed(None, None)
+        runtime = self.server.runtime
+        # admission (max_sessions) happens in the engine's session registry, atomically, and nowhere else
+        future = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(runtime.new_session, self.id, max_sessions=self.server.settings.max_sessions)
+        )
         try:
-            self.session = await asyncio.to_thread(self.server.runtime.new_session, self.id)
+            session = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._free_orphan)
+            raise
         except RuntimeError as exc:
             raise SessionRefused(str(exc)) from exc
+        if self.closing:  # the client left while the session was built: never hand it out
+            self._release_later(None, None, session)
+            raise ConnectionClosed(None, None)
+        self.session = session
         self.session_started = False
         bank = getattr(self.session, "styles", None)
         for name, code in self.uploaded.items():
@@ -224,20 +310,50 @@ class ClientHandler:
         if isinstance(events, asyncio.Queue):
             self._events_task = asyncio.get_running_loop().create_task(self._forward_events(events))
 
+    def _free_orphan(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._release_later(None, None, future.result())
+
     async def _close_media(self) -> None:
-        """Free the peer and the session (tasks, threads, queues)."""
+        """Free the peer and the session (tasks, threads, queues, the engine slot).
+
+        The freeing runs in a task owned by the server: a caller cancelled halfway (the client's websocket
+        closed during a drop, server shutdown) cannot leave a half-closed peer or a session that still holds
+        its engine slot; the caller waits for it unless it is itself cancelled.
+        """
         peer, self.peer = self.peer, None
         session, self.session = self.session, None
         task, self._events_task = self._events_task, None
-        if peer is not None:
-            await peer.close()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if session is not None:
-            await session.close()
         self.session_started = False
+        if peer is None and session is None and task is None:
+            return
+        await asyncio.shield(self._release_later(peer, task, session))
+
+    def _release_later(
+        self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: Any
+    ) -> asyncio.Task[None]:
+        release = self.server.own(self._release(peer, task, session), name=f"release-{self.id}")
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+        return release
+
+    async def _release(self, peer: MediaPeer | None, task: asyncio.Task[None] | None, session: Any) -> None:
+        try:
+            if task is not None:
+                task.cancel()
+            if peer is not None:
+                try:
+                    await peer.close()
+                except Exception:  # noqa: BLE001 - the session below must be freed anyway
+                    log.exception("client %s: closing the peer connection failed", self.id)
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if session is not None:
+                await session.close()
+        finally:
+            if session is not None:  # whatever happened above, the engine slot is given back
+                self.server.runtime.forget(self.id, session)
 
     async def run(self) -> None:
         await self._new_session()
@@ -257,9 +373,22 @@ class ClientHandler:
             await self.handle_raw(raw)
 
     async def close(self) -> None:
-        for task in list(self._aux_tasks):
-            task.cancel()
+        """The websocket is gone: free everything this client holds, and wait until it is free.
+
+        A drop in flight (the peer connection closed first) is let finish its clean-up rather than cancelled
+        halfway; ``closing`` stops it from creating a replacement session.
+        """
+        self.closing = True
+        pending = set(self._aux_tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=CLEANUP_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
         await self._close_media()
+        if self._releases:
+            done, stuck = await asyncio.wait(set(self._releases), timeout=CLEANUP_TIMEOUT_S)
+            if stuck:
+                log.warning("client %s: clean-up still running after %.0f s", self.id, CLEANUP_TIMEOUT_S)
 
     async def send(self, text: str) -> None:
         """Send one message; a client that does not read for ``send_timeout_s`` is disconnected.
@@ -297,41 +426,56 @@ class ClientHandler:
             peer = self.peer
 
             async def drop() -> None:
-                if self.peer is peer:
-                    await self._close_media()
+                if self.peer is not peer or self.closing:
+                    return
+                await self._close_media()
+                if self.closing:  # the websocket closed meanwhile: no replacement session
+                    return
+                try:
                     await self._new_session()
                     await self.send(P.event("media_ended", reason=f"peer connection {state}"))
+                except (ConnectionClosed, SessionRefused):
+                    return  # gone, or no room: the next request creates the session (or says server_full)
+                except Exception:  # noqa: BLE001 - a failed replacement never takes the client down
+                    log.exception("client %s: could not replace the session after the peer ended", self.id)
 
-            task = asyncio.get_running_loop().create_task(drop())
+            task = asyncio.get_running_loop().create_task(drop(), name=f"drop-{self.id}")
             self._aux_tasks.add(task)
             task.add_done_callback(self._aux_tasks.discard)
 
     # --------------------------------------------------------------------------------------------- requests
     async def handle_raw(self, raw: str | bytes) -> None:
-        """Parse, dispatch and answer one message; nothing a client sends ends its session."""
+        """Parse, dispatch and answer one message; nothing a client sends ends its session.
+
+        Refusals come *before* parsing: a rate-limited message is not parsed at all (its id and type are
+        echoed from a scan of its first 256 characters), and only an upload may be larger than
+        ``max_message_bytes`` (see :func:`streaming.protocol.parse_message`); a large upload is parsed
+        (JSON + base64 of megabytes) on the upload thread instead of the event loop.
+        """
         self.requests += 1
         request: P.Request | None = None
-        if not self.limiter.allow(time.monotonic()):
-            self.errors += 1
-            rid: str | int | None = None
-            rtype: str | None = None
-            try:
-                parsed = P.parse_message(raw, self.server.limits)
-                rid, rtype = parsed.id, parsed.TYPE
-            except P.ProtocolError as exc:
-                rid, rtype = exc.request_id, exc.request_type
-            await self.send(
-                P.error_reply(
-                    P.ErrorCode.RATE_LIMITED,
-                    f"too many messages: at most {self.limiter.rate:g} per second (bursts of "
-                    f"{self.limiter.burst:g}); this request was not executed",
-                    rid,
-                    rtype,
-                )
+        now = time.monotonic()
+        limits = self.server.limits
+        large = len(raw) > limits.max_message_bytes  # characters <= bytes: only an upload can be this large
+        if not self.limiter.allow(now):
+            await self._refuse_unparsed(
+                raw,
+                f"too many messages: at most {self.limiter.rate:g} per second (bursts of "
+                f"{self.limiter.burst:g}); this request was not executed",
             )
             return
+        upload_charged = large or P.peek_envelope(raw)[1] in P.UPLOAD_TYPES
+        if upload_charged and not self.upload_limiter.allow(now):
+            await self._refuse_unparsed(raw, self._upload_limit_message())
+            return
         try:
-            request = P.parse_message(raw, self.server.limits)
+            if large:
+                loop = asyncio.get_running_loop()
+                request = await loop.run_in_executor(self.server.uploads, P.parse_message, raw, limits)
+            else:
+                request = P.parse_message(raw, limits)
+            if request.TYPE in P.UPLOAD_TYPES and not upload_charged and not self.upload_limiter.allow(now):
+                raise P.ProtocolError(P.ErrorCode.RATE_LIMITED, self._upload_limit_message(), request.id, request.TYPE)
             result = await self.dispatch(request)
             await self.send(P.reply(request, result))
         except P.ProtocolError as exc:
@@ -353,6 +497,18 @@ class ClientHandler:
             await self.send(
                 P.error_reply(P.ErrorCode.INTERNAL, "internal server error (logged on the server)", rid, rtype)
             )
+
+    async def _refuse_unparsed(self, raw: str | bytes, message: str) -> None:
+        self.errors += 1
+        rid, rtype = P.peek_envelope(raw)
+        await self.send(P.error_reply(P.ErrorCode.RATE_LIMITED, message, rid, rtype))
+
+    def _upload_limit_message(self) -> str:
+        per_min = self.upload_limiter.rate * 60
+        return (
+            f"too many uploads: at most {per_min:g} per minute (bursts of {self.upload_limiter.burst:g}); "
+            "this upload was not executed"
+        )
 
     def _intensity(self) -> float | None:
         if self.intensity is not None:
@@ -441,28 +597,41 @@ class ClientHandler:
         return {"sdp": answer, "sdp_type": "answer"}
 
     async def _upload_style(self, req: P.UploadStyle) -> dict[str, Any]:
+        """Decode the clip and encode its style code on the server's upload thread: neither the event loop
+        nor the model worker (every session's frames) spends time on an upload."""
         if req.name in self.session.list_styles():
             raise self._error(req, P.ErrorCode.STYLE_EXISTS, f"a style named {req.name!r} already exists")
+        limit = self.server.settings.max_uploaded_styles
+        if len(self.uploaded) >= limit:
+            raise self._error(req, P.ErrorCode.BAD_STATE, f"this session already has {limit} uploaded styles")
         session = self.session
+        loop = asyncio.get_running_loop()
         try:
-            clip = await asyncio.to_thread(_decode_clip, req.data, req.format)
-            if hasattr(session, "add_style_async"):
-                await session.add_style_async(req.name, clip)  # style encoder on the model worker
+            clip = await loop.run_in_executor(self.server.uploads, _decode_clip, req.data, req.format)
+            bank = getattr(session, "styles", None)
+            if bank is not None:
+                await loop.run_in_executor(self.server.uploads, bank.add, req.name, clip)
             else:
                 session.add_style(req.name, clip)
         except _clip_errors() as exc:
             raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
         bank = getattr(session, "styles", None)
         if bank is not None and req.name in bank:
-            self.uploaded[req.name] = bank.get(req.name)
+            code = bank.get(req.name)
+            self.uploaded[req.name] = code
+            current = getattr(self.session, "styles", None)
+            if current is not None and current is not bank and req.name not in current:
+                current.add_code(req.name, code)  # the session was replaced meanwhile (peer ended)
         return {"style": req.name, "frames": int(clip.shape[0]), "styles": self.session.list_styles()}
 
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        size = self.server.avatar_size
         try:
-            image = await asyncio.to_thread(_decode_avatar, req.data, req.format, self.server.avatar_size)
+            image = await loop.run_in_executor(self.server.uploads, _decode_avatar, req.data, req.format, size)
             if self.session_started:
                 self.session.set_avatar(image)  # prepared on the model worker; failures arrive as events
-        except (*_avatar_errors(), ValueError) as exc:
+        except (*_avatar_errors(), ValueError) as exc:  # type: ignore[misc]  # mypy: no starred except
             raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
         self.avatar = image
         return {"width": int(image.shape[1]), "height": int(image.shape[0])}
@@ -487,6 +656,10 @@ class PresenterServer:
         self._ids = itertools.count(1)
         self.stalled_disconnects = 0  # clients dropped because they stopped reading (send timeout)
         self._server: Server | None = None
+        self._owned: set[asyncio.Task[Any]] = set()  # clean-ups that must finish even if their caller is cancelled
+        # uploads (large-message parsing, clip decoding + style encoding, photo decoding + face detection) run
+        # one at a time on this thread: never on the event loop, never on the model worker that renders frames
+        self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-upload")
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed
         )
@@ -519,11 +692,24 @@ class PresenterServer:
     def active_sessions(self) -> int:
         return len(self.clients)
 
+    def own(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task owned by the server (kept referenced, awaited by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._owned.add(task)
+        task.add_done_callback(self._owned.discard)
+        return task
+
     async def close(self) -> None:
+        """Stop listening, close every client and wait (bounded) until their sessions are freed."""
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
+        if self._owned:
+            _, stuck = await asyncio.wait(set(self._owned), timeout=CLEANUP_TIMEOUT_S)
+            if stuck:
+                log.warning("%d clean-up task(s) still running at shutdown", len(stuck))
+        self.uploads.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> PresenterServer:
         await self.start()
@@ -540,19 +726,69 @@ class PresenterServer:
         given = parse_qs(query).get("token", [""])[0]
         return hmac.compare_digest(given.encode(), expected.encode())
 
+    def _host_allowed(self, host: str | None) -> bool:
+        """Whether a request naming ``host`` (its Host header) may be served.
+
+        A tokenless server answers only to IP addresses, ``localhost`` names and the configured
+        ``allowed_hosts``: DNS rebinding needs a *name* (``evil.example`` resolving to 127.0.0.1), so an
+        attacker's page cannot reach the server through its own origin. With a token the token protects it.
+        """
+        if self.settings.token:
+            return True
+        parsed = _split_host(host)
+        if parsed is None:
+            return False
+        name = parsed[0]
+        if name == "localhost" or name.endswith(".localhost") or name in self._allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def _allowed_hosts(self) -> frozenset[str]:
+        return frozenset(h.lower().rstrip(".") for h in self.settings.allowed_hosts)
+
     def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
+        """Admission and plain HTTP (GET and HEAD; other methods 405) before any websocket handshake."""
+        try:
+            response = self._route(request)
+        except Exception:  # noqa: BLE001 - one line in the log, never a traceback per request
+            log.warning("HTTP %s %.80s failed", request.method, request.path, exc_info=log.isEnabledFor(logging.DEBUG))
+            response = _text(500, "internal server error")
+        if response is not None and request.method == "HEAD":
+            response = Response(response.status_code, response.reason_phrase, response.headers, b"")
+        return response
+
+    def _route(self, request: HttpRequest) -> Response | None:
+        if request.method not in ("GET", "HEAD"):
+            return _response(405, b"method not allowed\n", "text/plain; charset=utf-8", [("Allow", "GET, HEAD")])
         url = urlsplit(request.path)
+        hosts, origins = request.headers.get_all("Host"), request.headers.get_all("Origin")
+        if len(hosts) > 1 or len(origins) > 1:
+            return _text(400, "bad request: repeated Host or Origin header")
+        host = hosts[0] if hosts else None
+        if not self._host_allowed(host):
+            return _text(403, "forbidden: unknown host name (serve --allow-host NAME to allow it)")
         if url.path == WS_PATH:
+            if request.method != "GET":
+                return _response(405, b"websocket: use GET\n", "text/plain; charset=utf-8", [("Allow", "GET")])
             if not self._token_ok(url.query):
                 return _text(401, "unauthorized: open the page with ?token=<the server's token>")
-            origin = request.headers.get("Origin")
-            host = request.headers.get("Host")
-            if origin is not None and urlsplit(origin).netloc != host:
+            origin = origins[0] if origins else None
+            if origin is not None and not _same_origin(origin, host):
                 return _text(403, "forbidden: cross-origin websocket")
             return None  # continue with the websocket handshake
         if url.path == "/healthz":
             body = P._dump(
-                {"ok": True, "sessions": self.active_sessions, "max_sessions": self.settings.max_sessions}
+                {
+                    "ok": True,
+                    "sessions": self.active_sessions,
+                    "max_sessions": self.settings.max_sessions,
+                    "engine_sessions": len(getattr(self.runtime, "sessions", ())),
+                }
             )
             return _response(200, body.encode(), "application/json")
         path = resolve_static(self.web_root, url.path)
@@ -575,9 +811,6 @@ class PresenterServer:
             await ws.close(1013, "server full")
 
     async def _handle(self, ws: ServerConnection) -> None:
-        if len(self.clients) >= self.settings.max_sessions:
-            await self._refuse(ws, f"server full: {self.settings.max_sessions} sessions running; try later")
-            return
         client_id = f"s{next(self._ids)}-{secrets.token_hex(3)}"
         client = ClientHandler(self, ws, client_id)
         self.clients[client_id] = client
@@ -586,8 +819,8 @@ class PresenterServer:
             await client.run()
         except ConnectionClosed:
             pass
-        except SessionRefused as exc:  # the engine has no room (its own session limit)
-            await self._refuse(ws, str(exc))
+        except SessionRefused as exc:  # no room: the engine's registry refused (max_sessions)
+            await self._refuse(ws, f"server full: {exc}; try later")
         except Exception:  # noqa: BLE001 - a broken client must never take the server down
             log.exception("client %s failed", client_id)
             with contextlib.suppress(ConnectionClosed):

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -29,21 +29,16 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
+from streaming.contracts import MediaSession
+
 log = logging.getLogger(__name__)
 
-VIDEO_CLOCK_RATE = 90_000  # RTP video clock
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
 OPUS_FRAME_SAMPLES = OPUS_RATE // 50  # 20 ms
-ENGINE_RATE = 16_000
-
-
-class LiveSessionLike(Protocol):
-    """What the transport needs from ``engine.session.LiveSession`` (structural typing)."""
-
-    async def next_video_frame(self) -> Any: ...
-    async def next_audio_chunk(self) -> Any: ...
-    def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None: ...
+ENGINE_RATE = SAMPLE_RATE
+PC_CLOSE_TIMEOUT_S = 5.0  # aiortc's close stops the senders/receivers and transports: well under a second
 
 
 class _RateMeter:
@@ -72,7 +67,7 @@ class SessionVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, session: LiveSessionLike) -> None:
+    def __init__(self, session: MediaSession) -> None:
         super().__init__()
         self._session = session
         self.frames_sent = 0
@@ -106,7 +101,7 @@ class SessionAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, session: LiveSessionLike) -> None:
+    def __init__(self, session: MediaSession) -> None:
         super().__init__()
         self._session = session
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
@@ -158,7 +153,7 @@ def frame_to_mono16k(resampler: av.AudioResampler, frame: av.AudioFrame) -> np.n
     return np.concatenate(parts).astype(np.int16, copy=False) if parts else np.zeros(0, np.int16)
 
 
-async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, stats: MicStats) -> None:
+async def pump_microphone(track: MediaStreamTrack, session: MediaSession, stats: MicStats) -> None:
     """Read the remote microphone until it ends, pushing 16 kHz mono int16 into the session."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
     while True:
@@ -168,13 +163,13 @@ async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, sta
             return
         stats.frames += 1
         try:
-            pcm = frame_to_mono16k(resampler, frame)
+            pcm = frame_to_mono16k(resampler, cast(av.AudioFrame, frame))
         except ValueError:
             # the peer changed rate/layout mid-stream (a resampler is fixed to its first frame's format):
             # start a new one rather than ending the microphone
             resampler = av.AudioResampler(format="s16", layout="mono", rate=ENGINE_RATE)
             try:
-                pcm = frame_to_mono16k(resampler, frame)
+                pcm = frame_to_mono16k(resampler, cast(av.AudioFrame, frame))
             except ValueError as exc:
                 stats.last_error = f"undecodable audio frame: {exc}"
                 continue
@@ -192,7 +187,7 @@ async def pump_microphone(track: MediaStreamTrack, session: LiveSessionLike, sta
 class MediaPeer:
     """The WebRTC side of one client: peer connection, outgoing tracks, microphone pump."""
 
-    def __init__(self, session: LiveSessionLike, on_state: Callable[[str], None] | None = None) -> None:
+    def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.pc = RTCPeerConnection()
         self.video = SessionVideoTrack(session)
@@ -201,6 +196,7 @@ class MediaPeer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_state = on_state
         self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -258,15 +254,29 @@ class MediaPeer:
         }
 
     async def close(self) -> None:
-        """Stop tracks and tasks and close the peer connection; idempotent."""
-        if self._closed:
-            return
+        """Stop tracks and tasks and close the peer connection; idempotent, and safe to cancel.
+
+        The work runs in one task of its own that a cancelled caller does not interrupt: aiortc's
+        ``RTCPeerConnection.close()`` cancelled halfway (or awaiting aiortc's own close, which it starts when
+        the remote side closes DTLS) leaves the connection half-stopped and breaks that shared close
+        (``InvalidStateError``, timers that never stop). Every caller waits for the same task.
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close(), name="media-peer-close")
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
         self._closed = True
         self.video.stop()
         self.audio.stop()
         for task in list(self._tasks):
             task.cancel()
-        await self.pc.close()
+        pc_close = asyncio.ensure_future(self.pc.close())
+        done, _ = await asyncio.wait({pc_close}, timeout=PC_CLOSE_TIMEOUT_S)
+        if not done:  # never cancel it (see close()); report and move on
+            log.warning("peer connection did not close within %.0f s", PC_CLOSE_TIMEOUT_S)
+        elif pc_close.exception() is not None:
+            log.warning("closing the peer connection failed: %r", pc_close.exception())
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()

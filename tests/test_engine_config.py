@@ -80,7 +80,7 @@ def test_command_line_precedence(tmp_path: Path) -> None:
 def test_recognizer_lookahead_reaches_the_allphone_recognizer() -> None:
     """The latency knob of the default recognizer: the flag sets the config, the runtime builds with it, and
     the recognizer's declared lag (which sets the session's output delay) moves by the same amount."""
-    from engine.runtime import EngineRuntime, recognizer_lag_seconds
+    from engine.runtime import EngineRuntime
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
@@ -90,5 +90,5 @@ def test_recognizer_lookahead_reaches_the_allphone_recognizer() -> None:
         assert cfg.recognizer.lookahead_ms == ms
         rt = EngineRuntime.__new__(EngineRuntime)  # only make_recognizer is exercised: no models loaded
         rt.config, rt._recognizer_factory = cfg, None
-        lags[ms] = recognizer_lag_seconds(rt.make_recognizer())
+        lags[ms] = rt.make_recognizer().lag
     assert lags[120] - lags[60] == pytest.approx(0.06, abs=1e-6)

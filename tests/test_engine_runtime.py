@@ -1,4 +1,4 @@
-"""engine.runtime (delay budget, recognizer lag, builders) and engine.motion (idle blinks/pose)."""
+"""engine.runtime and engine.latency (delay budget, recognizer lag, builders) and engine.motion (idle blinks/pose)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from engine.config import Config
+from engine.contracts import Recognizer
 from engine.decoder import ExpressionDecoder
+from engine.latency import COMPUTE_MARGIN_S, compute_margin, recognizer_lag
 from engine.motion import BLINK_FRAMES, IdleMotion
 from engine.recognizer import make_recognizer
-from engine.runtime import COMPUTE_MARGIN_S, EngineRuntime, build_styles, recognizer_lag_seconds
+from engine.runtime import EngineRuntime, build_styles
 from engine.stylebank import StyleBank
 from tests.engine_helpers import small_renderer
 
@@ -21,13 +23,27 @@ class _Rec:
     def __init__(self, **attrs: object) -> None:
         self.__dict__.update(attrs)
 
+    def feed(self, pcm):
+        return []
 
-def test_recognizer_lag_units() -> None:
-    assert recognizer_lag_seconds(_Rec(lag_s=0.12)) == 0.12
-    assert recognizer_lag_seconds(_Rec(lag=3)) == pytest.approx(0.1)  # int = frames
-    assert recognizer_lag_seconds(_Rec(lag=0.08)) == 0.08
-    assert recognizer_lag_seconds(_Rec(lag=Fraction(1, 10))) == 0.1
-    assert recognizer_lag_seconds(_Rec()) > 0  # undeclared: a conservative default
+    def flush(self):
+        return []
+
+
+def test_recognizer_lag_is_seconds_and_checked() -> None:
+    """One unit (seconds of audio, the Recognizer contract); nonsense is refused where the delay is sized."""
+    assert recognizer_lag(_Rec(lag=0.12)) == 0.12
+    assert recognizer_lag(_Rec(lag=Fraction(1, 10))) == 0.1
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lag must be"):
+            recognizer_lag(_Rec(lag=bad))
+    assert isinstance(_Rec(lag=0.1), Recognizer) and not isinstance(object(), Recognizer)
+
+
+def test_compute_margin_grows_with_the_measured_cost() -> None:
+    assert compute_margin(None) == COMPUTE_MARGIN_S
+    assert compute_margin(0.001) == COMPUTE_MARGIN_S
+    assert compute_margin(0.1) == pytest.approx(0.16)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +62,7 @@ def runtime():
 def test_output_delay_budget(runtime: EngineRuntime) -> None:
     cfg = runtime.config
     cfg.decoder.lookahead = 2
-    rec = _Rec(lag_s=0.1)
+    rec = _Rec(lag=0.1)
     runtime.frame_compute_s = None
     d = runtime.output_delay(rec)
     # (L + 1) frames + capture chunk + recognizer lag + compute margin

@@ -1,4 +1,4 @@
-"""engine.session.LiveSession in real time, on tiny real models and the labels recognizer.
+"""engine.live.LiveSession in real time, on tiny real models and the labels recognizer.
 
 The 10 s run is the CI version of the pacing test (the 60 s / 10 min runs live in benchmarks/latency.py).
 Timing checks here are about the media clock (cadence, A/V offset <= 1 frame), not about speed.
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.live import LiveSession, SessionClosed
+from engine.live.render_stream import RenderStream
 from engine.motion import IdleMotion
-from engine.session import LiveSession, SessionClosed
+from engine.stream import StreamCore
 from engine.timing import DEFAULT_TIMEBASE as TB
 from models.phonemes import SIL, phoneme_windows
 from tests.engine_helpers import small_runtime
@@ -149,28 +151,51 @@ def test_bad_audio_never_stalls_the_session() -> None:
     assert {16000, 44100, 48000} <= set(stats["input"]["rates"])
 
 
+class _CollectSink:
+    """Stands in for the session's event loop: collects what the render stream hands over on the worker."""
+
+    def __init__(self) -> None:
+        self.rendered_items: list[tuple[int, np.ndarray]] = []
+        self.decoded_frames: list[int] = []
+        self.costs: list[float] = []
+
+    def decoded(self, job, exp, t_dec) -> None:
+        self.decoded_frames += job.frames.tolist()
+
+    def rendered(self, generation, items, t_ren) -> None:
+        self.rendered_items.extend((f, img) for f, img, _ in items)
+
+    def first_frame_cost(self, seconds) -> None:
+        self.costs.append(seconds)
+
+
+def _render_stream(runtime, sink) -> RenderStream:
+    """A render stream alone (no session, no event loop) on the runtime's models."""
+    stream = RenderStream(runtime.decoder.decode, runtime.renderer, sink, time.monotonic,
+                          max_batch=runtime.config.decoder.max_batch)
+    stream.set_state(runtime.renderer.prepare(runtime.avatar))
+    return stream
+
+
 def test_a_still_face_is_rendered_once() -> None:
     """In silence the expression, pose and eyelids repeat exactly: the image is reused, not re-rendered."""
     runtime = small_runtime(np.full(10, SIL))
-    session = runtime.new_session("still", motion=IdleMotion(head=0.0))  # a still head: the pose repeats too
-    session._avatar_state = runtime.renderer.prepare(runtime.avatar)
-    posted: list[tuple[int, np.ndarray]] = []
-
-    def post(fn, *args):  # stands in for the event loop: collect what the worker hands over
-        if fn.__name__ == "_on_rendered":
-            posted.extend((f, img) for f, img, _ in args[1])
-
-    session._post = post
-    core = session.core
+    sink = _CollectSink()
+    stream = _render_stream(runtime, sink)
+    core = StreamCore(lookahead=5, style=runtime.styles.get("neutral"), max_batch=8)
     core.on_events([(f, SIL) for f in range(12)], 0.0)
     job = core.plan(0.0, max_frames=6)
     frames = job.frames
     blink = np.zeros(6, np.float32)
     blink[4] = 0.5  # one frame with the eyelids half closed
-    runtime.worker.submit(session._work, job, session.motion.poses(frames), blink, 0.0).result()
+    still = IdleMotion(seed=0, head=0.0).poses(frames)  # a still head: the pose repeats too
+    runtime.worker.submit(stream.work, job, still, blink, 0.0).result()
     runtime.close()
+    posted = sink.rendered_items
+    assert sink.decoded_frames == frames.tolist()
     assert [f for f, _ in posted] == frames.tolist()
-    assert session.renders_reused == 3  # frames 1, 2, 3 repeat frame 0; 4 blinks; 5 differs from 4
+    assert stream.reused == 3  # frames 1, 2, 3 repeat frame 0; 4 blinks; 5 differs from 4
+    assert len(sink.costs) == 1  # the job's first rendered frame is its cost sample
     np.testing.assert_array_equal(posted[0][1], posted[3][1])
     assert not np.array_equal(posted[3][1], posted[4][1])  # the blink is rendered
 
@@ -261,25 +286,21 @@ def test_windowed_renderer_output_is_mapped_back_to_its_frames() -> None:
     runtime = small_runtime(np.random.default_rng(4).integers(0, 41, 40), renderer=renderer)
     session = runtime.new_session("pir")
     assert session.render_delay == 2
-    session._avatar_state = renderer.prepare(runtime.avatar)
-    posted: list[tuple[int, np.ndarray]] = []
-
-    def post(fn, *args):
-        if fn.__name__ == "_on_rendered":
-            posted.extend((f, img) for f, img, _ in args[1])
-
-    session._post = post
-    core = session.core
+    sink = _CollectSink()
+    stream = _render_stream(runtime, sink)
+    motion = IdleMotion(seed=0)
+    core = StreamCore(lookahead=5, style=runtime.styles.get("neutral"), max_batch=8)
     core.on_events([(f, 3 + f) for f in range(20)], 0.0)
     for _ in range(2):  # two consecutive jobs: the renderer stream continues across them
         job = core.plan(0.0, max_frames=4)
-        pose, blink = session.motion.poses(job.frames), np.zeros(len(job), np.float32)
-        runtime.worker.submit(session._work, job, pose, blink, 0.0).result()
+        pose, blink = motion.poses(job.frames), np.zeros(len(job), np.float32)
+        runtime.worker.submit(stream.work, job, pose, blink, 0.0).result()
     runtime.close()
+    posted = sink.rendered_items
     assert [f for f, _ in posted] == list(range(6))  # 8 frames fed, the first 2 outputs were warm-up holds
     # the same 8 frames rendered as one stream by a fresh state: output j shows frame j - 2
-    exp = np.stack([session._worker_exp[f] for f in range(8)])
-    reference = renderer.render(renderer.prepare(runtime.avatar), exp, session.motion.poses(np.arange(8)))
+    exp = np.stack([stream.fed_exp[f] for f in range(8)])
+    reference = renderer.render(renderer.prepare(runtime.avatar), exp, motion.poses(np.arange(8)))
     for f, image in posted:  # (batching differences move a few pixels by one level)
         assert np.abs(image.astype(int) - reference[f + 2].astype(int)).max() <= 1, f"frame {f}"
         assert np.abs(image.astype(int) - reference[f + 1].astype(int)).max() > 1  # and not its neighbour's

@@ -79,3 +79,17 @@ def test_invalid_timebase() -> None:
         Timebase(0, 30)
     with pytest.raises(ValueError):
         TB.frames_for_seconds(1, "up")
+
+
+def test_frame_groups_centres_and_chunk_starts_follow_the_timebase() -> None:
+    """The exact-rational helpers that replace hard-coded 1600/3 and ``pts.denominator in (1, 2, 5, 10)``."""
+    assert TB.frame_group_samples == 1600  # 3 frames at 16 kHz / 30 fps
+    assert Timebase(16000, 25).frame_group_samples == 640  # 1 frame at 25 fps
+    assert Timebase(48000, 24).frame_group_samples == 2000
+    assert [TB.frames_with_centre(n) for n in (0, 266, 267, 800, 801)] == [0, 0, 1, 1, 2]
+    # a video frame and a 20 ms chunk share a pts every 100 ms at 30 fps ...
+    assert [t for t in range(31) if TB.starts_chunk(TB.frame_pts(t), 320)] == list(range(0, 31, 3))
+    # ... and at every frame (40 ms) at 25 fps, where `pts.denominator in (1, 2, 5, 10)` missed 1/25, 2/25, ...
+    tb25 = Timebase(16000, 25)
+    assert all(tb25.starts_chunk(tb25.frame_pts(t), 320) for t in range(26))
+    assert not TB.starts_chunk(Fraction(1, 3) + Fraction(1, 90000), 320)

@@ -62,3 +62,15 @@ def test_checker_detects_a_wrong_way_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from streaming.server import x\n    import clients.cli\n")
     assert {"streaming", "clients"} <= imported_modules(bad)
+
+
+def test_the_recognizer_package_is_io_free() -> None:
+    """``import engine.recognizer`` (and its backends' factory) loads no event loop, media or network stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys, engine.recognizer, engine.recognizer.factory, engine.recognizer.base\n"
+            "print(','.join(m for m in ('asyncio', 'av', 'aiortc', 'websockets', 'sounddevice') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "", f"engine.recognizer imported {out.stdout.strip()}"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from engine.session import LiveSession
+from engine.live import LiveSession
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +280,7 @@ def test_recognizer_hang_is_reported_and_a_fresh_recognizer_takes_over(runtime, 
             stable = session.core.ring.stable_end
             assert pushed - 15 <= stable <= pushed, (stable, pushed)
             assert session.core.ring.get(stable - 1) == 3
-            assert session._rec_queue is not None and session._rec_queue.qsize() < 20  # no backlog
+            assert session.recognition.queue is not None and session.recognition.queue.qsize() < 20  # no backlog
         finally:
             hung.release.set()
             await session.close()
@@ -294,7 +294,7 @@ def test_recognizer_that_keeps_hanging_is_given_up_without_stalling(runtime, rec
     recognizer_factory[0] = lambda: rec  # every replacement hangs too
 
     async def main() -> None:
-        import engine.session as es
+        import engine.live.recognition as es
 
         session = runtime.new_session("rel-rec-hang3")
         before = es.REC_HANG_S
@@ -309,7 +309,7 @@ def test_recognizer_that_keeps_hanging_is_given_up_without_stalling(runtime, rec
             messages = [e["message"] for e in seen if e.get("code") == "recognizer"]
             assert session.stats()["recognizer_restarts"] == es.REC_MAX_RESTARTS
             assert any("lip sync is off" in m for m in messages), messages
-            assert session._rec_queue is None  # audio is no longer queued for anyone
+            assert session.recognition.queue is None  # audio is no longer queued for anyone
             got = await frames(session, 10)
             assert got[-1].index - got[0].index == 9
         finally:
@@ -384,7 +384,7 @@ def test_unread_output_is_dropped_not_buffered(runtime) -> None:
                 await asyncio.sleep(0.05)
             elapsed = loop.time() - t0
             limit = 4 * runtime.config.decoder.max_batch + 64
-            assert len(session._video_out) <= limit
+            assert len(session.buffer) <= limit
             assert session.events.qsize() <= session.events.maxsize
             frame = await asyncio.wait_for(session.next_video_frame(), 5)
             # the reader resumes at the current time, skipping what it missed instead of replaying a backlog
@@ -401,7 +401,7 @@ def test_unread_output_is_dropped_not_buffered(runtime) -> None:
 
 
 def test_bad_style_clips_are_refused_by_the_session(runtime) -> None:
-    from engine.session import StyleError
+    from engine.live import StyleError
     from models.clips import ClipError
 
     rng = np.random.default_rng(0)

@@ -210,7 +210,7 @@ def test_bad_style_clips_are_refused_with_bad_clip(runtime) -> None:
     one_frame = good[:1]
 
     async def main() -> None:
-        async with PresenterServer(runtime, settings(rate_limit_burst=1000)) as server:
+        async with PresenterServer(runtime, settings(rate_limit_burst=1000, upload_burst=1000)) as server:
             c = await Raw.open(server.port)
             for i, (what, data) in enumerate(bad.items()):
                 msg = await c.call("upload_style", name=f"bad{i}", format="npy", data=data)
@@ -270,7 +270,7 @@ def test_bad_photos_are_refused_and_a_good_one_is_accepted(runtime) -> None:
     }
 
     async def main() -> None:
-        async with PresenterServer(runtime, settings()) as server:
+        async with PresenterServer(runtime, settings(upload_burst=1000)) as server:
             c = await Raw.open(server.port)
             for _what, (data, fmt, code) in cases.items():
                 assert_clean_error(await c.call("set_avatar", format=fmt, data=data), code)
@@ -332,7 +332,7 @@ def test_internal_failures_reply_internal_without_details(runtime) -> None:
             # engine error events are forwarded without paths / exception names
             await session.start()
             handler.session_started = True
-            session._error("pipeline", "ValueError: failed in /work/main/models/warp.py line 3")
+            session.channel.error("pipeline", "ValueError: failed in /work/main/models/warp.py line 3")
             for _ in range(50):
                 await c.assert_alive()
                 errors = [e for e in c.events if e["event"] == "error"]

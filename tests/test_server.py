@@ -113,7 +113,12 @@ def test_http_serves_only_the_page_files(live_runtime, tmp_path) -> None:  # noq
                 assert status == 404, (evil, status)
                 assert b"[project]" not in body
             status, headers, body = await http_get(server.port, "/healthz")
-            assert status == 200 and json.loads(body) == {"ok": True, "sessions": 0, "max_sessions": 4}
+            assert status == 200 and json.loads(body) == {
+                "ok": True,
+                "sessions": 0,
+                "max_sessions": 4,
+                "engine_sessions": 0,
+            }
 
     run(main())
     # The resolver itself, on a directory with a symlink pointing outside it.
@@ -194,7 +199,7 @@ def _png(image: np.ndarray) -> str:
 
 def test_control_requests_against_the_real_engine(live_runtime) -> None:  # noqa: F811
     async def main() -> None:
-        async with PresenterServer(live_runtime, server_settings()) as server:
+        async with PresenterServer(live_runtime, server_settings(upload_burst=100)) as server:
             async with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
                 c = Control(ws)
                 welcome = await c.welcome()

@@ -1,6 +1,6 @@
 """Recognizer interface shared by every backend: events, input coercion, frame arithmetic.
 
-Contract (DESIGN.md "Contracts"): a recognizer is sans-I/O. The caller pushes 16 kHz mono int16 PCM with
+Contract (:class:`engine.contracts.Recognizer`): a recognizer is sans-I/O. The caller pushes 16 kHz mono int16 PCM with
 :meth:`Recognizer.feed` and receives the phoneme labels that became *stable* - final, never revised - as
 :class:`PhonemeEvent` ``(frame, phoneme)`` at 30 fps, where frame ``t``'s phoneme is the label at the frame
 centre ``(t + 1/2) / 30`` s. Events come in increasing frame order, every frame exactly once, starting at 0.
@@ -13,15 +13,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 
-from engine.timing import DEFAULT_TIMEBASE, Timebase
+from engine.timing import DEFAULT_TIMEBASE, FPS, SAMPLE_RATE, Timebase
 from models.phonemes import NUM_PHONEMES, PHONEMES
-
-SAMPLE_RATE = 16000
-FPS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,18 +153,12 @@ class Recognizer(ABC):
         """Declared upper bound (s of audio) between a frame's end and the feed that makes it stable."""
         return float(self._lag_seconds())
 
-    @property
-    def lag_s(self) -> float:
-        return self.lag
-
     # ------------------------------------------------------------------ helpers for subclasses
     _last_phoneme: int = 31
 
     def frames_with_centre(self, n_samples: int) -> int:
         """Number of frames of a stream whose centre lies inside its first ``n_samples`` samples."""
-        # frame t centre at (t + 1/2) * 1600/3 samples < n  <=>  t < 3n/1600 - 1/2
-        x = Fraction(n_samples * self.fps, self.sample_rate) - Fraction(1, 2)
-        return max(0, -((-x.numerator) // x.denominator)) if x > 0 else 0
+        return self.tb.frames_with_centre(n_samples)
 
     def frames_complete(self, n_samples: int) -> int:
         """Number of whole frames (end <= n_samples) of the current stream."""

@@ -28,9 +28,10 @@ import numpy as np
 
 from engine.recognizer.allphone import AllphoneRecognizer
 from engine.recognizer.rescorer import DEFAULT_RESCORER, ConfusionRescorer
+from engine.timing import SAMPLE_RATE
 from models.phonemes import NUM_PHONEMES, PHONEME_TO_VISEME
 
-RATE = 16000
+RATE = SAMPLE_RATE
 CHUNK = 320  # 20 ms, as the benchmark and the live engine feed
 BETA = 0.6  # shrinkage toward the identity (0.5-0.7 measured within 0.1 pt in CV)
 RULE = "viseme"

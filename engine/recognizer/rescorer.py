@@ -87,7 +87,7 @@ class ConfusionRescorer:
         np.savez_compressed(
             path, version=np.array(FORMAT_VERSION), confusion=self.confusion.astype(np.float32),
             beta=np.array(self.beta), rule=np.array(self.rule),
-            **{f"meta_{k}": np.array(str(v)) for k, v in meta.items()},
+            **{f"meta_{k}": np.array(str(v)) for k, v in meta.items()},  # type: ignore[arg-type]  # numpy stubs
         )
 
 

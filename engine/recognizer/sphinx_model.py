@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.timing import SAMPLE_RATE
+
 # One unit of Sphinx's scaled integer log (log base 1.0001, shifted right by 10 bits) in nats.
 SENSCR_UNIT = 1024.0 * float(np.log(1.0001))
 LOGMATH_UNIT = float(np.log(1.0001))  # unshifted logmath unit (language model scores)
@@ -47,7 +49,7 @@ def default_model_dir() -> Path:
 class FrontEndParams:
     """The subset of ``feat.params`` the front end implements (others must have their default value)."""
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     frame_rate: int = 100
     window_length: float = 0.025625
     nfft: int = 512

@@ -1,0 +1,100 @@
+"""The engine's contracts as ``typing.Protocol``s: what a recognizer and a renderer must offer the live engine.
+
+Structural: any object with these members fits (the built-in backends, PIRenderer, a test double); nothing is
+probed with ``getattr``. Units are part of the contract: ``lag`` is seconds of audio, ``delay_frames`` frames.
+Kept free of heavy imports (numpy only) so any layer may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+# A stable phoneme label: ``engine.recognizer.PhonemeEvent`` or a plain ``(frame, phoneme)`` pair.
+PhonemeEventLike = Any
+
+
+@runtime_checkable
+class Recognizer(Protocol):
+    """Online phoneme recognition (sans-I/O, see :mod:`engine.recognizer.base`): 16 kHz mono int16 in, stable
+    30 fps ``(frame, phoneme)`` events out, frames from 0, each exactly once, in order."""
+
+    @property
+    def lag(self) -> float:
+        """Upper bound, in seconds of audio, between a frame's end and the ``feed`` that makes its label stable."""
+        ...
+
+    def feed(self, pcm: np.ndarray) -> Iterable[PhonemeEventLike]: ...
+
+    def flush(self) -> Iterable[PhonemeEventLike]: ...
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """Photo + expression + pose -> frames (see :mod:`engine.renderer`). ``prepare`` builds a per-avatar state;
+    ``render`` continues that state's stream; ``reset`` restarts it (frames fed are no longer contiguous).
+    A renderer whose output lags its input by k frames (a temporal window) declares ``delay_frames = k``."""
+
+    @property
+    def delay_frames(self) -> int:
+        """Frames by which the output lags the input (PIRenderer's window lookahead; the warp renderer: 0)."""
+        ...
+
+    def prepare(self, image: np.ndarray) -> Any: ...
+
+    def render(self, state: Any, exp: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """exp (N, 64) float32, pose (N, 9) float32 -> uint8 (N, S, S, 3)."""
+        ...
+
+    def reset(self, state: Any) -> None: ...
+
+
+@runtime_checkable
+class RestAware(Protocol):
+    """A renderer that renders relative to a rest expression: the style's silence shows the photo as it is.
+
+    The rest is the decoder's output for silence in the current style, ``ExpressionDecoder.idle(code)``; the
+    engine sets it after ``prepare`` and on every style or intensity change (the warp renderer implements it).
+    """
+
+    def set_rest(self, state: Any, exp_rest: np.ndarray) -> None: ...
+
+
+class FaceBoxLike(Protocol):
+    """A detected face rectangle in pixels (``engine.avatar.FaceBox``)."""
+
+    @property
+    def left(self) -> int: ...
+
+    @property
+    def top(self) -> int: ...
+
+    @property
+    def right(self) -> int: ...
+
+    @property
+    def bottom(self) -> int: ...
+
+    @property
+    def score(self) -> float: ...
+
+
+@runtime_checkable
+class Landmarker(Protocol):
+    """Face detection + the 68-point landmark layout (iBUG 300-W order) that the avatar crop, the warp renderer
+    and the expression->landmark fit are built on.
+
+    The default (:class:`engine.landmarker.DlibLandmarker`) is dlib's HOG detector and the shape predictor of
+    ``face_recognition_models``, whose training data (iBUG 300-W) excludes commercial use - see the README's
+    licence section. Another model with the same 68-point layout replaces it by implementing these two methods.
+    """
+
+    def detect_faces(self, image: np.ndarray, upsample: int | None = None) -> Sequence[FaceBoxLike]:
+        """All plausible faces in a uint8 RGB image (H, W, 3), largest first."""
+        ...
+
+    def landmarks_in_box(self, image: np.ndarray, box: FaceBoxLike) -> np.ndarray:
+        """The 68 landmarks (68, 2) float32 (x, y) of the face in ``box``."""
+        ...

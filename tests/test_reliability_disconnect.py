@@ -1,0 +1,213 @@
+"""Disconnects free their session, whatever the close order (issue #12, item 1).
+
+Real ``PresenterServer`` on loopback, the real engine (built-in defaults) and real aiortc peers
+(``clients/client.py``). Every close order a client can produce is exercised: peer connection first (what
+``clients/client.py`` does), websocket first, both at once, the websocket closed while the server is dropping the
+closed peer or building the replacement session, and an abrupt TCP reset. After the churn the server's capacity
+is back to ``max_sessions``, threads/tasks/fds are back to their start, and the idle process uses < 2 % CPU.
+Also: admission is atomic (concurrent connects never exceed the engine's limit) and SIGTERM on
+``styletalk-live serve`` exits within 5 s even right after such disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.soak import (
+    CLOSE_ORDERS,
+    Footprint,
+    capacity,
+    close_order_cycle,
+    idle_cpu_fraction,
+    settle,
+    speech,
+)
+from streaming.server import PresenterServer, ServerSettings
+from tests.streaming_fixtures import session_threads
+
+MAX_SESSIONS = 4
+CYCLES_PER_ORDER = 2  # x 6 orders = 12 WebRTC cycles per run (benchmarks/soak.py runs 50)
+
+
+@pytest.fixture(scope="module")
+def runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
+    from engine.config import load_config
+    from engine.runtime import EngineRuntime
+
+    rt = EngineRuntime.load(load_config(None, {"server.max_sessions": str(MAX_SESSIONS)}))
+    yield rt
+    rt.close()
+
+
+def settings(**overrides: object) -> ServerSettings:
+    base: dict[str, object] = {"host": "127.0.0.1", "port": 0, "max_sessions": MAX_SESSIONS}
+    base.update(overrides)
+    return ServerSettings(**base)  # type: ignore[arg-type]
+
+
+def run(coro) -> object:  # noqa: ANN001
+    return asyncio.run(asyncio.wait_for(coro, 300))
+
+
+async def freed(server: PresenterServer, runtime, timeout: float = 20.0) -> None:  # noqa: ANN001
+    """Wait until no client and no engine session is left (fails with what is left)."""
+    deadline = time.monotonic() + timeout
+    while server.clients or runtime.sessions:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not freed after {timeout} s: clients {list(server.clients)}, engine sessions "
+                f"{list(runtime.sessions)}"
+            )
+        await asyncio.sleep(0.05)
+    await settle(server)
+
+
+@pytest.mark.parametrize("order", CLOSE_ORDERS)
+def test_each_close_order_frees_the_session(runtime, order: str) -> None:
+    async def main() -> None:
+        async with PresenterServer(runtime, settings()) as server:
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            pcm = speech()
+            for _ in range(2):
+                await close_order_cycle(url, server, order, pcm)
+                await freed(server, runtime)
+            assert await capacity(url, MAX_SESSIONS) == MAX_SESSIONS
+            await freed(server, runtime)
+
+    run(main())
+
+
+def test_churn_over_every_close_order_returns_to_the_start(runtime) -> None:
+    async def main() -> tuple[dict, float]:
+        async with PresenterServer(runtime, settings()) as server:
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            pcm = speech()
+            await close_order_cycle(url, server, "ws_first", pcm)  # warm-up: first-use allocations
+            await freed(server, runtime)
+            before = Footprint.now()
+            threads_before = session_threads()
+            for i in range(CYCLES_PER_ORDER):
+                for order in CLOSE_ORDERS:
+                    await close_order_cycle(url, server, order, pcm)
+                await freed(server, runtime)
+                print(f"round {i + 1}: {Footprint.now().minus(before)}")
+            assert await capacity(url, MAX_SESSIONS) == MAX_SESSIONS
+            await freed(server, runtime)
+            await asyncio.sleep(1.0)  # let aiortc's last timers (consent checks, RTCP) run out
+            growth = Footprint.now().minus(before)
+            extra_threads = session_threads() - threads_before
+            idle = await idle_cpu_fraction(3.0)
+            return growth, extra_threads, idle
+
+    growth, extra_threads, idle = run(main())
+    print(f"growth after {CYCLES_PER_ORDER * len(CLOSE_ORDERS)} WebRTC cycles: {growth}; idle CPU {idle:.1%}")
+    assert not extra_threads, extra_threads  # no session's thread survives (recognizers, aiortc)
+    # asyncio's default executor grows lazily up to its fixed size (sessions are built there): bounded, not a leak
+    assert growth["py_threads"] <= 2 and growth["os_threads"] <= 2, growth
+    assert growth["tasks"] <= 0 and growth["fds"] <= 0, growth
+    assert idle < 0.02, f"idle server uses {idle:.1%} of a core"
+
+
+def test_concurrent_connects_never_exceed_the_engine_limit(runtime) -> None:
+    """Two engine slots are taken (by another user of the runtime): of 4 concurrent connects exactly 2 get in."""
+
+    async def main() -> None:
+        others = [runtime.new_session(f"other-{i}") for i in range(2)]
+        try:
+            async with PresenterServer(runtime, settings()) as server:
+                url = f"ws://127.0.0.1:{server.port}/ws"
+                assert await capacity(url, MAX_SESSIONS) == MAX_SESSIONS - 2
+                await freed_clients(server)
+                assert set(runtime.sessions) == {"other-0", "other-1"}
+        finally:
+            for s in others:
+                await s.close()
+        assert not runtime.sessions
+
+    async def freed_clients(server: PresenterServer) -> None:
+        deadline = time.monotonic() + 20
+        while server.clients:
+            assert time.monotonic() < deadline, list(server.clients)
+            await asyncio.sleep(0.05)
+
+    run(main())
+
+
+# --- the command: the issue's reproduction against `styletalk-live serve` ------------------------------------
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_serve_frees_slots_idles_and_stops_on_sigterm_after_disconnects() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streaming.serve", "--port", "0", "--max-sessions", "2"],
+        cwd=root,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        port = None
+        lines: list[str] = []
+        deadline = time.monotonic() + 180
+        assert proc.stdout is not None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "serving on http://127.0.0.1:" in line:
+                port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        assert port is not None, "".join(lines)
+
+        async def clients() -> tuple[int, dict]:
+            from clients.client import MicrophoneTrack, StyleTalkClient
+
+            url = f"ws://127.0.0.1:{port}/ws"
+            pcm = speech()
+            for _ in range(3):  # the issue's reproduction: clients/client.py closes its peer connection first
+                client = StyleTalkClient(url)
+                await client.connect()
+                await client.start_media(MicrophoneTrack(pcm, loop=True))
+                await client.wait_frames(5, timeout=60)
+                await client.close()
+            await asyncio.sleep(2.0)  # the server's clean-up
+            admitted = await capacity(url, 2)
+            await asyncio.sleep(1.0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            raw = await reader.read()
+            writer.close()
+            return admitted, json.loads(raw.partition(b"\r\n\r\n")[2])
+
+        admitted, health = asyncio.run(asyncio.wait_for(clients(), 240))
+        assert admitted == 2 and health["sessions"] == 0, (admitted, health)
+        time.sleep(1.0)
+        c0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
+        time.sleep(3.0)
+        idle = (_proc_cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
+        assert idle < 0.02, f"idle server uses {idle:.1%} of a core"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - t0 < 5.0, f"SIGTERM took {time.monotonic() - t0:.1f} s"
+        out = proc.stdout.read()
+        assert "Traceback" not in out and "InvalidStateError" not in out, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
