@@ -458,6 +458,48 @@ def head_motion(args: argparse.Namespace) -> dict:
     return out
 
 
+def rest_motion_sheet() -> Path:
+    """Built-in avatar, style neutral, the held-out sentence between 2 s of silence. Rows: the old behaviour
+    (rendered relative to zero expression, painted interior, still head) / now (relative to the style's rest,
+    real interiors) at silence, bilabials and open frames; then 6 s of the default head motion, 1 s apart."""
+    import skimage.io
+
+    from engine.config import Config
+    from engine.motion import IdleMotion
+    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
+    from models.phonemes import phoneme_windows
+
+    decoder = build_decoder(Config())
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:120]
+    labels = np.concatenate([np.full(60, SIL), np.asarray(seq, np.int64), np.full(60, SIL)])
+    with np.load(BUILTIN_STYLE_CODES) as codes:
+        code = codes["neutral"]
+    exp = decoder.decode(phoneme_windows(labels), code)
+    bil = np.flatnonzero(np.isin(labels, BILABIAL))
+    gw = ExpressionMap.load().weights.numpy()
+    gap = exp @ (gw[:, 66, 1] - gw[:, 62, 1])
+    speech = np.arange(60, 60 + len(seq))
+    pick = np.concatenate([[10, 40], bil[:: max(1, len(bil) // 3)][:3], speech[np.argsort(-gap[speech])[:3:1]]])
+    old = WarpRenderer(size=256, config=WarpConfig(interior="painted"))
+    st_old = old.prepare(builtin_avatar(256))
+    new = WarpRenderer(size=256)
+    st_new = new.prepare(builtin_avatar(256))
+    new.set_rest(st_new, decoder.idle(code))
+    rows = [tile(list(old.render(st_old, exp[pick], None)), 160), tile(list(new.render(st_new, exp[pick], None)), 160)]
+    t = np.arange(0, 6 * 30, 30)
+    poses = IdleMotion(seed=0).poses(np.arange(6 * 30))
+    new.reset(st_new)
+    moved = new.render(st_new, np.repeat(decoder.idle(code)[None], len(t), 0), poses[t])
+    rows.append(np.concatenate([tile(list(moved), 160), tile([st_new.image, st_new.image], 160)], 1))
+    width = max(r.shape[1] for r in rows)
+    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], 0)
+    path = RESULTS / "renderer_rest_motion.png"
+    skimage.io.imsave(path, sheet, check_contrast=False)
+    print(f"  wrote {path}: rows old / now (silence ×2, bilabials ×3, open ×3) / head motion over 6 s + photo",
+          flush=True)
+    return path
+
+
 def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, painted: np.ndarray, static: np.ndarray,
                 l_real: np.ndarray, l_rend: np.ndarray, l_static: np.ndarray, gaps: np.ndarray) -> Path:
     """Mouth close-ups of 8 open frames: real / rendered / rendered (own box) / painted interior / static."""
@@ -548,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         result["quality"] = quality(args)
     if not args.no_rest:
         result["rest"] = rest_and_closure(args)
+        result["rest_motion_sheet"] = str(rest_motion_sheet().relative_to(REPO_ROOT))
         result["head_motion"] = head_motion(args)
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     out = RESULTS / "renderer.json"
