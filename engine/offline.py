@@ -176,7 +176,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
 
     # (N, 11) windows -> (N, 64) expression; full future: the offline reference
     exp = runtime.decoder.decode(phoneme_windows(labels), code)
-    motion = IdleMotion(seed=0, fps=config.fps)
+    motion = IdleMotion(seed=0, fps=config.fps, head=config.avatar.head_motion)
     frames_idx = np.arange(n)
     if pose is not None:
         try:

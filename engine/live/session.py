@@ -106,7 +106,7 @@ class LiveSession:
         )
         self.delay = runtime.output_delay(self._recognizer)
         self.motion = motion or IdleMotion(seed=zlib.crc32(session_id.encode()), fps=cfg.fps,
-                                           base_pose=runtime.pose)
+                                           base_pose=runtime.pose, head=cfg.avatar.head_motion)
         # frame -> (expression, forced) of every decoded frame, for tests and benchmarks (unbounded: opt-in)
         self.expressions: dict[int, tuple[np.ndarray, bool]] | None = {} if record_expressions else None
         self.channel = EventChannel(session_id)
