@@ -73,13 +73,13 @@ def decoder_weights(overrides: list[str]) -> str:
 
 # --------------------------------------------------------------------------------------------------- server
 class ServerProcess:
-    """``python -m streaming.serve --port 0`` in a subprocess; the URL is read from its first output line."""
+    """``python -m streaming.serve_command --port 0`` in a subprocess; the URL is read from its first output line."""
 
     def __init__(self, extra_args: list[str], max_sessions: int) -> None:
         self.args = [
             sys.executable,
             "-m",
-            "streaming.serve",
+            "streaming.serve_command",
             "--port",
             "0",
             "--max-sessions",

@@ -13,10 +13,10 @@ import sys
 
 # name -> (module:function taking argv and returning an exit code, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("streaming.serve:main", "serve the browser presenter page + WebRTC + websocket control (default)"),
+    "serve": ("streaming.serve_command:main", "serve the presenter page + WebRTC + websocket control (default)"),
     "speak": ("engine.speak:main", "run the live pipeline on a WAV file or the microphone into a recording"),
     "render": ("engine.offline:main", "offline render: phoneme labels or audio -> MP4 (H.264/AAC)"),
-    "styles": ("engine.offline:list_styles_main", "list the built-in speaking styles"),
+    "styles": ("engine.style_sheet:main", "list the speaking styles; --sheet draws each on the avatar"),
     "extract-style": ("engine.style_extract:main", "a style clip (.npy) from any video of a talking face"),
     "train": ("models.train:main", "train a StyleTalk checkpoint on StyleTalk-format data"),
     "fit-landmarks": ("engine.landmark_fit:main", "fit the expression->landmark map of the warp renderer"),

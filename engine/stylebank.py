@@ -20,6 +20,9 @@ import numpy as np
 
 from engine.config import MAX_INTENSITY
 
+MIX_SEPARATOR = "+"
+"""``"a+b"`` names the equal mix of styles ``a`` and ``b`` (``"a+b+c"``: three styles), see :meth:`StyleBank.get`."""
+
 
 class StyleError(KeyError):
     """Unknown style name or unusable style clip/code."""
@@ -76,18 +79,31 @@ class StyleBank:
             return sorted(self._codes)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._codes
+        if name in self._codes:
+            return True
+        if not isinstance(name, str) or MIX_SEPARATOR not in name:
+            return False
+        return all(part.strip() in self._codes for part in name.split(MIX_SEPARATOR))
 
     def __len__(self) -> int:
         return len(self._codes)
 
     def get(self, name: str) -> np.ndarray:
-        """The cached code of ``name`` (read-only array)."""
-        try:
-            return self._codes[name]
-        except KeyError:
-            known = ", ".join(self.names()) or "none"
-            raise StyleError(f"unknown style {name!r} (known: {known})") from None
+        """The cached code of ``name`` (read-only array); ``"a+b"`` is the equal mix of styles ``a`` and
+        ``b`` (the mean of their codes: the midpoint of the paper's style-space interpolation)."""
+        code = self._codes.get(name)
+        if code is not None:
+            return code
+        if isinstance(name, str) and MIX_SEPARATOR in name:
+            parts = [p.strip() for p in name.split(MIX_SEPARATOR)]
+            missing = [p for p in parts if p not in self._codes]
+            if not missing:
+                mixed = np.mean([self._codes[p] for p in parts], axis=0).astype(np.float32)
+                mixed.setflags(write=False)
+                return mixed
+            name = missing[0]
+        known = ", ".join(self.names()) or "none"
+        raise StyleError(f"unknown style {name!r} (known: {known}; mix styles with a+b)")
 
     # ---------------------------------------------------------------------------------------- arithmetic
     def blend(self, a: str, b: str, w: float) -> np.ndarray:
@@ -121,6 +137,8 @@ def lerp(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or len(name) > 64 or not name.isprintable():
         raise StyleError(f"style name must be 1..64 printable characters, got {name!r}")
+    if MIX_SEPARATOR in name:
+        raise StyleError(f"style name {name!r} may not contain {MIX_SEPARATOR!r} (it names a mix of styles)")
 
 
 @dataclass(frozen=True)

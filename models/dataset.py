@@ -81,12 +81,16 @@ class SourceClip:
     exp: np.ndarray  # (T, 64) float32
     windows: np.ndarray  # (T, 11) int64
     start: int = 0
+    # the same frames' windows from the streaming recognizer's labels (None: not available)
+    recognized: np.ndarray | None = None  # (T, 11) int64
 
     def __post_init__(self) -> None:
         if self.exp.shape[0] != self.windows.shape[0]:
             raise ValueError(
                 f"{self.name}: {self.exp.shape[0]} expression rows vs {self.windows.shape[0]} windows"
             )
+        if self.recognized is not None and self.recognized.shape != self.windows.shape:
+            raise ValueError(f"{self.name}: recognized windows {self.recognized.shape} vs {self.windows.shape}")
 
     def __len__(self) -> int:
         return int(self.exp.shape[0])
@@ -97,8 +101,9 @@ class SourceClip:
         return self.windows[:, WIN_SIZE]
 
     def segment(self, begin: int, end: int) -> SourceClip:
+        rec = None if self.recognized is None else self.recognized[begin:end]
         return SourceClip(
-            self.name, self.style, self.exp[begin:end], self.windows[begin:end], self.start + begin
+            self.name, self.style, self.exp[begin:end], self.windows[begin:end], self.start + begin, rec
         )
 
 
@@ -126,8 +131,16 @@ def list_clips(data_dir: str | os.PathLike[str], kind: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.mat"))
 
 
-def load_source_clip(data_dir: str | os.PathLike[str], name: str, offset: int = PHONEME_OFFSET) -> SourceClip:
-    """Read a source clip and pair coefficient row ``i`` with phoneme row ``i + offset``."""
+def load_source_clip(
+    data_dir: str | os.PathLike[str],
+    name: str,
+    offset: int = PHONEME_OFFSET,
+    recognized: np.ndarray | None = None,
+) -> SourceClip:
+    """Read a source clip and pair coefficient row ``i`` with phoneme row ``i + offset``.
+
+    ``recognized``: the recognizer's labels of the clip's audio ``(P,)`` (same frames as the reference
+    labels), windowed and aligned the same way into :attr:`SourceClip.recognized`."""
     root = Path(data_dir)
     exp = load_style_clip(root / "source" / "3dmm" / f"{name}.mat")
     with open(root / "source" / "phoneme" / f"{name}_seq.json", encoding="utf-8") as fh:
@@ -140,8 +153,14 @@ def load_source_clip(data_dir: str | os.PathLike[str], name: str, offset: int = 
     last = min(len(exp), len(seq) - offset)
     if last - first <= 0:
         raise ValueError(f"{name}: no overlap between {len(exp)} coefficient rows and {len(seq)} phonemes")
+    rec = None
+    if recognized is not None:
+        recognized = np.asarray(recognized, np.int64)
+        if recognized.shape != seq.shape:
+            raise ValueError(f"{name}: {len(recognized)} recognized labels vs {len(seq)} reference labels")
+        rec = phoneme_windows(recognized)[first + offset : last + offset]
     return SourceClip(
-        name, style_label(name), exp[first:last], windows[first + offset : last + offset], first
+        name, style_label(name), exp[first:last], windows[first + offset : last + offset], first, rec
     )
 
 
@@ -208,8 +227,10 @@ def make_split(
     tail_fraction: float = DEFAULT_TAIL_FRACTION,
     style_tail_fraction: float = DEFAULT_STYLE_TAIL_FRACTION,
     offset: int = PHONEME_OFFSET,
+    recognized: dict[str, np.ndarray] | None = None,
 ) -> DataSplit:
-    """Load the sample set and split it (deterministic: no randomness involved)."""
+    """Load the sample set and split it (deterministic: no randomness involved). ``recognized``: clip
+    name -> recognizer labels, attached to the clips as :attr:`SourceClip.recognized`."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     names = list_clips(root, "source")
     unknown = sorted(set(holdout) - set(names))
@@ -219,7 +240,7 @@ def make_split(
         raise ValueError("tail_fraction must be in [0, 1)")
     train, tails, whole = [], [], []
     for name in names:
-        clip = load_source_clip(root, name, offset)
+        clip = load_source_clip(root, name, offset, (recognized or {}).get(name))
         if name in holdout:
             whole.append(clip)
             continue
@@ -292,6 +313,8 @@ class Batch:
     reference_mask: torch.Tensor  # (B, S) bool, True = padded
     style_id: torch.Tensor  # (B,) int64: style class of the reference
     has_target: torch.Tensor  # (B,) bool
+    ref_mean: torch.Tensor | None = None  # (B, 64) mean of the reference
+    ref_std: torch.Tensor | None = None  # (B, 64) mean per-``L``-frame-window std of the reference
 
 
 @dataclass
@@ -324,11 +347,13 @@ class Sampler:
         ref_min: int = 32,
         offset_scale: float = 0.0,
         offset_prob: float = 0.8,
+        recognized_prob: float = 0.0,
     ) -> None:
         self.split = split
         self.seq_len = seq_len
         self.ref_min = ref_min
         self.offset_prob = offset_prob
+        self.recognized_prob = recognized_prob
         self.sources = [s for s in split.train_sources if len(s) >= seq_len]
         if not self.sources:
             raise ValueError(f"no training segment has {seq_len} frames")
@@ -380,8 +405,20 @@ class Sampler:
         return src, int(rng.integers(0, len(src) - self.seq_len + 1))
 
     # ---- batches
+    def window_stats(self, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``(64,)`` and spread ``(64,)`` of a reference: the std is averaged over its consecutive
+        ``seq_len``-frame windows, so it is comparable with the std of one generated ``seq_len`` sequence
+        (a longer window has a larger std: slow drifts add to it)."""
+        n = max(1, len(ref) // self.seq_len)
+        chunks = ref[: n * self.seq_len].reshape(n, -1, ref.shape[1]) if len(ref) >= self.seq_len else ref[None]
+        return ref.mean(0), chunks.std(1).mean(0)
+
     def batch(self, batch_size: int, rng: np.random.Generator, cross_style: int = 0) -> Batch:
         """``batch_size`` supervised items followed by ``cross_style`` cross-style items.
+
+        With probability ``recognized_prob`` an item's phoneme windows are the recognizer's labels of the
+        same frames instead of the reference labels (where the clip has them), so the decoder also learns
+        the recognizer's boundary errors.
 
         Items come in pairs (2k, 2k+1) of the same style with independently drawn references, so every
         reference has a positive (its partner) and negatives (other styles) for the triplet loss without
@@ -396,6 +433,8 @@ class Sampler:
         mask = np.ones((n, STYLE_CLIP_LENGTH), bool)
         sid = np.zeros(n, np.int64)
         has = np.zeros(n, bool)
+        rmean = np.zeros((n, 64), np.float32)
+        rstd = np.zeros((n, 64), np.float32)
         style = ""
         shift = np.zeros(64, np.float32)
         for b in range(n):
@@ -407,11 +446,16 @@ class Sampler:
                     style = self.style_only[int(rng.integers(len(self.style_only)))]
                 shift = self.offset(rng)
             src, begin = self._crop(rng, style if supervised else None)
-            win[b] = src.windows[begin : begin + self.seq_len]
+            windows = src.windows
+            if self.recognized_prob > 0 and src.recognized is not None and rng.random() < self.recognized_prob:
+                windows = src.recognized
+            win[b] = windows[begin : begin + self.seq_len]
             if supervised:
                 tgt[b] = src.exp[begin : begin + self.seq_len] + shift
                 has[b] = True
-            ref[b], mask[b] = pad_reference(self.reference(style, rng) + shift)
+            r = self.reference(style, rng) + shift
+            ref[b], mask[b] = pad_reference(r)
+            rmean[b], rstd[b] = self.window_stats(r)
             sid[b] = self.split.style_id(style)
         return Batch(
             torch.from_numpy(win),
@@ -420,6 +464,8 @@ class Sampler:
             torch.from_numpy(mask),
             torch.from_numpy(sid),
             torch.from_numpy(has),
+            torch.from_numpy(rmean),
+            torch.from_numpy(rstd),
         )
 
     def real_sequences(self, batch_size: int, rng: np.random.Generator) -> RealBatch:

@@ -74,6 +74,13 @@ class StyleTalkConfig:
     dynamic_temperature: float = DYNAMIC_TEMPERATURE
     upper_face3d_indices: tuple[int, ...] = UPPER_FACE3D_INDICES
     lower_face3d_indices: tuple[int, ...] = LOWER_FACE3D_INDICES
+    # not in the official model: a linear map from the style code straight to the 64 coefficients, added to
+    # the decoder's output. The code carries the style's mean expression (a linear probe reads it with
+    # R^2 0.95) but the official decoder passes it only through attention queries and the expert mixture,
+    # so it learns to reproduce a style's static pose very slowly on small data; this path carries it
+    # directly, costs one (C x 64) matrix-vector product per decode call, and is linear in the code, so
+    # intensity (a line in code space) scales the static pose exactly.
+    style_residual: bool = False
 
     def __post_init__(self) -> None:
         self.upper_face3d_indices = tuple(int(i) for i in self.upper_face3d_indices)
@@ -183,6 +190,8 @@ class StyleTalkConfig:
 
     def to_yacs(self) -> dict[str, Any]:
         """The official config tree for this config (as built, i.e. with the injected input/output dims)."""
+        if self.style_residual:
+            raise ValueError("style_residual has no equivalent in the official config")
         common = {
             "d_model": self.d_model,
             "nhead": self.nhead,
@@ -594,6 +603,11 @@ class StyleDecoder(nn.Module):
         # concat(upper, lower)[..., gather] puts every value at its configured coefficient index
         order = torch.tensor(cfg.upper_face3d_indices + cfg.lower_face3d_indices)
         self.register_buffer("_gather", torch.argsort(order), persistent=False)
+        self.style_residual: nn.Linear | None = None
+        if cfg.style_residual:
+            self.style_residual = nn.Linear(d, cfg.face3d_dim)
+            nn.init.zeros_(self.style_residual.weight)
+            nn.init.zeros_(self.style_residual.bias)
 
     def prepare(self, style: Tensor) -> PreparedStyle:
         """Mix the style-dependent weights of both stacks once for style codes ``(B, C)``."""
@@ -620,7 +634,10 @@ class StyleDecoder(nn.Module):
         up_mix, low_mix = (prepared.upper, prepared.lower) if prepared is not None else (None, None)
         upper = self.upper_tail_fc(self.upper_decoder(query, memory, style, token, up_mix))  # (B*N, 51)
         lower = self.lower_tail_fc(self.lower_decoder(query, memory, style, token, low_mix))  # (B*N, 13)
-        return torch.cat([upper, lower], dim=-1)[:, self._gather].reshape(b, n, -1)
+        out = torch.cat([upper, lower], dim=-1)[:, self._gather].reshape(b, n, -1)  # (B, N, 64)
+        if self.style_residual is not None:
+            out = out + self.style_residual(style).unsqueeze(1)  # (B, 1, 64): the style's static pose
+        return out
 
 
 class StyleTalk(nn.Module):

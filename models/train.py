@@ -9,7 +9,15 @@ Losses (each switchable; a zero weight also skips building the matching discrimi
 * lip sync - a SyncNet-like discriminator of phoneme window vs mouth motion (``--w-sync``);
 * style - a style classifier of sequences; generated sequences must be classified as their reference's
   style (``--w-style``);
-* temporal - a PatchGAN over time, real vs generated sequences (``--w-temporal``).
+* temporal - a PatchGAN over time, real vs generated sequences (``--w-temporal``);
+* style statistics - every generated sequence's per-coefficient mean and spread over time must match its
+  reference's (``--w-stat-mean``, ``--w-stat-std``). Unlike the adversarial style loss this is a direct
+  target for the cross-style items, which have no ground truth: it teaches the decoder each style's static
+  pose and how much each part of the face moves (brows, blinks, mouth amplitude).
+
+``--style-residual`` adds a linear path from the style code to the output (``StyleTalkConfig``), and
+``--recognized-labels <file>`` (``benchmarks.recognized_labels``) trains a share (``--recognized-prob``) of
+the items on the streaming recognizer's labels of the same audio, so the decoder learns its boundary errors.
 
 Batches are sequences of ``seq_len`` consecutive frames (the style, sync and temporal losses judge
 sequences, not frames). Besides the supervised items, each batch holds *cross-style* items: phonemes of a
@@ -116,6 +124,15 @@ class TrainConfig:
     w_sync: float = 0.05
     w_style: float = 0.05
     w_temporal: float = 0.02
+    w_stat_mean: float = 0.0  # style statistics: output mean vs reference mean (L1, 64 coefficients)
+    w_stat_std: float = 0.0  # output std over time vs the reference's (L1, 64 coefficients)
+    style_residual: bool = False  # linear style-code -> expression path (see StyleTalkConfig)
+    recognized_labels: str = ""  # JSON of recognizer labels per source clip (benchmarks.recognized_labels)
+    recognized_prob: float = 0.5  # share of items trained on recognized labels (when the file is given)
+    select_style: bool = False  # model selection on tail mouth L1 + style offset L1 (else mouth L1 only)
+    init: str = ""  # start from this checkpoint's weights (fine-tuning); new modules keep their init
+    intensity_aug: float = 0.0  # share of cross-style items decoded at a random intensity (0 = off)
+    intensity_max: float = 2.0  # their intensity k ~ U(0.5, intensity_max)
     # model size (the official full model: 256 / 8 / 1024 / 3 / 128)
     d_model: int = 128
     nhead: int = 4
@@ -142,6 +159,7 @@ class TrainConfig:
             num_decoder_layers=self.layers,
             ph_embed_dim=self.ph_embed_dim,
             dynamic_k=self.dynamic_k,
+            style_residual=self.style_residual,
         )
 
     def discriminators(self) -> list[str]:
@@ -171,6 +189,14 @@ def triplet_loss(codes: Tensor, labels: Tensor, margin: float) -> Tensor:
     return hinge[valid].mean()
 
 
+def style_stat_loss(pred: Tensor, ref_mean: Tensor, ref_std: Tensor) -> tuple[Tensor, Tensor]:
+    """L1 between a generated sequence's per-coefficient mean / std over time and its reference's;
+    ``pred (B, L, 64)``, ``ref_mean``/``ref_std (B, 64)``."""
+    mean_err = (pred.mean(1) - ref_mean).abs().mean()
+    std_err = (pred.std(1) - ref_std).abs().mean()
+    return mean_err, std_err
+
+
 # --------------------------------------------------------------------------------------------- inference
 @torch.no_grad()
 def predict(model: StyleTalk, windows: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -193,6 +219,40 @@ def clip_style_code(model: StyleTalk, exp: np.ndarray, min_frames: int = 64) -> 
         clip, mask = pad_reference(w)
         codes.append(model.encode_style(torch.from_numpy(clip)[None], torch.from_numpy(mask)[None])[0])
     return torch.stack(codes).mean(0).numpy().astype(np.float32)
+
+
+@dataclass
+class StyleProbe:
+    """Validation of style transfer without touching the held-out clip: the phonemes of the clip tails
+    decoded with each style clip style's code (from the clips' training heads), mean output vs the mean
+    of the style's held-out chunks (L1 over 64)."""
+
+    windows: np.ndarray  # (N, 11)
+    heads: dict[str, list[np.ndarray]]  # style -> training heads
+    means: dict[str, np.ndarray]  # style -> mean of its held-out chunks (64,)
+
+    @classmethod
+    def from_split(cls, split: DataSplit) -> StyleProbe | None:
+        labels = sorted({c.style for c in split.style_train})
+        if not labels or not split.val_tails:
+            return None
+        windows = np.concatenate([t.windows for t in split.val_tails])
+        heads = {s: [c.exp for c in split.style_train if c.style == s] for s in labels}
+        means = {}
+        for s in labels:
+            chunks = [c.exp for c in split.style_val_chunks if c.style == s]
+            means[s] = np.concatenate(chunks).mean(0) if chunks else np.concatenate(heads[s]).mean(0)
+        return cls(windows, heads, means)
+
+    @torch.no_grad()
+    def offset(self, model: StyleTalk) -> float:
+        content = model.encode_content(torch.from_numpy(self.windows)[None])
+        errs = []
+        for s, parts in self.heads.items():
+            code = np.mean([clip_style_code(model, e) for e in parts], axis=0)
+            out = model.decode(content, torch.from_numpy(code)[None])[0].numpy()
+            errs.append(float(np.abs(out.mean(0) - self.means[s]).mean()))
+        return float(np.mean(errs))
 
 
 def evaluate(model: StyleTalk, items: Sequence[EvalItem]) -> dict[str, float]:
@@ -229,11 +289,30 @@ class Trainer:
         if cfg.batch_size < 2 or cfg.batch_size % 2 or cfg.cross_style % 2:
             raise ValueError("batch_size (>= 2) and cross_style must be even")
         self.cfg = cfg
-        self.split = split or make_split(cfg.data_dir or None, cfg.holdout, cfg.tail_fraction)
-        self.sampler = Sampler(self.split, cfg.seq_len, cfg.ref_min, cfg.offset_aug, cfg.offset_prob)
+        if split is None:
+            recognized = load_recognized_labels(cfg.recognized_labels) if cfg.recognized_labels else None
+            split = make_split(cfg.data_dir or None, cfg.holdout, cfg.tail_fraction, recognized=recognized)
+        self.split = split
+        self.sampler = Sampler(
+            self.split,
+            cfg.seq_len,
+            cfg.ref_min,
+            cfg.offset_aug,
+            cfg.offset_prob,
+            cfg.recognized_prob if cfg.recognized_labels else 0.0,
+        )
         self.val_items = evaluation_items(self.split)
+        self.style_probe = StyleProbe.from_split(self.split) if cfg.select_style else None
+        # statistics of the neutral face (source speakers' read speech): the k = 0 end of intensity
+        src = self.split.train_sources
+        self.neutral_mean = torch.from_numpy(np.mean([s.exp.mean(0) for s in src], axis=0).astype(np.float32))
+        self.neutral_std = torch.from_numpy(
+            np.mean([self.sampler.window_stats(s.exp)[1] for s in src], axis=0).astype(np.float32)
+        )
         torch.manual_seed(cfg.seed)
         self.model = StyleTalk(cfg.model_config())
+        if cfg.init:
+            self._init_from(cfg.init)
         self.ema_model = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
         if self.ema_model is not None:
             self.ema_model.requires_grad_(False)
@@ -252,6 +331,23 @@ class Trainer:
         self.best_step = -1
         self.history: list[dict[str, float]] = []
         self.out_dir = Path(cfg.out_dir)
+
+    def _init_from(self, path: str) -> None:
+        """Copy the weights of checkpoint ``path`` (same network size); modules it lacks (e.g. the style
+        residual path) keep their initialisation, anything else that does not fit is an error."""
+        ckpt = load_checkpoint(path)
+        if ckpt.kind != CHECKPOINT_KIND:
+            raise CheckpointError(f"{path} holds a {ckpt.kind!r} checkpoint, not {CHECKPOINT_KIND!r}")
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(ckpt.state_dict))
+        unknown = sorted(set(ckpt.state_dict) - set(own))
+        shapes = sorted(k for k in own if k in ckpt.state_dict and own[k].shape != ckpt.state_dict[k].shape)
+        if unknown or shapes or any(not k.startswith("decoder.style_residual.") for k in missing):
+            raise CheckpointError(
+                f"cannot start from {path}: unknown {unknown[:3]}, missing {missing[:3]}, shape mismatch "
+                f"{shapes[:3]} (the network size options must match the checkpoint's)"
+            )
+        self.model.load_state_dict({**own, **ckpt.state_dict})
 
     # ---- schedule
     def lr_at(self, step: int) -> float:
@@ -281,7 +377,10 @@ class Trainer:
         # drop the padding columns no reference uses: same codes, up to ~2x less style-encoder work
         used = int((~batch.reference_mask).sum(1).max())
         style = self.model.encode_style(batch.reference[:, :used], batch.reference_mask[:, :used])  # (B, C)
-        pred = self.model.decode(self.model.encode_content(batch.windows), style)  # (B, L, 64)
+        code, ref_mean, ref_std = style, batch.ref_mean, batch.ref_std
+        if c.intensity_aug > 0 and ref_mean is not None and ref_std is not None and bool(has.any()):
+            code, ref_mean, ref_std = self._intensity_items(style, has, ref_mean, ref_std, rng)
+        pred = self.model.decode(self.model.encode_content(batch.windows), code)  # (B, L, 64)
         logs: dict[str, float] = {}
 
         # discriminators: real data vs the (detached) current generation
@@ -326,6 +425,10 @@ class Trainer:
             loss = temporal_g_loss(self.discs["temporal"], pred)
             logs["g_temporal"] = float(loss.detach())
             g_loss = g_loss + c.w_temporal * loss
+        if (c.w_stat_mean > 0 or c.w_stat_std > 0) and ref_mean is not None and ref_std is not None:
+            mean_err, std_err = style_stat_loss(pred, ref_mean, ref_std)
+            logs["stat_mean"], logs["stat_std"] = float(mean_err.detach()), float(std_err.detach())
+            g_loss = g_loss + c.w_stat_mean * mean_err + c.w_stat_std * std_err
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if c.grad_clip > 0:
@@ -335,6 +438,29 @@ class Trainer:
         logs["loss"] = float(g_loss.detach())
         self.step += 1
         return logs
+
+    def _intensity_items(
+        self, style: Tensor, has: Tensor, ref_mean: Tensor, ref_std: Tensor, rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Interpolation/extrapolation augmentation: a share of the cross-style items is decoded with
+        ``neutral + k (code - neutral)``, k ~ U(0.5, intensity_max), and its statistics targets move the same
+        way from the neutral face's (``neutral_mean + k (ref_mean - neutral_mean)``, std likewise, >= 0).
+        The neutral code is the mean code of the batch's source-speaker items, as ``style_codes`` defines
+        ``neutral``. This teaches the decoder that intensity 2 means twice the style's departure from
+        neutral, where plain code extrapolation saturates (softmax expert mixing, LayerNorm)."""
+        c = self.cfg
+        b = style.shape[0]
+        pick = (~has).numpy() & (rng.random(b) < c.intensity_aug)
+        k = np.ones(b, np.float32)
+        k[pick] = rng.uniform(0.5, c.intensity_max, int(pick.sum()))
+        if not pick.any():
+            return style, ref_mean, ref_std
+        kt = torch.from_numpy(k)[:, None]  # (B, 1)
+        neutral = style[has].mean(0, keepdim=True).detach()  # (1, C)
+        code = neutral + kt * (style - neutral)
+        mean = self.neutral_mean + kt * (ref_mean - self.neutral_mean)
+        std = (self.neutral_std + kt * (ref_std - self.neutral_std)).clamp_min(0.0)
+        return code, mean, std
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -348,9 +474,12 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         model = self.eval_model.eval()
         metrics = evaluate(model, self.val_items)
+        score = metrics.get("tail_mouth_l1", metrics.get("clip_mouth_l1", math.inf))
+        if self.style_probe is not None:
+            metrics["style_offset_l1"] = self.style_probe.offset(model)
+            score += metrics["style_offset_l1"]
         metrics["step"] = float(self.step)
         self.history.append(metrics)
-        score = metrics.get("tail_mouth_l1", metrics.get("clip_mouth_l1", math.inf))
         if score < self.best:  # model selection on the clip tails only; held-out clips stay a clean test
             self.best, self.best_step = score, self.step
             self.save_model(self.out_dir / "best.pt", half=False)
@@ -493,6 +622,16 @@ def save_style_codes(path: str | os.PathLike[str], codes: dict[str, np.ndarray])
     np.savez(path, names=np.array(list(codes)), **{k: v.astype(np.float32) for k, v in codes.items()})
 
 
+def load_recognized_labels(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Clip name -> recognizer label ids from a ``benchmarks.recognized_labels`` file."""
+    with open(path, encoding="utf-8") as fh:
+        raw = json.load(fh)
+    labels = raw.get("labels") if isinstance(raw, dict) else None
+    if not isinstance(labels, dict):
+        raise ValueError(f"{path}: no 'labels' mapping (write it with python -m benchmarks.recognized_labels)")
+    return {str(k): np.asarray(v, np.int64) for k, v in labels.items()}
+
+
 def load_style_codes(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {str(n): z[str(n)] for n in z["names"]}
@@ -534,6 +673,17 @@ _FIELD_HELP: dict[str, tuple[str, str]] = {
     "w_sync": ("loss weights", "lip-sync discriminator (adversarial)"),
     "w_style": ("loss weights", "style discriminator (adversarial)"),
     "w_temporal": ("loss weights", "temporal discriminator (adversarial)"),
+    "w_stat_mean": ("loss weights", "style statistics: L1 of the output's mean over time vs the reference's"),
+    "w_stat_std": ("loss weights", "style statistics: L1 of the output's spread over time vs the reference's"),
+    "init": ("data and output", "start from this checkpoint's weights (fine-tuning); new modules keep their init"),
+    "recognized_labels": ("data and output", "JSON of the recognizer's labels per source clip "
+                          "(python -m benchmarks.recognized_labels): trains on the recognizer's boundary errors"),
+    "recognized_prob": ("schedule", "share of items trained on recognized labels (when --recognized-labels is given)"),
+    "select_style": ("schedule", "select the exported model on tail mouth L1 + style offset (else mouth L1 only)"),
+    "intensity_aug": ("schedule", "share of cross-style items decoded at a random intensity (0 = off)"),
+    "intensity_max": ("schedule", "those items' intensity k ~ U(0.5, this)"),
+    "style_residual": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)",
+                       "linear style-code -> expression path added to the output (not in the official model)"),
     "d_model": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "transformer width"),
     "nhead": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "attention heads"),
     "dim_feedforward": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)", "feed-forward width"),
@@ -550,7 +700,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except empty ones ("", False, None) that say nothing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in ("", None, False):
+        if action.default is None or action.default is False or action.default == "":  # not 0 / 0.0
             return action.help
         return super()._get_help_string(action)
 
@@ -572,7 +722,9 @@ def _parser() -> argparse.ArgumentParser:
         group = groups.setdefault(group_name, p.add_argument_group(group_name))
         flag = flag_names.get(f.name, "--" + f.name.replace("_", "-"))
         value = getattr(defaults, f.name)
-        if isinstance(value, list):
+        if isinstance(value, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=value, help=help_text)
+        elif isinstance(value, list):
             group.add_argument(flag, dest=f.name, nargs="*", default=value, metavar="CLIP", help=help_text)
         else:
             metavar = "PATH" if isinstance(value, str) else ("N" if isinstance(value, int) else "X")
@@ -624,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = load_checkpoint(best_path)
     summary = {
         "best_step": trainer.best_step,
-        "best_tail_mouth_l1": trainer.best,
+        "selection": "tail mouth L1 + style offset L1" if cfg.select_style else "tail mouth L1",
+        "best_selection_score": trainer.best,
         "final_step": trainer.step,
         "train_seconds_this_session": round(elapsed, 1),
         "parameters": n_params,

@@ -66,10 +66,22 @@ class ServedSession(MediaSession, Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+class SessionSlots(Protocol):
+    """The engine's registry of running sessions, as far as the server reads it (``/healthz``)."""
+
+    def __len__(self) -> int: ...
+
+
 class ServedRuntime(Protocol):
-    """The process-wide engine as the server sees it: configuration and a session factory."""
+    """The process-wide engine as the server sees it: configuration, a session factory (which admits against
+    ``max_sessions``: the one place that checks it) and the release of a session's slot."""
 
     @property
     def config(self) -> Config: ...
 
-    def new_session(self, session_id: str) -> ServedSession: ...
+    @property
+    def sessions(self) -> SessionSlots: ...
+
+    def new_session(self, session_id: str, max_sessions: int | None = None) -> ServedSession: ...
+
+    def forget(self, session_id: str, session: object | None = None) -> None: ...

@@ -31,7 +31,7 @@ MAX_TRANSITION_MS = 10_000
 # channel). aiortc builds transports and gathers candidates per unbundled section: hundreds of them stall it.
 MAX_MEDIA_SECTIONS = 8
 MAX_IMAGE_SIDE = 4096  # avatar photos are cropped to the face; larger only costs memory (decompression bombs)
-STYLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}")
+STYLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+\-]{0,63}")  # "a+b": the mix of styles a and b
 # A JSON id may be a string or an integer that survives a round trip through a JavaScript number.
 MAX_SAFE_INT = (1 << 53) - 1
 
@@ -147,12 +147,32 @@ def public_message(text: str) -> str:
 # --- requests ---
 
 
+REQUEST_TYPES: dict[str, type[Request]] = {}  # wire type -> request class; filled as the classes are defined
+
+
 @dataclass(frozen=True)
 class Request:
-    """Base of all requests: ``id`` is echoed in the reply so a client can match it to its request."""
+    """Base of all requests: ``id`` is echoed in the reply so a client can match it to its request.
+
+    A subclass with a ``TYPE`` registers itself in :data:`REQUEST_TYPES`; one with fields overrides
+    :meth:`parse`. So a new request is one class here, one handler in the server, one row in PROTOCOL.md
+    (``tests/test_protocol_docs.py`` checks the last two).
+    """
 
     TYPE: ClassVar[str] = ""
     id: str | int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE:
+            if cls.TYPE in REQUEST_TYPES:
+                raise TypeError(f"request type {cls.TYPE!r} is defined twice")
+            REQUEST_TYPES[cls.TYPE] = cls
+
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> Request:
+        """Validate this request's fields (``f``) into an instance; requests without fields take none."""
+        return cls(rid)
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,18 @@ class Offer(Request):
     TYPE: ClassVar[str] = "offer"
     sdp: str = ""
 
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> Offer:
+        sdp = f.string("sdp", max_chars=MAX_SDP_CHARS)
+        if not sdp or not sdp.startswith("v=0"):
+            raise f.error(ErrorCode.BAD_FIELD, '"sdp" must be an SDP offer (starting with "v=0")')
+        sections = sum(1 for line in sdp.splitlines() if line.startswith("m="))
+        if sections > MAX_MEDIA_SECTIONS:
+            raise f.error(
+                ErrorCode.BAD_SDP, f"the offer has {sections} media sections, at most {MAX_MEDIA_SECTIONS}"
+            )
+        return cls(rid, sdp=sdp)
+
 
 @dataclass(frozen=True)
 class IceCandidate(Request):
@@ -176,6 +208,21 @@ class IceCandidate(Request):
     candidate: str = ""
     sdp_mid: str | None = None
     sdp_mline_index: int | None = None
+
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> IceCandidate:
+        candidate = f.string("candidate", max_chars=MAX_CANDIDATE_CHARS)
+        mid_value = f.obj.get("sdpMid")
+        f.used.add("sdpMid")
+        if mid_value is not None and (not isinstance(mid_value, str) or len(mid_value) > 32):
+            raise f.error(ErrorCode.BAD_FIELD, '"sdpMid" must be a string of at most 32 characters or null')
+        index_value = f.obj.get("sdpMLineIndex")
+        f.used.add("sdpMLineIndex")
+        if index_value is not None:
+            index_value = f.integer("sdpMLineIndex", lo=0, hi=255)
+        if candidate and mid_value is None and index_value is None:
+            raise f.error(ErrorCode.BAD_FIELD, 'a candidate needs "sdpMid" or "sdpMLineIndex"')
+        return cls(rid, candidate=candidate or "", sdp_mid=mid_value, sdp_mline_index=index_value)
 
 
 @dataclass(frozen=True)
@@ -196,11 +243,21 @@ class SetStyle(Request):
     name: str = ""
     transition_ms: int = 250
 
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> SetStyle:
+        name = f.style_name()
+        transition = f.integer("transition_ms", lo=0, hi=MAX_TRANSITION_MS, default=250)
+        return cls(rid, name=name, transition_ms=int(transition or 0))
+
 
 @dataclass(frozen=True)
 class SetIntensity(Request):
     TYPE: ClassVar[str] = "set_intensity"
     value: float = 1.0
+
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> SetIntensity:
+        return cls(rid, value=f.number("value", lo=0.0, hi=MAX_INTENSITY))
 
 
 @dataclass(frozen=True)
@@ -212,6 +269,12 @@ class UploadStyle(Request):
     format: str = "npy"
     data: bytes = field(default=b"", repr=False)
 
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> UploadStyle:
+        name = f.style_name()
+        fmt = f.choice("format", CLIP_FORMATS)
+        return cls(rid, name=name, format=fmt, data=f.upload("data", fmt, limits.max_upload_bytes))
+
 
 @dataclass(frozen=True)
 class SetAvatar(Request):
@@ -220,6 +283,11 @@ class SetAvatar(Request):
     TYPE: ClassVar[str] = "set_avatar"
     format: str = "png"
     data: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> SetAvatar:
+        fmt = f.choice("format", IMAGE_FORMATS)
+        return cls(rid, format=fmt, data=f.upload("data", fmt, limits.max_upload_bytes))
 
 
 @dataclass(frozen=True)
@@ -244,24 +312,6 @@ class GetStats(Request):
     TYPE: ClassVar[str] = "stats"
 
 
-REQUEST_TYPES: dict[str, type[Request]] = {
-    cls.TYPE: cls
-    for cls in (
-        Ping,
-        Offer,
-        IceCandidate,
-        Hangup,
-        ListStyles,
-        SetStyle,
-        SetIntensity,
-        UploadStyle,
-        SetAvatar,
-        Interrupt,
-        Pause,
-        Resume,
-        GetStats,
-    )
-}
 UPLOAD_TYPES = frozenset({UploadStyle.TYPE, SetAvatar.TYPE})
 CLIP_FORMATS = ("mat", "npy")
 IMAGE_FORMATS = ("png", "jpeg")
@@ -407,7 +457,7 @@ class _Fields:
         if not STYLE_NAME_RE.fullmatch(value or ""):
             raise self.error(
                 ErrorCode.BAD_FIELD,
-                f'"{name}" must be 1..64 characters of letters, digits, space, "_", "." or "-" '
+                f'"{name}" must be 1..64 characters of letters, digits, space, "_", ".", "+" or "-" '
                 "starting with a letter or digit",
             )
         return value  # type: ignore[return-value]
@@ -551,49 +601,9 @@ def parse_message(raw: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
             rtype,
         )
     f = _Fields(obj, rid, rtype)
-    request = _build(rtype, rid, f, limits)
+    request = REQUEST_TYPES[rtype].parse(rid, f, limits)
     f.finish()
     return request
-
-
-def _build(rtype: str, rid: str | int, f: _Fields, limits: Limits) -> Request:
-    if rtype == Offer.TYPE:
-        sdp = f.string("sdp", max_chars=MAX_SDP_CHARS)
-        if not sdp or not sdp.startswith("v=0"):
-            raise f.error(ErrorCode.BAD_FIELD, '"sdp" must be an SDP offer (starting with "v=0")')
-        sections = sum(1 for line in sdp.splitlines() if line.startswith("m="))
-        if sections > MAX_MEDIA_SECTIONS:
-            raise f.error(
-                ErrorCode.BAD_SDP, f"the offer has {sections} media sections, at most {MAX_MEDIA_SECTIONS}"
-            )
-        return Offer(rid, sdp=sdp)
-    if rtype == IceCandidate.TYPE:
-        candidate = f.string("candidate", max_chars=MAX_CANDIDATE_CHARS)
-        mid_value = f.obj.get("sdpMid")
-        f.used.add("sdpMid")
-        if mid_value is not None and (not isinstance(mid_value, str) or len(mid_value) > 32):
-            raise f.error(ErrorCode.BAD_FIELD, '"sdpMid" must be a string of at most 32 characters or null')
-        index_value = f.obj.get("sdpMLineIndex")
-        f.used.add("sdpMLineIndex")
-        if index_value is not None:
-            index_value = f.integer("sdpMLineIndex", lo=0, hi=255)
-        if candidate and mid_value is None and index_value is None:
-            raise f.error(ErrorCode.BAD_FIELD, 'a candidate needs "sdpMid" or "sdpMLineIndex"')
-        return IceCandidate(rid, candidate=candidate or "", sdp_mid=mid_value, sdp_mline_index=index_value)
-    if rtype == SetStyle.TYPE:
-        name = f.style_name()
-        transition = f.integer("transition_ms", lo=0, hi=MAX_TRANSITION_MS, default=250)
-        return SetStyle(rid, name=name, transition_ms=int(transition or 0))
-    if rtype == SetIntensity.TYPE:
-        return SetIntensity(rid, value=f.number("value", lo=0.0, hi=MAX_INTENSITY))
-    if rtype == UploadStyle.TYPE:
-        name = f.style_name()
-        fmt = f.choice("format", CLIP_FORMATS)
-        return UploadStyle(rid, name=name, format=fmt, data=f.upload("data", fmt, limits.max_upload_bytes))
-    if rtype == SetAvatar.TYPE:
-        fmt = f.choice("format", IMAGE_FORMATS)
-        return SetAvatar(rid, format=fmt, data=f.upload("data", fmt, limits.max_upload_bytes))
-    return REQUEST_TYPES[rtype](rid)  # requests without fields
 
 
 # --- replies ---

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -92,6 +93,13 @@ def test_page_streams_video_moves_the_mouth_and_switches_style(live_runtime) -> 
                     await page.goto(server.url)
                     await wait_js(page, "window.styletalk && window.styletalk.styles.length > 0")
                     styles = await page.evaluate("window.styletalk.styles")
+                    # the placeholder is one paragraph: "Press Start and ..." flows as text, not three grid cells
+                    assert await page.evaluate("""(() => {
+                        const box = document.getElementById('placeholder');
+                        const p = box.querySelector('p'), b = p && p.querySelector('b');
+                        return box.children.length === 1 && b !== null
+                            && Math.abs(b.getBoundingClientRect().top - p.getBoundingClientRect().top) < 4;
+                    })()""")
 
                     await page.click("#start")
                     await wait_js(page, "document.getElementById('avatar').videoWidth > 0", timeout=60)
@@ -108,6 +116,8 @@ def test_page_streams_video_moves_the_mouth_and_switches_style(live_runtime) -> 
                     paused = await grab_mouth(page, 2.0, MOUTH_BOX)
                     await page.click("#pause")
                     await wait_js(page, "!window.styletalk.paused")
+                    logged = await page.inner_text("#log")
+                    assert "paused" in logged and "resumed" in logged and "interrupted" not in logged, logged
 
                     # Style switch by clicking its button: acknowledged by the server, shown on the page.
                     if len(styles) < 2:  # only the neutral fallback is built in: add one with the upload form
@@ -133,6 +143,24 @@ def test_page_streams_video_moves_the_mouth_and_switches_style(live_runtime) -> 
                     assert await page.inner_text("#rx-fps") not in ("", "–")
                     stats = await page.evaluate("window.styletalk.lastStats")
                     assert stats["transport"]["mic_seconds_received"] > 1.0
+                    # stage latencies: a small table of rounded figures; dropped frames with their share
+                    cells = await page.evaluate(
+                        "[...document.querySelectorAll('#stages tbody td')].map((c) => c.textContent)")
+                    assert cells and "total" in cells, cells
+                    assert all(re.fullmatch(r"\d+ ms|–", c) for c in cells[1::3] + cells[2::3]), cells
+                    assert re.fullmatch(r"\d+ \([\d.]+ % of \d+\)", await page.inner_text("#dropped"))
+                    # Stop: the readout goes blank and the replacement session logs no style change
+                    newest = "document.querySelector('#log li').textContent"  # the log lists newest first
+                    marker = await page.evaluate(newest)
+                    await page.click("#stop")
+                    await wait_js(page, "document.getElementById('start').disabled === false")
+                    await asyncio.sleep(2.5)  # two stats polls
+                    assert await page.evaluate("document.querySelectorAll('#stages tbody tr').length") == 0
+                    assert await page.inner_text("#dropped") == "–"
+                    items = await page.evaluate("[...document.querySelectorAll('#log li')].map((li) => li.textContent)")
+                    after = items[: items.index(marker)]
+                    assert any("media stopped" in t for t in after), after
+                    assert not any(re.search(r"  style ", t) for t in after), after
                     assert not errors, errors
                 finally:
                     await browser.close()

@@ -139,7 +139,7 @@ def test_client_summary_is_short_and_reads_real_stats() -> None:
 
 
 def test_serve_log_keeps_ice_chatter_out_unless_verbose() -> None:
-    from streaming.serve import CHATTY_LOGGERS, build_parser, quiet_webrtc_logs
+    from streaming.serve_command import CHATTY_LOGGERS, build_parser, quiet_webrtc_logs
 
     before = {n: logging.getLogger(n).level for n in CHATTY_LOGGERS}
     try:

@@ -92,3 +92,19 @@ def test_switch_during_crossfade_starts_from_the_blend_and_newest_wins() -> None
     sched.prune(40)
     np.testing.assert_array_equal(sched.code_at(41), a)
     assert sched._switches == []
+
+
+def test_mix_of_styles_with_plus() -> None:
+    bank, _ = _bank()
+    bank.add_code("neutral", np.zeros(8))
+    bank.add_code("a", np.full(8, 2.0))
+    bank.add_code("b", np.full(8, 4.0))
+    assert "a+b" in bank and "a + b" in bank and "a+zzz" not in bank and "zzz" not in bank
+    np.testing.assert_allclose(bank.get("a+b"), np.full(8, 3.0))
+    np.testing.assert_allclose(bank.get("a+b+neutral"), np.full(8, 2.0))
+    np.testing.assert_allclose(bank.intensity("a+b", 2.0), np.full(8, 6.0))  # intensity works on mixes
+    assert bank.names() == ["a", "b", "neutral"]  # a mix is computed, not stored
+    with pytest.raises(StyleError, match="unknown style 'zzz'"):
+        bank.get("a+zzz")
+    with pytest.raises(StyleError, match="mix"):
+        bank.add_code("a+b", np.zeros(8))  # '+' is reserved for mixes

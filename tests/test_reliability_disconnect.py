@@ -153,7 +153,7 @@ def _proc_cpu_s(pid: int) -> float:
 def test_serve_frees_slots_idles_and_stops_on_sigterm_after_disconnects() -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.serve", "--port", "0", "--max-sessions", "2"],
+        [sys.executable, "-m", "streaming.serve_command", "--port", "0", "--max-sessions", "2"],
         cwd=root,
         env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
         stdout=subprocess.PIPE,

@@ -185,7 +185,7 @@ def test_png_with_a_second_ihdr_is_refused_before_decoding(tmp_path: Path) -> No
 
 
 def test_a_large_real_photo_is_cropped_within_budget() -> None:
-    from streaming.server import _decode_avatar
+    from streaming.uploads import decode_avatar as _decode_avatar
 
     data = jpeg_bytes(big_face(4096))
     out, mb, cpu = cost(lambda: _decode_avatar(data, "jpeg", 256))
@@ -437,7 +437,7 @@ def test_tokens_with_url_special_characters_work_as_printed(runtime) -> None:
     from urllib.parse import parse_qs, urlsplit
 
     from clients.client import StyleTalkClient
-    from streaming.serve import page_url
+    from streaming.serve_command import page_url
 
     async def main() -> None:
         async with PresenterServer(runtime, settings(token=TOKEN)) as server:

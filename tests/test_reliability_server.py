@@ -463,7 +463,7 @@ def test_churn_leaves_no_growth(runtime) -> None:
 
 def test_defaults_bind_loopback_and_serve_refuses_exposure_without_a_token(monkeypatch, capsys) -> None:
     from engine.config import load_config
-    from streaming import serve
+    from streaming import serve_command as serve
 
     assert load_config().server.host == "127.0.0.1"
     assert ServerSettings().host == "127.0.0.1"

@@ -21,7 +21,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from streaming.server import PresenterServer, resolve_static
+from streaming.server import PresenterServer
+from streaming.static_http import resolve_static
 from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
     assert_collected,
     live_runtime,
@@ -304,12 +305,12 @@ def test_closing_the_socket_frees_the_session(live_runtime) -> None:  # noqa: F8
 
 
 def test_serve_command_validates_then_serves_and_stops_cleanly() -> None:
-    from streaming.serve import main
+    from streaming.serve_command import main
 
     assert main(["--max-sessions", "0"]) == 2  # config validation happens before the engine loads
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.serve", "--port", "0"],
+        [sys.executable, "-m", "streaming.serve_command", "--port", "0"],
         cwd=root,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,

@@ -201,6 +201,11 @@ function stopMedia() {
   const video = $("avatar");
   video.srcObject = null;
   $("placeholder").hidden = false;
+  showStages(null); // figures of a stopped stream would only mislead
+  $("dropped").textContent = "–";
+  $("latency").textContent = "–";
+  $("av-offset").textContent = "–";
+  $("tx-fps").textContent = "–";
 }
 
 async function stop() {
@@ -354,6 +359,30 @@ function latencyOf(engine) {
   return [engine?.latency_p50_ms, engine?.latency_p95_ms];
 }
 
+// Dropped frames with their share of all frames due, so a count in the hundreds reads as what it is.
+function showDropped(engine) {
+  const dropped = engine.dropped_frames;
+  if (!state.pc || typeof dropped !== "number") {
+    $("dropped").textContent = "–";
+    return;
+  }
+  const due = dropped + (engine.frames_sent ?? 0);
+  const share = due > 0 ? (100 * dropped) / due : 0;
+  $("dropped").textContent = `${dropped} (${share.toFixed(share < 10 ? 1 : 0)} % of ${due})`;
+}
+
+// Per-stage latency (ms since the audio arrived) as a small table, rounded; empty when there is no media.
+function showStages(latency) {
+  const body = $("stages").tBodies[0];
+  body.replaceChildren();
+  if (!latency) return;
+  for (const [stage, v] of Object.entries(latency)) {
+    if (!v || (v.p50 == null && v.p95 == null)) continue;
+    const row = body.insertRow();
+    for (const text of [stage, ms(v.p50), ms(v.p95)]) row.insertCell().textContent = text;
+  }
+}
+
 async function pollStats() {
   if (!state.connected) return;
   let prevDecoded = state._prevDecoded;
@@ -384,8 +413,8 @@ async function pollStats() {
     const av = engine.av_offset_ms ?? engine.av_offset;
     const avValue = av && typeof av === "object" ? av.p50 : av;
     $("av-offset").textContent = typeof avValue === "number" ? ms(avValue) : "–";
-    $("dropped").textContent = engine.dropped_frames ?? "–";
-    $("stages").textContent = JSON.stringify(engine.stages ?? engine.latency_ms ?? engine, null, 1);
+    showDropped(engine);
+    showStages(state.pc ? engine.latency_ms : null);
   } catch {
     /* a missed stats reply is not worth a log line */
   }

@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from engine.live.events import EventCode
 from engine.pacing import AudioTimeline
 from engine.sources import AudioNormalizer
 from engine.timing import MediaClock, Timebase
@@ -31,7 +32,7 @@ class AudioInput:
         timebase: Timebase,
         *,
         on_append: Callable[[np.ndarray, int], None],
-        error: Callable[[str, str], None],
+        error: Callable[[EventCode, str], None],
         max_ahead_s: float,
         gap_tolerance_s: float,
         compact_silence: bool = True,
@@ -53,7 +54,7 @@ class AudioInput:
             before = stats.nonfinite
             pcm16 = self.normalizer(pcm, sample_rate)
             if stats.nonfinite > before:
-                self._error("bad_audio", f"{stats.nonfinite - before} NaN/inf samples replaced by 0")
+                self._error(EventCode.BAD_AUDIO, f"{stats.nonfinite - before} NaN/inf samples replaced by 0")
             if pcm16.shape[0] == 0:
                 return
             media_now = clock.media_time(now)
@@ -66,7 +67,8 @@ class AudioInput:
                 pcm16 = self._compact(pcm16, media_now)
             result = self.timeline.push(pcm16, media_now)
         if result.dropped:
-            self._error("input_overflow", f"{result.dropped} samples dropped: audio arrives faster than real time")
+            self._error(EventCode.INPUT_OVERFLOW,
+                        f"{result.dropped} samples dropped: audio arrives faster than real time")
 
     def _compact(self, pcm16: np.ndarray, media_now: Fraction) -> np.ndarray:
         """Drop silent input while the timeline runs ahead of real time (undoes latency added by stalls)."""

@@ -11,9 +11,34 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 EVENT_QUEUE_SIZE = 256  # events nobody reads: the oldest are dropped, the newest kept
+
+
+class EventCode(StrEnum):
+    """Every ``code`` an engine event can carry (the server forwards them; ``streaming/PROTOCOL.md`` lists
+    them, ``tests/test_protocol_docs.py`` checks that it does)."""
+
+    # info
+    STARTED = "started"  # delay_ms, lookahead
+    STYLE = "style"  # name, frame, crossfade_frames
+    STYLE_ADDED = "style_added"  # name
+    AVATAR = "avatar"  # the new photo is live
+    INTERRUPTED = "interrupted"  # frame
+    PAUSED = "paused"  # frame
+    RESUMED = "resumed"
+    # errors (this session only; it keeps running)
+    BAD_AUDIO = "bad_audio"  # NaN/inf samples replaced by 0
+    INPUT_OVERFLOW = "input_overflow"  # audio arrives faster than real time: samples dropped
+    RECOGNIZER = "recognizer"  # the recognizer failed, got stuck (restarted) or was given up
+    PIPELINE = "pipeline"  # a decode/render job failed (the next one runs)
+    AVATAR_FAILED = "avatar"  # (error) the new photo could not be prepared; the old one stays
+
+
+INFO_CODES = frozenset({EventCode.STARTED, EventCode.STYLE, EventCode.STYLE_ADDED, EventCode.AVATAR,
+                        EventCode.INTERRUPTED, EventCode.PAUSED, EventCode.RESUMED})
 
 
 class EventChannel:
@@ -47,15 +72,15 @@ class EventChannel:
                 self.queue.get_nowait()
             self.queue.put_nowait(event)
 
-    def error(self, code: str, message: str) -> None:
+    def error(self, code: EventCode, message: str) -> None:
         self.errors += 1
         self.emit({"type": "error", "code": code, "message": message, "session": self.session_id})
 
-    def error_threadsafe(self, code: str, message: str) -> None:
+    def error_threadsafe(self, code: EventCode, message: str) -> None:
         if self._loop_thread is threading.current_thread():
             self.error(code, message)
         else:
             self.post(self.error, code, message)
 
-    def info(self, code: str, **data: Any) -> None:
+    def info(self, code: EventCode, **data: Any) -> None:
         self.emit({"type": "info", "code": code, "session": self.session_id, **data})

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from engine.contracts import PhonemeEventLike, Recognizer
+from engine.live.events import EventCode
 from engine.timing import Timebase
 
 REC_HANG_S = 2.0  # one recognizer call busy this long is stuck: report it, start a fresh recognizer
@@ -44,8 +45,8 @@ class RecognitionWorker:
         *,
         post: Callable[..., None],
         on_recognized: OnRecognized,
-        error: Callable[[str, str], None],
-        error_threadsafe: Callable[[str, str], None],
+        error: Callable[[EventCode, str], None],
+        error_threadsafe: Callable[[EventCode, str], None],
         make_recognizer: Callable[[], Recognizer] | None,
     ) -> None:
         self.name = name
@@ -104,11 +105,11 @@ class RecognitionWorker:
         old.put(None)
         self.busy_since = None
         if self._make_recognizer is None or self.restarts >= REC_MAX_RESTARTS:
-            self._error("recognizer", f"recognizer stuck in feed() for {now - busy:.1f} s; lip sync is off for the "
-                        "rest of this session (start a new session)")
+            self._error(EventCode.RECOGNIZER, f"recognizer stuck in feed() for {now - busy:.1f} s; lip sync is off "
+                        "for the rest of this session (start a new session)")
             return
         self.restarts += 1
-        self._error("recognizer", f"recognizer stuck in feed() for {now - busy:.1f} s; restarted it "
+        self._error(EventCode.RECOGNIZER, f"recognizer stuck in feed() for {now - busy:.1f} s; restarted it "
                     f"({self.restarts}/{REC_MAX_RESTARTS})")
         self.start(self._make_recognizer, resume_from)
 
@@ -136,7 +137,7 @@ class RecognitionWorker:
         try:
             rec = make()
         except Exception as exc:  # noqa: BLE001
-            self._error_threadsafe("recognizer", f"could not start the recognizer: {type(exc).__name__}: {exc}")
+            self._error_threadsafe(EventCode.RECOGNIZER, f"could not start the recognizer: {type(exc).__name__}: {exc}")
             return
         step = self.tb.frame_group_samples  # a restarted recognizer starts on a frame (1600 = 3 frames)
         origin: int | None = 0 if min_start is None else None  # session sample where this recognizer's input starts
@@ -161,7 +162,7 @@ class RecognitionWorker:
                     events = [(int(f) + base_frame, p) for f, p in events]
             except Exception as exc:  # noqa: BLE001 - a recognizer failure is this session's error only
                 events = []
-                self._error_threadsafe("recognizer", f"{type(exc).__name__}: {exc}")
+                self._error_threadsafe(EventCode.RECOGNIZER, f"{type(exc).__name__}: {exc}")
             if gen != self.generation:  # replaced while stuck in feed(): the audio went to the new recognizer
                 break
             self.busy_since = None

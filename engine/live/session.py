@@ -49,7 +49,7 @@ from engine.contracts import PhonemeEventLike, Recognizer, RestAware
 from engine.latency import COMPUTE_MARGIN_S
 from engine.live.audio_input import AudioInput
 from engine.live.deadlines import Deadlines
-from engine.live.events import EventChannel
+from engine.live.events import EventChannel, EventCode
 from engine.live.frames import OutputAudioChunk, OutputVideoFrame, SessionClosed
 from engine.live.output import FrameBuffer, OutputCounters, SessionOutput
 from engine.live.recognition import RecognitionWorker
@@ -170,7 +170,7 @@ class LiveSession:
         self.recognition.start(lambda: recognizer, None)
         self._producer = asyncio.create_task(self._produce(), name=f"producer-{self.session_id}")
         self._started = True
-        self.channel.info("started", delay_ms=float(self.delay) * 1000, lookahead=self.core.lookahead)
+        self.channel.info(EventCode.STARTED, delay_ms=float(self.delay) * 1000, lookahead=self.core.lookahead)
 
     async def close(self) -> None:
         """Stop tasks and threads, drop queues; idempotent. Waiting consumers get :class:`SessionClosed`."""
@@ -219,7 +219,7 @@ class LiveSession:
         try:
             self.core.on_events(events, now)
         except (ValueError, TypeError) as exc:
-            self.channel.error("recognizer", f"bad phoneme event: {exc}")
+            self.channel.error(EventCode.RECOGNIZER, f"bad phoneme event: {exc}")
         if self._wake is not None:
             self._wake.set()
 
@@ -265,7 +265,7 @@ class LiveSession:
             raise
         except Exception as exc:  # noqa: BLE001 - the stage failed for this session only; keep going
             log.exception("session %s: decode/render failed", self.session_id)
-            self.channel.error("pipeline", f"{type(exc).__name__}: {exc}")
+            self.channel.error(EventCode.PIPELINE, f"{type(exc).__name__}: {exc}")
             self.render.restart()  # restart the renderer stream on the next job
             return
         self.producer_counters.jobs += 1
@@ -337,7 +337,7 @@ class LiveSession:
         landing = self.core.switch_style(code, at_frame, frames)
         self._style_name = name
         self._update_rest()
-        self.channel.info("style", name=name, frame=landing, crossfade_frames=frames)
+        self.channel.info(EventCode.STYLE, name=name, frame=landing, crossfade_frames=frames)
         return landing
 
     def set_intensity(self, k: float) -> None:
@@ -355,13 +355,13 @@ class LiveSession:
         Runs the style encoder synchronously (tens of ms); use :meth:`add_style_async` from the event loop.
         """
         self.styles.add(name, np.asarray(clip, np.float32))
-        self.channel.info("style_added", name=name)
+        self.channel.info(EventCode.STYLE_ADDED, name=name)
 
     async def add_style_async(self, name: str, clip: np.ndarray) -> None:
         """:meth:`add_style` on the model worker, without blocking the event loop."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.runtime.worker, self.styles.add, name, np.asarray(clip, np.float32))
-        self.channel.info("style_added", name=name)
+        self.channel.info(EventCode.STYLE_ADDED, name=name)
 
     def _prepare(self, image: np.ndarray) -> Any:
         """Model worker: prepare an avatar; a rest-aware renderer shows the style's silence as the photo."""
@@ -396,9 +396,9 @@ class LiveSession:
         def done(f: asyncio.Future[None]) -> None:
             exc = f.exception()
             if exc is not None:
-                self.channel.error("avatar", str(exc))
+                self.channel.error(EventCode.AVATAR_FAILED, str(exc))
             else:
-                self.channel.info("avatar")
+                self.channel.info(EventCode.AVATAR)
 
         self._loop.run_in_executor(self.runtime.worker, swap).add_done_callback(done)
 
@@ -407,6 +407,13 @@ class LiveSession:
 
         Returns the first frame affected (None before start).
         """
+        at = self._cut()
+        if at is not None:
+            self.channel.info(EventCode.INTERRUPTED, frame=at)
+        return at
+
+    def _cut(self) -> int | None:
+        """:meth:`interrupt` without its event (pause reports itself)."""
         if not self._started or self.pacer is None:
             return None
         pacer = self.pacer
@@ -418,18 +425,19 @@ class LiveSession:
         self.timeline.mute(audio_from, self.timeline.write_pos)
         if self._wake is not None:
             self._wake.set()
-        self.channel.info("interrupted", frame=at)
         return at
 
     def pause(self) -> None:
         """Interrupt and ignore input (treated as silence) until :meth:`resume`; the face idles."""
-        self.interrupt()
+        at = self._cut()
         self.timeline.silent = True
         self._paused = True
+        self.channel.info(EventCode.PAUSED, frame=at)
 
     def resume(self) -> None:
         self.timeline.silent = False
         self._paused = False
+        self.channel.info(EventCode.RESUMED)
 
     # ============================================================================================== stats
     def stats(self) -> dict[str, Any]:

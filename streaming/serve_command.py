@@ -1,4 +1,5 @@
-"""``styletalk-live serve``: load the engine once, then serve page, websocket and WebRTC on one port."""
+"""The ``styletalk-live serve`` command (argument parsing, exposure check, logging set-up): load the engine
+once, then run :class:`streaming.server.PresenterServer` - page, websocket and WebRTC on one port."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from engine.config import ConfigError, add_config_arguments, config_from_args
+from engine.config import ConfigError, ServerConfig, add_config_arguments, config_from_args
+from streaming.contracts import ServedRuntime
+
+if TYPE_CHECKING:
+    from streaming.server import PresenterServer
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +92,21 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> str | None:
 SHUTDOWN_TIMEOUT_S = 4.0  # SIGTERM: clients are closed and sessions freed within this, then the process exits
 
 
-def page_url(server: object) -> str:
+def page_url(server: PresenterServer) -> str:
     """The URL to open: the server's page with its token, URL-encoded so that it works as printed."""
-    token = server.settings.token  # type: ignore[attr-defined]
-    return server.url + (f"?{urlencode({'token': token}, quote_via=quote)}" if token else "")  # type: ignore[attr-defined]
+    token = server.settings.token
+    return server.url + (f"?{urlencode({'token': token}, quote_via=quote)}" if token else "")
 
 
 async def serve_until_stopped(
-    runtime: object, server_config: object, web_root: Path | None = None, allowed_hosts: tuple[str, ...] = ()
+    runtime: ServedRuntime, server_config: ServerConfig, web_root: Path | None = None,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> None:
     """Run the server until SIGINT/SIGTERM; closes every client session on the way out (bounded in time)."""
     from streaming.server import PresenterServer, ServerSettings
 
     settings = dataclasses.replace(ServerSettings.from_config(server_config), allowed_hosts=tuple(allowed_hosts))
-    server = PresenterServer(runtime, settings, web_root)  # type: ignore[arg-type]
+    server = PresenterServer(runtime, settings, web_root)
     await server.start()
     print(f"styletalk-live: serving on {page_url(server)}  (Ctrl+C to stop)", flush=True)
     stop = asyncio.Event()
@@ -168,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        close = getattr(runtime, "close", None)
-        if callable(close):
-            close()
+        runtime.close()
     return 0
 
 
