@@ -15,6 +15,24 @@ keeps the head still). M-LMD = mean distance over the 20 mouth points, F-LMD ove
 frames), each against the static first frame as the baseline; plus the correlation of the inner-lip gap.
 Side-by-side sheets (real / rendered / static) go to benchmarks/results/renderer_*.png.
 
+Face measures (issue 17), on the same self-driven clips but driven with the clip's own expression *and pose*
+(``load_pose``, relative to row 0), unaligned, against the real frames:
+- mouth appearance: SSIM and PSNR of a 64×64 grey crop of the box around the *real* mouth landmarks (×1.6,
+  square), rendered vs real and static photo vs real; the same with each image's crop centred on its own mouth;
+- inside the mouth on open frames (top third of the clip's real inner-lip gap): mean and spread of luminance
+  (0–255) and the share of bright low-saturation ("teeth") pixels inside the real inner-lip outline (and inside
+  the image's own outline), rendered vs real;
+- placement: rendered vs real mouth-centre distance (px, 256²);
+- rest and closure (``rest_and_closure``): the built-in avatar driven by every built-in style on the decoder's
+  held-out clip (andrew_clip_2's reference labels, 2 s of SIL before and after): dlib inner-lip gap over
+  silent runs (≥ 10 SIL frames) minus the photo's own gap; share of P/B/M frames whose gap is within 1 px of
+  closed;
+- head motion (``head_motion``): spread of the pose the engine feeds the renderer by default vs the sample
+  speakers' (.mat angles, degrees), and the rendered vs real nose-tip travel in pixels.
+Every fitted piece is held out per clip: the expression map (``heldout/<clip>``); anything built from the sample
+videos (the mouth-interior bank) is built without the scored clip's speaker. The decoder is the built-in
+checkpoint, whose held-out clip is andrew_clip_2.
+
     .venv/bin/python -m benchmarks.renderer [--runs 30] [--stride 3] [--compile] [--no-quality]
 """
 
@@ -33,8 +51,9 @@ import torch
 from engine.avatar import builtin_avatar, detect_landmarks, load_image
 from engine.landmark_fit import STABLE, read_video_rgb, similarity_fit
 from engine.renderer import WarpRenderer
-from models.dataset import default_data_dir
-from models.warp import ExpressionMap
+from models.clips import load_pose
+from models.dataset import default_data_dir, style_label
+from models.warp import ExpressionMap, MouthBank, WarpConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +85,11 @@ def time_render(renderer: WarpRenderer, exp: np.ndarray, runs: int, pose: bool) 
 
 def speed(args: argparse.Namespace, exp: np.ndarray) -> list[dict]:
     rows = []
-    variants = [("eager", False)] + ([("compile", True)] if args.compile else [])
-    for name, comp in variants:
+    variants = [("eager", False, "bank"), ("eager", False, "painted")] + (
+        [("compile", True, "bank")] if args.compile else [])
+    for name, comp, interior in variants:
         for size in args.sizes:
-            renderer = WarpRenderer(size=size, compile=comp)
+            renderer = WarpRenderer(size=size, compile=comp, config=WarpConfig(interior=interior))
             if comp:  # compile outside the timed runs, and report how long it took
                 t0 = time.perf_counter()
                 st = renderer.prepare(builtin_avatar(size))
@@ -79,11 +99,12 @@ def speed(args: argparse.Namespace, exp: np.ndarray) -> list[dict]:
                 renderer.threads = threads
                 for pose in (False, True):
                     r = time_render(renderer, exp, args.runs, pose)
-                    r.update(variant=name, size=size, threads=threads, head_motion=pose, runs=args.runs)
+                    r.update(variant=name, interior=interior, size=size, threads=threads, head_motion=pose,
+                             runs=args.runs, loadavg=list(os.getloadavg()))
                     if comp:
                         r["compile_s"] = compile_s
                     rows.append(r)
-                    print(f"{name:8s} {size:4d}² threads {threads} motion {str(pose):5s}: "
+                    print(f"{name:8s} {interior:8s} {size:4d}² threads {threads} motion {str(pose):5s}: "
                           f"wall {r['wall_ms_median']:6.2f} ms (p90 {r['wall_ms_p90']:6.2f})  "
                           f"cpu {r['cpu_ms_median']:6.2f} ms", flush=True)
     return rows
@@ -118,6 +139,104 @@ def tile(images: list[np.ndarray], px: int) -> np.ndarray:
          for im in images], axis=1)
 
 
+# ------------------------------------------------------------------------------------------ face measures
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+TEETH_LUMA = 120.0  # a "teeth" pixel: luminance at least this (0–255) ...
+TEETH_SAT = 0.40  # ... and saturation (max − min) / max below this (lips and tongue are saturated, teeth are not)
+PSNR_CAP = 60.0  # dB, for identical crops (the first frame is the avatar itself)
+CROP = 64  # mouth crops are compared at 64×64 grey
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) @ LUMA
+
+
+def mouth_box(lmk: np.ndarray, centre: np.ndarray | None = None, side: float | None = None) -> tuple[np.ndarray, float]:
+    """Centre and side of the square box around the mouth landmarks 48–67, ×1.6."""
+    m = lmk[48:68]
+    lo, hi = m.min(0), m.max(0)
+    return ((lo + hi) / 2 if centre is None else centre), (1.6 * float((hi - lo).max()) if side is None else side)
+
+
+def crop_grey(image: np.ndarray, centre: np.ndarray, side: float) -> np.ndarray:
+    """A 64×64 grey crop of the box (bilinear; outside the image: edge pixels)."""
+    from scipy.ndimage import map_coordinates
+
+    t = (np.arange(CROP) + 0.5) / CROP - 0.5
+    ys, xs = np.meshgrid(centre[1] + t * side, centre[0] + t * side, indexing="ij")
+    return map_coordinates(grey(image), [ys, xs], order=1, mode="nearest")
+
+
+def ssim_psnr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    if np.array_equal(a, b):  # PSNR is infinite: cap it
+        return 1.0, PSNR_CAP
+    return (float(structural_similarity(a, b, data_range=255.0)),
+            min(float(peak_signal_noise_ratio(a, b, data_range=255.0)), PSNR_CAP))
+
+
+def inner_mask(lmk: np.ndarray, size: int) -> np.ndarray:
+    """Pixels inside the inner-lip outline 60–67."""
+    from skimage.draw import polygon
+
+    mask = np.zeros((size, size), bool)
+    pts = lmk[60:68]
+    rr, cc = polygon(pts[:, 1], pts[:, 0], (size, size))
+    mask[rr, cc] = True
+    return mask
+
+
+def interior_stats(image: np.ndarray, mask: np.ndarray) -> dict[str, float] | None:
+    """Mean and spread of luminance, and the teeth share, of the pixels in ``mask`` (None when < 8 pixels)."""
+    px = image[mask].astype(np.float32)
+    if len(px) < 8:
+        return None
+    luma = px @ LUMA
+    sat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0)
+    return {"luma_mean": float(luma.mean()), "luma_std": float(luma.std()),
+            "teeth": float(((luma >= TEETH_LUMA) & (sat < TEETH_SAT)).mean())}
+
+
+def face_measures(real: np.ndarray, rend: np.ndarray, static: np.ndarray, l_real: np.ndarray, l_rend: np.ndarray,
+                  l_static: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame mouth appearance, interior and placement figures (frames with landmarks on both sides)."""
+    out: dict[str, list] = {k: [] for k in ("ssim", "psnr", "ssim_static", "psnr_static", "ssim_own", "psnr_own",
+                                            "ssim_own_static", "centre_err", "gap_real")}
+    interior: list[tuple[dict | None, dict | None, dict | None]] = []
+    size = real.shape[1]
+    for i in range(len(real)):
+        c, side = mouth_box(l_real[i])
+        r_crop = crop_grey(real[i], c, side)
+        for key, img in (("", rend[i]), ("_static", static)):
+            ss, ps = ssim_psnr(crop_grey(img, c, side), r_crop)
+            out["ssim" + key].append(ss)
+            out["psnr" + key].append(ps)
+        ss, ps = ssim_psnr(crop_grey(rend[i], mouth_box(l_rend[i])[0], side), r_crop)
+        out["ssim_own"].append(ss)
+        out["psnr_own"].append(ps)
+        out["ssim_own_static"].append(ssim_psnr(crop_grey(static, mouth_box(l_static)[0], side), r_crop)[0])
+        out["centre_err"].append(float(np.linalg.norm(l_rend[i, 48:68].mean(0) - l_real[i, 48:68].mean(0))))
+        out["gap_real"].append(float(inner_gap(l_real[i])))
+        m_real = inner_mask(l_real[i], size)
+        interior.append((interior_stats(real[i], m_real), interior_stats(rend[i], m_real),
+                         interior_stats(rend[i], inner_mask(l_rend[i], size))))
+    res = {k: np.asarray(v) for k, v in out.items()}
+    res["interior"] = np.asarray(interior, dtype=object)
+    return res
+
+
+def summarise_interior(rows: np.ndarray, gaps: np.ndarray) -> dict[str, float | int]:
+    """Interior figures over the open-mouth frames (top third of the real gap)."""
+    open_ = gaps >= np.quantile(gaps, 2 / 3)
+    out: dict[str, float | int] = {"open_frames": int(open_.sum())}
+    for j, who in enumerate(("real", "rendered", "rendered_own_outline")):
+        vals = [r[j] for r in rows[open_] if r[j] is not None]
+        for k in ("luma_mean", "luma_std", "teeth"):
+            out[f"{who}_{k}"] = float(np.mean([v[k] for v in vals])) if vals else float("nan")
+    return out
+
+
 def quality(args: argparse.Namespace) -> dict:
     import scipy.io
     import skimage.io
@@ -125,6 +244,7 @@ def quality(args: argparse.Namespace) -> dict:
     clips = sorted(p.stem for p in (DATA / "source" / "image").glob("*.png"))
     if not clips:
         raise SystemExit(f"no sample clips under {DATA}")
+    face_rows: dict[str, list[dict[str, np.ndarray]]] = {}
     per_clip, pooled = {}, {"m_lmd": [], "m_lmd_static": [], "f_lmd": [], "f_lmd_static": [], "gap_r": [], "gap_t": []}
     for name in clips:
         coeff = scipy.io.loadmat(str(DATA / "source" / "3dmm" / f"{name}.mat"))["coeff"].astype(np.float32)
@@ -132,7 +252,10 @@ def quality(args: argparse.Namespace) -> dict:
         video = read_video_rgb(DATA / "source" / "video" / f"{name}.mp4")
         rows = np.arange(0, min(len(exp), len(video) - SOURCE_OFFSET), args.stride)
         emap = ExpressionMap.load() if args.in_sample else ExpressionMap.load(heldout_clip=name)
-        renderer = WarpRenderer(size=256, emap=emap)
+        speaker = style_label(name)
+        bank = MouthBank.load(exclude=(speaker,))  # leave the scored speaker out of the interiors
+        renderer = WarpRenderer(size=256, emap=emap, bank=bank)
+        painted = WarpRenderer(size=256, emap=emap, config=WarpConfig(interior="painted"))
         image = load_image(DATA / "source" / "image" / f"{name}.png")
         # The still is video frame 0, which has no coefficient row (rows start at frame 2, and the first frames
         # can differ: Obama_clip2), and for the feifeili clips it is another shot altogether. By default the
@@ -157,16 +280,49 @@ def quality(args: argparse.Namespace) -> dict:
         f, fs = lmd(a_rend, a_real, slice(0, 68)), lmd(first[None], a_real, slice(0, 68))
         g_rend, g_real = inner_gap(a_rend), inner_gap(a_real)
         corr = float(np.corrcoef(g_rend, g_real)[0, 1])
+
+        # face measures: driven by the clip's own pose too, unaligned
+        pose = load_pose(DATA / "source" / "3dmm" / f"{name}.mat")
+        faces, posed_by = {}, {}
+        for key, rnd in (("bank", renderer), ("painted", painted)):
+            st = state if rnd is renderer else rnd.prepare(image if use_png else first_frame, exp_ref=exp[0])
+            rnd.reset(st)
+            posed = np.concatenate([rnd.render(st, exp[rows[i : i + 16]], pose[rows[i : i + 16]])
+                                    for i in range(0, len(rows), 16)])
+            l_posed = detect_all(posed)
+            okp = ~(np.isnan(l_real).any((1, 2)) | np.isnan(l_posed).any((1, 2)))
+            fm = face_measures(real[okp], posed[okp], state.image, l_real[okp], l_posed[okp], first)
+            fc = {k: float(np.mean(fm[k])) for k in fm if k not in ("interior", "gap_real")}
+            fc.update(summarise_interior(fm["interior"], fm["gap_real"]))
+            fc["frames"] = int(okp.sum())
+            faces[key], posed_by[key] = fc, (posed, l_posed, okp, fm["gap_real"])
+            face_rows.setdefault(key, []).append(fm)
+        face = faces["bank"]
+        face["donor"] = bank.speakers[bank.donor()]
+        nose = l_real[~np.isnan(l_real).any((1, 2)), 30]
+        face["real_nose_travel_px"] = float(np.linalg.norm(nose - nose.mean(0), axis=-1).max() * 2)
         per_clip[name] = {
             "frames": int(ok.sum()), "m_lmd": float(m.mean()), "m_lmd_static": float(ms.mean()),
             "f_lmd": float(f.mean()), "f_lmd_static": float(fs.mean()), "mouth_opening_corr": corr,
-            "avatar": "source/image png" if use_png else "video frame 2",
+            "avatar": "source/image png" if use_png else "video frame 2", "face": face,
+            "face_painted": faces["painted"], "gap_amplitude": float(g_rend.std() / g_real.std()),
         }
         for k, v in (("m_lmd", m), ("m_lmd_static", ms), ("f_lmd", f), ("f_lmd_static", fs),
                      ("gap_r", g_rend), ("gap_t", g_real)):
             pooled[k].append(v)
         print(f"{name:22s} frames {ok.sum():4d}  M-LMD {m.mean():5.2f} (static {ms.mean():5.2f})  "
               f"F-LMD {f.mean():5.2f} (static {fs.mean():5.2f})  mouth-opening r {corr:5.2f}", flush=True)
+        print(f"{'':22s} mouth SSIM {face['ssim']:.3f} (static {face['ssim_static']:.3f}, own-centred "
+              f"{face['ssim_own']:.3f})  PSNR {face['psnr']:.2f}  centre err {face['centre_err']:.2f} px  teeth "
+              f"{face['rendered_teeth']:.2f} (own {face['rendered_own_outline_teeth']:.2f}) vs real "
+              f"{face['real_teeth']:.2f}  luma {face['rendered_luma_mean']:.0f}±{face['rendered_luma_std']:.0f} vs "
+              f"{face['real_luma_mean']:.0f}±{face['real_luma_std']:.0f}", flush=True)
+        if name in args.sheets:
+            pb, lb, okb, _ = posed_by["bank"]
+            pp, _, okq, _ = posed_by["painted"]
+            both = okb & okq
+            mouth_sheet(name, real[both], pb[both], pp[both], state.image, l_real[both], lb[both], first,
+                        inner_gap(l_real[both]))
         if name in args.sheets:
             pick = np.linspace(0, len(rows) - 1, 8).round().astype(int)
             sheet = np.concatenate([tile([real[i] for i in pick], 128), tile([rendered[i] for i in pick], 128),
@@ -175,15 +331,202 @@ def quality(args: argparse.Namespace) -> dict:
             skimage.io.imsave(path, sheet, check_contrast=False)
             print(f"  wrote {path} ({path.stat().st_size // 1024} KiB): rows real / rendered / static", flush=True)
     cat = {k: np.concatenate(v) for k, v in pooled.items()}
+    face_summaries = {}
+    for key, fkey in (("bank", "face"), ("painted", "face_painted")):
+        rows_k = face_rows[key]
+        fcat = {k: np.concatenate([r[k] for r in rows_k]) for k in rows_k[0] if k != "interior"}
+        fs = {k: float(np.mean(v)) for k, v in fcat.items() if k != "gap_real"}
+        fs["centre_err_max_clip"] = max(c[fkey]["centre_err"] for c in per_clip.values())
+        for k in ("real_teeth", "rendered_teeth", "rendered_own_outline_teeth", "real_luma_mean",
+                  "rendered_luma_mean", "real_luma_std", "rendered_luma_std"):
+            fs[k] = float(np.nanmean([c[fkey][k] for c in per_clip.values()]))
+        fs["teeth_abs_err"] = float(np.nanmean(
+            [abs(c[fkey]["rendered_teeth"] - c[fkey]["real_teeth"]) for c in per_clip.values()]))
+        fs["teeth_abs_err_own"] = float(np.nanmean(
+            [abs(c[fkey]["rendered_own_outline_teeth"] - c[fkey]["real_teeth"]) for c in per_clip.values()]))
+        print(f"face, {key} interior (pooled frames; interior: mean over clips):",
+              json.dumps({k: round(v, 3) for k, v in fs.items()}))
+        face_summaries[key] = fs
+    face_summary = face_summaries["bank"]
+    face_summary["real_nose_travel_px_max"] = max(c["face"]["real_nose_travel_px"] for c in per_clip.values())
+    face_summary["ssim_vs_painted"] = face_summary["ssim"] / face_summaries["painted"]["ssim"]
+    face_summary["ssim_own_vs_painted"] = face_summary["ssim_own"] / face_summaries["painted"]["ssim_own"]
+    print(f"mouth SSIM bank / painted: real-box {face_summary['ssim_vs_painted']:.3f}, own-centred "
+          f"{face_summary['ssim_own_vs_painted']:.3f}")
     summary = {
         "m_lmd": float(cat["m_lmd"].mean()), "m_lmd_static": float(cat["m_lmd_static"].mean()),
         "f_lmd": float(cat["f_lmd"].mean()), "f_lmd_static": float(cat["f_lmd_static"].mean()),
         "mouth_opening_corr": float(np.corrcoef(cat["gap_r"], cat["gap_t"])[0, 1]),
         "frames": int(len(cat["m_lmd"])), "expression_map": "in-sample" if args.in_sample else "held-out per clip",
-        "avatar": args.first,
+        "avatar": args.first, "face": face_summary, "face_painted": face_summaries["painted"],
+        "gap_amplitude": float(cat["gap_r"].std() / cat["gap_t"].std()),
     }
     print("pooled:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
     return {"summary": summary, "clips": per_clip}
+
+
+# ------------------------------------------------------------------------------------------ rest and motion
+SIL, BILABIAL = 31, (6, 21, 27)  # phindex.json: SIL; B, M, P
+HELDOUT_SENTENCE = "andrew_clip_2"  # the built-in decoder's held-out clip (models/assets/styletalk_default.md)
+
+
+def silent_runs(labels: np.ndarray, min_len: int = 10) -> np.ndarray:
+    """Frame indices inside runs of at least ``min_len`` SIL labels."""
+    idx, start = [], None
+    for i, v in enumerate(np.append(labels, -1)):
+        if v == SIL and start is None:
+            start = i
+        elif v != SIL and start is not None:
+            if i - start >= min_len:
+                idx.extend(range(start, i))
+            start = None
+    return np.asarray(idx, np.int64)
+
+
+def rest_and_closure(args: argparse.Namespace) -> dict:
+    """Silence gap per built-in style and bilabial closure, on the built-in avatar (see the module docstring)."""
+    from engine.config import Config
+    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
+    from models.phonemes import phoneme_windows
+
+    decoder = build_decoder(Config())
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[: args.sentence_frames]
+    pad = np.full(60, SIL, np.int64)
+    labels = np.concatenate([pad, np.asarray(seq, np.int64), pad])
+    sil = silent_runs(labels)[:: args.stride]
+    bil = np.flatnonzero(np.isin(labels, BILABIAL))
+    renderer = WarpRenderer(size=256)
+    state = renderer.prepare(builtin_avatar(256))
+    photo_gap = float(inner_gap(detect_landmarks(state.image)))
+    windows = phoneme_windows(labels)
+    out: dict = {"photo_gap_px": photo_gap, "sentence": HELDOUT_SENTENCE, "silent_frames": int(len(sil)),
+                 "bilabial_frames": int(len(bil)), "styles": {}}
+    with np.load(BUILTIN_STYLE_CODES) as codes:
+        names = [n for n in codes.files if n != "names"]
+        for style in names:
+            exp = decoder.decode(windows, codes[style])
+            if not args.no_rest_reference:
+                renderer.set_rest(state, decoder.idle(codes[style]))
+            pick = np.concatenate([sil, bil])
+            frames = renderer.render(state, exp[pick], None)
+            gaps = inner_gap(detect_all(frames))
+            g_sil, g_bil = gaps[: len(sil)], gaps[len(sil):]
+            row = {"silence_gap_px": float(np.nanmean(g_sil) - photo_gap),
+                   "silence_gap_abs_px": float(np.nanmean(np.abs(g_sil - photo_gap))),
+                   "bilabial_closed": float(np.nanmean(g_bil <= 1.0)),
+                   "bilabial_closed_2px": float(np.nanmean(g_bil <= 2.0)),
+                   "bilabial_gap_px": float(np.nanmedian(g_bil))}
+            out["styles"][style] = row
+            print(f"  style {style:12s} silence gap − photo {row['silence_gap_px']:+6.2f} px   bilabial closed "
+                  f"{row['bilabial_closed']:.0%} (median gap {row['bilabial_gap_px']:.1f} px)", flush=True)
+    st = out["styles"].values()
+    out["silence_gap_px_mean"] = float(np.mean([r["silence_gap_px"] for r in st]))
+    out["silence_gap_px_worst"] = float(max((r["silence_gap_px"] for r in st), key=abs))
+    out["bilabial_closed_mean"] = float(np.mean([r["bilabial_closed"] for r in st]))
+    out["bilabial_closed_2px_mean"] = float(np.mean([r["bilabial_closed_2px"] for r in st]))
+    out["bilabial_gap_px_median"] = float(np.median([r["bilabial_gap_px"] for r in st]))
+    print(f"rest: photo gap {photo_gap:.1f} px; silence gap − photo mean {out['silence_gap_px_mean']:+.2f} px "
+          f"(worst {out['silence_gap_px_worst']:+.2f}); bilabial closed {out['bilabial_closed_mean']:.0%} "
+          f"(≤ 2 px: {out['bilabial_closed_2px_mean']:.0%})", flush=True)
+    return out
+
+
+def head_motion(args: argparse.Namespace) -> dict:
+    """Default (unscripted) head motion of the engine vs the sample speakers: angle spread and nose travel."""
+    import scipy.io
+
+    from engine.motion import IdleMotion
+
+    real = []
+    for mat in sorted((DATA / "source" / "3dmm").glob("*.mat")) + sorted((DATA / "style" / "3dmm").glob("*.mat")):
+        ang = scipy.io.loadmat(str(mat))["coeff"][:, 224:227]
+        real.append(np.degrees(ang.std(0)))
+    real_std = np.mean(real, 0)
+    n = 6 * 30
+    motion = IdleMotion(seed=0, fps=30)
+    poses = motion.poses(np.arange(n))
+    rend_std = np.degrees(poses[:, :3].std(0))
+    renderer = WarpRenderer(size=256)
+    state = renderer.prepare(builtin_avatar(256))
+    frames = renderer.render(state, np.zeros((n, 64), np.float32)[::3], poses[::3])
+    nose = detect_all(frames)[:, 30]
+    travel = float(np.nanmax(np.linalg.norm(nose - np.nanmean(nose, 0), axis=-1)) * 2)
+    out = {"real_angle_std_deg": real_std.tolist(), "rendered_angle_std_deg": rend_std.tolist(),
+           "rendered_nose_travel_px": travel, "seconds": n / 30}
+    print(f"head: angle std (pitch, yaw, roll) real {np.round(real_std, 2).tolist()} deg, rendered default "
+          f"{np.round(rend_std, 2).tolist()} deg; rendered nose travel over 6 s {travel:.1f} px", flush=True)
+    return out
+
+
+def rest_motion_sheet() -> Path:
+    """Built-in avatar, style neutral, the held-out sentence between 2 s of silence. Rows: the old behaviour
+    (rendered relative to zero expression, painted interior, still head) / now (relative to the style's rest,
+    real interiors) at silence, bilabials and open frames; then 6 s of the default head motion, 1 s apart."""
+    import skimage.io
+
+    from engine.config import Config
+    from engine.motion import IdleMotion
+    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
+    from models.phonemes import phoneme_windows
+
+    decoder = build_decoder(Config())
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:120]
+    labels = np.concatenate([np.full(60, SIL), np.asarray(seq, np.int64), np.full(60, SIL)])
+    with np.load(BUILTIN_STYLE_CODES) as codes:
+        code = codes["neutral"]
+    exp = decoder.decode(phoneme_windows(labels), code)
+    bil = np.flatnonzero(np.isin(labels, BILABIAL))
+    gw = ExpressionMap.load().weights.numpy()
+    gap = exp @ (gw[:, 66, 1] - gw[:, 62, 1])
+    speech = np.arange(60, 60 + len(seq))
+    pick = np.concatenate([[10, 40], bil[:: max(1, len(bil) // 3)][:3], speech[np.argsort(-gap[speech])[:3:1]]])
+    old = WarpRenderer(size=256, config=WarpConfig(interior="painted"))
+    st_old = old.prepare(builtin_avatar(256))
+    new = WarpRenderer(size=256)
+    st_new = new.prepare(builtin_avatar(256))
+    new.set_rest(st_new, decoder.idle(code))
+    rows = [tile(list(old.render(st_old, exp[pick], None)), 160), tile(list(new.render(st_new, exp[pick], None)), 160)]
+    t = np.arange(0, 6 * 30, 30)
+    poses = IdleMotion(seed=0).poses(np.arange(6 * 30))
+    new.reset(st_new)
+    moved = new.render(st_new, np.repeat(decoder.idle(code)[None], len(t), 0), poses[t])
+    rows.append(np.concatenate([tile(list(moved), 160), tile([st_new.image, st_new.image], 160)], 1))
+    width = max(r.shape[1] for r in rows)
+    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], 0)
+    path = RESULTS / "renderer_rest_motion.png"
+    skimage.io.imsave(path, sheet, check_contrast=False)
+    print(f"  wrote {path}: rows old / now (silence ×2, bilabials ×3, open ×3) / head motion over 6 s + photo",
+          flush=True)
+    return path
+
+
+def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, painted: np.ndarray, static: np.ndarray,
+                l_real: np.ndarray, l_rend: np.ndarray, l_static: np.ndarray, gaps: np.ndarray) -> Path:
+    """Mouth close-ups of 8 open frames: real / rendered / rendered (own box) / painted interior / static."""
+    import skimage.io
+    from scipy.ndimage import map_coordinates
+
+    def crop(img: np.ndarray, centre: np.ndarray, side: float) -> np.ndarray:
+        t = (np.arange(128) + 0.5) / 128 - 0.5
+        ys, xs = np.meshgrid(centre[1] + t * side, centre[0] + t * side, indexing="ij")
+        return np.stack([map_coordinates(img[..., c].astype(np.float32), [ys, xs], order=1, mode="nearest")
+                         for c in range(3)], -1).clip(0, 255).astype(np.uint8)
+
+    pick = np.sort(np.argsort(-gaps)[: 8 * 3 : 3])
+    rows = [[], [], [], [], []]
+    for i in pick:
+        c, side = mouth_box(l_real[i])
+        rows[0].append(crop(real[i], c, side))
+        rows[1].append(crop(rend[i], c, side))
+        rows[2].append(crop(rend[i], mouth_box(l_rend[i])[0], side))
+        rows[3].append(crop(painted[i], mouth_box(l_rend[i])[0], side))
+        rows[4].append(crop(static, mouth_box(l_static)[0], side))
+    sheet = np.concatenate([np.concatenate(r, 1) for r in rows], 0)
+    path = RESULTS / f"renderer_mouth_{name}.png"
+    skimage.io.imsave(path, sheet, check_contrast=False)
+    print(f"  wrote {path}: rows real / rendered (real box) / rendered (own box) / painted interior (same box) / "
+          "static photo", flush=True)
+    return path
 
 
 def feature_sheet(exp_open: np.ndarray) -> Path:
@@ -218,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-sample", action="store_true", help="use the shipped map (fitted on all clips)")
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--no-rest", action="store_true", help="skip the silence / bilabial-closure measures")
+    ap.add_argument("--no-rest-reference", action="store_true",
+                    help="render relative to zero expression, not the style's silence (the old behaviour)")
+    ap.add_argument("--sentence-frames", type=int, default=300,
+                    help="frames of the held-out sentence used for the rest / closure measures")
     ap.add_argument("--first", choices=["frame", "png"], default="frame",
                     help="avatar: video frame 2 (matches coefficient row 0) or the source/image still")
     ap.add_argument("--sheets", nargs="*", default=["Obama_clip1", "feifeili_clip1"])
@@ -240,11 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     result["feature_sheet"] = str(feature_sheet(exp_open).relative_to(REPO_ROOT))
     if not args.no_quality:
         result["quality"] = quality(args)
+    if not args.no_rest:
+        result["rest"] = rest_and_closure(args)
+        result["rest_motion_sheet"] = str(rest_motion_sheet().relative_to(REPO_ROOT))
+        result["head_motion"] = head_motion(args)
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     out = RESULTS / "renderer.json"
     if out.is_file() and (args.no_speed or args.no_quality):  # keep the other half of an earlier full run
         old = json.loads(out.read_text())
-        result = {**{k: v for k, v in old.items() if k in ("speed", "quality")}, **result}
+        result = {**{k: v for k, v in old.items() if k in ("speed", "quality", "rest", "head_motion")}, **result}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import numpy as np
 # eye-centre → mouth-centre distance 62–77 px (mean ≈ 70), eye centre at y ≈ 100, mouth at y ≈ 170.
 EYE_MOUTH_FRACTION = 0.27
 EYE_MOUTH_MIDPOINT_Y = 0.53  # vertical position of the eye/mouth midpoint in the crop (fraction of the side)
+
+log = logging.getLogger(__name__)
 
 MIN_FACE_PX = 24  # smaller faces carry too little detail for a usable avatar
 SMALL_IMAGE_PX = 200  # smaller images are enlarged for detection
@@ -60,6 +63,7 @@ class CroppedFace:
     landmarks: np.ndarray  # (68, 2) float32
     scale: float
     origin: tuple[float, float]
+    adjusted: str = ""  # how the crop departs from the standard framing to stay inside the photo ("" = it does not)
 
 
 def _predictor_path() -> Path:
@@ -191,8 +195,12 @@ def detect_landmarks(image: np.ndarray, allow_several: bool = False) -> np.ndarr
 def crop_face(image: np.ndarray, size: int = 256, landmarks: np.ndarray | None = None) -> CroppedFace:
     """Square crop around the face, resized to ``size``², framed like the training videos.
 
-    The crop is axis-aligned (no de-rolling: a tilted head stays tilted, as in the photo). Parts of the crop
-    outside the photo are filled by edge replication so that the warp has texture to pull from.
+    The crop is axis-aligned (no de-rolling: a tilted head stays tilted, as in the photo).
+
+    Pad/crop policy: no invented pixels. A crop that would reach outside the photo is shifted back inside, and
+    when the photo is too small for the standard framing the crop is tightened to the photo's shorter side
+    (the face then fills more of the frame); ``adjusted`` says what was done and it is logged. (Edge
+    replication used to fill such parts: it showed as vertical streaks below the chin.)
     """
     from skimage.transform import resize
 
@@ -209,15 +217,27 @@ def crop_face(image: np.ndarray, size: int = 256, landmarks: np.ndarray | None =
     y0 = int(round(centre[1] - EYE_MOUTH_MIDPOINT_Y * side))
     side_i = int(round(side))
     h, w = image.shape[:2]
-    pad = max(0, -x0, -y0, x0 + side_i - w, y0 + side_i - h)
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else image
-    patch = padded[y0 + pad : y0 + pad + side_i, x0 + pad : x0 + pad + side_i]
+    notes = []
+    if side_i > min(h, w):
+        notes.append(f"tightened from {side_i} to {min(h, w)} px (the photo is smaller than the standard framing)")
+        x0 += (side_i - min(h, w)) // 2
+        y0 += round((side_i - min(h, w)) * EYE_MOUTH_MIDPOINT_Y)
+        side_i = min(h, w)
+    nx0, ny0 = min(max(x0, 0), w - side_i), min(max(y0, 0), h - side_i)
+    if (nx0, ny0) != (x0, y0):
+        notes.append(f"shifted by ({nx0 - x0:+d}, {ny0 - y0:+d}) px to stay inside the photo")
+        x0, y0 = nx0, ny0
+    patch = image[y0 : y0 + side_i, x0 : x0 + side_i]
     if side_i != size:
         patch = resize(patch, (size, size), order=1, anti_aliasing=side_i > size, preserve_range=True)
         patch = np.clip(np.round(patch), 0, 255).astype(np.uint8)
     scale = size / side_i
     crop_lmk = ((lmk - np.array([x0, y0], dtype=np.float32)) * scale).astype(np.float32)
-    return CroppedFace(image=np.ascontiguousarray(patch), landmarks=crop_lmk, scale=scale, origin=(x0, y0))
+    adjusted = "; ".join(notes)
+    log.info("avatar: %dx%d photo, face crop %d px at (%d, %d) → %d²%s", w, h, side_i, x0, y0, size,
+             f"; {adjusted} (no padding)" if adjusted else " (standard framing)")
+    return CroppedFace(image=np.ascontiguousarray(patch), landmarks=crop_lmk, scale=scale, origin=(x0, y0),
+                       adjusted=adjusted)
 
 
 @functools.cache

@@ -102,6 +102,7 @@ class StyleConfig:
 @dataclass
 class AvatarConfig:
     image: str | None = None  # None = built-in avatar
+    head_motion: float = 1.0  # natural head motion: 1 = the sample speakers' spread and rhythm, 0 = a still head
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Config:
         _choice(r.kind, RENDERER_KINDS, "renderer.kind")
         _check(32 <= r.size <= 1024 and r.size % 32 == 0, "renderer.size", "must be a multiple of 32 in 32..1024")
         _check(0 <= r.window_lookahead <= MAX_WINDOW_LOOKAHEAD, "renderer.window_lookahead", "must be in 0..13")
+        _check(0.0 <= self.avatar.head_motion <= 2.0, "avatar.head_motion", "must be in 0..2")
         s = self.style
         _check(0 <= s.crossfade_frames <= 300, "style.crossfade_frames", "must be in 0..300")
         _check(0.0 <= s.intensity <= MAX_INTENSITY, "style.intensity", f"must be in 0..{MAX_INTENSITY:g}")
@@ -286,6 +288,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--style", "style.default", str, "speaking style at start (see `styletalk-live styles`)"),
     ("--intensity", "style.intensity", float, "style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated"),
     ("--avatar", "avatar.image", str, "photo of a face to animate"),
+    ("--size", "renderer.size", int, "output frames are SIZE² pixels: 256 (real-time on one CPU thread) or 512"),
 ]
 
 

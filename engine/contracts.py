@@ -51,6 +51,17 @@ class Renderer(Protocol):
     def reset(self, state: Any) -> None: ...
 
 
+@runtime_checkable
+class RestAware(Protocol):
+    """A renderer that renders relative to a rest expression: the style's silence shows the photo as it is.
+
+    The rest is the decoder's output for silence in the current style, ``ExpressionDecoder.idle(code)``; the
+    engine sets it after ``prepare`` and on every style or intensity change (the warp renderer implements it).
+    """
+
+    def set_rest(self, state: Any, exp_rest: np.ndarray) -> None: ...
+
+
 class FaceBoxLike(Protocol):
     """A detected face rectangle in pixels (``engine.avatar.FaceBox``)."""
 

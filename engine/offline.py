@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import Config, ConfigError, HelpFormatter, add_config_arguments, config_from_args
+from engine.contracts import RestAware
 from engine.motion import IdleMotion, render_with_blink
 from engine.runtime import STYLE_CLIP_SUFFIXES
 from engine.timing import Timebase
@@ -175,7 +176,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
 
     # (N, 11) windows -> (N, 64) expression; full future: the offline reference
     exp = runtime.decoder.decode(phoneme_windows(labels), code)
-    motion = IdleMotion(seed=0, fps=config.fps)
+    motion = IdleMotion(seed=0, fps=config.fps, head=config.avatar.head_motion)
     frames_idx = np.arange(n)
     if pose is not None:
         try:
@@ -188,6 +189,8 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     blink = motion.blink_amounts(frames_idx)
     renderer = runtime.renderer
     state = renderer.prepare(runtime.avatar)
+    if isinstance(renderer, RestAware):  # silence shows the photo's own mouth
+        renderer.set_rest(state, runtime.decoder.idle(code))
     delay = int(renderer.delay_frames)  # engine.contracts.Renderer
 
     def frames():

@@ -20,14 +20,16 @@ import numpy as np
 import torch
 
 from engine.avatar import AvatarError, detect_landmarks
-from models.warp import ExpressionMap, WarpAvatar, WarpConfig, WarpCore
+from models.warp import ExpressionMap, MouthBank, WarpAvatar, WarpConfig, WarpCore
 
 log = logging.getLogger(__name__)
 
 EXP_DIM = 64
 POSE_DIM = 9
 
-__all__ = ["AvatarState", "Renderer", "WarpAvatarState", "WarpRenderer", "template_landmarks"]
+__all__ = [
+    "AvatarState", "Renderer", "WarpAvatarState", "WarpRenderer", "template_landmarks",
+]
 
 
 @dataclass
@@ -80,7 +82,7 @@ def template_landmarks(mean_shape: np.ndarray, size: int) -> np.ndarray:
 
 
 class WarpRenderer:
-    """The built-in renderer: thin-plate-spline warp of the avatar photo (models/warp.py), CPU real-time.
+    """The built-in renderer: thin-plate-spline warp of the avatar photo (models/warp/), CPU real-time.
 
     ``prepare`` expects a framed face crop (``engine.avatar.crop_face`` / ``builtin_avatar``; other photos are
     cropped here). When dlib finds no face in a crop (tiny or synthetic images) the standard layout is assumed
@@ -109,12 +111,13 @@ class WarpRenderer:
         compile: bool = False,
         cuda_graphs: bool = True,
         threads: int | None = 1,
+        bank: MouthBank | None = None,
     ) -> None:
         if size < 32:
             raise ValueError(f"renderer size {size} is too small (need at least 32)")
         self.size = int(size)
         self.device = torch.device(device if device is not None else "cpu")
-        self.core = WarpCore(emap, config).to(self.device)
+        self.core = WarpCore(emap, config, bank).to(self.device)
         self._forward = torch.compile(self.core.forward, dynamic=True) if compile else self.core.forward
         self._graphs: dict[tuple[int, int], _GraphRun] = {}
         self._cuda_graphs = cuda_graphs and self.device.type == "cuda"
@@ -147,6 +150,19 @@ class WarpRenderer:
             crop, lmk, template = image, template_landmarks(self.core.mean_shape.cpu().numpy(), self.size), True
         warp = _to_device(self.core.prepare(crop, lmk, exp_ref), self.device)
         return WarpAvatarState(size=self.size, image=crop, landmarks=lmk, warp=warp, template=template)
+
+    def set_rest(self, state: AvatarState, exp_rest: np.ndarray) -> None:
+        """Render relative to ``exp_rest`` (64,): that expression reproduces the photo as it is.
+
+        Give the current style's silence output (``ExpressionDecoder.idle``): silence then shows the photo's own
+        mouth, speech moves the lips relative to it and a bilabial closes them (models/warp/core.py).
+        """
+        if not isinstance(state, WarpAvatarState) or state.warp is None:
+            raise TypeError("set_rest() needs the state returned by this renderer's prepare()")
+        rest = _as_frames(exp_rest, EXP_DIM, "exp_rest")
+        if rest.shape[0] != 1:
+            raise ValueError(f"exp_rest must be one expression (64,), got {tuple(rest.shape)}")
+        state.warp.exp_ref = rest[0].to(self.device)
 
     def reset(self, state: AvatarState) -> None:
         """New stream: the next pose becomes the reference for head motion."""

@@ -31,7 +31,8 @@ def live_runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
     from engine.config import load_config
     from engine.runtime import EngineRuntime
 
-    runtime = EngineRuntime.load(load_config(None, {"server.max_sessions": "8"}))
+    # a still head: the page tests measure mouth motion in a fixed box of the frame
+    runtime = EngineRuntime.load(load_config(None, {"server.max_sessions": "8", "avatar.head_motion": "0"}))
     yield runtime
     runtime.close()
 

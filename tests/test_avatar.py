@@ -92,10 +92,19 @@ def test_crop_frames_the_face_like_the_training_videos(astronaut: np.ndarray) ->
     assert np.abs(back - detect_landmarks(astronaut)).mean() < 1.0
 
 
-def test_crop_pads_when_the_face_is_near_the_border(astronaut: np.ndarray) -> None:
-    face = crop_face(astronaut[60:, 150:], size=128)  # face close to the top-left corner
+def test_crop_stays_inside_the_photo_when_the_face_is_near_the_border(astronaut: np.ndarray) -> None:
+    photo = astronaut[60:, 150:]  # face close to the top-left corner
+    face = crop_face(photo, size=128)
     assert face.image.shape == (128, 128, 3)
     assert detect_landmarks(face.image).shape == (68, 2)
+    assert "shifted" in face.adjusted  # and says so
+    x0, y0 = (int(v) for v in face.origin)
+    side = round(128 / face.scale)
+    assert x0 >= 0 and y0 >= 0 and x0 + side <= photo.shape[1] and y0 + side <= photo.shape[0]  # no padding
+    # no replicated-edge streaks: the first rows differ from each other as much as photo rows do
+    assert np.abs(np.diff(face.image[:4].astype(np.int16), axis=0)).mean() > 0.5
+    small = crop_face(photo[:150, :150], size=128)  # smaller than the standard framing: tightened, not padded
+    assert "tightened" in small.adjusted and small.image.shape == (128, 128, 3)
 
 
 def test_builtin_avatar_is_a_face_crop() -> None:

@@ -188,7 +188,8 @@ def test_a_still_face_is_rendered_once() -> None:
     frames = job.frames
     blink = np.zeros(6, np.float32)
     blink[4] = 0.5  # one frame with the eyelids half closed
-    runtime.worker.submit(stream.work, job, IdleMotion(seed=0).poses(frames), blink, 0.0).result()
+    still = IdleMotion(seed=0, head=0.0).poses(frames)  # a still head: the pose repeats too
+    runtime.worker.submit(stream.work, job, still, blink, 0.0).result()
     runtime.close()
     posted = sink.rendered_items
     assert sink.decoded_frames == frames.tolist()

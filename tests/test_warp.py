@@ -1,4 +1,4 @@
-"""The built-in warp renderer (models/warp.py core, engine/renderer.py adapter) on the built-in avatar."""
+"""The built-in warp renderer (models/warp/ core, engine/renderer.py adapter) on the built-in avatar."""
 
 from __future__ import annotations
 

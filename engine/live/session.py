@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.contracts import PhonemeEventLike, Recognizer
+from engine.contracts import PhonemeEventLike, Recognizer, RestAware
 from engine.latency import COMPUTE_MARGIN_S
 from engine.live.audio_input import AudioInput
 from engine.live.deadlines import Deadlines
@@ -106,7 +106,7 @@ class LiveSession:
         )
         self.delay = runtime.output_delay(self._recognizer)
         self.motion = motion or IdleMotion(seed=zlib.crc32(session_id.encode()), fps=cfg.fps,
-                                           base_pose=runtime.pose)
+                                           base_pose=runtime.pose, head=cfg.avatar.head_motion)
         # frame -> (expression, forced) of every decoded frame, for tests and benchmarks (unbounded: opt-in)
         self.expressions: dict[int, tuple[np.ndarray, bool]] | None = {} if record_expressions else None
         self.channel = EventChannel(session_id)
@@ -159,8 +159,7 @@ class LiveSession:
         self.channel.bind(self._loop)
         self._wake = asyncio.Event()
         self._closed_event = asyncio.Event()
-        state = await self._loop.run_in_executor(self.runtime.worker, self.runtime.renderer.prepare,
-                                                 self.runtime.avatar)
+        state = await self._loop.run_in_executor(self.runtime.worker, self._prepare, self.runtime.avatar)
         self.render.set_state(state)
         self.clock = MediaClock(origin=self._clock(), delay=self.delay)
         self.deadlines.job_done(self.clock.origin)
@@ -337,6 +336,7 @@ class LiveSession:
         frames = self.tb.frames_for_ms(transition_ms, "round")
         landing = self.core.switch_style(code, at_frame, frames)
         self._style_name = name
+        self._update_rest()
         self.channel.info(EventCode.STYLE, name=name, frame=landing, crossfade_frames=frames)
         return landing
 
@@ -347,6 +347,7 @@ class LiveSession:
             raise ValueError(f"intensity must be in 0..{MAX_INTENSITY}, got {k}")
         self._intensity = k
         self.core.switch_style(self.styles.intensity(self._style_name, k), None, self.config.style.crossfade_frames)
+        self._update_rest()
 
     def add_style(self, name: str, clip: np.ndarray) -> None:
         """Encode a style clip ``(T, 64)`` (once) and make it available to this session.
@@ -362,6 +363,24 @@ class LiveSession:
         await loop.run_in_executor(self.runtime.worker, self.styles.add, name, np.asarray(clip, np.float32))
         self.channel.info(EventCode.STYLE_ADDED, name=name)
 
+    def _prepare(self, image: np.ndarray) -> Any:
+        """Model worker: prepare an avatar; a rest-aware renderer shows the style's silence as the photo."""
+        state = self.runtime.renderer.prepare(image)
+        self._set_rest(state)
+        return state
+
+    def _set_rest(self, state: Any) -> None:
+        """Model worker: render relative to the current style's silence (silence = the photo's own mouth)."""
+        renderer = self.runtime.renderer
+        if isinstance(renderer, RestAware) and state is not None:
+            code = self.styles.intensity(self._style_name, self._intensity)
+            renderer.set_rest(state, self.runtime.decoder.idle(code))
+
+    def _update_rest(self) -> None:
+        """After a style or intensity change: the new style's rest, set on the model worker (between jobs)."""
+        if self._started and self._loop is not None:
+            self._loop.run_in_executor(self.runtime.worker, lambda: self._set_rest(self.render.state))
+
     def set_avatar(self, image: np.ndarray) -> None:
         """Animate another photo (uint8 RGB (H, W, 3), already framed); prepared on the model worker."""
         image = np.asarray(image)
@@ -372,7 +391,7 @@ class LiveSession:
             raise RuntimeError(f"session {self.session_id} is not started")
 
         def swap() -> None:  # model worker: the renderer stream starts over with the new state
-            self.render.set_state(self.runtime.renderer.prepare(image))
+            self.render.set_state(self._prepare(image))
 
         def done(f: asyncio.Future[None]) -> None:
             exc = f.exception()

@@ -1,0 +1,310 @@
+"""Avatar preparation of the warp renderer: the face frame, spline control points, region lattices, source curves,
+and the photo's mouth colours; plus the lattice ↔ pixel-box resampling the region models share.
+
+Everything here is computed once per photo (``prepare_avatar``) or is a pure function of a prepared avatar, so
+the per-frame code (core.py, eyes.py, mouth.py) only indexes fixed-shape tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.warp.config import WarpConfig
+from models.warp.interior import Interior
+from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
+from models.warp.tps import affine2, interp_curve, px_to_norm, similarity
+
+Move = tuple[torch.Tensor, torch.Tensor] | None  # per-frame face→pixel map with head motion: lin (N,2,2), off (N,2)
+
+@dataclass(frozen=True)
+class Region:
+    """A region model's face-aligned sample lattice and the fixed-size pixel box it is resampled into.
+
+    The lattice lives in the target face frame before head motion; the box is placed per batch where the head
+    moved it (whole pixels), so its size, and every shape, stays fixed. The ``still_*`` coordinates are the
+    precomputed sampling positions for a still head.
+    """
+
+    h: torch.Tensor  # (Qh,) lattice columns
+    v: torch.Tensor  # (Qv,) lattice rows
+    step: float  # lattice spacing (IOD)
+    pts: torch.Tensor  # (Qv*Qh, 2) lattice points (h, v)
+    y0: int  # home position and size of the pixel box
+    x0: int
+    bh: int
+    bw: int
+    box_px: torch.Tensor  # (bh*bw, 2) pixel coordinates (x, y) of the box at home
+    to_lattice: tuple[torch.Tensor, torch.Tensor]  # face frame → lattice-normalised [-1, 1]: scale (2,), offset (2,)
+    centre: torch.Tensor  # (2,) lattice centre, face frame
+    still_coarse: torch.Tensor  # (Qv*Qh, 2) lattice points in the coarse grid's normalised coordinates
+    still_box: torch.Tensor  # (bh*bw, 2) box pixels in lattice-normalised coordinates
+
+
+@dataclass
+class WarpAvatar:
+    """Everything precomputed for one photo. Tensors are float32."""
+
+    size: int
+    image: torch.Tensor  # (1, 3, S, S) 0..255
+    landmarks: torch.Tensor  # (68, 2) pixels
+    src_local: torch.Tensor  # (68, 2) face frame
+    extra_local: torch.Tensor  # (E, 2) forehead points, face frame
+    frame_a: torch.Tensor  # (2, 2) face frame → pixels: p = f @ frame_a.T + frame_t
+    frame_t: torch.Tensor  # (2,)
+    iod_px: float
+    src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
+    border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
+    grid_norm: torch.Tensor  # (G*G, 2) coarse evaluation grid, normalised
+    head_mask: torch.Tensor  # (G*G,) 1 on the head, 0 on the background: head motion is confined to it
+    grid_face: torch.Tensor  # (G*G, 2) the coarse grid's points in the face frame (before head motion)
+    head_ellipse: tuple[float, float, float, float]  # face frame: centre h, v and radii of the head mask
+    exp_ref: torch.Tensor  # (64,)
+    eyes: tuple[Region, Region]  # equal lattice sizes (both eyes run as one batch)
+    mouth: Region
+    lut: torch.Tensor  # (7, L) source curves (_LUT_CURVES) sampled along h
+    lut_h0: float
+    lut_step: float
+    norm_to_h: tuple[float, float, float]  # face-frame h of a normalised image point: k0·qx + k1·qy + c
+    norm_to_v: tuple[float, float, float]  # face-frame v of a normalised image point, likewise
+    v_axis: tuple[float, float]  # one IOD along the face-frame v axis, in normalised image units
+    lip_gap: torch.Tensor  # (3,) photo's inner-lip gaps (LIP_PAIRS_IN)
+    lip_thickness: torch.Tensor  # (6,) photo's lip thickness (LIP_PAIRS_UP then LIP_PAIRS_LO)
+    chin_drop: float  # photo's distance lower lip (57) → chin (8)
+    teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
+    cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
+    photo_teeth: bool = False
+    skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
+    interior: Interior | None = None  # colour-matched real mouth interiors (None: painted)
+
+
+def prepare_avatar(
+    cfg: WarpConfig, mean_shape: torch.Tensor, image: np.ndarray | torch.Tensor,
+    landmarks: np.ndarray | torch.Tensor, exp_ref: np.ndarray | None = None,
+) -> WarpAvatar:
+    """Precompute an avatar from a square (S, S, 3) uint8 photo and its (68, 2) pixel landmarks.
+
+    ``exp_ref`` is the photo's own expression if known (e.g. its 3DMM fit); zeros otherwise.
+    """
+    img = torch.as_tensor(np.asarray(image)).float()
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] != img.shape[1]:
+        raise ValueError(f"expected a square (S, S, 3) image, got {tuple(img.shape)}")
+    size = int(img.shape[0])
+    lmk = torch.as_tensor(np.asarray(landmarks), dtype=torch.float32).reshape(68, 2)
+    A, t = similarity(mean_shape.cpu()[_IDX["stable"]], lmk[_IDX["stable"]])
+    iod = float(torch.sqrt(torch.det(A)))
+    src = affine2(lmk - t, torch.linalg.inv(A))  # (68, 2) face frame
+
+    extra = src[_IDX["forehead"]].clone()
+    extra[:, 1] = src[BROWS, 1].min() - cfg.forehead_lift  # a level line above brows and temples
+    ticks = torch.linspace(-1.0, 1.0, cfg.border_points)
+    inner = ticks[1:-1]
+    border = torch.cat([
+        torch.stack([ticks, torch.full_like(ticks, -1.0)], 1),
+        torch.stack([ticks, torch.full_like(ticks, 1.0)], 1),
+        torch.stack([torch.full_like(inner, -1.0), inner], 1),
+        torch.stack([torch.full_like(inner, 1.0), inner], 1),
+    ])
+    src_ctrl = torch.cat([px_to_norm(lmk, size), px_to_norm(affine2(extra, A, t), size), border])
+    g = torch.linspace(0, size - 1, cfg.grid)
+    gy, gx = torch.meshgrid(g, g, indexing="ij")
+    grid_px = torch.stack([gx, gy], -1).reshape(-1, 2)
+    grid_norm = px_to_norm(grid_px, size)
+    grid_face = affine2(grid_px - t, torch.linalg.inv(A))
+    ellipse = _head_ellipse(cfg, src)
+    head_mask = head_mask_at(cfg, grid_face, ellipse)
+
+    # region lattices (face-frame boxes: h0, h1, v0, v1)
+    eye_boxes = []
+    for up, lo in zip(EYE_UP, EYE_LO, strict=True):
+        pts = src[list(up) + list(lo)]
+        eye_boxes.append((float(pts[:, 0].min()) - 0.04, float(pts[:, 0].max()) + 0.04,
+                          float(src[list(up), 1].min()) - cfg.lid_band - 0.03,
+                          float(src[list(lo), 1].max()) + cfg.under_eye_band + 0.03))
+    mouth = src[48:68]
+    mouth_box = (float(mouth[:, 0].min()) - 0.03, float(mouth[:, 0].max()) + 0.03,
+                 float(src[_IDX["lip_up_in"], 1].min()) - 0.06 - cfg.mouth_margin,
+                 float(src[_IDX["lip_lo_out"], 1].max()) + cfg.lip_gap_cap + 0.03)
+    eyes = _regions(cfg, eye_boxes, A, t, size, iod)
+    (mouth_region,) = _regions(cfg, [mouth_box], A, t, size, iod)
+
+    # source curves sampled along h: the region models look them up at the spline's source columns
+    step = cfg.lattice_step / 4
+    lut_h0 = float(src[:, 0].min()) - 0.5
+    hs = torch.arange(lut_h0, float(src[:, 0].max()) + 0.5, step)
+    lut = torch.stack([interp_curve(src[list(c), 0], src[list(c), 1], hs) for c in _LUT_CURVES])
+
+    a_inv = torch.linalg.inv(A)
+    k0, k1 = (a_inv[0] * (size / 2)).tolist()
+    norm_to_h = (k0, k1, float(a_inv[0] @ (size / 2 - 0.5 - t)))
+    j0, j1 = (a_inv[1] * (size / 2)).tolist()
+    norm_to_v = (j0, j1, float(a_inv[1] @ (size / 2 - 0.5 - t)))
+    avatar = WarpAvatar(
+        norm_to_h=norm_to_h, norm_to_v=norm_to_v, size=size,
+        v_axis=(float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size),
+        # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
+        image=img.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
+        landmarks=lmk, src_local=src,
+        extra_local=extra, frame_a=A, frame_t=t, iod_px=iod, src_ctrl_norm=src_ctrl, border_norm=border,
+        grid_norm=grid_norm, head_mask=head_mask, grid_face=grid_face, head_ellipse=ellipse,
+        exp_ref=torch.zeros(64) if exp_ref is None else torch.as_tensor(np.asarray(exp_ref), dtype=torch.float32),
+        eyes=(eyes[0], eyes[1]), mouth=mouth_region, lut=lut, lut_h0=lut_h0, lut_step=step,
+        lip_gap=(src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0),
+        lip_thickness=(src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs(),
+        chin_drop=float(src[8, 1] - src[57, 1]),
+    )
+    mouth_colours(avatar)
+    return avatar
+
+def _head_ellipse(cfg: WarpConfig, src: torch.Tensor) -> tuple[float, float, float, float]:
+    """The head mask's ellipse in the face frame: over face, hair and chin, sized from the jaw line and brows."""
+    jaw, brows = src[0:17], src[17:27]
+    top = float(brows[:, 1].min()) - cfg.head_mask_above
+    bottom = float(jaw[:, 1].max()) + cfg.head_mask_below
+    rx = cfg.head_mask_wide * float(jaw[:, 0].max() - jaw[:, 0].min()) / 2
+    return float(jaw[:, 0].mean()), (top + bottom) / 2, rx, (bottom - top) / 2
+
+
+def head_mask_at(cfg: WarpConfig, pts: torch.Tensor, ellipse: tuple[float, float, float, float]) -> torch.Tensor:
+    """Soft head mask at face-frame points (…, 2): 1 inside the ellipse, a smooth fall-off to 0 beyond.
+
+    Head motion moves what is inside and leaves the background still (no bending window bars); the band in
+    between stretches.
+    """
+    cx, cy, rx, ry = ellipse
+    r = torch.sqrt(((pts[..., 0] - cx) / rx) ** 2 + ((pts[..., 1] - cy) / ry) ** 2)
+    x = ((cfg.head_mask_outer - r) / (cfg.head_mask_outer - 1.0)).clamp(0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _regions(
+    cfg: WarpConfig, boxes: list[tuple[float, float, float, float]], A: torch.Tensor, t: torch.Tensor, size: int,
+    iod: float,
+) -> list[Region]:
+    """Lattices of one common size for face-frame boxes (h0, h1, v0, v1), and their pixel boxes."""
+    step = max(cfg.lattice_step, 1.0 / iod)  # about one pixel, never finer
+    qh = max(math.ceil((b[1] - b[0]) / step) + 1 for b in boxes)
+    qv = max(math.ceil((b[3] - b[2]) / step) + 1 for b in boxes)
+    spans = []
+    for h0, _, v0, _ in boxes:
+        h1, v1 = h0 + (qh - 1) * step, v0 + (qv - 1) * step
+        px = affine2(torch.tensor([[h0, v0], [h1, v0], [h0, v1], [h1, v1]]), A, t)
+        spans.append((h0, v0, px.min(0).values.floor().int().tolist(), px.max(0).values.ceil().int().tolist()))
+    grow = math.ceil(0.03 * iod)  # head motion within a batch
+    bw = min(max(hi[0] - lo[0] for *_, lo, hi in spans) + 1 + 2 * grow, size)
+    bh = min(max(hi[1] - lo[1] for *_, lo, hi in spans) + 1 + 2 * grow, size)
+    a_inv = torch.linalg.inv(A)
+    regions = []
+    for h0, v0, lo, _ in spans:
+        x0, y0 = min(max(lo[0] - grow, 0), size - bw), min(max(lo[1] - grow, 0), size - bh)
+        yy, xx = torch.meshgrid(torch.arange(y0, y0 + bh).float(), torch.arange(x0, x0 + bw).float(), indexing="ij")
+        box_px = torch.stack([xx, yy], -1).reshape(-1, 2)
+        h = h0 + step * torch.arange(qh).float()
+        v = v0 + step * torch.arange(qv).float()
+        pts = torch.stack(torch.meshgrid(h, v, indexing="xy"), -1).reshape(-1, 2)
+        scale = torch.tensor([2.0 / (h[-1] - h[0]), 2.0 / (v[-1] - v[0])])
+        offset = torch.tensor([-1.0 - h[0] * scale[0], -1.0 - v[0] * scale[1]])
+        regions.append(Region(
+            h=h, v=v, step=step, pts=pts, y0=y0, x0=x0, bh=bh, bw=bw, box_px=box_px, to_lattice=(scale, offset),
+            centre=pts.mean(0),
+            # the coarse grid spans pixel centres 0 … S−1, i.e. align_corners=True on it
+            still_coarse=affine2(pts, A, t) * (2.0 / (size - 1)) - 1.0,
+            still_box=affine2(box_px - t, a_inv) * scale + offset,
+        ))
+    return regions
+
+def mouth_colours(avatar: WarpAvatar) -> None:
+    """Teeth and mouth-cavity colours: from the photo's teeth if it shows them, else from the lips/skin."""
+    img = avatar.image[0]  # (3, S, S)
+    lm = avatar.landmarks
+
+    def sample(points: torch.Tensor) -> torch.Tensor:  # (K, 2) px → (K, 3)
+        xy = points.round().long().clamp(0, avatar.size - 1)
+        return img[:, xy[:, 1], xy[:, 0]].T
+
+    lip = sample((lm[_IDX["lip_outer"]] + lm[_IDX["lip_inner"]]) / 2).median(0).values
+    skin = sample(torch.stack([(lm[31] + lm[3]) / 2, (lm[35] + lm[13]) / 2, lm[29], lm[28]])).median(0).values
+    avatar.cavity_rgb = lip * torch.tensor([0.30, 0.20, 0.20])
+    avatar.skin_rgb = skin
+
+    m, s = avatar.mouth, avatar.src_local  # pixels of the photo's own mouth opening
+    f = affine2(m.box_px - avatar.frame_t, torch.linalg.inv(avatar.frame_a))
+    up = interp_curve(s[_IDX["lip_up_in"], 0], s[_IDX["lip_up_in"], 1], f[:, 0])
+    lo = interp_curve(s[_IDX["lip_lo_in"], 0], s[_IDX["lip_lo_in"], 1], f[:, 0])
+    inner = (f[:, 1] > up + 0.01) & (f[:, 1] < lo - 0.01) & (f[:, 0] > s[60, 0]) & (f[:, 0] < s[64, 0])
+    rgb = img[:, m.y0:m.y0 + m.bh, m.x0:m.x0 + m.bw].reshape(3, -1).T[inner]
+    avatar.teeth_rgb = torch.tensor([232.0, 226.0, 212.0]) * (skin.mean() / 170.0).clamp(0.6, 1.05)
+    avatar.photo_teeth = False
+    if len(rgb) >= 6:
+        luma = rgb @ torch.tensor([0.299, 0.587, 0.114])
+        sat = (rgb.max(1).values - rgb.min(1).values) / rgb.max(1).values.clamp_min(1.0)
+        teeth = rgb[(luma >= torch.maximum(luma.quantile(0.6), 0.6 * skin.mean())) & (sat < 0.45)]
+        if len(teeth) >= 4:
+            avatar.teeth_rgb, avatar.photo_teeth = teeth.median(0).values, True
+
+
+def lattice_sources(
+    avatar: WarpAvatar, regions: tuple[Region, ...], coarse: torch.Tensor, move: Move, with_v: bool = False
+) -> torch.Tensor:
+    """Face-frame h (and, ``with_v``, v stacked after it) of the spline's source for every lattice point:
+    (N, R, Qv*Qh), or (2N, R, Qv*Qh) h then v."""
+    n, size = coarse.shape[0], avatar.size
+    if move is None:
+        q = torch.cat([r.still_coarse for r in regions]).expand(n, -1, -1)
+    else:
+        lin, off = move
+        c = 2.0 / (size - 1)
+        pts = torch.cat([r.pts for r in regions]).expand(n, -1, -1)
+        q = torch.baddbmm(off.unsqueeze(1) * c - 1.0, pts, lin.transpose(1, 2) * c)  # (N, P, 2)
+    src = F.grid_sample(coarse, q.unsqueeze(1), mode="bilinear", padding_mode="border",
+                        align_corners=True)[:, :, 0]  # (N, 2, P) normalised source positions
+    k0, k1, c0 = avatar.norm_to_h
+    h = (k0 * src[:, 0] + k1 * src[:, 1] + c0).reshape(n, len(regions), -1)
+    if not with_v:
+        return h
+    j0, j1, d0 = avatar.norm_to_v
+    return torch.cat([h, (j0 * src[:, 0] + j1 * src[:, 1] + d0).reshape(n, len(regions), -1)])
+
+def lookup(avatar: WarpAvatar, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Source curves ``rows`` (C,) or (B, C) of the lookup table at h (B, …) → (B, C, …)."""
+    b = h.shape[0]
+    lut = avatar.lut[rows] if rows.dim() == 2 else avatar.lut[rows].expand(b, -1, -1)  # (B, C, L)
+    x = ((h.reshape(b, 1, -1) - avatar.lut_h0) / avatar.lut_step).clamp(0.0, lut.shape[-1] - 1.001)
+    i0 = x.long()
+    frac = x - i0
+    i0 = i0.expand(-1, lut.shape[1], -1)
+    y0 = lut.gather(2, i0)
+    y1 = lut.gather(2, i0 + 1)
+    return (y0 + frac * (y1 - y0)).reshape((b, lut.shape[1]) + h.shape[1:])
+
+
+def to_box(
+    avatar: WarpAvatar, region: Region, fields: torch.Tensor, move: Move
+) -> tuple[int, int, torch.Tensor]:
+    """Resample lattice fields (N, C, Qv, Qh) into the region's pixel box, placed where the head moved it.
+
+    Returns the box origin (y0, x0) and the fields per box pixel (N, C, bh, bw); zero outside the lattice.
+    """
+    n, size = fields.shape[0], avatar.size
+    if move is None:
+        y0, x0 = region.y0, region.x0
+        q = region.still_box.expand(n, -1, -1)
+    else:
+        lin, off = move
+        home = affine2(region.centre, avatar.frame_a, avatar.frame_t)
+        d = ((lin @ region.centre + off).mean(0) - home).round()  # the lattice centre's shift, batch mean
+        x0 = min(max(region.x0 + int(d[0]), 0), size - region.bw)
+        y0 = min(max(region.y0 + int(d[1]), 0), size - region.bh)
+        # pixel → face frame before head motion → lattice: (S·lin⁻¹) p + S·lin⁻¹(Δ − off) + o
+        scale, offset = region.to_lattice
+        k = torch.linalg.inv(lin) * scale[None, :, None]  # (N, 2, 2)
+        delta = lin.new_tensor([float(x0 - region.x0), float(y0 - region.y0)])
+        bias = torch.einsum("nij,nj->ni", k, delta - off) + offset
+        q = torch.baddbmm(bias.unsqueeze(1), region.box_px.expand(n, -1, -1), k.transpose(1, 2))
+    out = F.grid_sample(fields, q.reshape(n, region.bh, region.bw, 2), mode="bilinear", padding_mode="zeros",
+                        align_corners=True)
+    return y0, x0, out

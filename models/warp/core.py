@@ -1,0 +1,241 @@
+"""The warp renderer's per-frame core: expression → target landmarks → spline → region models → pixels.
+
+See the package docstring (models/warp/__init__.py) for the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.warp.avatar import WarpAvatar, head_mask_at, prepare_avatar, to_box
+from models.warp.config import WarpConfig
+from models.warp.eyes import eye_model
+from models.warp.interior import BANK_PATH, MouthBank
+from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
+from models.warp.mouth import mouth_model
+from models.warp.tps import affine2, px_to_norm, tps_eval, tps_fit
+
+log = logging.getLogger(__name__)
+
+
+class IndexSets(torch.nn.Module):
+    """Landmark index sets as tensors on the renderer's device.
+
+    Indexing with a Python list converts the list to a tensor on every call (about 2x the cost of the indexing
+    itself, tens of times per frame); as buffers they are converted once and follow ``.to(device)``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("eye_up", torch.tensor(EYE_UP), persistent=False)  # (2, 4)
+        self.register_buffer("eye_lo", torch.tensor(EYE_LO), persistent=False)
+        self.register_buffer("eye_rows", torch.tensor([[0, 1], [2, 3]]), persistent=False)  # lookup-table rows
+        self.register_buffer("mouth_rows", torch.tensor([4, 5, 6]), persistent=False)
+        for name, idx in _IDX.items():
+            self.register_buffer(f"idx_{name}", torch.tensor(idx), persistent=False)
+
+    def get(self, name: str) -> torch.Tensor:
+        """The landmark index set ``name`` of ``_IDX`` (current device; ``.to()`` replaces the buffers)."""
+        return self._buffers[f"idx_{name}"]  # type: ignore[return-value]
+
+
+class WarpCore(torch.nn.Module):
+    """Expression-driven warp of prepared avatars. Stateless: the caller owns the reference pose."""
+
+    def __init__(
+        self, emap: ExpressionMap | None = None, config: WarpConfig | None = None, bank: MouthBank | None = None
+    ) -> None:
+        super().__init__()
+        emap = emap or ExpressionMap.load()
+        self.config = config or WarpConfig()
+        if self.config.interior not in ("bank", "painted"):
+            raise ValueError(f"WarpConfig.interior must be 'bank' or 'painted', got {self.config.interior!r}")
+        if bank is None and self.config.interior == "bank":
+            if BANK_PATH.is_file():
+                bank = MouthBank.load()
+            else:
+                log.warning("mouth bank %s not found: the mouth interior is painted", BANK_PATH)
+        self.bank = bank if self.config.interior == "bank" else None
+        self.register_buffer("weights", emap.weights.reshape(64, 136).clone(), persistent=False)
+        self.register_buffer("mean_shape", emap.mean_shape.clone(), persistent=False)
+        self.register_buffer("exp_std", emap.exp_std.clone(), persistent=False)
+        self.register_buffer("pose_weights", emap.pose_weights.clone(), persistent=False)
+        # outer lips move away from the inner lip: upper outer up (−1), lower outer down (+1)
+        self.register_buffer("lip_sign", torch.tensor([-1.0] * 3 + [1.0] * 3), persistent=False)
+        self.ix = IndexSets()
+
+    def _ix(self, name: str) -> torch.Tensor:
+        return self.ix.get(name)
+
+    @torch.no_grad()
+    def prepare(
+        self, image: np.ndarray | torch.Tensor, landmarks: np.ndarray | torch.Tensor, exp_ref: np.ndarray | None = None
+    ) -> WarpAvatar:
+        """Precompute an avatar from a square (S, S, 3) uint8 photo and its (68, 2) pixel landmarks.
+
+        ``exp_ref`` is the photo's own expression if known (e.g. its 3DMM fit); zeros otherwise.
+        """
+        avatar = prepare_avatar(self.config, self.mean_shape, image, landmarks, exp_ref)
+        if self.bank is not None:
+            # the photo's "teeth" are trusted as a colour reference only when brighter than its skin (a slightly
+            # open mouth's pixels are often lip and shade)
+            luma = torch.tensor([0.299, 0.587, 0.114])
+            bright = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 1.1 * float(avatar.skin_rgb @ luma)
+            avatar.interior = self.bank.for_avatar(
+                self.bank.donor(), avatar.teeth_rgb if bright else None, avatar.skin_rgb)
+        return avatar
+
+    def target_local(
+        self, avatar: WarpAvatar, exp: torch.Tensor, blink: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target landmarks (N, 68, 2) in the face frame, and the variant handed to the spline.
+
+        ``blink`` (N,) in [0, 1] closes the upper lids onto the lower lids by that fraction (idle blinks).
+        """
+        cfg, src = self.config, avatar.src_local
+        n = exp.shape[0]
+        lim = cfg.exp_clip * self.exp_std
+        delta = torch.maximum(torch.minimum(exp - avatar.exp_ref, lim), -lim)
+        off = (delta @ self.weights).reshape(n, 68, 2)
+        bx, by = cfg.brow_cap  # strong styles: cap brow travel
+        off[:, BROWS, 0] = off[:, BROWS, 0].clamp(-bx, bx)
+        off[:, BROWS, 1] = off[:, BROWS, 1].clamp(-by, by)
+        c = self._ix("corners")
+        off[:, c] = off[:, c].clamp(-cfg.corner_cap, cfg.corner_cap)
+        tgt = src.unsqueeze(0) + off
+
+        # eyelids: the lower lid moves a little; the upper lid may rise a little and fall onto the lower lid
+        iu, il = self._ix("lids_up"), self._ix("lids_lo")
+        lo = tgt[:, il, 1].clamp(src[il, 1] - cfg.lower_lid_cap, src[il, 1] + cfg.lower_lid_cap)
+        up = torch.minimum(torch.maximum(tgt[:, iu, 1], src[iu, 1] - cfg.eye_open_cap), lo)
+        if blink is not None:
+            up = up + blink.unsqueeze(1) * (lo - up)
+        tgt[:, il, 1], tgt[:, iu, 1] = lo, up
+        # inner-lip gap, relative to the photo's own: an opening is amplified (the fitted map, a least-squares
+        # regression, under-predicts amplitude: ~0.83× on held-out clips); a closing scales the photo's gap down
+        # so that the lips meet at a bilabial-sized drop, whatever the photo's gap (a smile closes too)
+        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
+        dg = off[:, il, 1] - off[:, iu, 1]  # (N, 3) predicted change of the gap
+        g_p = avatar.lip_gap
+        gap = torch.where(dg >= 0, g_p + cfg.lip_open_gain * dg, g_p * (1.0 + dg / cfg.lip_close_drop).clamp_min(0.0))
+        corr = gap - (tgt[:, il, 1] - tgt[:, iu, 1])  # (N, 3)
+        tgt[:, il, 1] += corr  # the lower lip (and its body, and the chin) carries the correction
+        tgt[:, self._ix("lo_out_mid"), 1] += corr
+        tgt[:, self._ix("lo_out_side"), 1] += corr.mean(1, keepdim=True) * 0.6
+        tgt[:, 8, 1] += corr.mean(1) * 0.8
+        # inner lips may touch but not cross; the gap is capped
+        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
+        up, lo = tgt[:, iu, 1], tgt[:, il, 1]
+        mid = (up + lo) / 2
+        crossed = lo < up
+        up = torch.where(crossed, mid, up)
+        lo = torch.minimum(torch.where(crossed, mid, lo), up + cfg.lip_gap_cap)
+        tgt[:, iu, 1], tgt[:, il, 1] = up, lo
+        # lips keep part of their thickness; the chin stays below the lower lip
+        io, ii = self._ix("lip_outer"), self._ix("lip_inner")
+        keep = tgt[:, ii, 1] + self.lip_sign * cfg.lip_min_thickness * avatar.lip_thickness
+        tgt[:, io, 1] = torch.where(self.lip_sign < 0, torch.minimum(tgt[:, io, 1], keep),
+                                    torch.maximum(tgt[:, io, 1], keep))
+        tgt[:, 8, 1] = torch.maximum(tgt[:, 8, 1], tgt[:, 57, 1] + 0.5 * avatar.chin_drop)
+
+        # The spline must not fold: the upper lids only ride along with their eye (mean of the corners; a spline
+        # pulling a lid down between fixed corners and brows ripples the brow) and the inner lips stay a little
+        # apart. The eye and mouth models draw the true contours.
+        spline = tgt.clone()
+        rigid = off[:, c].reshape(n, 2, 2, 2).mean(2)  # (N, eye, 2)
+        spline[:, self._ix("lids_up")] = src[self._ix("lids_up")] + rigid.repeat_interleave(2, dim=1)
+        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
+        spline[:, il, 1] = torch.maximum(spline[:, il, 1], spline[:, iu, 1] + cfg.tps_lip_min_gap * avatar.lip_gap)
+        return tgt, spline
+
+    def head_motion(self, pose: torch.Tensor, pose_ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Δpose → clamped similarity: scale (N,), rotation (N, 2, 2), shift (N, 2) in IOD along image axes."""
+        cfg = self.config
+        y = (pose - pose_ref) @ self.pose_weights  # (N, 4)
+        log_s = y[:, 0].clamp(-cfg.head_max_log_scale, cfg.head_max_log_scale)
+        ang = y[:, 1].clamp(-cfg.head_max_rotation, cfg.head_max_rotation)
+        shift = y[:, 2:4]
+        norm = shift.norm(dim=1, keepdim=True).clamp_min(1e-9)
+        shift = shift * (norm.clamp(max=cfg.head_max_shift) / norm)
+        c, s = torch.cos(ang), torch.sin(ang)
+        rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+        return torch.exp(log_s), rot, shift
+
+    @torch.no_grad()
+    def forward(
+        self, avatar: WarpAvatar, exp: torch.Tensor, pose: torch.Tensor | None = None,
+        pose_ref: torch.Tensor | None = None, blink: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Render N frames: exp (N, 64), pose (N, 9) relative to pose_ref (9,), blink (N,) → (N, S, S, 3) uint8.
+
+        ``pose=None`` renders a still head (and skips the head-motion arithmetic); ``pose_ref=None`` takes the
+        first row of ``pose`` as the reference.
+        """
+        cfg, size = self.config, avatar.size
+        n = exp.shape[0]
+        tgt, spline = self.target_local(avatar, exp.float(), blink)
+        A, t = avatar.frame_a, avatar.frame_t
+        if pose is None:
+            move = None
+            lin, off = A.expand(n, 2, 2), t.expand(n, 2)
+        else:  # face frame before head motion → pixels, per frame: lin · f + off
+            scale, rot, shift_img = self.head_motion(pose.float(), (pose[0] if pose_ref is None else pose_ref).float())
+            shift = affine2(shift_img, A.T / avatar.iod_px)  # image axes → face frame (R^T · shift)
+            lin = A @ (rot * scale[:, None, None])
+            off = affine2(shift, A) + t
+            move = (lin, off)
+
+        # ---- spline: target control points → source control points (backward map), normalised coordinates
+        ctrl = torch.cat([spline, avatar.extra_local.unsqueeze(0).expand(n, -1, -1)], 1)  # (N, K, 2)
+        ctrl_px = torch.baddbmm(off.unsqueeze(1), ctrl, lin.transpose(1, 2))
+        tgt_ctrl = torch.cat([px_to_norm(ctrl_px, size), avatar.border_norm.unsqueeze(0).expand(n, -1, -1)], 1)
+        coef = tps_fit(tgt_ctrl, avatar.src_ctrl_norm.unsqueeze(0) - tgt_ctrl, cfg.tps_reg)
+        disp = tps_eval(coef, tgt_ctrl, avatar.grid_norm)  # (N, 2, G*G)
+        if move is not None:  # a moving head leaves the background where it is
+            # active where the head was and where it is now (the grid's points taken back through the motion)
+            g_px = (avatar.grid_norm + 1.0) * (size / 2) - 0.5  # (G*G, 2)
+            moved = torch.linalg.solve(lin, (g_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)).transpose(1, 2)
+            mask = torch.maximum(avatar.head_mask, head_mask_at(cfg, moved, avatar.head_ellipse))  # (N, G*G)
+            disp = disp * mask.unsqueeze(1)
+        coarse = avatar.grid_norm.T.unsqueeze(0) + disp
+        coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
+
+        # ---- region models on their lattices
+        # The eye model corrects exactly the lid motion the spline leaves out; below a fraction of a pixel it is
+        # skipped (on CPU only: a data-dependent branch would break CUDA graph capture).
+        lids = self._ix("lids_up")
+        eyes_move = tgt.is_cuda or bool((tgt[:, lids, 1] - spline[:, lids, 1]).abs().max() > cfg.eye_skip)
+        eye_dv = eye_model(cfg, avatar, tgt, spline, coarse, move, self.ix) if eyes_move else None  # (N, 2, Qv, Qh)
+        mouth_fields = mouth_model(cfg, avatar, tgt, spline, coarse, move, self.ix)  # (N, 5, Qv, Qh)
+
+        # ---- full-resolution sampling grid, corrected inside the region boxes
+        grid = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)  # (N, 2, S, S)
+        f01, f11 = avatar.v_axis  # the face-frame v axis in normalised image units
+        e0, e1 = avatar.eyes
+        placed = []
+        jobs = [] if eye_dv is None else [(e0, eye_dv[:, 0:1]), (e1, eye_dv[:, 1:2])]
+        for region, fld in jobs + [(avatar.mouth, mouth_fields)]:
+            y0, x0, values = to_box(avatar, region, fld, move)
+            dv = values[:, 0]
+            grid[:, 0, y0:y0 + region.bh, x0:x0 + region.bw] += f01 * dv
+            grid[:, 1, y0:y0 + region.bh, x0:x0 + region.bw] += f11 * dv
+            placed.append((y0, x0, values))
+
+        # ---- sample the photo, paint the newly exposed mouth interior
+        out = F.grid_sample(
+            avatar.image.expand(n, -1, -1, -1), grid.permute(0, 2, 3, 1), mode="bilinear",
+            padding_mode="border", align_corners=False,
+        )  # (N, 3, S, S)
+        y0, x0, values = placed[-1]
+        m = avatar.mouth
+        patch = out[:, :, y0:y0 + m.bh, x0:x0 + m.bw]
+        patch += values[:, 1:2] * (values[:, 2:5] - patch)
+        # (N, S, S, 3) in memory first, so that the rounding passes and the uint8 result are contiguous; round
+        # half up and saturate (values are ≥ 0 after the clamp, so truncation rounds)
+        out = out.permute(0, 2, 3, 1).contiguous()
+        return out.clamp_(0.0, 255.0).add_(0.5).to(torch.uint8)
+

@@ -1,0 +1,78 @@
+"""Eyelid region model: a closing lid slides over the eyeball (a 1-D remap along the face's vertical axis)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from models.warp.avatar import Move, WarpAvatar, lattice_sources, lookup
+from models.warp.config import WarpConfig
+from models.warp.tps import interp_curve, smoothstep
+
+if TYPE_CHECKING:
+    from models.warp.core import IndexSets
+
+
+def eye_model(
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, coarse: torch.Tensor,
+    move: Move, ix: IndexSets,
+) -> torch.Tensor:
+    """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh).
+
+    Per column, in coordinates relative to the mid-height of the eye corners (rigid eye motion cancels),
+    the wanted map is: the lid-skin band [A, U] follows the lid down over the eye (its lash margin rigidly,
+    the skin above stretching); the opening [U, L] keeps the eyeball in place while the lid closes (nothing
+    is squashed) and stretches only when the eye opens wider than in the photo; the band below [L, Z]
+    follows the lower lid. The spline already does roughly a piecewise-linear version of this with its own
+    (unmoved) lids, so only the difference to that model is added: it vanishes at A, at Z and at the
+    corners, leaving no seams.
+    """
+    n = tgt.shape[0]
+    e0, e1 = avatar.eyes
+    h_t = torch.stack([e0.h, e1.h])  # (2, Qh) target columns (lattice)
+    v_t = torch.stack([e0.v, e1.v])  # (2, Qv)
+    qv, qh = e0.v.shape[0], e0.h.shape[0]
+    h_s = lattice_sources(avatar, avatar.eyes, coarse, move).reshape(n, 2, qv, qh)
+    src = avatar.src_local
+
+    # target curves per lattice column: upper lid (true and spline's) and lower lid → (N, 2, 3, Qh)
+    up_t, lo_t, up_p = tgt[:, ix.eye_up], tgt[:, ix.eye_lo], spline[:, ix.eye_up]  # (N, 2, 4, 2)
+    curves = interp_curve(torch.stack([up_t[..., 0], up_p[..., 0], lo_t[..., 0]], 2),
+                          torch.stack([up_t[..., 1], up_p[..., 1], lo_t[..., 1]], 2),
+                          h_t[None, :, None, :].expand(n, -1, 3, -1))
+    o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None]  # (N, 2, 1)
+    o_s = ((src[ix.eye_up[:, 0], 1] + src[ix.eye_up[:, 3], 1]) / 2)[None, :, None, None]  # (1, 2, 1, 1)
+    ut, up_, lt = [(curves[:, :, k] - o_t).unsqueeze(2) for k in range(3)]  # (N, 2, 1, Qh)
+    # source curves at the spline's source columns → (N, 2, Qv, Qh)
+    rows = ix.eye_rows.repeat(n, 1)  # (2N, 2): eye e uses LUT rows 2e, 2e+1
+    s_curves = lookup(avatar, rows, h_s.reshape(2 * n, -1)).reshape(n, 2, 2, *h_s.shape[2:])
+    us, ls = s_curves[:, :, 0] - o_s, s_curves[:, :, 1] - o_s
+    u = v_t[None, :, :, None] - o_t.unsqueeze(-1)  # (N, 2, Qv, 1)
+
+    a = us - cfg.lid_band
+    z = ls + cfg.under_eye_band
+    lash = cfg.lash_band
+    lt = torch.minimum(lt, z - 0.01)
+    ut = torch.minimum(torch.maximum(ut, a + lash + 0.01), lt)
+    up_ = torch.minimum(torch.maximum(up_, a + lash + 0.01), ut)
+    gs = (ls - us).clamp_min(0.0)
+
+    def lid_band(top: torch.Tensor) -> torch.Tensor:  # [A, top] → [A, us]: lash margin rigid, skin stretches
+        skin = a + (u - a) * (us - lash - a) / (top - lash - a)
+        return torch.where(u >= top - lash, us - (top - u), skin)
+
+    v_under = ls + (u - lt) * (z - ls) / (z - lt).clamp_min(1e-6)
+    gt = lt - ut
+    keep_still = torch.minimum((us - ut).clamp_min(0.0), ls - lt)  # eyeball still while [ut, lt] fits inside
+    v_open = torch.where(gt <= gs, u + keep_still, us + (u - ut) * gs / gt.clamp_min(1e-6))
+    want = torch.where(u < ut, lid_band(ut), torch.where(u <= lt, v_open, v_under))
+    gp = (lt - up_).clamp_min(1e-6)
+    model = torch.where(u < up_, lid_band(up_), torch.where(u <= lt, us + (u - up_) * gs / gp, v_under))
+    r = cfg.ramp
+    c0 = up_t[:, :, 0, 0, None, None]  # (N, 2, 1, 1) target eye corners
+    c1 = up_t[:, :, 3, 0, None, None]
+    ht = h_t[None, :, None, :]
+    w = smoothstep(torch.minimum(ht - c0, c1 - ht) / r + 1.0)
+    return torch.where((u > a) & (u < z), w * (want - model), 0.0)
+

@@ -1,0 +1,132 @@
+"""Mouth interiors from real footage: an exemplar bank indexed by inner-lip shape (assets/mouth_bank.npz).
+
+The bank (built by ``python -m engine.mouth_bank``, data card models/assets/mouth_bank.md) holds mouth
+interiors cut from the sample videos in *lip-normalised coordinates*: s from the left inner-lip corner to the
+right one, t from the upper inner lip to the lower one. Per avatar one donor speaker is chosen (one person's
+teeth every frame: switching donors would flicker) and the donor's colours are matched *teeth to teeth*: to the
+photo's own teeth when it shows them, else to the teeth the donor's skin-to-teeth ratio predicts for the
+photo's skin. (Matching to the lips turned teeth mauve.) Per frame the k exemplars whose inner-lip shape is
+nearest to the target's are blended with smooth weights, so a held shape gives the same interior (no flicker)
+and a changing one cross-fades.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BANK_PATH = Path(__file__).resolve().parents[1] / "assets" / "mouth_bank.npz"
+PATCH_T, PATCH_S = 20, 40  # lip-normalised sample grid: rows upper → lower lip, columns corner → corner
+FEATURE_WEIGHTS = (1.0, 1.0, 1.0, 0.5)  # inner-lip gaps at 61–67, 62–66, 63–65, then the corner-to-corner width
+NEAREST = 4  # exemplars blended per frame
+SIGMA = 0.006  # IOD: blend weights exp(−d² / σ²) relative to the nearest (small: the nearest dominates, crisp)
+MIN_EXEMPLAR_GAP = 0.06  # IOD: exemplars with a smaller mean inner-lip gap are not used
+MIN_DONOR = 100  # a donor speaker needs this many exemplars (enough shapes to follow the lips)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def shape_features(face: torch.Tensor) -> torch.Tensor:
+    """Inner-lip shape (N, 4) of face-frame landmarks (N, 68, 2) in IOD: three gaps, then the width."""
+    gaps = face[:, [67, 66, 65], 1] - face[:, [61, 62, 63], 1]
+    width = face[:, 64, 0] - face[:, 60, 0]
+    return torch.cat([gaps, width[:, None]], 1)
+
+
+@dataclass(frozen=True)
+class MouthBank:
+    """The exemplar bank (all speakers, or all but some)."""
+
+    patches: torch.Tensor  # (K, 3, PATCH_T, PATCH_S) float32 0..255
+    shape: torch.Tensor  # (K, 4) inner-lip features (IOD)
+    speaker: torch.Tensor  # (K,) int64 index into ``speakers``
+    speakers: tuple[str, ...]
+    teeth_rgb: torch.Tensor  # (P, 3) each speaker's teeth colour (median of its brightest unsaturated pixels)
+    skin_rgb: torch.Tensor  # (P, 3) each speaker's skin colour (cheeks, nose bridge)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, exclude: tuple[str, ...] = ()) -> MouthBank:
+        """Load the shipped bank; ``exclude`` drops speakers (leave-one-speaker-out scoring)."""
+        with np.load(Path(path) if path else BANK_PATH) as data:
+            meta = json.loads(str(data["meta"]))
+            speakers = tuple(meta["speakers"])
+            unknown = set(exclude) - set(speakers)
+            if unknown:
+                raise KeyError(f"speakers {sorted(unknown)} not in the mouth bank (have {list(speakers)})")
+            spk = data["speaker"].astype(np.int64)
+            keep = ~np.isin(spk, [speakers.index(s) for s in exclude])
+            return cls(
+                patches=torch.from_numpy(data["patches"][keep].astype(np.float32)).permute(0, 3, 1, 2).contiguous(),
+                shape=torch.from_numpy(data["shape"][keep].astype(np.float32)),
+                speaker=torch.from_numpy(spk[keep]),
+                speakers=speakers,
+                teeth_rgb=torch.from_numpy(data["teeth_rgb"].astype(np.float32)),
+                skin_rgb=torch.from_numpy(data["skin_rgb"].astype(np.float32)),
+            )
+
+    def donor(self, prefer: str | None = None) -> int:
+        """The speaker whose interiors are used: ``prefer`` if present, else the clearest one.
+
+        Clearest = the highest mean luminance contrast (p90 − p10) in the patches' centre among speakers with
+        at least ``MIN_DONOR`` exemplars: crisp teeth against a dark cavity, rather than blurred, lip-filled
+        or dim interiors (measured on the shipped bank: furious_talk2 119, Obama 85, KristiNoem 74, ...).
+        """
+        counts = torch.bincount(self.speaker, minlength=len(self.speakers))
+        if prefer is not None and prefer in self.speakers and counts[self.speakers.index(prefer)] > 0:
+            return self.speakers.index(prefer)
+        luma = torch.einsum("kctq,c->ktq", self.patches, torch.tensor(LUMA))
+        centre = luma[:, PATCH_T // 5 : PATCH_T * 4 // 5, PATCH_S // 5 : PATCH_S * 4 // 5].reshape(len(luma), -1)
+        contrast = torch.quantile(centre, 0.9, dim=1) - torch.quantile(centre, 0.1, dim=1)  # (K,)
+        score = torch.zeros(len(self.speakers)).index_add_(0, self.speaker, contrast) / counts.clamp_min(1)
+        eligible = counts >= min(MIN_DONOR, int(counts.max()))
+        return int(torch.argmax(torch.where(eligible, score, -1.0)))
+
+    def for_avatar(self, donor: int, photo_teeth: torch.Tensor | None, photo_skin: torch.Tensor) -> Interior:
+        """The donor's exemplars colour-matched to a photo.
+
+        With teeth in the photo: the donor's teeth → the photo's teeth (one gain per channel, half the tint).
+        Without: a grey gain, the square root of the photo-to-donor skin luminance ratio — lighting shows in the
+        skin, but teeth do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin).
+        """
+        # small openings are mostly lip rim in the crops (dlib's inner-lip points sit on the lips): a small
+        # target opening takes the smallest open interior instead, squeezed (teeth edges and shade, not pink)
+        sel = (self.speaker == donor) & (self.shape[:, :3].mean(1) >= MIN_EXEMPLAR_GAP)
+        if not bool(sel.any()):
+            sel = self.speaker == donor
+        d_teeth, d_skin = self.teeth_rgb[donor], self.skin_rgb[donor].clamp_min(1.0)
+        luma = torch.tensor(LUMA)
+        if photo_teeth is not None:
+            # one gain per channel, bounded so that a strange photo cannot turn teeth into another colour
+            gain = (photo_teeth / d_teeth.clamp_min(1.0)).clamp(0.5, 1.6)
+            grey_gain = float((gain * luma).sum())
+            gain = grey_gain + 0.5 * (gain - grey_gain)  # keep the donor's hue mostly: only half the tint moves
+        else:
+            ratio = float((photo_skin * luma).sum() / (d_skin * luma).sum())
+            gain = torch.full((3,), min(max(ratio, 0.0) ** 0.5, 1.2))
+        patches = (self.patches[sel] * gain[None, :, None, None]).clamp(0.0, 255.0)
+        weights = torch.tensor(FEATURE_WEIGHTS)
+        return Interior(patches=patches, shape=self.shape[sel] * weights, weights=weights,
+                        donor=self.speakers[donor], gain=gain)
+
+
+@dataclass(frozen=True)
+class Interior:
+    """One avatar's colour-matched exemplars."""
+
+    patches: torch.Tensor  # (K, 3, PATCH_T, PATCH_S)
+    shape: torch.Tensor  # (K, 4) weighted features
+    weights: torch.Tensor  # (4,) feature weights
+    donor: str
+    gain: torch.Tensor  # (3,) colour gain applied
+
+    def blend(self, feats: torch.Tensor) -> torch.Tensor:
+        """Interior patches (N, 3, PATCH_T, PATCH_S) for target inner-lip features (N, 4)."""
+        d2 = torch.cdist(feats * self.weights, self.shape).square()  # (N, K)
+        k = min(NEAREST, d2.shape[1])
+        near, idx = torch.topk(d2, k, dim=1, largest=False)
+        w = torch.exp(-(near - near[:, :1]) / (SIGMA * SIGMA))
+        w = w / w.sum(1, keepdim=True)  # (N, k)
+        return torch.einsum("nk,nkctq->nctq", w, self.patches[idx])

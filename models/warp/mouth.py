@@ -1,0 +1,131 @@
+"""Mouth region model: jaws ride rigidly with their lips; the newly exposed interior is filled."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from models.warp.avatar import Move, WarpAvatar, lattice_sources, lookup
+from models.warp.config import WarpConfig
+from models.warp.interior import shape_features
+from models.warp.tps import interp_curve, ramp01, smoothstep
+
+if TYPE_CHECKING:
+    from models.warp.core import IndexSets
+
+RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not interior
+
+
+def mouth_model(
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, coarse: torch.Tensor,
+    move: Move, ix: IndexSets,
+) -> torch.Tensor:
+    """Mouth correction and fill on the mouth lattice → (N, 5, Qv, Qh): dv, alpha, fill RGB.
+
+    Inside the target opening the upper part rides with the upper lip and the lower part with the lower
+    lip (rigidly: teeth do not stretch); the photo's opening is shared between the jaws as an incisor's
+    length for the upper one and the rest for the lower one (all of it for the upper one when it is
+    narrower than 1.6 incisors, as in a smile). Whatever lies beyond a jaw's share was hidden
+    in the photo: it is newly exposed and painted (upper/lower teeth bands, dark cavity). Below, the lower
+    lip body follows the lower lip. As for the eyes only the difference to what the spline roughly does
+    (with its lips kept apart) is applied, over the band from the upper inner lip to the lower outer lip,
+    so nothing changes at the band's edges.
+    """
+    n = tgt.shape[0]
+    reg = avatar.mouth
+    px = reg.step  # one lattice step: the antialiasing width
+    hv = lattice_sources(avatar, (reg,), coarse, move, with_v=True).reshape(2, n, reg.v.shape[0], reg.h.shape[0])
+    h_s, v_spline = hv[0], hv[1]  # where the spline samples the photo (face frame)
+    upl, lol, loo = ix.get("lip_up_in"), ix.get("lip_lo_in"), ix.get("lip_lo_out")
+
+    # target curves per column → (N, 1, Qh); source curves at the source columns → (N, Qv, Qh)
+    qh = reg.h.shape[0]
+    inner = interp_curve(torch.stack([tgt[:, upl, 0], tgt[:, lol, 0], spline[:, lol, 0]], 1),
+                         torch.stack([tgt[:, upl, 1], tgt[:, lol, 1], spline[:, lol, 1]], 1),
+                         reg.h.expand(n, 3, qh))
+    outer = interp_curve(tgt[:, loo, 0], tgt[:, loo, 1], reg.h.expand(n, qh))
+    ut, lt, lp = inner[:, 0:1], inner[:, 1:2], inner[:, 2:3]
+    ot = torch.maximum(outer.unsqueeze(1), lp + 1e-3)
+    us, ls, os_ = lookup(avatar, ix.mouth_rows, h_s).unbind(1)
+    v_t = reg.v[None, :, None]  # (1, Qv, 1)
+    h_t = reg.h[None, None, :]  # (1, 1, Qh)
+
+    a, b = v_t - ut, lt - v_t
+    gt, gs = lt - ut, (ls - us).clamp_min(0.0)
+    # a smile's opening is all upper teeth; only a wide-open photo shows the lower jaw's side too
+    keep_up = torch.where(gs < 1.6 * cfg.teeth_upper, gs, gs.clamp(max=cfg.teeth_upper))
+    keep_lo = gs - keep_up
+    h0, h1 = tgt[:, 60, 0, None, None], tgt[:, 64, 0, None, None]  # (N, 1, 1)
+    upper = a * keep_lo <= b * keep_up  # when the lips close in, each lip covers its share
+    interior = torch.where(upper, us + torch.minimum(a, keep_up), ls - torch.minimum(b, keep_lo))
+    # dlib's lower inner-lip points sit on the teeth's edge in an open photo: the lip proper starts a little
+    # lower (else a rim of teeth rides along the moving lip); phased in as the mouth opens beyond the photo's
+    inset = cfg.lip_edge_inset
+    ls_lip = ls + torch.where(gs > 2 * inset, ((gt - gs) / inset).clamp(0.0, 1.0) * inset, 0.0)
+    # closing below the photo's opening: the lips' true edges lie a little outside dlib's inner points (which
+    # sit on the teeth in a smile), so the meeting lips are drawn from there (else a line of teeth stays)
+    closing = ((gs - gt) / gs.clamp_min(1e-6)).clamp(0.0, 1.0) * cfg.lip_close_inset
+    ls_lip = ls_lip + closing
+    lip_body = ls_lip + (v_t - lt) * (os_ - ls_lip) / (ot - lt).clamp_min(1e-6)
+    # under the painted area, nearer the lower lip, show the lower jaw's edge (or the lip): the antialiased
+    # border then blends cavity with what borders it
+    exposed = torch.where(upper, a > keep_up, b > keep_lo)
+    lower_edge = torch.where(keep_lo > 0, ls - keep_lo, ls_lip)
+    interior = torch.where(exposed & (b < a), lower_edge, interior)
+    want = torch.where(v_t < lt, interior, lip_body)
+    # Just above the upper lip's edge the upper lip rides rigidly (the smooth spline, compressing the photo's
+    # opening between lips kept apart, pulls teeth rows up into view: a closed mouth kept a strip of teeth).
+    m = cfg.mouth_margin
+    want = torch.where(a < 0, us - closing * ramp01((a + m) / m) + a, want)
+    # the correction replaces the spline's actual sampling position inside the band, faded to zero over a
+    # margin at its top, bottom and corners (continuous: no seams, no torn corners)
+    r = cfg.ramp
+    fade = ramp01((a + m) / m) * ramp01((ot - v_t) / m) * smoothstep(torch.minimum(h_t - h0, h1 - h_t) / r + 1.0)
+    dv = fade * (want - v_spline)
+    # antialiased: distance (in samples) to the nearest lip / corner / hidden-area edge
+    edge = torch.minimum(torch.minimum(a, b), torch.where(upper, a - keep_up, b - keep_lo))
+    alpha = ramp01(torch.minimum(edge, torch.minimum(h_t - h0, h1 - h_t)) / px)
+
+    if avatar.interior is not None:
+        fill = exemplar_fill(avatar, tgt, ut, lt, h0, h1, v_t, h_t)
+    else:
+        fill = painted_fill(cfg, avatar, a, b, gt, h0, h1, h_t)
+    return torch.cat([dv.unsqueeze(1), alpha.unsqueeze(1), fill], 1)
+
+
+def exemplar_fill(avatar: WarpAvatar, tgt: torch.Tensor, ut: torch.Tensor, lt: torch.Tensor, h0: torch.Tensor,
+                  h1: torch.Tensor, v_t: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+    """Real interiors stretched into the target inner-lip contour → (N, 3, Qv, Qh).
+
+    Lattice point (h, v) → lip-normalised (s, t): s along the corners 60 → 64, t from the upper inner lip (ut)
+    to the lower one (lt) in that column; the blended exemplar is sampled there.
+    """
+    assert avatar.interior is not None
+    patches = avatar.interior.blend(shape_features(tgt))  # (N, 3, T, S)
+    s = (h_t - h0) / (h1 - h0).clamp_min(1e-6)  # (N, 1, Qh)
+    t = (v_t - ut) / (lt - ut).clamp_min(1e-6)  # (N, Qv, Qh)
+    t = RIM + (1.0 - 2.0 * RIM) * t  # skip the exemplars' lip rims (dlib's inner-lip points sit on the lips)
+    grid = torch.stack([(2.0 * s - 1.0).expand_as(t), 2.0 * t - 1.0], -1)
+    return F.grid_sample(patches, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def painted_fill(cfg: WarpConfig, avatar: WarpAvatar, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
+                 h0: torch.Tensor, h1: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+    """The painted interior (no bank): upper/lower teeth bands over a dark cavity → (N, 3, Qv, Qh)."""
+    px = avatar.mouth.step
+    side = (2.0 * (h_t - h0) / (h1 - h0).clamp_min(1e-6) - 1.0).abs().clamp(max=1.0)  # (N, 1, Qh)
+    narrow = 1.0 - 0.4 * side * side  # teeth look shorter towards the corners
+    t_up = cfg.teeth_upper * narrow
+    t_lo = ((gt - cfg.lower_teeth_from) * 0.5).clamp(0.0, cfg.teeth_lower) * narrow
+    upper_teeth = ramp01((t_up - a) / px) * smoothstep((0.92 - side) / 0.1)
+    lower_teeth = ramp01((t_lo - b) / px) * smoothstep((0.6 - side) / 0.2)  # only the front ones show
+    teeth = torch.maximum(upper_teeth, lower_teeth)
+    # darker towards the corners, in the upper lip's shadow, and for the (shaded, recessed) lower row
+    shade = (1.0 - 0.55 * side * side) * (0.8 + 0.2 * smoothstep(a / (0.3 * cfg.teeth_upper)))
+    shade = shade * torch.where(upper_teeth >= lower_teeth, 1.0, 0.75)
+    cavity = avatar.cavity_rgb[None, :, None, None] * (0.6 + 0.4 * (1.0 - side)).unsqueeze(1)  # (N, 3, 1, Qh)
+    teeth_col = avatar.teeth_rgb[None, :, None, None] * shade.unsqueeze(1)
+    fill = cavity + teeth.unsqueeze(1) * (teeth_col - cavity)  # (N, 3, Qv, Qh)
+    return fill

@@ -1,0 +1,91 @@
+"""Geometry helpers and thin-plate-spline maths of the warp renderer (pure tensor functions, no state)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def px_to_norm(p: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel-centre coordinates → grid_sample's normalised coordinates (align_corners=False)."""
+    return (p + 0.5) * (2.0 / size) - 1.0
+
+
+def affine2(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ m.T (+ t)`` for (…, 2) points and a 2×2 matrix, written elementwise: CPU matmul kernels are slow
+    on such skinny shapes."""
+    out = x[..., 0:1] * m[:, 0] + x[..., 1:2] * m[:, 1]
+    return out if t is None else out + t
+
+
+def similarity(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares similarity src (K, 2) → dst (K, 2): ``dst ≈ src @ A.T + t``."""
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = (src - ms).double(), (dst - md).double()
+    den = (s**2).sum()
+    a = (s * d).sum() / den
+    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / den
+    A = torch.stack([torch.stack([a, -b]), torch.stack([b, a])]).float()
+    return A, md - ms @ A.T
+
+
+def interp_curve(xk: torch.Tensor, yk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear curves through (xk, yk) (…, K) evaluated at x (…, P); constant beyond the ends.
+
+    Written as a sum of clamped ramps, y0 + Σ slope_k · clamp(x − x_k, 0, Δx_k). ``xk`` is made monotone
+    first (a fold guard: a curve that doubles back would be ambiguous).
+    """
+    xk = torch.cummax(xk, dim=-1).values
+    dx = (xk[..., 1:] - xk[..., :-1]).clamp_min(1e-6)  # (…, K-1)
+    slope = (yk[..., 1:] - yk[..., :-1]) / dx
+    ramp = torch.minimum((x.unsqueeze(-1) - xk[..., None, :-1]).clamp_min(0.0), dx.unsqueeze(-2))  # (…, P, K-1)
+    return yk[..., :1] + (ramp * slope.unsqueeze(-2)).sum(-1)
+
+
+def smoothstep(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def ramp01(x: torch.Tensor) -> torch.Tensor:
+    """Linear 0 → 1 ramp (antialiased edges one sample wide; cheaper than a smoothstep)."""
+    return x.clamp(0.0, 1.0)
+
+
+def tps_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """U(r) = r² log r² between point sets a (…, P, 2) and b (…, M, 2) → (…, P, M)."""
+    # |a|² + |b|² − 2 a·b: one matrix product instead of a (P, M, 2) difference tensor
+    r2 = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * (a @ b.transpose(-1, -2))
+    r2 = r2.clamp_min(0.0)
+    return r2 * torch.log(r2 + 1e-12)
+
+
+def tps_fit(ctrl: torch.Tensor, disp: torch.Tensor, reg: float) -> torch.Tensor:
+    """Thin-plate spline through control points ctrl (N, M, 2) with displacements disp (N, M, 2).
+
+    Returns the coefficients (N, M + 3, 2): M kernel weights, then the affine part (1, x, y). Solved in float64
+    (a 100² system is cheap; float32 loses digits when control points nearly coincide).
+    """
+    n, m, _ = ctrl.shape
+    c = ctrl.double()
+    k = tps_kernel(c, c) + reg * torch.eye(m, dtype=torch.float64, device=c.device)
+    p = torch.cat([c.new_ones(n, m, 1), c], dim=2)  # (N, M, 3)
+    top = torch.cat([k, p], dim=2)
+    bottom = torch.cat([p.transpose(1, 2), c.new_zeros(n, 3, 3)], dim=2)
+    system = torch.cat([top, bottom], dim=1)  # (N, M+3, M+3)
+    rhs = torch.cat([disp.double(), c.new_zeros(n, 3, 2)], dim=1)
+    # solve_ex: no host synchronisation for error checks (keeps the call graph-capturable); the regularised
+    # system is never singular
+    return torch.linalg.solve_ex(system, rhs, check_errors=False).result.float()
+
+
+def tps_eval(coef: torch.Tensor, ctrl: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Displacement at pts (P, 2) of the splines (N, M+3, 2) fitted at ctrl (N, M, 2) → (N, 2, P).
+
+    Channel-first output (ready for upsampling); the kernel is built as (N, M, P) so both products are
+    wide-output matmuls (the (P, M) @ (M, 2) orientation is several times slower on CPU).
+    """
+    m = ctrl.shape[1]
+    u = tps_kernel(ctrl, pts.unsqueeze(0))  # (N, M, P)
+    homog = torch.cat([torch.ones_like(pts[:, :1]), pts], 1).T  # (3, P)
+    coef_t = coef.transpose(1, 2)  # (N, 2, M+3)
+    return torch.bmm(coef_t[:, :, :m], u) + coef_t[:, :, m:] @ homog

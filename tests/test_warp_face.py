@@ -1,0 +1,151 @@
+"""Issue 17 on the warp renderer: real mouth interiors, rest and closure, a still background, a living head."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from engine.avatar import builtin_avatar, detect_landmarks
+from engine.config import add_config_arguments, config_from_args
+from engine.motion import HEAD_GAIN, HEAD_STD, IdleMotion
+from engine.renderer import WarpAvatarState, WarpRenderer
+from models.warp import ExpressionMap, MouthBank, WarpConfig
+
+SIZE = 256
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@pytest.fixture(scope="module")
+def bank_renderer() -> WarpRenderer:
+    return WarpRenderer(size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def painted_renderer() -> WarpRenderer:
+    return WarpRenderer(size=SIZE, config=WarpConfig(interior="painted"))
+
+
+@pytest.fixture(scope="module")
+def gap_weights() -> np.ndarray:
+    w = ExpressionMap.load().weights.numpy()  # (64, 68, 2)
+    return (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)  # (64,) expression → mean inner-lip gap (IOD)
+
+
+@pytest.fixture(scope="module")
+def open_exp(samples_dir: Path, gap_weights: np.ndarray) -> np.ndarray:
+    mat = samples_dir / "source" / "3dmm" / "Obama_clip1.mat"
+    if not mat.is_file():
+        pytest.skip(f"{mat} not found")
+    exp = scipy.io.loadmat(str(mat))["coeff"][:, 80:144].astype(np.float32)
+    return exp[int(np.argmax(exp @ gap_weights))]
+
+
+def mouth_pixels(image: np.ndarray) -> np.ndarray:
+    """RGB pixels inside the detected inner-lip outline."""
+    from skimage.draw import polygon
+
+    lmk = detect_landmarks(image)
+    rr, cc = polygon(lmk[60:68, 1], lmk[60:68, 0], image.shape[:2])
+    return image[rr, cc].astype(np.float64)
+
+
+def test_bank_loads_and_leaves_a_speaker_out() -> None:
+    bank = MouthBank.load()
+    assert bank.patches.shape[1:] == (3, 20, 40) and len(bank.patches) == len(bank.shape) > 500
+    donor = bank.speakers[bank.donor()]
+    held = MouthBank.load(exclude=(donor,))
+    assert donor not in {held.speakers[int(i)] for i in held.speaker.unique()}
+    assert held.speakers[held.donor()] != donor
+    with pytest.raises(KeyError, match="not in the mouth bank"):
+        MouthBank.load(exclude=("nobody",))
+
+
+def test_open_mouth_shows_a_real_interior_not_painted_bands(
+    bank_renderer: WarpRenderer, painted_renderer: WarpRenderer, open_exp: np.ndarray
+) -> None:
+    state_b = bank_renderer.prepare(builtin_avatar(SIZE))
+    state_p = painted_renderer.prepare(builtin_avatar(SIZE))
+    assert state_b.warp is not None and state_b.warp.interior is not None
+    assert state_p.warp is not None and state_p.warp.interior is None
+    out_b = bank_renderer.render(state_b, open_exp[None])[0]
+    out_p = painted_renderer.render(state_p, open_exp[None])[0]
+    px_b = mouth_pixels(out_b)
+    luma_b = px_b @ LUMA
+    # where the two differ (the newly exposed interior), the painted one is a near-uniform dark fill; the real
+    # one is graded (tongue, lower teeth, shade)
+    changed = np.abs(out_b.astype(np.int16) - out_p.astype(np.int16)).max(-1) > 10
+    lb, lp = out_b[changed] @ LUMA, out_p[changed] @ LUMA
+    assert changed.sum() > 300 and lb.std() > 1.1 * lp.std(), (changed.sum(), lb.std(), lp.std())
+    assert np.percentile(luma_b, 90) > 150  # teeth show (the photo's upper teeth ride along)
+    # colours matched teeth-to-teeth: the brightest interior pixels are not tinted (no mauve/pink teeth)
+    bright = px_b[luma_b >= np.percentile(luma_b, 90)].mean(0)
+    assert bright.max() - bright.min() < 45, bright
+
+
+def test_interior_is_deterministic_and_does_not_flicker(bank_renderer: WarpRenderer, open_exp: np.ndarray) -> None:
+    state = bank_renderer.prepare(builtin_avatar(SIZE))
+    a = bank_renderer.render(state, open_exp[None])[0]
+    b = bank_renderer.render(state, open_exp[None])[0]
+    c = bank_renderer.render(state, (open_exp * 1.002)[None])[0]  # the same shape, a hair wider
+    np.testing.assert_array_equal(a, b)
+    lmk = detect_landmarks(a)
+    x0, y0 = lmk[48:68].min(0).astype(int)
+    x1, y1 = lmk[48:68].max(0).astype(int) + 1
+    diff = np.abs(a[y0:y1, x0:x1].astype(np.int16) - c[y0:y1, x0:x1].astype(np.int16))
+    assert diff.mean() < 1.5, diff.mean()
+
+
+def test_rest_reproduces_the_photo_and_a_bilabial_closes_the_lips(
+    bank_renderer: WarpRenderer, open_exp: np.ndarray, gap_weights: np.ndarray
+) -> None:
+    state: WarpAvatarState = bank_renderer.prepare(builtin_avatar(SIZE))
+    rest = open_exp * 0.5  # any expression can be the rest: it then shows the photo as it is
+    bank_renderer.set_rest(state, rest)
+    out = bank_renderer.render(state, rest[None])[0]
+    assert np.abs(out.astype(np.int16) - state.image.astype(np.int16)).mean() < 0.5
+    photo_gap = float((state.landmarks[[67, 66, 65], 1] - state.landmarks[[61, 62, 63], 1]).mean())
+    assert photo_gap > 4  # the astronaut smiles with her teeth showing
+    close = rest - 0.08 * gap_weights / float(gap_weights @ gap_weights)  # a bilabial-sized drop of the gap
+    shut = bank_renderer.render(state, close[None])[0]
+    lmk = detect_landmarks(shut)
+    assert float((lmk[[67, 66, 65], 1] - lmk[[61, 62, 63], 1]).mean()) <= 1.5
+    with pytest.raises(ValueError, match="exp_rest"):
+        bank_renderer.set_rest(state, np.zeros((2, 64), np.float32))
+
+
+def test_head_motion_moves_the_head_not_the_background(bank_renderer: WarpRenderer) -> None:
+    state = bank_renderer.prepare(builtin_avatar(SIZE))
+    pose = np.zeros((2, 9), np.float32)
+    pose[1, :3] = [0.06, 0.12, 0.08]  # pitch, yaw, roll (rad)
+    pose[1, 7:9] = [12.0, -8.0]  # crop shift (px in the source video)
+    out = bank_renderer.render(state, np.zeros((2, 64), np.float32), pose)[1]
+    diff = np.abs(out.astype(np.int16) - state.image.astype(np.int16)).mean(-1)
+    corners = np.concatenate([diff[:20, :20].ravel(), diff[:20, -20:].ravel()])
+    assert corners.mean() < 1.0, corners.mean()  # background (top corners) unmoved
+    face = diff[90:190, 80:180]
+    assert face.mean() > 8.0, face.mean()  # the face moved
+
+
+def test_natural_head_motion_matches_the_sample_speakers() -> None:
+    frames = np.arange(30 * 240)
+    pose = IdleMotion(seed=5).poses(frames)
+    ratio = pose.std(0) / (HEAD_STD * HEAD_GAIN)
+    assert np.all((ratio > 0.6) & (ratio < 1.4)), ratio
+    np.testing.assert_array_equal(pose[100:200], IdleMotion(seed=5).poses(frames[100:200]))  # deterministic
+    assert not np.array_equal(pose, IdleMotion(seed=6).poses(frames))
+    # rhythm: most of the angle power lies below 0.5 Hz, as in the sample clips
+    spec = np.abs(np.fft.rfft(pose[:, :3] - pose[:, :3].mean(0), axis=0)) ** 2
+    freq = np.fft.rfftfreq(len(frames), 1 / 30)
+    assert spec[freq < 0.5].sum() / spec.sum() > 0.6
+    np.testing.assert_array_equal(IdleMotion(head=0.0).poses(frames[:5]), np.zeros((5, 9), np.float32))
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_size_flag_sets_the_renderer_size(size: int) -> None:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert config_from_args(parser.parse_args(["--size", str(size)])).renderer.size == size
