@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,12 @@ def _predictor_path() -> Path:
     if not path.is_file():
         raise AvatarError(f"landmark model not found at {path}")
     return path
+
+
+_DLIB_LOCK = threading.Lock()
+"""dlib's detector and predictor are shared by the model worker (avatar preparation) and the upload threads
+(style extraction); dlib does not promise that one object may be used from two threads at once, so every call
+holds this lock (a call takes one frame's detection: milliseconds, never a whole upload)."""
 
 
 @functools.cache
@@ -141,7 +148,8 @@ def detect_faces(image: np.ndarray, upsample: int | None = None) -> list[FaceBox
     detector, _ = _dlib_models()
     tries = [upsample] if upsample is not None else ([0, 1] if max(image.shape[:2]) <= 1024 else [0])
     for up in tries:
-        rects, scores, _ = detector.run(image, up, 0.0)
+        with _DLIB_LOCK:
+            rects, scores, _ = detector.run(image, up, 0.0)
         boxes = [
             FaceBox(r.left(), r.top(), r.right(), r.bottom(), float(s))
             for r, s in zip(rects, scores, strict=True)
@@ -157,7 +165,9 @@ def landmarks_in_box(image: np.ndarray, box: FaceBox) -> np.ndarray:
     import dlib
 
     _, predictor = _dlib_models()
-    shape = predictor(_as_rgb_uint8(image), dlib.rectangle(box.left, box.top, box.right, box.bottom))
+    rgb = _as_rgb_uint8(image)
+    with _DLIB_LOCK:
+        shape = predictor(rgb, dlib.rectangle(box.left, box.top, box.right, box.bottom))
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
 
