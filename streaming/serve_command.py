@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from engine.config import ConfigError, ServerConfig, add_config_arguments, config_from_args
+from streaming.allocator import cap_arenas
 from streaming.contracts import ServedRuntime
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def quiet_webrtc_logs(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cap_arenas()  # before the engine starts its threads: see streaming/allocator.py
     with contextlib.suppress(AttributeError, ValueError, RuntimeError):  # `kill -USR1 <pid>` dumps every stack
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     quiet_webrtc_logs(args.verbose)

@@ -1,0 +1,66 @@
+"""streaming.allocator: the server caps glibc's malloc arenas (the 30-minute soak's RSS creep, issue #12 item 9).
+
+Each case runs in a fresh interpreter (arenas, once made, stay for the process's life): eight threads allocate
+at the same time, then glibc's own report (``malloc_info``) counts the heaps it made.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import ctypes, sys, tempfile, threading
+from streaming.allocator import cap_arenas
+applied = cap_arenas(2) if sys.argv[1] == "cap" else None
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()  # all eight alive at once: none can take over an arena a finished thread left
+    bufs = [bytearray(200_000) for _ in range(10)]  # > 512 bytes: malloc, not Python's small-object pool
+    barrier.wait()
+    del bufs
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = tempfile.mktemp(suffix=".xml")
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(applied, open(path).read().count("<heap nr="))
+"""
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc arenas: Linux only")
+
+
+def _heaps(mode: str, **env: str) -> tuple[str, int]:
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    applied, heaps = out.stdout.split()
+    return applied, int(heaps)
+
+
+def test_capped_process_uses_two_arenas_where_glibc_would_make_one_per_thread() -> None:
+    _, uncapped = _heaps("default")
+    applied, capped = _heaps("cap")
+    assert applied == "True"
+    assert uncapped > 2, f"glibc made {uncapped} heaps for 8 threads: the test cannot show the cap"
+    assert capped <= 2, f"{capped} heaps with the cap"
+
+
+def test_an_explicit_malloc_arena_max_wins() -> None:
+    applied, heaps = _heaps("cap", MALLOC_ARENA_MAX="3")
+    assert applied == "False" and heaps <= 3
