@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import platform
 import re
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results_io import write_results
 from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
 from engine.timing import SAMPLE_RATE
 
@@ -346,10 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         **data,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    print(f"wrote {out}")
+    write_results(args.out, result, indent=1)
     return 0
 
 

@@ -36,7 +36,6 @@ coefficient mean and std, standardised) is the reference point.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.results_io import write_results
 from models.checkpoints import load_checkpoint
 from models.dataset import STYLE_CHUNK, DataSplit, EvalItem, evaluation_items, make_split
 from models.styletalk import LOWER_FACE3D_INDICES, StyleTalk
@@ -280,9 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     res = run(args.checkpoint, args.data)
     print_table(res)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {args.out}")
+    write_results(args.out, res)
     return 0
 
 

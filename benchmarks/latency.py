@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.results_io import write_results
 from engine.config import Config, add_config_arguments, config_from_args
 from engine.decoder import ExpressionDecoder
 from engine.ring import PhonemeRing
@@ -442,10 +443,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(result: dict[str, Any], path: str) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    print(f"\nwrote {out}")
+    write_results(path, result, indent=1)
 
 
 def _labels_recognizer(labels: np.ndarray) -> Any:

@@ -12,7 +12,6 @@ figures to quote. Usage: ``python -m benchmarks.networks [--runs 20] [--threads 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -21,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_io import RESULTS, write_results
 from models.pirenderer import FaceGenerator
 from models.styletalk import StyleTalk, StyleTalkConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BUILTIN = Path(__file__).resolve().parents[1] / "models" / "assets" / "styletalk_default.pt"
 
 
@@ -99,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'step':<58} {'median ms':>10} {'min ms':>9} {'ratio':>7}")
     for name, r in rows.items():
         print(f"  {name:<58} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} {r['ratio_to_full_decode']:>7.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "networks", "threads": args.threads, "load_avg_1m": os.getloadavg()[0],
-                               "torch": torch.__version__, "parameters": params, "steps": rows}, indent=1))
-    print(f"wrote {out}")
+    write_results(args.out, {"benchmark": "networks", "threads": args.threads, "load_avg_1m": os.getloadavg()[0],
+                             "torch": torch.__version__, "parameters": params, "steps": rows}, indent=1)
     return 0
 
 

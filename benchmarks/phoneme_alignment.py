@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_io import write_results
 from models.clips import load_style_clip
 from models.dataset import PHONEME_OFFSET, default_data_dir, list_clips
 from models.phonemes import PHONEME_INDEX, SIL
@@ -153,9 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{res['mouth_open_vs_indicator_corr'][lag]:17.3f} {res['lower_face_loco_r2'][lag]:8.4f}"
         )
     print("best mouth-opening lag per clip:", res["mouth_open_best_lag_per_clip"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_results(args.out, res)
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results_io import write_results
 from engine.recognizer import make_recognizer
 from engine.recognizer.fit_rescorer import load_clip  # one reader of a sample clip (wav + labels)
 from engine.timing import FPS, SAMPLE_RATE
@@ -204,11 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print()
     print_table(results)
-    print(f"\nwrote {args.out}")
+    write_results(args.out, out)
     return 0
 
 

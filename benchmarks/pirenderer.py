@@ -16,7 +16,6 @@ FLOPs come from ``torch.utils.flop_counter`` on the meta device. Medians of ``--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.results_io import write_results
 from engine.renderer_pir import PIRendererRenderer
 from models.pirenderer import FaceGenerator, RendererConfig, set_compute_discarded_branch
 
@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print(f"{k:<14}{row['median_ms']:>11.1f}{row['min_ms']:>10.1f}{row['gflops']:>9.2f}"
               f"{row['ratio_to_reference']:>14.3f}{'' if paired is None else f'{paired:.3f}':>9}")  # fmt: skip
     print(f"load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result, indent=1)
     return result
 
 

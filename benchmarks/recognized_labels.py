@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.results_io import write_results
 from engine.recognizer import make_recognizer
 from engine.recognizer.fit_rescorer import load_clip
 from models.dataset import default_data_dir, list_clips
@@ -83,8 +84,7 @@ def ensure(path: str | Path = DEFAULT_OUT, data_dir: Path | None = None) -> dict
     path = Path(path)
     if not path.is_file():
         res = build(data_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res) + "\n", encoding="utf-8")
+        write_results(path, res, indent=None)
     return load(path)
 
 
@@ -95,11 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="allphone")
     args = p.parse_args(argv)
     res = build(args.data, args.backend)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res) + "\n", encoding="utf-8")
     for k, v in res["frame_agreement_with_reference"].items():
         print(f"{k:<22} frame agreement {v:.3f}")
-    print(f"wrote {args.out} ({res['seconds']} s)")
+    write_results(args.out, res, indent=None, note=f"({res['seconds']} s)")
     return 0
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.results_io import RESULTS, write_results
 from engine.avatar import builtin_avatar, detect_landmarks, load_image
 from engine.landmark_fit import STABLE, read_video_rgb, similarity_fit
 from engine.renderer import WarpRenderer
@@ -55,7 +56,6 @@ from models.clips import load_pose
 from models.dataset import default_data_dir, style_label
 from models.warp import ExpressionMap, MouthBank, WarpConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
 SOURCE_OFFSET = 2  # coefficient row i ↔ source video frame i + 2
@@ -597,8 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.is_file() and (args.no_speed or args.no_quality):  # keep the other half of an earlier full run
         old = json.loads(out.read_text())
         result = {**{k: v for k, v in old.items() if k in ("speed", "quality", "rest", "head_motion")}, **result}
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(out, result)
     return 0
 
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results_io import RESULTS, write_results
+
 WARM_UP_S = 60.0  # the long session's first minute (allocator and caches warming up) is left out of its slope
-RESULTS = Path(__file__).resolve().parent / "results"
 SPEECH_WAV = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech_16k.wav"
 
 
@@ -619,8 +620,12 @@ async def attack_section(url: str, seconds: float = 6.0, kinds: tuple[str, ...] 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from engine.config import load_config
     from engine.runtime import EngineRuntime
+    from streaming.allocator import cap_arenas
     from streaming.server import PresenterServer, ServerSettings
 
+    load_start = os.getloadavg()
+    if args.malloc_arenas > 0:  # as `styletalk-live serve` does (0: glibc's default, for a before/after)
+        cap_arenas(args.malloc_arenas)
     runtime = EngineRuntime.load(load_config(None, {"server.max_sessions": "8"}))
     try:
         async with PresenterServer(runtime, ServerSettings(port=0, max_sessions=8)) as server:
@@ -653,7 +658,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         runtime.close()
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_end": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(), "malloc_arena_max_env": os.environ.get("MALLOC_ARENA_MAX"),
+        },
         "settings": vars(args),
         "churn": {
             "cycles": ch.cycles,
@@ -743,6 +751,10 @@ def main(argv: list[str] | None = None) -> int:
         "--attack-seconds", type=float, default=6.0,
         help="length of each hostile client's attack while a normal session streams (default 6; 0: skip)",
     )
+    parser.add_argument(
+        "--malloc-arenas", type=int, default=2,
+        help="cap glibc's malloc arenas as `serve` does (default 2; 0: glibc's default, up to 8 per core)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "soak.json"))
     parser.add_argument(
         "--tracemalloc", action="store_true",
@@ -757,10 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = asyncio.run(run(args))
     print_report(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -30,7 +30,6 @@ a sheet: the same sentence rendered with the .mat style and with the extracted s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_io import write_results
 from engine.inverse_fit import FitClip, compare, fit_params, interpolate_missing
 from models.dataset import default_data_dir, load_source_clip
 from models.expression_inverse import ExpressionInverse, InverseParams, mouth_opening_from_exp, rest_frames
@@ -271,9 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"extract-style on {len(cpu)} clips: CPU {np.median(cpu):.2f} s per video second (max {cpu.max():.2f}), "
           f"wall {np.median(wall):.2f}; landmark pass over all clips wall median {np.median(rtf):.2f}; "
           f"load {os.getloadavg()}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, report, indent=1)
     if args.sheet_clips:
         sheet(args.sheet, names, mat_out, per_method, neutral_out, args.sheet_clips)
         print(f"wrote {args.sheet}")

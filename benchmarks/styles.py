@@ -38,7 +38,6 @@ the output). Which data scores what:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ import torch
 
 from benchmarks import recognized_labels
 from benchmarks.expression_quality import _pearson, mouth_direction, score
+from benchmarks.results_io import write_results
 from engine.stylebank import StyleBank
 from models.checkpoints import load_checkpoint
 from models.dataset import (
@@ -358,9 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("decoder step (one frame, cached style), median ms: "
               + ", ".join(f"{k} {v:.2f}" for k, v in ds["median_ms"].items())
               + f"; ratio {ds['ratio_to_baseline']['checkpoint']:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_results(args.out, res)
     return 0
 
 
