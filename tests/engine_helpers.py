@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from engine.config import Config
 from engine.decoder import ExpressionDecoder
@@ -38,3 +39,11 @@ def small_runtime(labels: np.ndarray, lookahead: int = 5, renderer=None, **audio
                             recognizer_factory=lambda: make_recognizer("labels", labels=labels))
     runtime.warmup()
     return runtime
+
+
+def offline_decode(dec: ExpressionDecoder, windows: np.ndarray, style: np.ndarray) -> np.ndarray:
+    """The offline reference: one pass of the decoder over a whole clip's phoneme windows ``(T, W)`` with one
+    style code ``(D,)``; returns ``(T, 64)`` expression coefficients."""
+    with torch.inference_mode():
+        w = torch.from_numpy(windows)[None]
+        return dec.model.decode(dec.model.encode_content(w), torch.from_numpy(style)[None])[0].numpy()

@@ -7,13 +7,19 @@ The runtime is the real engine on its built-in defaults (``EngineRuntime.load``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,6 +41,134 @@ def live_runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
     runtime = EngineRuntime.load(load_config(None, {"server.max_sessions": "8", "avatar.head_motion": "0"}))
     yield runtime
     runtime.close()
+
+
+def runtime_fixture(max_sessions: int = 8, **overrides: str) -> Any:
+    """A module-scoped ``runtime`` fixture: the real engine on built-in defaults, its own ``max_sessions``.
+
+    For modules whose assertions depend on the engine's own session limit (admission, capacity after churn);
+    ``runtime = runtime_fixture(4)`` at module level.
+    """
+
+    @pytest.fixture(scope="module")
+    def runtime():  # noqa: ANN202 - engine.runtime.EngineRuntime
+        from engine.config import load_config
+        from engine.runtime import EngineRuntime
+
+        rt = EngineRuntime.load(load_config(None, {"server.max_sessions": str(max_sessions), **overrides}))
+        yield rt
+        rt.close()
+
+    return runtime
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 300.0) -> Any:
+    """Run one test's coroutine on a fresh loop; ``timeout`` only guards against a hung test."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class Raw:
+    """A protocol client over a raw websocket (tests the wire format, not clients/client.py): sends anything
+    and returns the next non-event message; events seen meanwhile are kept in ``events``."""
+
+    def __init__(self, ws) -> None:  # noqa: ANN001 - websockets ClientConnection
+        self.ws = ws
+        self.n = 0
+        self.events: list[dict] = []
+        self.welcome: dict = {}
+
+    @classmethod
+    async def open(cls, port: int, query: str = "", **kwargs: object) -> Raw:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(f"ws://127.0.0.1:{port}/ws{query}", max_size=None, **kwargs)  # type: ignore[arg-type]
+        self = cls(ws)
+        await self.read_welcome()
+        return self
+
+    async def read_welcome(self) -> dict:
+        msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
+        assert msg["type"] == "event" and msg["event"] == "welcome", msg
+        self.welcome = msg
+        return msg
+
+    async def send(self, text: str | bytes) -> dict:
+        await self.ws.send(text)
+        return await self.next_reply()
+
+    async def next_reply(self) -> dict:
+        while True:
+            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 60))
+            if msg["type"] != "event":
+                return msg
+            self.events.append(msg)
+
+    async def call(self, rtype: str, **fields: object) -> dict:
+        from streaming import protocol as P
+
+        self.n += 1
+        msg = await self.send(P.make_request(rtype, self.n, **fields))
+        assert msg["id"] == self.n, msg
+        return msg
+
+    async def assert_alive(self) -> None:
+        msg = await self.call("ping")
+        assert msg["type"] == "result", msg
+
+
+async def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 GET (no client-side path normalisation: traversal attempts reach the server as sent)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    hdrs = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), hdrs, body
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``styletalk-live serve --port 0 *args`` as a child process; yields it and its port once it serves.
+
+    Killed on the way out if the test did not stop it. Its output (stdout + stderr) stays readable.
+    """
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streaming.serve_command", "--port", "0", *args],
+        cwd=root,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        port = None
+        lines: list[str] = []
+        deadline = time.monotonic() + 180
+        assert proc.stdout is not None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "serving on http://127.0.0.1:" in line:
+                port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        assert port is not None, "".join(lines)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def trained_weights(runtime) -> bool:  # noqa: ANN001

@@ -8,6 +8,7 @@ import torch
 
 from engine.decoder import ExpressionDecoder
 from models.phonemes import SIL, phoneme_windows
+from tests.engine_helpers import offline_decode
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 
@@ -17,17 +18,11 @@ def dec() -> ExpressionDecoder:
     return ExpressionDecoder.random(seed=0, small=True, max_batch=4)
 
 
-def _offline(dec: ExpressionDecoder, windows: np.ndarray, style: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        w = torch.from_numpy(windows)[None]
-        return dec.model.decode(dec.model.encode_content(w), torch.from_numpy(style)[None])[0].numpy()
-
-
 def test_incremental_decoding_equals_one_offline_pass(dec: ExpressionDecoder) -> None:
     rng = np.random.default_rng(0)
     windows = phoneme_windows(rng.integers(0, 41, 23))
     style = dec.encode_style(rng.standard_normal((70, 64)).astype(np.float32))
-    ref = _offline(dec, windows, style)
+    ref = offline_decode(dec, windows, style)
     for step in (1, 3, 7):  # one frame at a time (B*N = 1 works), small and over-max batches
         out = np.concatenate([dec.decode(windows[i : i + step], style) for i in range(0, 23, step)])
         np.testing.assert_allclose(out, ref, atol=1e-5)
@@ -39,7 +34,7 @@ def test_per_frame_styles_match_separate_calls(dec: ExpressionDecoder) -> None:
     styles = rng.standard_normal((6, dec.style_dim)).astype(np.float32)
     out = dec.decode(windows, styles)
     for i in range(6):
-        np.testing.assert_allclose(out[i], _offline(dec, windows[i : i + 1], styles[i])[0], atol=1e-5)
+        np.testing.assert_allclose(out[i], offline_decode(dec, windows[i : i + 1], styles[i])[0], atol=1e-5)
     # the style matters: a different code changes the expression
     assert np.abs(out[0] - dec.decode(windows[:1], styles[1])[0]).max() > 1e-3
 
@@ -51,7 +46,7 @@ def test_silent_windows_come_from_the_idle_cache(dec: ExpressionDecoder) -> None
     before = dec.frames_from_cache
     out = dec.decode(windows, style)
     assert dec.frames_from_cache - before == 4
-    ref = _offline(dec, windows, style)
+    ref = offline_decode(dec, windows, style)
     np.testing.assert_allclose(out, ref, atol=1e-5)
     np.testing.assert_array_equal(out[0], out[4])  # rest is exactly constant: no jitter
     np.testing.assert_array_equal(dec.idle(style), out[0])
@@ -96,7 +91,7 @@ def test_cached_style_mixing_never_serves_another_style(dec: ExpressionDecoder) 
     saved = {m: vars(m).pop("mix") for m in patched}  # the plain class method: no cache
     try:
         for g, i in zip(got, (0, 1, 0, 2, 3, 4, 5, 0), strict=True):
-            np.testing.assert_allclose(g, _offline(dec, windows, codes[i % 6]), atol=1e-5)
+            np.testing.assert_allclose(g, offline_decode(dec, windows, codes[i % 6]), atol=1e-5)
     finally:
         for m, fn in saved.items():
             m.mix = fn

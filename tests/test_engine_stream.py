@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from engine.decoder import ExpressionDecoder
 from engine.stream import StreamCore, run_decode
 from models.phonemes import SIL, phoneme_windows
+from tests.engine_helpers import offline_decode
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 
@@ -16,13 +16,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def dec() -> ExpressionDecoder:
     return ExpressionDecoder.random(seed=1, small=True, max_batch=8)
-
-
-def _offline(dec: ExpressionDecoder, seq: np.ndarray, style: np.ndarray) -> np.ndarray:
-    """The offline reference: one pass over the whole clip's windows (SIL outside), one style."""
-    with torch.inference_mode():
-        w = torch.from_numpy(phoneme_windows(seq))[None]
-        return dec.model.decode(dec.model.encode_content(w), torch.from_numpy(style)[None])[0].numpy()
 
 
 def _stream(core: StreamCore, dec: ExpressionDecoder, seq: np.ndarray, events_per_step: int,
@@ -53,7 +46,7 @@ def test_streaming_with_full_lookahead_equals_offline(dec: ExpressionDecoder, ev
     core = StreamCore(lookahead=5, style=style, max_batch=4)
     got = _stream(core, dec, seq, events_per_step)
     assert sorted(got) == list(range(40))  # every frame exactly once
-    ref = _offline(dec, seq, style)
+    ref = offline_decode(dec, phoneme_windows(seq), style)
     np.testing.assert_allclose(np.stack([got[t] for t in range(40)]), ref, atol=1e-5)
     assert core.stats()["forced_frames"] == 0
 
@@ -74,7 +67,8 @@ def test_partial_lookahead_equals_offline_on_padded_windows(dec: ExpressionDecod
     if pad == "hold":
         window[5 + 3 + 2 :] = SIL  # the last phoneme is held for two frames only
     np.testing.assert_allclose(out[t], dec.decode(window[None], style)[0], atol=1e-5)
-    assert not np.allclose(out[t], _offline(dec, seq, style)[t], atol=1e-4)  # the padding does change it
+    ref = offline_decode(dec, phoneme_windows(seq), style)
+    assert not np.allclose(out[t], ref[t], atol=1e-4)  # the padding does change it
 
 
 def test_style_switch_lands_on_the_requested_frame(dec: ExpressionDecoder) -> None:
@@ -85,7 +79,7 @@ def test_style_switch_lands_on_the_requested_frame(dec: ExpressionDecoder) -> No
     core = StreamCore(lookahead=5, style=a, crossfade_frames=4)
     assert core.switch_style(b, at_frame=17) == 17
     got = _stream(core, dec, seq, 2)
-    ref_a, ref_b = _offline(dec, seq, a), _offline(dec, seq, b)
+    ref_a, ref_b = offline_decode(dec, phoneme_windows(seq), a), offline_decode(dec, phoneme_windows(seq), b)
     for t in range(17):
         np.testing.assert_allclose(got[t], ref_a[t], atol=1e-5)
     assert np.abs(got[17] - ref_a[17]).max() > 1e-4  # frame 17 already moves toward b

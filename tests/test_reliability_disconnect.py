@@ -12,11 +12,10 @@ Also: admission is atomic (concurrent connects never exceed the engine's limit) 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,31 +30,15 @@ from benchmarks.soak import (
     settle,
     speech,
 )
-from streaming.server import PresenterServer, ServerSettings
-from tests.streaming_fixtures import session_threads
+from streaming.server import PresenterServer
+from tests.streaming_fixtures import http_get, run, runtime_fixture, serve_process, server_settings, session_threads
 
 MAX_SESSIONS = 4
 CYCLES_PER_ORDER = 2  # x 6 orders = 12 WebRTC cycles per run (benchmarks/soak.py runs 50)
 
 
-@pytest.fixture(scope="module")
-def runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
-    from engine.config import load_config
-    from engine.runtime import EngineRuntime
-
-    rt = EngineRuntime.load(load_config(None, {"server.max_sessions": str(MAX_SESSIONS)}))
-    yield rt
-    rt.close()
-
-
-def settings(**overrides: object) -> ServerSettings:
-    base: dict[str, object] = {"host": "127.0.0.1", "port": 0, "max_sessions": MAX_SESSIONS}
-    base.update(overrides)
-    return ServerSettings(**base)  # type: ignore[arg-type]
-
-
-def run(coro) -> object:  # noqa: ANN001
-    return asyncio.run(asyncio.wait_for(coro, 300))
+runtime = runtime_fixture(MAX_SESSIONS)
+settings = functools.partial(server_settings, max_sessions=MAX_SESSIONS)
 
 
 async def freed(server: PresenterServer, runtime, timeout: float = 20.0) -> None:  # noqa: ANN001
@@ -151,28 +134,7 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 def test_serve_frees_slots_idles_and_stops_on_sigterm_after_disconnects() -> None:
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.serve_command", "--port", "0", "--max-sessions", "2"],
-        cwd=root,
-        env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        port = None
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        assert proc.stdout is not None
-        while port is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "serving on http://127.0.0.1:" in line:
-                port = int(line.split("127.0.0.1:")[1].split("/")[0])
-        assert port is not None, "".join(lines)
+    with serve_process("--max-sessions", "2", OMP_NUM_THREADS="1") as (proc, port):
 
         async def clients() -> tuple[int, dict]:
             from clients.client import MicrophoneTrack, StyleTalkClient
@@ -188,11 +150,8 @@ def test_serve_frees_slots_idles_and_stops_on_sigterm_after_disconnects() -> Non
             await asyncio.sleep(2.0)  # the server's clean-up
             admitted = await capacity(url, 2)
             await asyncio.sleep(1.0)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-            raw = await reader.read()
-            writer.close()
-            return admitted, json.loads(raw.partition(b"\r\n\r\n")[2])
+            _, _, body = await http_get(port, "/healthz")
+            return admitted, json.loads(body)
 
         admitted, health = asyncio.run(asyncio.wait_for(clients(), 240))
         assert admitted == 2 and health["sessions"] == 0, (admitted, health)
@@ -221,9 +180,6 @@ def test_serve_frees_slots_idles_and_stops_on_sigterm_after_disconnects() -> Non
         took = asyncio.run(asyncio.wait_for(stop_while_streaming(), 120))
         assert proc.wait(5) == 0
         assert took < 5.0, f"SIGTERM took {took:.1f} s"
+        assert proc.stdout is not None
         out = proc.stdout.read()
         assert "Traceback" not in out and "InvalidStateError" not in out, out[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import logging
@@ -22,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
 
 from streaming import protocol as P
-from streaming.server import PresenterServer, ServerSettings
+from streaming.server import PresenterServer
+from tests.streaming_fixtures import Raw, run, runtime_fixture, server_settings
 
 MAX_EXTRA_MB = 200
 MAX_CPU_S = 2.0
@@ -200,55 +201,8 @@ def test_a_large_real_photo_is_cropped_within_budget() -> None:
 # --- the server --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
-    from engine.config import load_config
-    from engine.runtime import EngineRuntime
-
-    rt = EngineRuntime.load(load_config(None, {"server.max_sessions": "8"}))
-    yield rt
-    rt.close()
-
-
-def settings(**overrides: object) -> ServerSettings:
-    base: dict[str, object] = {"host": "127.0.0.1", "port": 0, "max_sessions": 8}
-    base.update(overrides)
-    return ServerSettings(**base)  # type: ignore[arg-type]
-
-
-def run(coro) -> object:  # noqa: ANN001
-    return asyncio.run(asyncio.wait_for(coro, 200))
-
-
-class Raw:
-    """A protocol client that sends anything and returns the next non-event message."""
-
-    def __init__(self, ws) -> None:  # noqa: ANN001
-        self.ws = ws
-        self.n = 0
-
-    @classmethod
-    async def open(cls, port: int, query: str = "", **kwargs: object) -> Raw:
-        ws = await connect(f"ws://127.0.0.1:{port}/ws{query}", max_size=None, **kwargs)  # type: ignore[arg-type]
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        assert welcome["event"] == "welcome", welcome
-        return cls(ws)
-
-    async def send(self, text: str | bytes) -> dict:
-        await self.ws.send(text)
-        while True:
-            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 60))
-            if msg["type"] != "event":
-                return msg
-
-    async def call(self, rtype: str, **fields: object) -> dict:
-        self.n += 1
-        msg = await self.send(P.make_request(rtype, self.n, **fields))
-        assert msg["id"] == self.n, msg
-        return msg
-
-    async def assert_alive(self) -> None:
-        assert (await self.call("ping"))["type"] == "result"
+runtime = runtime_fixture(8)
+settings = functools.partial(server_settings, max_sessions=8)
 
 
 def test_upload_bombs_get_clean_errors_from_the_server(runtime) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import socket
@@ -18,73 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from benchmarks.soak import Footprint, churn, settle, speech, webrtc_cycle, ws_cycle
 from streaming import protocol as P
 from streaming.server import PresenterServer, ServerSettings
+from tests.streaming_fixtures import Raw, run, runtime_fixture, server_settings
 
 LEAKS = ("/tmp", "/work", "/home", "Traceback", "Error:", "Exception", ".py")
 
 
-@pytest.fixture(scope="module")
-def runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
-    from engine.config import load_config
-    from engine.runtime import EngineRuntime
-
-    rt = EngineRuntime.load(load_config(None, {"server.max_sessions": "8"}))
-    yield rt
-    rt.close()
-
-
-def settings(**overrides: object) -> ServerSettings:
-    base: dict[str, object] = {"host": "127.0.0.1", "port": 0, "max_sessions": 8}
-    base.update(overrides)
-    return ServerSettings(**base)  # type: ignore[arg-type]
-
-
-def run(coro) -> object:  # noqa: ANN001
-    return asyncio.run(asyncio.wait_for(coro, 150))
-
-
-class Raw:
-    """A protocol client that sends anything and returns the next non-event message."""
-
-    def __init__(self, ws) -> None:  # noqa: ANN001
-        self.ws = ws
-        self.n = 0
-        self.events: list[dict] = []
-
-    @classmethod
-    async def open(cls, port: int, **kwargs: object) -> Raw:
-        ws = await connect(f"ws://127.0.0.1:{port}/ws", max_size=None, **kwargs)  # type: ignore[arg-type]
-        self = cls(ws)
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        assert welcome["event"] == "welcome", welcome
-        self.welcome = welcome
-        return self
-
-    async def send(self, text: str | bytes) -> dict:
-        await self.ws.send(text)
-        return await self.next_reply()
-
-    async def next_reply(self) -> dict:
-        while True:
-            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 60))
-            if msg["type"] != "event":
-                return msg
-            self.events.append(msg)
-
-    async def call(self, rtype: str, **fields: object) -> dict:
-        self.n += 1
-        msg = await self.send(P.make_request(rtype, self.n, **fields))
-        assert msg["id"] == self.n, msg
-        return msg
-
-    async def assert_alive(self) -> None:
-        msg = await self.call("ping")
-        assert msg["type"] == "result", msg
+runtime = runtime_fixture(8)
+settings = functools.partial(server_settings, max_sessions=8)
 
 
 def assert_clean_error(msg: dict, code: str) -> None:

@@ -8,13 +8,8 @@ import asyncio
 import base64
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,63 +19,16 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from streaming.server import PresenterServer
 from streaming.static_http import resolve_static
 from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
+    Raw,
     assert_collected,
+    http_get,
     live_runtime,
+    run,
+    serve_process,
     server_settings,
     session_threads,
     wait_for,
 )
-
-
-async def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """A raw HTTP/1.1 GET (no client-side path normalisation: traversal attempts reach the server as sent)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    hdrs = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-    return int(status_line.split()[1]), hdrs, body
-
-
-class Control:
-    """Minimal protocol client over a raw websocket (tests the wire format, not clients/client.py)."""
-
-    def __init__(self, ws) -> None:  # noqa: ANN001
-        self.ws = ws
-        self.n = 0
-
-    async def welcome(self) -> dict:
-        msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
-        assert msg["type"] == "event" and msg["event"] == "welcome", msg
-        return msg
-
-    async def raw(self, text: str | bytes) -> dict:
-        await self.ws.send(text)
-        while True:
-            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 60))
-            if msg["type"] != "event":
-                return msg
-
-    async def call(self, rtype: str, **fields: object) -> dict:
-        self.n += 1
-        msg = await self.raw(json.dumps({"v": 1, "id": self.n, "type": rtype, **fields}))
-        assert msg["id"] == self.n
-        return msg
-
-
-def run(coro) -> object:  # noqa: ANN001
-    return asyncio.run(asyncio.wait_for(coro, 120))
-
 
 # --- HTTP ------------------------------------------------------------------------------------------------
 
@@ -149,7 +97,7 @@ def test_token_and_origin_are_checked_before_the_websocket_opens(live_runtime) -
                     pass
             assert info.value.response.status_code == 403
             async with connect(base + "?token=s3cret", origin=f"http://127.0.0.1:{server.port}") as ws:
-                welcome = await Control(ws).welcome()
+                welcome = await Raw(ws).read_welcome()
                 assert welcome["protocol"] == 1 and welcome["styles"]
             # The page itself needs no token (it holds no secret); the websocket is the gate.
             status, _, _ = await http_get(server.port, "/")
@@ -163,8 +111,8 @@ def test_max_sessions_refuses_with_server_full_and_frees_slots(live_runtime) -> 
         async with PresenterServer(live_runtime, server_settings(max_sessions=2)) as server:
             url = f"ws://127.0.0.1:{server.port}/ws"
             first, second = await connect(url), await connect(url)
-            await Control(first).welcome()
-            await Control(second).welcome()
+            await Raw(first).read_welcome()
+            await Raw(second).read_welcome()
             async with connect(url) as third:
                 msg = json.loads(await asyncio.wait_for(third.recv(), 10))
                 assert msg["event"] == "error" and msg["code"] == "server_full"
@@ -174,7 +122,7 @@ def test_max_sessions_refuses_with_server_full_and_frees_slots(live_runtime) -> 
             await first.close()
             await wait_for(lambda: server.active_sessions == 1, what="slot freed")
             async with connect(url) as again:
-                await Control(again).welcome()
+                await Raw(again).read_welcome()
             await second.close()
             await wait_for(lambda: server.active_sessions == 0, what="all closed")
 
@@ -202,8 +150,8 @@ def test_control_requests_against_the_real_engine(live_runtime) -> None:  # noqa
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings(upload_burst=100)) as server:
             async with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
-                c = Control(ws)
-                welcome = await c.welcome()
+                c = Raw(ws)
+                welcome = await c.read_welcome()
                 styles = (await c.call("list_styles"))["result"]["styles"]
                 assert styles == welcome["styles"] and live_runtime.config.style.default in styles
                 target = styles[-1]
@@ -258,8 +206,8 @@ def test_malformed_messages_get_errors_and_never_end_the_session(live_runtime) -
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings(max_message_bytes=2048)) as server:
             async with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
-                c = Control(ws)
-                await c.welcome()
+                c = Raw(ws)
+                await c.read_welcome()
                 cases = {
                     "not json": "bad_json",
                     b"\xff\x00binary": "bad_json",
@@ -272,7 +220,7 @@ def test_malformed_messages_get_errors_and_never_end_the_session(live_runtime) -
                     '{"v":1,"id":1,"type":"upload_style","name":"x","format":"npy","data":"@"}': "bad_base64",
                 }
                 for raw, code in cases.items():
-                    reply = await c.raw(raw)
+                    reply = await c.send(raw)
                     assert reply["type"] == "error" and reply["code"] == code, (raw, reply)
                     assert (await c.call("ping"))["type"] == "result"  # still alive after each
                 assert server.active_sessions == 1
@@ -288,7 +236,7 @@ def test_closing_the_socket_frees_the_session(live_runtime) -> None:  # noqa: F8
             refs: list[weakref.ref] = []
             for _ in range(2):
                 ws = await connect(url)
-                await Control(ws).welcome()
+                await Raw(ws).read_welcome()
                 refs.extend(weakref.ref(client.session) for client in server.clients.values())
                 await ws.close()
                 await wait_for(lambda: server.active_sessions == 0, what="session freed")
@@ -308,32 +256,8 @@ def test_serve_command_validates_then_serves_and_stops_cleanly() -> None:
     from streaming.serve_command import main
 
     assert main(["--max-sessions", "0"]) == 2  # config validation happens before the engine loads
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.serve_command", "--port", "0"],
-        cwd=root,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        lines = []
-        port = None
-        deadline = time.monotonic() + 180
-        assert proc.stdout is not None
-        while port is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "serving on http://127.0.0.1:" in line:
-                port = int(line.split("127.0.0.1:")[1].split("/")[0])
-        assert port is not None, "".join(lines)
+    with serve_process() as (proc, port):
         status, _, body = asyncio.run(http_get(port, "/healthz"))
         assert status == 200 and json.loads(body)["ok"] is True
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()

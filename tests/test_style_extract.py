@@ -24,11 +24,14 @@ def read_frames(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30, codec: str = "libx264") -> Path:
+def write_video(
+    path: Path, frames: list[np.ndarray], fps: int = 30, codec: str = "libx264", container: str | None = None
+) -> Path:
+    """Encode RGB ``frames`` to ``path`` (the container from the suffix unless named, e.g. "yuv4mpegpipe")."""
     import av
 
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", format=container) as c:
         s = c.add_stream(codec, rate=Fraction(fps))
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         for f in frames:
