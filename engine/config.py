@@ -113,6 +113,13 @@ class ServerConfig:
     max_sessions: int = 4
     max_upload_bytes: int = 8 << 20
     max_message_bytes: int = 64 << 10
+    # Audience (rooms): "" = viewers get direct WebRTC from this process (each viewer its own encoder, so the
+    # audience is capped at max_direct_viewers per room); one or more comma-separated Janus websocket URLs
+    # (ws://host:8188) = the engine encodes each room once and Janus fans it out (up to max_viewers per room)
+    janus: str = ""
+    max_direct_viewers: int = 3
+    max_viewers: int = 500
+    max_rooms: int = 8
 
 
 @dataclass
@@ -164,6 +171,10 @@ class Config:
         _check(0 <= v.port <= 65535, "server.port", "must be in 0..65535")
         _check(v.max_sessions >= 1, "server.max_sessions", "must be >= 1")
         _check(v.max_upload_bytes > 0 and v.max_message_bytes > 0, "server.max_*_bytes", "must be > 0")
+        _check(v.max_direct_viewers >= 0 and v.max_viewers >= 1 and v.max_rooms >= 1, "server.max_viewers",
+               "max_direct_viewers must be >= 0, max_viewers and max_rooms >= 1")
+        _check(all(u.strip().startswith(("ws://", "wss://")) for u in v.janus.split(",") if u.strip()),
+               "server.janus", "must be ws:// or wss:// URLs separated by commas")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -201,6 +201,7 @@ class ClientHandler:
         halfway; ``closing`` stops it from creating a replacement session.
         """
         self.closing = True
+        await self.server.rooms.owner_left(self)  # its room closes: viewers are told
         pending = set(self._aux_tasks)
         if pending:
             await asyncio.wait(pending, timeout=CLEANUP_TIMEOUT_S)
@@ -442,7 +443,8 @@ class ClientHandler:
             self.session_started = True
             if self.avatar is not None:  # chosen before media started
                 session.set_avatar(self.avatar)
-        peer = MediaPeer(session, on_state=self._on_peer_state)
+        # the peer pulls through the presenter's broadcast: a room's audience sees the same frames
+        peer = MediaPeer(self.server.rooms.broadcast_for(self.id).tap(session), on_state=self._on_peer_state)
         try:
             answer = await peer.accept_offer(req.sdp)
         except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for unusable SDP
@@ -515,3 +517,4 @@ class ClientHandler:
             raise self._error(req, P.ErrorCode.BAD_IMAGE, str(exc)) from None
         self.avatar = image
         return {"width": int(image.shape[1]), "height": int(image.shape[0])}
+from streaming import room_requests  # noqa: E402, F401 - registers open_room/close_room/watch/answer

@@ -57,6 +57,11 @@ class ErrorCode(StrEnum):
     SERVER_FULL = "server_full"  # max sessions reached (sent as an event, then the socket closes)
     RATE_LIMITED = "rate_limited"  # too many messages on this connection; slow down (the session keeps running)
     INTERNAL = "internal"  # unexpected server failure; the session stays usable
+    UNKNOWN_ROOM = "unknown_room"  # no open room with that id (never opened, or closed)
+    BAD_TOKEN = "bad_token"  # the token is neither the room's viewer token nor its control token
+    FORBIDDEN = "forbidden"  # this role may not send this request (viewers only watch; presenters don't watch)
+    ROOM_FULL = "room_full"  # the room has as many viewers as it may (direct mode: a small cap) or rooms are full
+    FANOUT_DOWN = "fanout_down"  # the fan-out server (Janus) is unreachable now; the room keeps running
 
 
 class ProtocolError(Exception):
@@ -319,6 +324,59 @@ class Resume(Request):
 @dataclass(frozen=True)
 class GetStats(Request):
     TYPE: ClassVar[str] = "stats"
+
+
+ROOM_ID_RE = re.compile(r"[A-Za-z0-9_-]{4,32}")
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+@dataclass(frozen=True)
+class OpenRoom(Request):
+    """Presenter: open a room on this session's output; the reply carries the viewer and control links."""
+
+    TYPE: ClassVar[str] = "open_room"
+
+
+@dataclass(frozen=True)
+class CloseRoom(Request):
+    """Presenter: close this session's room; its viewers get ``room_state`` ``closed``."""
+
+    TYPE: ClassVar[str] = "close_room"
+
+
+@dataclass(frozen=True)
+class Watch(Request):
+    """Viewer or operator (on ``/ws/watch``): join ``room`` with its viewer or control ``token``; the reply
+    carries the server's SDP *offer* (the viewer answers with ``answer``)."""
+
+    TYPE: ClassVar[str] = "watch"
+    room: str = ""
+    token: str = field(default="", repr=False)
+
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> Watch:
+        room = f.string("room", max_chars=64) or ""
+        token = f.string("token", max_chars=128) or ""
+        if not ROOM_ID_RE.fullmatch(room):
+            raise f.error(ErrorCode.BAD_FIELD, '"room" must be 4..32 letters, digits, "_" or "-"')
+        if not TOKEN_RE.fullmatch(token):
+            raise f.error(ErrorCode.BAD_TOKEN, '"token" is not a room token')
+        return cls(rid, room=room, token=token)
+
+
+@dataclass(frozen=True)
+class Answer(Request):
+    """Viewer: the SDP answer to the offer of ``watch``."""
+
+    TYPE: ClassVar[str] = "answer"
+    sdp: str = ""
+
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> Answer:
+        sdp = f.string("sdp", max_chars=MAX_SDP_CHARS)
+        if not sdp or not sdp.startswith("v=0"):
+            raise f.error(ErrorCode.BAD_FIELD, '"sdp" must be an SDP answer (starting with "v=0")')
+        return cls(rid, sdp=sdp)
 
 
 UPLOAD_TYPES = frozenset({UploadStyle.TYPE, SetAvatar.TYPE})

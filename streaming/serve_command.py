@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 from engine.config import ConfigError, ServerConfig, add_config_arguments, config_from_args
 from streaming.allocator import cap_arenas
 from streaming.contracts import ServedRuntime
+from streaming.janus import JanusUnavailable
 
 if TYPE_CHECKING:
     from streaming.server import PresenterServer
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a host name the page may be opened under (repeatable). Without a token the server answers only "
         "to IP addresses and localhost, so that a web page cannot reach it by DNS rebinding",
+    )
+    net.add_argument(
+        "--janus", default=None, metavar="URL",
+        help="Janus websocket URL(s), comma-separated (e.g. ws://127.0.0.1:8188): rooms are encoded once and "
+        "Janus serves the viewers. Without it viewers get direct WebRTC from this process (at most "
+        "server.max_direct_viewers = 3 per room). Janus unreachable at start: serve refuses to start",
     )
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
     net.add_argument("--verbose", action="store_true",
@@ -113,6 +120,13 @@ async def serve_until_stopped(
     server = PresenterServer(runtime, settings, web_root)
     await server.start()
     print(f"styletalk-live: serving on {page_url(server)}  (Ctrl+C to stop)", flush=True)
+    rooms = server.rooms
+    if rooms.fanout is not None:
+        print(f"styletalk-live: rooms fan out through Janus at {settings.janus} (up to {settings.max_viewers} "
+              "viewers)", flush=True)
+    else:
+        print(f"styletalk-live: no Janus (--janus URL): rooms use direct WebRTC, at most "
+              f"{settings.max_direct_viewers} viewers per room", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -154,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "port": args.port,
             "token": args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None,
             "max_sessions": args.max_sessions,
+            "janus": args.janus,
         }
         chosen = {k: v for k, v in overrides.items() if v is not None}
         config.server = dataclasses.replace(config.server, **chosen)
@@ -177,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     web_root = Path(args.web_root) if args.web_root else None
     try:
         asyncio.run(serve_until_stopped(runtime, config.server, web_root, tuple(args.allow_host)))
+    except JanusUnavailable as exc:
+        print(f"styletalk-live serve: --janus given but Janus is unreachable ({exc}); not starting. Start Janus "
+              "(README: janus -F deploy/janus -C deploy/janus/janus.jcfg) or drop --janus for direct WebRTC",
+              file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"styletalk-live serve: cannot listen on {config.server.host}:{config.server.port}: {exc}",

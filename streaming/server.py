@@ -38,12 +38,15 @@ from engine.config import ServerConfig
 from streaming import protocol as P
 from streaming.client_handler import CLEANUP_TIMEOUT_S, ClientHandler, SessionRefused
 from streaming.contracts import ServedRuntime
+from streaming.rooms import RoomRegistry
 from streaming.static_http import DEFAULT_WEB_ROOT, response, static_file, text
 from streaming.uploads import DecoderFailed
+from streaming.viewer_handler import ViewerHandler
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
+WATCH_WS_PATH = "/ws/watch"
 
 
 def _split_host(host: str | None) -> tuple[str, int] | None:
@@ -101,6 +104,11 @@ class ServerSettings:
     # host names (besides loopback names and IP addresses) a tokenless server answers to: the Host header is
     # checked so that a web page cannot reach the server through DNS rebinding (evil.example -> 127.0.0.1)
     allowed_hosts: tuple[str, ...] = ()
+    # rooms (see streaming/rooms.py): Janus URLs ("" = direct WebRTC, small audience), caps
+    janus: str = ServerConfig.janus
+    max_direct_viewers: int = ServerConfig.max_direct_viewers
+    max_viewers: int = ServerConfig.max_viewers
+    max_rooms: int = ServerConfig.max_rooms
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -135,12 +143,17 @@ class PresenterServer:
         # decoding and face detection (GIL-holding C code: dlib, scipy, Pillow) in a decoder process
         self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-upload")
         self._decoder: ProcessPoolExecutor | None = None
+        self.rooms = RoomRegistry([u.strip() for u in self.settings.janus.split(",") if u.strip()],
+                                  self.settings.max_rooms, self.settings.max_viewers,
+                                  self.settings.max_direct_viewers)
+        self.viewers: dict[str, ViewerHandler] = {}
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed
         )
 
     # -------------------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        await self.rooms.start()  # with Janus configured and unreachable: JanusUnavailable, nothing listens
         self._server = await serve(
             self._handle,
             self.settings.host,
@@ -180,6 +193,7 @@ class PresenterServer:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
+        await self.rooms.close()
         if self._owned:
             _, stuck = await asyncio.wait(set(self._owned), timeout=CLEANUP_TIMEOUT_S)
             if stuck:
@@ -269,6 +283,13 @@ class PresenterServer:
         host = hosts[0] if hosts else None
         if not self._host_allowed(host):
             return text(403, "forbidden: unknown host name (serve --allow-host NAME to allow it)")
+        if url.path == WATCH_WS_PATH:  # viewers: the room token (checked in the protocol) replaces the server's
+            origin = origins[0] if origins else None
+            if origin is not None and not _same_origin(origin, host):
+                return text(403, "forbidden: cross-origin websocket")
+            return None
+        if url.path.startswith("/watch/"):
+            return static_file(self.web_root, "/watch.html")
         if url.path == WS_PATH:
             if request.method != "GET":
                 return response(405, b"websocket: use GET\n", "text/plain; charset=utf-8",
@@ -297,7 +318,29 @@ class PresenterServer:
             await ws.send(P.event("error", code=str(P.ErrorCode.SERVER_FULL), message=message))
             await ws.close(1013, "server full")
 
+    async def _handle_viewer(self, ws: ServerConnection) -> None:
+        viewer_id = f"v{next(self._ids)}-{secrets.token_hex(3)}"
+        if len(self.viewers) >= self.settings.max_viewers + 16:  # a few extra for operators and joins in flight
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(P.event("error", code=str(P.ErrorCode.ROOM_FULL), message="too many viewers"))
+                await ws.close(1013, "too many viewers")
+            return
+        viewer = ViewerHandler(self, ws, viewer_id)
+        self.viewers[viewer_id] = viewer
+        try:
+            await viewer.run()
+        except ConnectionClosed:
+            pass
+        except Exception:  # noqa: BLE001 - a broken viewer must never take the server down
+            log.exception("viewer %s failed", viewer_id)
+        finally:
+            self.viewers.pop(viewer_id, None)
+            await asyncio.shield(self.own(viewer.close(), name=f"release-{viewer_id}"))
+
     async def _handle(self, ws: ServerConnection) -> None:
+        if ws.request is not None and urlsplit(ws.request.path).path == WATCH_WS_PATH:
+            await self._handle_viewer(ws)
+            return
         client_id = f"s{next(self._ids)}-{secrets.token_hex(3)}"
         client = ClientHandler(self, ws, client_id)
         self.clients[client_id] = client

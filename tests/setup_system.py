@@ -1,4 +1,5 @@
-"""Install the system programs the tests drive for real (espeak-ng for speech, Chromium for the page).
+"""Install the system programs the tests drive for real (espeak-ng for speech, Chromium for the page,
+Janus for the audience fan-out).
 
 Run by `make test` before pytest. It installs only what is missing, through Debian's apt, and never fails the
 run: tests that need a program that could not be installed skip with a reason naming it.
@@ -11,7 +12,7 @@ import shutil
 import subprocess
 import sys
 
-NEEDED = {"espeak-ng": "espeak-ng", "chromium": "chromium"}  # command -> Debian package
+NEEDED = {"espeak-ng": "espeak-ng", "chromium": "chromium", "janus": "janus"}  # command -> Debian package
 
 
 def main() -> int:

@@ -1,0 +1,138 @@
+"""Watch a room from Python: ``python -m clients.viewer http://127.0.0.1:8080/watch/<room>?t=<token>``.
+
+A :class:`RoomViewer` is a :class:`~clients.client.StyleTalkClient` on ``/ws/watch``: ``watch(room, token)``
+gets the server's (or Janus') SDP offer, answers it, and records the avatar like the presenter's client does.
+When the server says the fan-out came back (``room_state`` live after ``fanout_down``/``ended``), it watches
+again by itself (``auto_rewatch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from clients.client import ClientError, StyleTalkClient
+
+REWATCH_STATES = ("live", "waiting")  # after a fan-out outage the server announces one of these
+
+
+def split_watch_url(url: str) -> tuple[str, str, str]:
+    """``http://host:port/watch/<room>?t=<token>`` -> (websocket URL of /ws/watch, room, token)."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) != 2 or segments[0] != "watch":
+        raise ValueError(f"not a watch link (http://host:port/watch/<room>?t=<token>): {url}")
+    token = parse_qs(parts.query).get("t", [""])[0]
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}/ws/watch", segments[1], token
+
+
+class RoomViewer(StyleTalkClient):
+    """A viewer (or operator, with the control token) of one room."""
+
+    def __init__(self, url: str = "ws://127.0.0.1:8080/ws/watch", keep_frames: int = 2_000,
+                 auto_rewatch: bool = True) -> None:
+        super().__init__(url, keep_frames=keep_frames)
+        self.room: str | None = None
+        self.token: str | None = None
+        self.watch_result: dict[str, Any] | None = None
+        self.auto_rewatch = auto_rewatch
+        self.rewatches = 0
+        self._seen_events = 0
+        self._down = False
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        welcome = await super().connect(timeout)
+        self._spawn(self._follow_states())
+        return welcome
+
+    async def watch(self, room: str, token: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Join ``room``: negotiate the media (the server offers, we answer); returns the watch result."""
+        self.room, self.token = room, token
+        await self.stop_media()
+        result = await self.request("watch", timeout=timeout, room=room, token=token)
+        self.pc = RTCPeerConnection()
+        self.pc.on("track", self._on_track)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=result["sdp"], type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self.request("answer", timeout=timeout, sdp=self.pc.localDescription.sdp)
+        self.watch_result = result
+        self._down = False
+        return result
+
+    def states(self) -> list[str]:
+        return [e.get("state", "") for e in self.events if e.get("event") == "room_state"]
+
+    async def _follow_states(self) -> None:
+        """Re-watch when the room comes back after an outage of the fan-out or of the media."""
+        while True:
+            await asyncio.sleep(0.1)
+            new, self._seen_events = self.events[self._seen_events:], len(self.events)
+            for event in new:
+                if event.get("event") != "room_state":
+                    continue
+                state = event.get("state")
+                if state in ("fanout_down", "ended"):
+                    self._down = True
+                    if state == "ended" and self.auto_rewatch:
+                        await self._rewatch()
+                elif state in REWATCH_STATES and self._down and self.auto_rewatch:
+                    await self._rewatch()
+
+    async def _rewatch(self) -> None:
+        if self.room is None or self.token is None:
+            return
+        for _ in range(20):
+            try:
+                await self.watch(self.room, self.token)
+                self.rewatches += 1
+                return
+            except ClientError as exc:
+                if exc.code not in ("fanout_down", "rate_limited"):
+                    return
+            await asyncio.sleep(0.5)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    ws_url, room, token = split_watch_url(args.url)
+    viewer = RoomViewer(ws_url)
+    try:
+        await viewer.connect()
+        result = await viewer.watch(room, token)
+        print(f"watching room {room} as {result['role']} ({result['mode']} fan-out)", file=sys.stderr)
+        start = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await viewer.wait_frames(10**9, timeout=args.seconds)
+        frames = viewer.recording.frames
+        summary = {"room": room, "role": result["role"], "mode": result["mode"],
+                   "frames": viewer.recording.frames_total, "fps": round(viewer.recording.fps(start + 1.0), 2),
+                   "states": viewer.states(), "rewatches": viewer.rewatches}
+        print(json.dumps(summary))
+        if args.out and frames:
+            viewer.save_mp4(args.out)
+        return 0 if frames else 1
+    except ClientError as exc:
+        print(f"viewer: {exc.code}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await viewer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clients.viewer", description=__doc__.split("\n")[0])
+    parser.add_argument("url", help="the room's watch link: http://host:port/watch/<room>?t=<token>")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long to watch")
+    parser.add_argument("--out", help="save what was received to this MP4")
+    return asyncio.run(_run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

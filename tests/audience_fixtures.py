@@ -1,0 +1,61 @@
+"""Shared pieces of the audience tests (rooms, viewers, Janus): a presenter that speaks, viewers that watch."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
+from clients.viewer import RoomViewer
+from tests.streaming_fixtures import MOUTH_BOX, SPEECH_WAV
+
+
+async def speaking_presenter(port: int) -> tuple[StyleTalkClient, dict]:
+    """A presenter client on ``port`` whose microphone loops the test speech, with an open room."""
+    pcm, rate = read_wav(SPEECH_WAV)
+    client = StyleTalkClient(f"ws://127.0.0.1:{port}/ws")
+    await client.connect()
+    await client.start_media(MicrophoneTrack(to_16k(pcm, rate), loop=True))
+    await client.wait_frames(5, timeout=60)
+    room = await client.request("open_room")
+    return client, room
+
+
+async def joined_viewer(port: int, room: dict, token_key: str = "viewer_token") -> RoomViewer:
+    viewer = RoomViewer(f"ws://127.0.0.1:{port}/ws/watch")
+    await viewer.connect()
+    await viewer.watch(room["room"], room[token_key])
+    return viewer
+
+
+def watch_path(room: dict) -> str:
+    """The path + query of the room's watch link (the host part is the server's own)."""
+    url = urlsplit(room["watch_url"])
+    return f"{url.path}?{url.query}"
+
+
+def _mouth_grey(images: list[np.ndarray]) -> np.ndarray:
+    h, w = images[0].shape[:2]
+    x0, y0, x1, y1 = (int(MOUTH_BOX[0] * w), int(MOUTH_BOX[1] * h), int(MOUTH_BOX[2] * w), int(MOUTH_BOX[3] * h))
+    return np.stack([im[y0:y1, x0:x1].astype(np.float32).mean(axis=2).reshape(-1) for im in images])
+
+
+def mouth_talk_vs_rest(frames: list, speaking: tuple[float, float], paused: tuple[float, float]) -> tuple[float, float]:
+    """p90 deviation of the mouth box from its paused median: (while speaking, while paused).
+
+    ``speaking``/``paused`` are arrival-time windows (monotonic). The paused window is the control: with the
+    presenter paused only blinks move the face, so a moving mouth shows as speaking >> paused (the measure the
+    presenter page's browser test uses).
+    """
+    talk = [f.image for f in frames if speaking[0] <= f.arrival <= speaking[1]]
+    rest = [f.image for f in frames if paused[0] <= f.arrival <= paused[1]]
+    assert len(talk) > 20 and len(rest) > 10, (len(talk), len(rest))
+    talk_g, rest_g = _mouth_grey(talk), _mouth_grey(rest)
+    median = np.median(rest_g, axis=0)
+    return (float(np.percentile(np.abs(talk_g - median).mean(axis=1), 90)),
+            float(np.percentile(np.abs(rest_g - median).mean(axis=1), 90)))
+
+
+def mouth_moves(talk: float, rest: float) -> bool:
+    return talk > 2.0 * rest + 0.5
