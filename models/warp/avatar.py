@@ -75,6 +75,7 @@ class WarpAvatar:
     lip_gap: torch.Tensor  # (3,) photo's inner-lip gaps (LIP_PAIRS_IN)
     lip_thickness: torch.Tensor  # (6,) photo's lip thickness (LIP_PAIRS_UP then LIP_PAIRS_LO)
     chin_drop: float  # photo's distance lower lip (57) → chin (8)
+    side_room: tuple[float, float] = (0.0, 0.0)  # IOD of background left / right of the face (jaw) in the photo
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     photo_teeth: bool = False
@@ -156,6 +157,7 @@ def prepare_avatar(
         lip_gap=(src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0),
         lip_thickness=(src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs(),
         chin_drop=float(src[8, 1] - src[57, 1]),
+        side_room=(float(lmk[0:17, 0].min() + 0.5) / iod, float(size - 0.5 - lmk[0:17, 0].max()) / iod),
     )
     mouth_colours(avatar)
     return avatar
@@ -169,15 +171,21 @@ def _head_ellipse(cfg: WarpConfig, src: torch.Tensor) -> tuple[float, float, flo
     return float(jaw[:, 0].mean()), (top + bottom) / 2, rx, (bottom - top) / 2
 
 
-def head_mask_at(cfg: WarpConfig, pts: torch.Tensor, ellipse: tuple[float, float, float, float]) -> torch.Tensor:
+def head_mask_at(
+    cfg: WarpConfig, pts: torch.Tensor, ellipse: tuple[float, float, float, float],
+    outer: torch.Tensor | float | None = None,
+) -> torch.Tensor:
     """Soft head mask at face-frame points (…, 2): 1 inside the ellipse, a smooth fall-off to 0 beyond.
 
     Head motion moves what is inside and leaves the background still (no bending window bars); the band in
-    between stretches.
+    between stretches. ``outer`` (default ``cfg.head_mask_outer``; a tensor broadcasting against the points'
+    leading dims, e.g. (N, 1)) is where the fall-off ends, in ellipse radii: a large head motion needs a wider
+    band, or the band folds.
     """
     cx, cy, rx, ry = ellipse
     r = torch.sqrt(((pts[..., 0] - cx) / rx) ** 2 + ((pts[..., 1] - cy) / ry) ** 2)
-    x = ((cfg.head_mask_outer - r) / (cfg.head_mask_outer - 1.0)).clamp(0.0, 1.0)
+    o = cfg.head_mask_outer if outer is None else outer
+    x = ((o - r) / (o - 1.0)).clamp(0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
 
 

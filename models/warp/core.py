@@ -17,7 +17,7 @@ from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
 from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
 from models.warp.mouth import mouth_model
-from models.warp.tps import affine2, px_to_norm, tps_eval, tps_fit
+from models.warp.tps import affine2, px_to_norm, smoothstep, tps_eval, tps_eval_at, tps_fit
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,14 @@ class WarpCore(torch.nn.Module):
         rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
         return torch.exp(log_s), rot, shift
 
+    def motion_reach(self, avatar: WarpAvatar, lin: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """How far (IOD, per frame (N,)) the head motion moves the head ellipse's four extreme points."""
+        cx, cy, rx, ry = avatar.head_ellipse
+        pts = lin.new_tensor([[cx - rx, cy], [cx + rx, cy], [cx, cy - ry], [cx, cy + ry]])  # face frame
+        still = affine2(pts, avatar.frame_a, avatar.frame_t)  # (4, 2) px
+        now = torch.baddbmm(off.unsqueeze(1), pts.expand(lin.shape[0], -1, -1), lin.transpose(1, 2))
+        return (now - still).norm(dim=-1).amax(1) / avatar.iod_px
+
     @torch.no_grad()
     def forward(
         self, avatar: WarpAvatar, exp: torch.Tensor, pose: torch.Tensor | None = None,
@@ -184,23 +192,44 @@ class WarpCore(torch.nn.Module):
             lin, off = A.expand(n, 2, 2), t.expand(n, 2)
         else:  # face frame before head motion → pixels, per frame: lin · f + off
             scale, rot, shift_img = self.head_motion(pose.float(), (pose[0] if pose_ref is None else pose_ref).float())
+            # sideways, the head goes no further than the photo has background to uncover behind it: moving left
+            # uncovers what lay right of the face (beyond that the band folds or samples outside the photo)
+            left, right = (max(cfg.head_max_shift_min, r / cfg.head_room_factor) for r in avatar.side_room)
+            shift_img = torch.stack([shift_img[:, 0].clamp(-right, left), shift_img[:, 1]], 1)
             shift = affine2(shift_img, A.T / avatar.iod_px)  # image axes → face frame (R^T · shift)
             lin = A @ (rot * scale[:, None, None])
             off = affine2(shift, A) + t
             move = (lin, off)
 
-        # ---- spline: target control points → source control points (backward map), normalised coordinates
+        # ---- spline: target control points → source control points (backward map), normalised coordinates.
+        # It is fitted for the still head only: head motion is composed rigidly after it (below), so a large
+        # shift cannot bend the face (a spline asked to move the face's points far from the fixed border points
+        # folded the cheek).
+        still_lin, still_off = A.expand(n, 2, 2), t.expand(n, 2)
         ctrl = torch.cat([spline, avatar.extra_local.unsqueeze(0).expand(n, -1, -1)], 1)  # (N, K, 2)
-        ctrl_px = torch.baddbmm(off.unsqueeze(1), ctrl, lin.transpose(1, 2))
+        ctrl_px = torch.baddbmm(still_off.unsqueeze(1), ctrl, still_lin.transpose(1, 2))
         tgt_ctrl = torch.cat([px_to_norm(ctrl_px, size), avatar.border_norm.unsqueeze(0).expand(n, -1, -1)], 1)
         coef = tps_fit(tgt_ctrl, avatar.src_ctrl_norm.unsqueeze(0) - tgt_ctrl, cfg.tps_reg)
-        disp = tps_eval(coef, tgt_ctrl, avatar.grid_norm)  # (N, 2, G*G)
-        if move is not None:  # a moving head leaves the background where it is
-            # active where the head was and where it is now (the grid's points taken back through the motion)
+        if move is None:
+            disp = tps_eval(coef, tgt_ctrl, avatar.grid_norm)  # (N, 2, G*G)
+        else:  # a moving head leaves the background where it is
+            # each grid point taken back through the head motion (face frame, then the still head's pixels),
+            # where the still spline gives its source
             g_px = (avatar.grid_norm + 1.0) * (size / 2) - 0.5  # (G*G, 2)
             moved = torch.linalg.solve(lin, (g_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)).transpose(1, 2)
-            mask = torch.maximum(avatar.head_mask, head_mask_at(cfg, moved, avatar.head_ellipse))  # (N, G*G)
-            disp = disp * mask.unsqueeze(1)
+            home = px_to_norm(affine2(moved, A, t), size)  # (N, G*G, 2)
+            disp = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2) + tps_eval_at(coef, tgt_ctrl, home)
+            # active where the head was and where it is now; the soft band widens with the motion's reach so
+            # that it stretches and compresses but never folds (its steepest slope is 1.5 / width)
+            reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
+            rmin = min(avatar.head_ellipse[2], avatar.head_ellipse[3])
+            outer = torch.clamp(1.0 + cfg.head_band_per_shift * reach / rmin, min=cfg.head_mask_outer).unsqueeze(1)
+            mask = torch.maximum(head_mask_at(cfg, avatar.grid_face, avatar.head_ellipse, outer),
+                                 head_mask_at(cfg, moved, avatar.head_ellipse, outer))  # (N, G*G)
+            # and the photo's edges stay put: a head moving away from an edge stretches the background beside
+            # it rather than sampling beyond the photo (edge streaks)
+            edge = smoothstep((1.0 - avatar.grid_norm.abs().amax(1)) / cfg.head_edge_band)  # (G*G,)
+            disp = disp * (mask * edge).unsqueeze(1)
         coarse = avatar.grid_norm.T.unsqueeze(0) + disp
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
 

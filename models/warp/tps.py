@@ -89,3 +89,14 @@ def tps_eval(coef: torch.Tensor, ctrl: torch.Tensor, pts: torch.Tensor) -> torch
     homog = torch.cat([torch.ones_like(pts[:, :1]), pts], 1).T  # (3, P)
     coef_t = coef.transpose(1, 2)  # (N, 2, M+3)
     return torch.bmm(coef_t[:, :, :m], u) + coef_t[:, :, m:] @ homog
+
+
+def tps_eval_at(coef: torch.Tensor, ctrl: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Displacement at per-spline points pts (N, P, 2) of the splines (N, M+3, 2) fitted at ctrl (N, M, 2)
+    → (N, 2, P). As ``tps_eval``, but every spline is evaluated at its own points (a moving head's grid taken
+    back to the still head)."""
+    m = ctrl.shape[1]
+    u = tps_kernel(ctrl, pts)  # (N, M, P)
+    homog = torch.cat([torch.ones_like(pts[..., :1]), pts], -1).transpose(1, 2)  # (N, 3, P)
+    coef_t = coef.transpose(1, 2)  # (N, 2, M+3)
+    return torch.bmm(coef_t[:, :, :m], u) + torch.bmm(coef_t[:, :, m:], homog)
