@@ -18,10 +18,13 @@ the output). Which data scores what:
 * **spread** - mean pairwise L1 between the 13 styles' output means / the same between the styles' tail
   means (1 = the outputs differ from each other as much as the real styles do).
 * **intensity** - per style, the output at k = 0, 0.5, 1, 1.5, 2 through the engine's own intensity path
-  (``StyleBank.intensity``: code space, along the line from ``neutral``); distance = mean |out_k - out_0|
-  over frames and coefficients. Monotone for every style and d(2)/d(1) >= 1.7 are the targets.
-  ``--intensity output`` measures the alternative the engine does not implement (neutral output +
-  k x (style output - neutral output)), which is linear by construction.
+  (``StyleBank.styled`` + ``ExpressionDecoder.decode``); distance = mean |out_k - out_0| over frames and
+  coefficients. Monotone for every style and d(2)/d(1) >= 1.7 are the targets. Three spaces are measured:
+  ``hybrid`` (the engine default: code-space motion around a rest face moved linearly in output space,
+  engine/decoder.py), ``code`` (the paper's line from ``neutral`` in code space, which saturates) and
+  ``output`` (neutral output + k x (style output - neutral output), linear by construction). With each,
+  the held-out clip's mouth-opening r vs ground truth at every k (mean over the 13 styles): intensity must
+  not be bought with lips.
 * **decoder step** (``--baseline OTHER.pt``) - the per-frame ``ExpressionDecoder.decode`` cost of both
   checkpoints, timed in alternating rounds.
 * **lip sync (reference labels)** - mouth-opening r and mouth L1 against ground truth on the clip tails and
@@ -51,6 +54,8 @@ import torch
 from benchmarks import recognized_labels
 from benchmarks.expression_quality import _pearson, mouth_direction, score
 from benchmarks.results_io import write_results
+from engine.config import INTENSITY_SPACES
+from engine.decoder import ExpressionDecoder
 from engine.stylebank import StyleBank
 from models.checkpoints import load_checkpoint
 from models.dataset import (
@@ -101,7 +106,8 @@ def _nearest_accuracy(queries: np.ndarray, labels: Sequence[str], gallery: np.nd
     return float(np.mean([p == s for p, s in zip(pred, labels, strict=True)]))
 
 
-def style_figures(model: StyleTalk, split: DataSplit, windows: np.ndarray, intensity_mode: str) -> dict[str, Any]:
+def style_figures(model: StyleTalk, split: DataSplit, windows: np.ndarray, intensity_mode: str,
+                  truth_open: np.ndarray | None = None, direction: np.ndarray | None = None) -> dict[str, Any]:
     dec = Decoder(model, windows)
     heads = split.style_train  # training heads (70 %)
     tails: dict[str, list[np.ndarray]] = {}
@@ -141,13 +147,15 @@ def style_figures(model: StyleTalk, split: DataSplit, windows: np.ndarray, inten
     bank.add_code("neutral", neutral.astype(np.float32))
     for s in style_labels:
         bank.add_code(s, style_code[s].astype(np.float32))
+    engine_dec = ExpressionDecoder(model, skip_silence=False)
+    spaces = {sp: intensity_figures(engine_dec, bank, style_labels, windows, sp, truth_open, direction)
+              for sp in (*INTENSITY_SPACES, "output")}
     rows: dict[str, Any] = {}
     out_means = {}
     for s in style_labels:
         out = dec(style_code[s])
         out_means[s] = out.mean(0)
-        seqs = [_intensity_output(bank, dec, s, k, intensity_mode) for k in INTENSITIES]
-        dist = [float(np.abs(x - seqs[0]).mean()) for x in seqs]
+        dist = spaces[intensity_mode]["distance"][s]
         rows[STYLE_NAMES.get(s, s)] = {
             "offset_model": float(np.abs(out.mean(0) - style_mean[s]).mean()),
             "offset_blind": float(np.abs(source_mean - style_mean[s]).mean()),
@@ -182,6 +190,8 @@ def style_figures(model: StyleTalk, split: DataSplit, windows: np.ndarray, inten
         "static_offset_blind_l1": offset_blind,
         "spread_ratio": pairwise(out_means) / pairwise(style_mean),
         "intensity_mode": intensity_mode,
+        "intensity_open_r_heldout": spaces[intensity_mode]["open_r_heldout"],
+        "intensity_spaces": spaces,
         "intensity_all_monotone": bool(all(r["intensity_monotone"] for r in rows.values())),
         "intensity_ratio_2_1_min": float(min(ratios)) if ratios else None,
         "intensity_ratio_2_1_median": float(np.median(ratios)) if ratios else None,
@@ -193,13 +203,34 @@ def style_figures(model: StyleTalk, split: DataSplit, windows: np.ndarray, inten
 UPPER = [i for i in range(64) if i not in LOWER_FACE3D_INDICES]
 
 
-def _intensity_output(bank: StyleBank, dec: Decoder, name: str, k: float, mode: str) -> np.ndarray:
-    """Output at intensity ``k`` the way the engine produces it (code space, or output space)."""
-    if mode == "code":
-        return dec(bank.intensity(name, k))
-    # output space: neutral output + k * (style output - neutral output)
-    base, full = dec(bank.get("neutral")), dec(bank.get(name))
-    return base + np.float32(k) * (full - base)
+def intensity_figures(dec: ExpressionDecoder, bank: StyleBank, styles: Sequence[str], windows: np.ndarray,
+                      space: str, truth_open: np.ndarray | None, direction: np.ndarray | None) -> dict[str, Any]:
+    """Distance from the k=0 output at every intensity, per style, and the held-out mouth-opening r at every k
+    (mean over styles). ``hybrid``/``code``: the engine's path (``StyleBank.styled`` -> ``decode``);
+    ``output``: neutral output + k x (style output - neutral output), which the engine does not offer."""
+    dist: dict[str, list[float]] = {}
+    open_r: dict[float, list[float]] = {k: [] for k in INTENSITIES}
+    for s in styles:
+        if space == "output":
+            base, full = dec.decode(windows, bank.get(bank.neutral)), dec.decode(windows, bank.get(s))
+            seqs = [base + np.float32(k) * (full - base) for k in INTENSITIES]
+        else:
+            seqs = [dec.decode(windows, bank.styled(s, k, space)) for k in INTENSITIES]
+        dist[s] = [float(np.abs(x - seqs[0]).mean()) for x in seqs]
+        if truth_open is not None and direction is not None:
+            for k, x in zip(INTENSITIES, seqs, strict=True):
+                r = _pearson(x[:, LOWER] @ direction, truth_open)
+                if r is not None:
+                    open_r[k].append(r)
+    ratios = [d[4] / d[2] for d in dist.values() if d[2] > 0]
+    return {
+        "space": space,
+        "all_monotone": bool(all(all(b > a for a, b in zip(d[:-1], d[1:], strict=False)) for d in dist.values())),
+        "ratio_2_1_min": float(min(ratios)),
+        "ratio_2_1_median": float(np.median(ratios)),
+        "open_r_heldout": {str(k): float(np.mean(v)) for k, v in open_r.items() if v},
+        "distance": dist,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ lip sync
@@ -270,7 +301,8 @@ def run(checkpoint: Path, data_dir: str | None, labels_path: Path, intensity_mod
     res: dict[str, Any] = {"checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT)
                                               else checkpoint),
                            "sha256_16": _sha(checkpoint)}
-    res["styles"] = style_figures(model, split, held.windows, intensity_mode)
+    truth_open = held.target[:, LOWER] @ direction
+    res["styles"] = style_figures(model, split, held.windows, intensity_mode, truth_open, direction)
     res["lip_sync"] = lip_sync(model, split, direction)
     res["audio_lip_sync"] = audio_lip_sync(model, split, direction, labels_path, data)
     res["seconds"] = round(time.perf_counter() - t0, 1)
@@ -317,6 +349,13 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"  spread          {s['spread_ratio']:.2f}   target >= 0.7")
     print(f"  intensity ({s['intensity_mode']}) all monotone {s['intensity_all_monotone']}, d(2)/d(1) min "
           f"{s['intensity_ratio_2_1_min']:.2f} median {s['intensity_ratio_2_1_median']:.2f}   target >= 1.7")
+    def open_r(d: dict[str, float]) -> str:
+        return ", ".join(f"{k}: {v:.3f}" for k, v in d.items())
+
+    print("  intensity by space (held-out mouth-opening r at k = 0 .. 2, mean over styles):")
+    for o in s["intensity_spaces"].values():
+        print(f"    {o['space']:<7} all monotone {o['all_monotone']}, d(2)/d(1) min {o['ratio_2_1_min']:.2f} median "
+              f"{o['ratio_2_1_median']:.2f}; held-out open r {open_r(o['open_r_heldout'])}")
     print(f"  {'style':<12} {'offset':>7} {'blind':>6} {'upper':>6} {'lower':>6} {'std':>6} {'ref std':>7}  "
           "d(0, .5, 1, 1.5, 2)")
     for name, r in s["per_style"].items():
@@ -338,8 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="sample data directory (default: as in training)")
     p.add_argument("--labels", type=Path, default=recognized_labels.DEFAULT_OUT,
                    help="recognizer label cache (built on first use)")
-    p.add_argument("--intensity", choices=("code", "output"), default="code",
-                   help="intensity path to measure")
+    p.add_argument("--intensity", choices=INTENSITY_SPACES, default="hybrid",
+                   help="intensity space of the main table (the others are measured alongside)")
     p.add_argument("--baseline", type=Path, default=None,
                    help="also time the per-frame decoder step of this checkpoint against --checkpoint")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)

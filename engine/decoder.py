@@ -16,6 +16,19 @@ Accelerators (``accelerator=``):
 Anything that cannot run here (no CUDA, no compiler, package missing, compile error) falls back to eager with
 the reason in :attr:`ExpressionDecoder.fallback_reason` - a knob must never take the engine down.
 
+Intensity, "hybrid" (the default; :meth:`engine.stylebank.StyleBank.styled`): a *style vector* is either a
+plain code ``(C,)`` or the packed triple ``[code s (C), neutral n (C), k (1)]`` ``(2C+1,)``, decoded as
+
+    out_k(t) = dec(c_k)(t) - idle(c_k) + idle(n) + k * (idle(s) - idle(n)),   c_k = n + k * (s - n)
+
+i.e. the *motion* around the rest face comes from the paper's code-space line (which keeps lip sync: the
+decoder was trained on codes) and the *rest face* itself moves along the output-space line from the
+neutral silence to the style's silence (linear in k, so the static pose keeps growing where the code line
+saturates: d(2)/d(1) 1.41 in code space, >= 1.9 hybrid; scaling the whole output instead costs held-out
+mouth-opening r 0.38 -> 0.24 at k = 2, hybrid keeps 0.37; ``benchmarks.styles``). k = 0 and k = 1 are
+bit-identical to the plain neutral / style code; other k cost one decode plus cached silences. Packed
+vectors crossfade like codes (elementwise lerp).
+
 Silent windows (all 11 phonemes SIL) are answered from a per-style cache (:meth:`ExpressionDecoder.idle`):
 during silence the decoder then costs nothing and the closed mouth is exactly constant (no jitter).
 """
@@ -159,9 +172,23 @@ class ExpressionDecoder:
             )  # (1, C)
         return code[0].float().cpu().numpy()
 
+    @property
+    def packed_dim(self) -> int:
+        """Length of a packed output-space intensity vector ``[code, base, k]`` (see module docstring)."""
+        return 2 * self.style_dim + 1
+
     def idle(self, style: np.ndarray) -> np.ndarray:
         """Expression ``(64,)`` of an all-SIL window in ``style`` (the resting face), cached per style code."""
         style = np.ascontiguousarray(style, np.float32).reshape(-1)
+        if style.shape[0] == self.packed_dim:
+            code, base, k = _unpack(style, self.style_dim)
+            if k == 1.0:
+                return self.idle(code)
+            if k == 0.0:
+                return self.idle(base)
+            out = self.idle(base) + np.float32(k) * (self.idle(code) - self.idle(base))  # the rest moves linearly
+            out.setflags(write=False)
+            return out
         key = style.tobytes()
         cached = self._idle_cache.get(key)
         if cached is None:
@@ -181,8 +208,11 @@ class ExpressionDecoder:
             raise ValueError(f"windows must be (N, {self.window_length}), got {windows.shape}")
         style = np.asarray(style, np.float32)
         n = windows.shape[0]
+        if style.shape in ((self.packed_dim,), (n, self.packed_dim)):
+            return self._decode_packed(windows, style)
         if style.shape not in ((self.style_dim,), (n, self.style_dim)):
-            raise ValueError(f"style must be ({self.style_dim},) or ({n}, {self.style_dim}), got {style.shape}")
+            raise ValueError(f"style must be ({self.style_dim},) or ({n}, {self.style_dim}) (packed: "
+                             f"{self.packed_dim}), got {style.shape}")
         out = np.empty((n, self.cfg.face3d_dim), np.float32)
         if n == 0:
             return out
@@ -202,6 +232,24 @@ class ExpressionDecoder:
                 st = st[0]
             out[idx] = self._decode_model(windows[idx], st)
         return out
+
+    def _decode_packed(self, windows: np.ndarray, style: np.ndarray) -> np.ndarray:
+        """Hybrid intensity (module docstring): code-space motion around an output-space rest face."""
+        c = self.style_dim
+        code, base, k = style[..., :c], style[..., c : 2 * c], style[..., 2 * c]  # (C,)/(N, C), k () or (N,)
+        if np.all(k == 1.0):
+            return self.decode(windows, code)
+        if np.all(k == 0.0):
+            return self.decode(windows, base)
+        gain = np.asarray(k, np.float32)[..., None]  # (1,) or (N, 1)
+        line = (base + gain * (code - base)).astype(np.float32)  # c_k, (C,) or (N, C)
+        out = self.decode(windows, line)
+        if style.ndim == 1:
+            rest_k = self.idle(style)  # idle(n) + k (idle(s) - idle(n))
+            return (out - self.idle(line) + rest_k).astype(np.float32)
+        sil = np.full((style.shape[0], self.window_length), SIL, np.int64)
+        idle_line, idle_code, idle_base = (self._decode_model(sil, v) for v in (line, code, base))  # (N, 64)
+        return (out - idle_line + idle_base + gain * (idle_code - idle_base)).astype(np.float32)
 
     def _decode_model(self, windows: np.ndarray, style: np.ndarray) -> np.ndarray:
         n = windows.shape[0]
@@ -283,6 +331,11 @@ class ExpressionDecoder:
             "frames_decoded": self.frames_decoded,
             "frames_from_cache": self.frames_from_cache,
         }
+
+
+def _unpack(style: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Packed ``(2C+1,)`` -> code ``(C,)``, base ``(C,)``, k."""
+    return style[:dim], style[dim : 2 * dim], float(style[2 * dim])
 
 
 class _CapturedGraph:

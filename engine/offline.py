@@ -94,7 +94,7 @@ def resolve_style(runtime, config: Config) -> tuple[str, np.ndarray]:
         spec = path.stem
     if spec not in runtime.styles:
         raise InputError(f"unknown style {spec!r}; built-in styles: {', '.join(runtime.styles.names())}")
-    return spec, runtime.styles.intensity(spec, config.style.intensity)
+    return spec, runtime.styles.styled(spec, config.style.intensity, config.style.intensity_space)
 
 
 # ------------------------------------------------------------------------------------------------- output

@@ -10,7 +10,8 @@ style differs) and renders them on the chosen avatar with the configured rendere
 
 Phonemes: ``--phonemes FILE.json`` (as for ``render``), else the held-out sample clip ``andrew_clip_2``'s
 reference labels when the sample data is present, else a short built-in phrase. ``--intensity`` applies to
-every style (e.g. ``--intensity 2`` draws each style exaggerated).
+every style (e.g. ``--intensity 2`` draws each style exaggerated); ``--intensities 0,1,2 --silence`` draws
+each style's silence and speech at several intensities side by side (rows = styles).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import ConfigError, add_config_arguments, config_from_args
+from engine.config import MAX_INTENSITY, ConfigError, add_config_arguments, config_from_args
 from models.phonemes import PHONEME_INDEX, SIL, phoneme_windows
 
 log = logging.getLogger(__name__)
@@ -81,29 +82,47 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def draw_sheet(runtime_parts, styles: list[str], labels: np.ndarray, columns: int, intensity: float,
-               tile: int = 192) -> np.ndarray:
-    """The sheet image uint8 ``(H, W, 3)``; ``runtime_parts`` = (decoder, style bank, renderer, avatar)."""
+               tile: int = 192, intensities: list[float] | None = None, silence: bool = False,
+               space: str = "hybrid", rest: str = "style") -> np.ndarray:
+    """The sheet image uint8 ``(H, W, 3)``; ``runtime_parts`` = (decoder, style bank, renderer, avatar).
+
+    ``intensities`` (default ``[intensity]``): one group of tiles per intensity along each row; ``silence``
+    puts a tile of the style's silence (an all-SIL window) before the speech tiles of each group. ``rest``:
+    which silence a rest-aware renderer treats as the photo's own face - ``"style"`` (each style's, as a live
+    session does) or ``"neutral"`` (the neutral style's, so a style's static pose shows as a change).
+    """
     from PIL import Image
 
     decoder, bank, renderer, avatar = runtime_parts
+    ks = list(intensities) if intensities else [intensity]
     frames = pick_frames(labels, columns)
     windows = phoneme_windows(labels)[frames]  # (F, 11)
+    if silence:
+        windows = np.concatenate([np.full((1, windows.shape[1]), SIL, windows.dtype), windows])  # (1+F, 11)
     state = renderer.prepare(avatar)
-    pose = np.zeros((len(frames), 9), np.float32)
+    pose = np.zeros((len(windows), 9), np.float32)
+    rest_aware = hasattr(renderer, "set_rest")
     rows = []
     for name in styles:
-        code = bank.intensity(name, intensity)
-        exp = decoder.decode(windows, code)  # (F, 64)
-        if hasattr(renderer, "reset"):
-            renderer.reset(state)
-        images = renderer.render(state, exp.astype(np.float32), pose)
-        delay = renderer.delay_frames
-        if delay:  # a windowed renderer answers late: flush to get every frame
-            images = np.concatenate([images, renderer.flush(state)])[delay : delay + len(frames)]
-        tiles = [np.asarray(Image.fromarray(im).resize((tile, tile), Image.Resampling.LANCZOS)) for im in images]
-        tiles[0] = _label(tiles[0], name if intensity == 1.0 else f"{name} x{intensity:g}")
-        rows.append(tiles)
-    if columns <= 1:  # one tile per style: wrap into a grid
+        row: list[np.ndarray] = []
+        for k in ks:
+            code = bank.styled(name, k, space)
+            exp = decoder.decode(windows, code)  # (F, 64)
+            if rest_aware:
+                base = code if rest == "style" else bank.styled(bank.neutral, 1.0, space)
+                renderer.set_rest(state, np.array(decoder.idle(base)))  # a copy: cached silences are read-only
+            if hasattr(renderer, "reset"):
+                renderer.reset(state)
+            images = renderer.render(state, exp.astype(np.float32), pose)
+            delay = renderer.delay_frames
+            if delay:  # a windowed renderer answers late: flush to get every frame
+                images = np.concatenate([images, renderer.flush(state)])[delay : delay + len(windows)]
+            tiles = [np.asarray(Image.fromarray(im).resize((tile, tile), Image.Resampling.LANCZOS)) for im in images]
+            label = name if (k == 1.0 and len(ks) == 1) else f"{name} x{k:g}"
+            tiles[0] = _label(tiles[0], label + (" (silence)" if silence else ""))
+            row += tiles
+        rows.append(row)
+    if columns <= 1 and len(ks) == 1 and not silence:  # one tile per style: wrap into a grid
         flat = [r[0] for r in rows]
         per_row = min(6, len(flat))
         blank = np.full_like(flat[0], 255)
@@ -111,6 +130,18 @@ def draw_sheet(runtime_parts, styles: list[str], labels: np.ndarray, columns: in
         grid = [np.concatenate(flat[i : i + per_row], axis=1) for i in range(0, len(flat), per_row)]
         return np.concatenate(grid, axis=0)
     return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+
+
+def _parse_intensities(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        ks = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SheetError(f"--intensities must be comma-separated numbers, got {text!r}") from None
+    if not ks or len(ks) > 8 or not all(0.0 <= k <= MAX_INTENSITY for k in ks):
+        raise SheetError(f"--intensities must be 1..8 values in 0..{MAX_INTENSITY:g}, got {text!r}")
+    return ks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, metavar="A,B,...", help="comma-separated styles to draw (default all)")
     p.add_argument("--phonemes", default=None, metavar="FILE.json", help="phoneme labels to decode")
     p.add_argument("--tile", type=int, default=192, help="tile size in pixels")
+    p.add_argument("--intensities", default=None, metavar="K,K,...",
+                   help="draw every style at each of these intensities side by side (e.g. 0,1,2)")
+    p.add_argument("--silence", action="store_true", help="start each group with a tile of the style's silence")
+    p.add_argument("--rest", choices=("style", "neutral"), default="style",
+                   help="silence shown as the photo itself: each style's (as live) or the neutral style's")
     # a sheet decodes given phonemes in every style: no recognizer, no starting style
     add_config_arguments(p, exclude=("--style", "--recognizer", "--labels", "--recognizer-lookahead"))
     return p
@@ -143,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SheetError(f"--columns must be 0..16, got {args.columns}")
         if not 32 <= args.tile <= 512:
             raise SheetError(f"--tile must be 32..512, got {args.tile}")
+        ks = _parse_intensities(args.intensities)
         config = config_from_args(args)
         config = replace(config, style=replace(config.style, default="neutral"))
         decoder = build_decoder(config)
@@ -161,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("drawing %d styles on phonemes of %s with the %s renderer", len(names), source,
                  config.renderer.kind)
         image = draw_sheet((decoder, bank, build_renderer(config), load_avatar(config)), names, labels,
-                           args.columns, float(config.style.intensity), args.tile)
+                           args.columns, float(config.style.intensity), args.tile, ks, args.silence,
+                           config.style.intensity_space, args.rest)
     except (ConfigError, ClipError, StyleError, SheetError, InputError) as exc:
         print(f"styletalk-live styles: error: {exc}", file=sys.stderr)
         return 2

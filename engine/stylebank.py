@@ -1,5 +1,8 @@
 """Speaking styles: encode each style clip once, cache the code, blend, scale intensity, switch smoothly.
 
+Intensity is "hybrid" by default (:meth:`StyleBank.styled`): the style vector packs the code, the neutral
+code and k; the decoder moves the rest face linearly in output space and the motion along the code line.
+
 The style encoder runs a 256-frame transformer; the decoder only needs its output, a C-dim code. So a clip is
 encoded exactly once (:meth:`StyleBank.add`, through an injected ``encode(clip) -> code`` callable - the
 bank itself knows no network and is tested without one) and every frame reuses the cached vector.
@@ -121,6 +124,27 @@ class StyleBank:
             return code
         neutral = self.get(self.neutral) if self.neutral in self._codes else np.zeros_like(code)
         return (neutral + np.float32(k) * (code - neutral)).astype(np.float32)
+
+    def styled(self, name: str, k: float, space: str = "hybrid") -> np.ndarray:
+        """The style vector the decoder gets for style ``name`` at intensity ``k``.
+
+        ``space="code"``: :meth:`intensity` (the paper's line through neutral in code space; a ``(C,)`` code;
+        the decoder saturates along it: d(2)/d(1) = 1.41 on the built-in checkpoint).
+        ``space="hybrid"``: the packed ``[code, neutral, k]`` ``(2C+1,)`` that ``ExpressionDecoder`` decodes
+        as code-space motion around a rest face moved linearly in output space (engine/decoder.py). Every
+        vector of one session must come from the same space (they are crossfaded elementwise).
+        """
+        if space == "code":
+            return self.intensity(name, k)
+        if space != "hybrid":
+            raise ValueError(f"intensity space must be 'hybrid' or 'code', got {space!r}")
+        if not 0.0 <= k <= MAX_INTENSITY:
+            raise ValueError(f"intensity must be in [0, {MAX_INTENSITY}], got {k}")
+        code = self.get(name)
+        neutral = self.get(self.neutral) if self.neutral in self._codes else np.zeros_like(code)
+        packed = np.concatenate([code, neutral, np.array([k], np.float32)]).astype(np.float32)
+        packed.setflags(write=False)
+        return packed
 
 
 def lerp(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:

@@ -95,3 +95,34 @@ def test_cached_style_mixing_never_serves_another_style(dec: ExpressionDecoder) 
     finally:
         for m, fn in saved.items():
             m.mix = fn
+
+
+def test_hybrid_intensity_moves_the_rest_linearly_and_keeps_code_space_motion(dec: ExpressionDecoder) -> None:
+    from engine.stylebank import StyleBank
+
+    rng = np.random.default_rng(5)
+    bank = StyleBank(dec.encode_style)
+    bank.add("neutral", rng.standard_normal((40, 64)).astype(np.float32))
+    bank.add("s", rng.standard_normal((40, 64)).astype(np.float32) + 1.0)
+    windows = phoneme_windows(rng.integers(0, 41, 9))
+    # the ends of the line are bit-identical to the plain codes
+    np.testing.assert_array_equal(dec.decode(windows, bank.styled("s", 1.0)), dec.decode(windows, bank.get("s")))
+    np.testing.assert_array_equal(dec.decode(windows, bank.styled("s", 0.0)),
+                                  dec.decode(windows, bank.get("neutral")))
+    idle_n, idle_s = dec.idle(bank.get("neutral")), dec.idle(bank.get("s"))
+    for k in (0.5, 2.0):
+        packed = bank.styled("s", k)
+        out = dec.decode(windows, packed)
+        line = dec.decode(windows, bank.intensity("s", k))  # the paper's code-space line
+        # the rest is linear in output space ...
+        np.testing.assert_allclose(dec.idle(packed), idle_n + k * (idle_s - idle_n), atol=1e-5)
+        # ... and the motion around it is the code line's (differences between frames are the same)
+        np.testing.assert_allclose(out - out[:1], line - line[:1], atol=1e-5)
+        np.testing.assert_allclose(out[0] - line[0], dec.idle(packed) - dec.idle(bank.intensity("s", k)),
+                                   atol=1e-5)
+        # a crossfade (one packed vector per frame) decodes like separate calls
+        per_frame = np.stack([bank.styled("s", k), bank.styled("s", 1.0), bank.styled("neutral", 1.0)] * 3)
+        sep = np.concatenate([dec.decode(windows[i : i + 1], per_frame[i]) for i in range(9)])
+        np.testing.assert_allclose(dec.decode(windows, per_frame), sep, atol=1e-5)
+    with pytest.raises(ValueError):
+        bank.styled("s", 1.0, space="output")

@@ -108,3 +108,18 @@ def test_mix_of_styles_with_plus() -> None:
         bank.get("a+zzz")
     with pytest.raises(StyleError, match="mix"):
         bank.add_code("a+b", np.zeros(8))  # '+' is reserved for mixes
+
+
+def test_styled_packs_code_neutral_and_intensity() -> None:
+    bank, _ = _bank()
+    bank.add_code("neutral", np.zeros(8))
+    bank.add_code("b", np.full(8, 4.0))
+    np.testing.assert_array_equal(bank.styled("b", 1.5, "code"), bank.intensity("b", 1.5))
+    packed = bank.styled("b", 1.5)  # hybrid: [code, neutral, k]
+    assert packed.shape == (17,) and packed[-1] == np.float32(1.5)
+    np.testing.assert_array_equal(packed[:8], bank.get("b"))
+    np.testing.assert_array_equal(packed[8:16], bank.get("neutral"))
+    with pytest.raises(ValueError):
+        bank.styled("b", 2.5)
+    with pytest.raises(StyleError):
+        bank.styled("zzz", 1.0)

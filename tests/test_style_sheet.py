@@ -37,6 +37,19 @@ def test_sheet_rows_are_styles_and_columns_the_same_frames(tmp_path: Path) -> No
     assert np.asarray(Image.open(one)).shape == (64, 2 * 64, 3)  # one tile per style
 
 
+def test_intensity_sheet_groups_silence_and_speech_per_intensity(tmp_path: Path) -> None:
+    out = tmp_path / "k.png"
+    assert main(["--sheet", str(out), "--only", "sad", "--columns", "1", "--tile", "64", "--intensities", "0,1,2",
+                 "--silence", "--rest", "neutral"]) == 0
+    img = np.asarray(Image.open(out)).astype(np.int32)
+    assert img.shape == (64, 6 * 64, 3)  # (silence, speech) x 3 intensities
+    tiles = [img[16:, i * 64 : (i + 1) * 64] for i in range(6)]
+    # silence at k=0 is the neutral rest = the photo; the style's silence differs, more at k=2 than at k=1
+    d1, d2 = np.abs(tiles[2] - tiles[0]).mean(), np.abs(tiles[4] - tiles[0]).mean()
+    assert 0.2 < d1 < d2, (d1, d2)
+    assert main(["--sheet", str(out), "--intensities", "0,3"]) == 2
+
+
 def test_sheet_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--sheet", str(tmp_path / "x.png"), "--only", "nosuchstyle"]) == 2
     err = capsys.readouterr().err

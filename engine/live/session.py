@@ -99,7 +99,7 @@ class LiveSession:
         self._intensity = float(cfg.style.intensity)
         self.core = StreamCore(
             lookahead=cfg.decoder.lookahead,
-            style=self.styles.intensity(self._style_name, self._intensity),
+            style=self.styles.styled(self._style_name, self._intensity, cfg.style.intensity_space),
             pad=cfg.decoder.pad,
             crossfade_frames=cfg.style.crossfade_frames,
             max_batch=cfg.decoder.max_batch,
@@ -332,7 +332,8 @@ class LiveSession:
         """
         if not 0 <= transition_ms <= 10_000:
             raise ValueError(f"transition_ms must be in 0..10000, got {transition_ms}")
-        code = self.styles.intensity(name, self._intensity)  # raises StyleError for unknown names
+        # raises StyleError for unknown names
+        code = self.styles.styled(name, self._intensity, self.config.style.intensity_space)
         frames = self.tb.frames_for_ms(transition_ms, "round")
         landing = self.core.switch_style(code, at_frame, frames)
         self._style_name = name
@@ -346,7 +347,8 @@ class LiveSession:
         if not 0.0 <= k <= MAX_INTENSITY:
             raise ValueError(f"intensity must be in 0..{MAX_INTENSITY}, got {k}")
         self._intensity = k
-        self.core.switch_style(self.styles.intensity(self._style_name, k), None, self.config.style.crossfade_frames)
+        self.core.switch_style(self.styles.styled(self._style_name, k, self.config.style.intensity_space), None,
+                               self.config.style.crossfade_frames)
         self._update_rest()
 
     def add_style(self, name: str, clip: np.ndarray) -> None:
@@ -373,7 +375,7 @@ class LiveSession:
         """Model worker: render relative to the current style's silence (silence = the photo's own mouth)."""
         renderer = self.runtime.renderer
         if isinstance(renderer, RestAware) and state is not None:
-            code = self.styles.intensity(self._style_name, self._intensity)
+            code = self.styles.styled(self._style_name, self._intensity, self.config.style.intensity_space)
             renderer.set_rest(state, self.runtime.decoder.idle(code))
 
     def _update_rest(self) -> None:
