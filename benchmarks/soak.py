@@ -274,7 +274,14 @@ class LongSessionResult:
     engine_errors: int = 0
     rss_kb: list[int] = field(default_factory=list)
     rss_t: list[float] = field(default_factory=list)
+    heap_kb: list[dict[str, int]] = field(default_factory=list)  # glibc's in-use / free-in-arenas / mmapped
+    heap_slopes_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the first minute
     fds: list[int] = field(default_factory=list)
+
+
+def _slope_mib_per_min(t_s: np.ndarray, kb: np.ndarray) -> float:
+    """Least-squares slope of a KiB series over seconds, in MiB per minute."""
+    return float(np.polyfit(t_s, kb, 1)[0] * 60 / 1024)
 
 
 async def long_session(
@@ -282,6 +289,7 @@ async def long_session(
 ) -> LongSessionResult:
     """One WebRTC session streaming looped speech for ``seconds``, switching style every ``switch_every_s``."""
     from clients.client import ClientError, MicrophoneTrack, StyleTalkClient
+    from streaming.allocator import heap_kb
 
     out = LongSessionResult()
     snapshot: tracemalloc.Snapshot | None = None
@@ -311,6 +319,9 @@ async def long_session(
             fp = Footprint.now()
             out.rss_kb.append(fp.rss_kb)
             out.rss_t.append(time.monotonic() - start)
+            heap = heap_kb()
+            if heap is not None:
+                out.heap_kb.append(heap)
             if profile and snapshot is None and time.monotonic() - start >= WARM_UP_S:
                 gc.collect()
                 snapshot = tracemalloc.take_snapshot()
@@ -319,7 +330,11 @@ async def long_session(
         t = np.array(out.rss_t)
         late = t >= WARM_UP_S
         if late.sum() >= 3:
-            out.rss_slope_mib_per_min = float(np.polyfit(t[late], np.array(out.rss_kb)[late], 1)[0] * 60 / 1024)
+            out.rss_slope_mib_per_min = _slope_mib_per_min(t[late], np.array(out.rss_kb)[late])
+            if len(out.heap_kb) == len(out.rss_kb):
+                for key in ("in_use", "free"):
+                    kb = np.array([h[key] for h in out.heap_kb])[late]
+                    out.heap_slopes_mib_per_min[key] = _slope_mib_per_min(t[late], kb)
         if snapshot is not None:
             gc.collect()
             diff = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")
@@ -686,6 +701,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fds_first_last": [ls.fds[0], ls.fds[-1]] if ls.fds else None,
             "rss_kb_trend": ls.rss_kb[:: max(1, len(ls.rss_kb) // 20)],  # ~20 samples over the session
             "rss_slope_mib_per_min_after_1min": ls.rss_slope_mib_per_min,
+            # where the resident size goes (glibc): live allocations vs freed space kept inside the arenas
+            "heap_kb_trend": ls.heap_kb[:: max(1, len(ls.heap_kb) // 20)],
+            "heap_slopes_mib_per_min_after_1min": ls.heap_slopes_mib_per_min,
             "tracemalloc_top_growth": ls.growth_sites,
         },
         "close_orders": orders,
@@ -706,6 +724,7 @@ def print_report(r: dict[str, Any]) -> None:
         ("growth after churn", json.dumps(c["growth"])),
         ("long session", f"{s['seconds']} s, {s['style_switches']} switches, errors {s['switch_errors_by_kind']}"),
         ("RSS slope after 1 min", f"{s.get('rss_slope_mib_per_min_after_1min')} MiB/min"),
+        ("heap slopes after 1 min", f"{json.dumps(s.get('heap_slopes_mib_per_min_after_1min'))} MiB/min"),
         ("fps received / fresh (engine)", f"{s['fps_received']} / {s['fresh_fps_engine']}"),
         ("A/V offset ms", json.dumps(s["av_offset_ms"])),
         ("latency p99 ms (total)", str(s["max_latency_ms"])),

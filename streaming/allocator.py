@@ -54,3 +54,20 @@ def trim() -> bool:
     """Give the free pages of every arena back to the system now (``malloc_trim(0)``); True if any were."""
     libc = _glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_kb() -> dict[str, int] | None:
+    """glibc's own account of the heap (``mallinfo2``), KiB: ``in_use`` (live allocations), ``free`` (freed
+    but kept inside the arenas: what grows when the resident size creeps without a leak), ``mmapped`` (large
+    blocks mapped on their own). None without glibc >= 2.33."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return {"in_use": info.uordblks >> 10, "free": info.fordblks >> 10, "mmapped": info.hblkhd >> 10}
