@@ -20,6 +20,7 @@ both still share this machine's cores, which makes the concurrency figure a lowe
     python -m benchmarks.e2e                 # full run (~2-3 min), writes benchmarks/results/e2e.json
     python -m benchmarks.e2e --quick         # fewer trials / shorter levels
     python -m benchmarks.e2e --set decoder.lookahead=2   # any engine override is passed to the server
+    python -m benchmarks.e2e --sessions-only --max-sessions 4   # only the concurrency levels (~1.5 min)
 """
 
 from __future__ import annotations
@@ -221,8 +222,19 @@ async def measure_latency(url: str, speech: np.ndarray, trials: int, styles_tria
     }
 
 
-async def measure_level(url: str, speech: np.ndarray, n: int, warmup: float, window: float) -> dict[str, Any]:
-    """``n`` concurrent sessions streaming looped speech; fps received and fresh fps per session."""
+def process_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure_level(url: str, speech: np.ndarray, n: int, warmup: float, window: float,
+                        server_pid: int | None = None) -> dict[str, Any]:
+    """``n`` concurrent sessions streaming looped speech; fps received and fresh fps per session, and the CPU
+    the server used meanwhile (cores: CPU seconds per wall second)."""
     clients = [StyleTalkClient(url, keep_frames=2000) for _ in range(n)]
     for c in clients:
         await c.connect()
@@ -230,9 +242,11 @@ async def measure_level(url: str, speech: np.ndarray, n: int, warmup: float, win
     await asyncio.sleep(warmup)
     before = await asyncio.gather(*(c.request("stats") for c in clients))
     t0 = time.monotonic()
+    cpu0 = process_cpu_s(server_pid)
     await asyncio.sleep(window)
     after = await asyncio.gather(*(c.request("stats") for c in clients))
     t1 = time.monotonic()
+    cpu1 = process_cpu_s(server_pid)
     sessions = []
     for c, b, a in zip(clients, before, after, strict=True):
         sent = a["engine"]["frames_sent"] - b["engine"]["frames_sent"]
@@ -248,7 +262,9 @@ async def measure_level(url: str, speech: np.ndarray, n: int, warmup: float, win
         )
     await asyncio.gather(*(c.close() for c in clients))
     ok = all(s["received_fps"] >= FPS_TARGET and s["fresh_fps"] >= FPS_TARGET for s in sessions)
-    return {"sessions": n, "ok": ok, "per_session": sessions}
+    cores = (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None
+    return {"sessions": n, "ok": ok, "server_cpu_cores": cores, "load_average": list(os.getloadavg()),
+            "per_session": sessions}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,17 +273,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with ServerProcess(args.set_args, max_sessions=args.max_sessions) as server:
         print(f"server: {server.url}", flush=True)
-        out["latency"] = await measure_latency(server.url, speech, args.trials, args.style_trials)
+        out["latency"] = (
+            {"onset_to_motion_s": [], "onset_trials": 0, "style_switch_s": [], "engine_delay_ms": None}
+            if args.sessions_only else await measure_latency(server.url, speech, args.trials, args.style_trials)
+        )
         levels = []
         for n in range(1, args.max_sessions + 1):
-            level = await measure_level(server.url, speech, n, args.warmup, args.window)
+            pid = server.proc.pid if server.proc is not None else None
+            level = await measure_level(server.url, speech, n, args.warmup, args.window, pid)
             levels.append(level)
             fps = ", ".join(f"{s['received_fps']:.1f}/{s['fresh_fps']:.1f}" for s in level["per_session"])
+            cores = level["server_cpu_cores"]
             print(
-                f"  {n} session(s): received/fresh fps {fps} -> {'ok' if level['ok'] else 'below target'}",
+                f"  {n} session(s): received/fresh fps {fps}; server CPU "
+                f"{'-' if cores is None else f'{cores:.2f}'} cores, load {level['load_average'][0]:.1f} -> "
+                f"{'ok' if level['ok'] else 'below target'}",
                 flush=True,
             )
-            if not level["ok"]:
+            if not level["ok"] and not args.all_levels:
                 break
             await asyncio.sleep(1.0)
         out["levels"] = levels
@@ -282,14 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring a level")
     parser.add_argument("--window", type=float, default=8.0, help="seconds measured per level")
     parser.add_argument("--quick", action="store_true", help="6 trials, 5 style switches, 5 s windows")
+    parser.add_argument("--sessions-only", action="store_true",
+                        help="skip onset/style latency: only the concurrency levels (most sessions at >= 29 fresh fps)")
+    parser.add_argument("--all-levels", action="store_true", help="measure every level up to --max-sessions, "
+                        "not only until the first one below target")
     parser.add_argument(
         "--set", dest="set_args_raw", action="append", default=[], metavar="SECTION.KEY=VALUE"
     )
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for the server, e.g. --serve-arg=--event-loop=asyncio (repeatable)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.quick:
         args.trials, args.style_trials, args.window, args.warmup = 6, 5, 5.0, 2.0
-    args.set_args = [x for item in args.set_args_raw for x in ("--set", item)]
+    args.set_args = [x for item in args.set_args_raw for x in ("--set", item)] + args.serve_arg
 
     started = time.time()
     load_at_start = list(os.getloadavg())
@@ -298,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     onset = lat["onset_to_motion_s"]
     switch = lat["style_switch_s"]
     passing = [lv["sessions"] for lv in data["levels"] if lv["ok"]]
+    passing = [n for n in passing if all(m in passing for m in range(1, n))]  # every level up to n passed
     one = data["levels"][0]["per_session"][0] if data["levels"] else {}
     summary = {
         "onset_to_motion_ms": {"p50": _pct(onset, 50), "p95": _pct(onset, 95), "n": len(onset)},
@@ -322,13 +352,19 @@ def main(argv: list[str] | None = None) -> int:
         f"| style switch -> first new-style frame (ms) | {_ms(_pct(switch, 50))} | {_ms(_pct(switch, 95))} | "
         f"{len(switch)} |"
     )
-    print(f"engine output delay (constant, included above): {lat['engine_delay_ms']:.0f} ms")
+    if lat["engine_delay_ms"] is not None:
+        print(f"engine output delay (constant, included above): {lat['engine_delay_ms']:.0f} ms")
     if one:
         print(
             f"frames/s received (1 session): {one['received_fps']:.1f}"
             f"  (fresh on server: {one['fresh_fps']:.1f})"
         )
-    print(f"max concurrent sessions at >= {FPS_TARGET:g} fps: {summary['max_sessions_at_29fps']}")
+    print(f"max concurrent sessions at >= {FPS_TARGET:g} fps received and fresh: {summary['max_sessions_at_29fps']}")
+    for level in data["levels"]:
+        cores = level["server_cpu_cores"]
+        if cores is not None:
+            print(f"  {level['sessions']} session(s): server {cores:.2f} CPU cores ({cores / level['sessions']:.2f} "
+                  "per session)")
 
     result = {
         "benchmark": "e2e",
@@ -343,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "decoder_weights": decoder_weights(args.set_args_raw),
         "server_overrides": args.set_args_raw,
+        "server_args": args.serve_arg,
         "summary": summary,
         **data,
     }

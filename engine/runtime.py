@@ -42,6 +42,23 @@ class RuntimeErrorConfig(RuntimeError):
     """The runtime cannot be built from the configuration (missing file, bad weights...)."""
 
 
+def limit_blas_threads(threads: int = 1) -> None:
+    """Run numpy's BLAS (OpenBLAS) single-threaded in this process.
+
+    Why: the recognizers score a few feature frames at a time against ~5k Gaussians per call; from a handful of
+    frames on, OpenBLAS splits such a matmul over all cores and its threads spin-wait, which on a shared 2-core
+    machine cost 17x the CPU of one thread (2.9 vs 0.17 CPU s per 4 s of audio, 10-frame calls) and starved
+    the sessions' media (py-spy of two served sessions: 46 % of the server's samples in the senone scorer).
+    Every engine thread already owns one core's worth of work (model worker, recognizers, encoders).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency; without it numpy keeps its default
+        log.warning("threadpoolctl missing: numpy's BLAS keeps its default thread count")
+        return
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 class EngineRuntime:
     """Models + worker shared by all sessions. Build with :meth:`load`, or inject parts (tests, benchmarks)."""
 
@@ -77,6 +94,7 @@ class EngineRuntime:
     def load(cls, config: Config) -> EngineRuntime:
         """Build everything the configuration names (built-in weights, styles and avatar by default)."""
         config.validate()
+        limit_blas_threads()
         torch.set_num_threads(config.decoder.threads)
         decoder = build_decoder(config)
         styles = build_styles(config, decoder)

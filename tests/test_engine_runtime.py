@@ -119,3 +119,17 @@ def test_blinks_are_deterministic_bounded_and_spaced() -> None:
     pose = IdleMotion(seed=1, sway=0.02, head=0.0).poses(frames[:90])
     assert pose.shape == (90, 9) and 0 < np.abs(pose[:, :3]).max() <= 0.02 and np.all(pose[:, 3:] == 0)
     np.testing.assert_array_equal(IdleMotion(head=0.0).poses(frames[:5]), np.zeros((5, 9), np.float32))
+
+
+def test_loading_the_engine_runs_numpy_blas_on_one_thread() -> None:
+    """OpenBLAS's worker threads spin on a shared machine (benchmarks/served_costs.py: the recognizer fed 200 ms
+    at a time costs ~4x the CPU with them); the engine keeps numpy's BLAS on one thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from engine.runtime import limit_blas_threads
+
+    with threadpool_limits(limits=None):  # restores the process's setting afterwards
+        threadpool_limits(limits=2, user_api="blas")
+        limit_blas_threads()
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas), blas
