@@ -132,7 +132,12 @@ async def run(counts: list[int], seconds: float, tmp: Path, janus: subprocess.Po
         await presenter.wait_frames(30, timeout=120)
         room = await presenter.request("open_room")
         for n in counts:
-            new = await asyncio.gather(*(join(port, room) for _ in range(n - len(viewers))))
+            new = []
+            missing = n - len(viewers)
+            while len(new) < missing:  # in batches of 10: the room admits 10 joins/s (bursts of 30)
+                batch = min(10, missing - len(new))
+                new += await asyncio.gather(*(join(port, room) for _ in range(batch)))
+                await asyncio.sleep(1.0)
             viewers.extend(v for v, _ in new)
             joins = [j for _, j in new]
             await asyncio.sleep(2.0)
