@@ -226,14 +226,16 @@ class JanusClient:
     # -------------------------------------------------------------------------------- streaming plugin
     async def create_rtp_mountpoint(self, handle: int, mountpoint: int, description: str, secret: str,
                                     pin: str, rtp_host: str) -> MountpointPorts:
-        """An RTP mountpoint (Opus audio pt 111, VP8 video pt 96, keyframe buffered for joining viewers) on
-        ports Janus picks (``port: 0``); the reply names them."""
+        """An RTP mountpoint (Opus audio pt 111, VP8 video pt 96) on ports Janus picks (``port: 0``); the reply
+        names them. No ``bufferkf``: Janus 1.1 replays the buffered keyframe with old sequence numbers, and
+        Chromium then drops the live packets that follow; the publisher sends a fresh keyframe when a viewer's
+        WebRTC comes up instead."""
         body = {
             "request": "create", "type": "rtp", "id": mountpoint, "description": description,
             "secret": secret, "pin": pin, "permanent": False, "is_private": True,
             "media": [
                 {"type": "audio", "mid": "a", "port": 0, "pt": 111, "codec": "opus"},
-                {"type": "video", "mid": "v", "port": 0, "pt": 96, "codec": "vp8", "bufferkf": True},
+                {"type": "video", "mid": "v", "port": 0, "pt": 96, "codec": "vp8"},
             ],
         }
         reply = await self.message(handle, body)

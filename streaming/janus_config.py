@@ -29,7 +29,8 @@ def _lib_dir() -> str:
 def config_files(ws_port: int = 8188, ws_ip: str = "127.0.0.1", rtp_ports: str = "20000-20999",
                  mount_ports: str = "21000-21999", ice_interfaces: str = "") -> dict[str, str]:
     """File name -> text. ``rtp_ports``: WebRTC media towards viewers; ``mount_ports``: the UDP ports the
-    engine's RTP arrives on; ``ice_interfaces``: restrict ICE to these (``lo`` for loopback-only tests)."""
+    engine's RTP arrives on; ``ice_interfaces``: restrict ICE to these interfaces. IPv6 is off: a browser that
+    nominates an IPv6 pair while Janus sends on its IPv4 pair receives nothing after the first keyframe."""
     lib = _lib_dir()
     enforce = f'\n\tice_enforce_list = "{ice_interfaces}"' if ice_interfaces else ""
     return {
@@ -43,10 +44,12 @@ def config_files(ws_port: int = 8188, ws_ip: str = "127.0.0.1", rtp_ports: str =
 	server_name = "styletalk-live-janus"
 }}
 media: {{
+	ipv6 = false
 	rtp_port_range = "{rtp_ports}"
 }}
 nat: {{
-	ignore_mdns = true{enforce}
+	ignore_mdns = true
+{enforce}
 }}
 plugins: {{
 	disable = "{",".join(f"libjanus_{p}.so" for p in UNUSED_PLUGINS)}"

@@ -198,7 +198,13 @@ class JanusFanout:
             raise JanusUnavailable("no Janus instance is up for this room")
         node = min(candidates, key=lambda n: n.viewers)
         assert node.client is not None
-        handle = await node.client.attach(listener=listener)
+
+        def on_event(msg: dict[str, Any]) -> None:
+            if msg.get("janus") == "webrtcup":  # this viewer can decode from the next keyframe: make it now
+                feed.publisher.request_keyframe()
+            listener(msg)
+
+        handle = await node.client.attach(listener=on_event)
         try:
             offer = await node.client.watch(handle, feed.mountpoint, feed.pin)
         except BaseException:

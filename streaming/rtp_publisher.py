@@ -3,11 +3,11 @@
 Why plain RTP into a Streaming-plugin mountpoint rather than a VideoRoom publisher: the engine then needs no
 second WebRTC stack (no ICE/DTLS/SRTP handshake with Janus, nothing to renegotiate after Janus restarts: only
 new UDP ports), the same packets can be sent to several Janus instances at once (one encode, any number of
-fan-out nodes), and Janus relays them untouched (``bufferkf`` keeps the last keyframe for a joining viewer).
+fan-out nodes), and Janus relays them untouched.
 
 The encoders are aiortc's own (libvpx VP8 through PyAV, Opus), already producing RTP payloads; VP8 runs in a
-worker thread like aiortc's sender does. Keyframes: every ``KEYFRAME_INTERVAL`` frames and on request (a viewer
-joined). UDP to a port nobody listens on (Janus gone) is simply lost; the publisher never blocks the room.
+worker thread like aiortc's sender does. Keyframes: every ``KEYFRAME_INTERVAL`` frames and on request (a viewer's
+WebRTC came up). UDP to a port nobody listens on (Janus gone) is simply lost; the publisher never blocks the room.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 VIDEO_PT = 96
 AUDIO_PT = 111
-KEYFRAME_INTERVAL = 60  # frames (2 s at 30 fps): the longest a viewer that missed a keyframe waits
+# frames (1 s at 30 fps): the longest a viewer that lost packets waits to decode again (Janus cannot relay its
+# keyframe request to a plain-RTP source)
+KEYFRAME_INTERVAL = 30
 VIDEO_BITRATE = 1_000_000
 
 

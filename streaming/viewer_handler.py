@@ -165,6 +165,10 @@ class ViewerHandler:
         if not up:
             self.janus_node, self.janus_handle = None, None
             self.tell_state(RoomState.FANOUT_DOWN, detail="the fan-out server went away; reconnecting")
+            fanout = self.server.rooms.fanout
+            if self.room is not None and fanout is not None and any(n.up for n in fanout.nodes):
+                # another Janus instance serves the room: watch again now (placed there)
+                self.tell_state(self.room.state, detail="another fan-out server has the room: send watch again")
         elif self.janus_node is None and self.room is not None:
             self.tell_state(self.room.state, detail="the fan-out server is back: send watch again")
 

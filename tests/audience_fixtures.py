@@ -50,7 +50,7 @@ def mouth_talk_vs_rest(frames: list, speaking: tuple[float, float], paused: tupl
     """
     talk = [f.image for f in frames if speaking[0] <= f.arrival <= speaking[1]]
     rest = [f.image for f in frames if paused[0] <= f.arrival <= paused[1]]
-    assert len(talk) > 20 and len(rest) > 10, (len(talk), len(rest))
+    assert len(talk) > 8 and len(rest) > 5, (len(talk), len(rest))  # a loaded machine delivers few fps
     talk_g, rest_g = _mouth_grey(talk), _mouth_grey(rest)
     median = np.median(rest_g, axis=0)
     return (float(np.percentile(np.abs(talk_g - median).mean(axis=1), 90)),

@@ -91,7 +91,7 @@ def running_janus(folder: Path) -> Iterator[JanusProcess]:
     base = random.randrange(40_000, 58_000, 400)
     jp = JanusProcess(folder, free_port())
     write_config(folder, ws_port=jp.ws_port, rtp_ports=f"{base}-{base + 199}",
-                 mount_ports=f"{base + 200}-{base + 399}", ice_interfaces="lo")
+                 mount_ports=f"{base + 200}-{base + 399}")
     try:
         jp.start()
     except RuntimeError as exc:

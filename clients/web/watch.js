@@ -35,6 +35,7 @@ async function watch() {
   state.role = r.role;
   state.mode = r.mode;
   pc = new RTCPeerConnection();
+  state.pc = pc;
   pc.ontrack = (ev) => {
     const video = $("avatar");
     if (!video.srcObject) video.srcObject = new MediaStream();
@@ -78,7 +79,7 @@ function onMessage(msg) {
       state.states.push(msg.state);
       show(msg.state === "fanout_down" ? "the stream is interrupted; reconnecting…" : msg.state);
       if (msg.state === "ended" || (["live", "waiting"].includes(msg.state) && ["fanout_down", "ended"].includes(previous)))
-        watch();
+        watch().catch((e) => state.errors.push(e.code || e.message));
     }
     return;
   }
@@ -140,6 +141,9 @@ ws.onclose = () => {
 };
 ws.onmessage = (ev) => {
   const msg = JSON.parse(ev.data);
-  if (msg.event === "welcome") return watch();
+  if (msg.event === "welcome") return watch().catch((e) => {
+    state.errors.push(e.code || e.message);
+    show(`could not watch: ${e.message}`);
+  });
   onMessage(msg);
 };
