@@ -36,6 +36,7 @@ MAX_DECODER_LOOKAHEAD = 5  # the decoder window is t-5 .. t+5
 MAX_WINDOW_LOOKAHEAD = 13  # the PIRenderer window is t-13 .. t+13
 MAX_INTENSITY = 2.0  # style intensity: 0 neutral .. 1 as encoded .. 2 exaggerated (engine, protocol, page)
 INTENSITY_SPACES = ("hybrid", "code")  # where style intensity is applied (engine/stylebank.StyleBank.styled)
+REST_CHOICES = ("style", "neutral")  # whose silence a rest-aware renderer shows as the photo (style.rest)
 
 
 class ConfigError(ValueError):
@@ -96,6 +97,9 @@ class StyleConfig:
     intensity: float = 1.0  # 0 = neutral, 1 = the style as encoded, up to 2 = exaggerated
     intensity_space: str = "hybrid"  # "hybrid": rest face scaled in output space, motion in code space;
     # "code": the paper's line in style-code space (saturates: d(2)/d(1) 1.41, benchmarks.styles)
+    rest: str = "style"  # the silence drawn as the photo itself: "style" = the current style's (a style's static
+    # pose then never shows), "neutral" = the neutral style's (styles and intensity show as changes of the face;
+    # benchmarks/results/styles_intensity_rest_*.png)
     user_dir: str | None = None  # styles added with `styles add`; None = $XDG_DATA_HOME/styletalk-live/styles
     video_min_seconds: float = 2.0  # a style video must be this long (extract-style, styles add, uploads) ...
     video_max_seconds: float = 60.0  # ... and at most this long
@@ -167,6 +171,7 @@ class Config:
         _check(0 <= s.crossfade_frames <= 300, "style.crossfade_frames", "must be in 0..300")
         _check(0.0 <= s.intensity <= MAX_INTENSITY, "style.intensity", f"must be in 0..{MAX_INTENSITY:g}")
         _choice(s.intensity_space, INTENSITY_SPACES, "style.intensity_space")
+        _choice(s.rest, REST_CHOICES, "style.rest")
         _check(bool(s.default), "style.default", "must not be empty")
         _check(0.5 <= s.video_min_seconds <= s.video_max_seconds <= 600, "style.video_min_seconds",
                "must satisfy 0.5 <= video_min_seconds <= video_max_seconds <= 600")
@@ -305,6 +310,8 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--intensity-space", "style.intensity_space", str,
      "where intensity scales the style: hybrid (rest face linear in output space, motion along the code line;"
      " default) | code (the paper's style-code line)"),
+    ("--rest", "style.rest", str, "whose silence is drawn as the photo itself: style (the current style's) | "
+     "neutral (the neutral style's: styles show as changes of the face)"),
     ("--avatar", "avatar.image", str, "photo of a face to animate"),
     ("--size", "renderer.size", int, "output frames are SIZE² pixels: 256 (real-time on one CPU thread) or 512"),
 ]

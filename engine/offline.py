@@ -189,8 +189,13 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     blink = motion.blink_amounts(frames_idx)
     renderer = runtime.renderer
     state = renderer.prepare(runtime.avatar)
-    if isinstance(renderer, RestAware):  # silence shows the photo's own mouth
-        renderer.set_rest(state, runtime.decoder.idle(code))
+    if isinstance(renderer, RestAware):  # silence shows the photo's own mouth (style.rest: whose silence)
+        from engine.stylebank import rest_vector
+
+        s = config.style
+        rest = code if s.rest == "style" else rest_vector(runtime.styles, style_name, s.intensity, s.intensity_space,
+                                                          s.rest)
+        renderer.set_rest(state, runtime.decoder.idle(rest))
     delay = int(renderer.delay_frames)  # engine.contracts.Renderer
 
     def frames():

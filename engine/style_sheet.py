@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import MAX_INTENSITY, ConfigError, add_config_arguments, config_from_args
+from engine.stylebank import rest_vector
 from models.phonemes import PHONEME_INDEX, SIL, phoneme_windows
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def draw_sheet(runtime_parts, styles: list[str], labels: np.ndarray, columns: in
             code = bank.styled(name, k, space)
             exp = decoder.decode(windows, code)  # (F, 64)
             if rest_aware:
-                base = code if rest == "style" else bank.styled(bank.neutral, 1.0, space)
+                base = rest_vector(bank, name, k, space, rest)
                 renderer.set_rest(state, np.array(decoder.idle(base)))  # a copy: cached silences are read-only
             if hasattr(renderer, "reset"):
                 renderer.reset(state)
@@ -160,8 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensities", default=None, metavar="K,K,...",
                    help="draw every style at each of these intensities side by side (e.g. 0,1,2)")
     p.add_argument("--silence", action="store_true", help="start each group with a tile of the style's silence")
-    p.add_argument("--rest", choices=("style", "neutral"), default="style",
-                   help="silence shown as the photo itself: each style's (as live) or the neutral style's")
     # a sheet decodes given phonemes in every style: no recognizer, no starting style
     add_config_arguments(p, exclude=("--style", "--recognizer", "--labels", "--recognizer-lookahead"))
     return p
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                  config.renderer.kind)
         image = draw_sheet((decoder, bank, build_renderer(config), load_avatar(config)), names, labels,
                            args.columns, float(config.style.intensity), args.tile, ks, args.silence,
-                           config.style.intensity_space, args.rest)
+                           config.style.intensity_space, config.style.rest)
     except (ConfigError, ClipError, StyleError, SheetError, InputError) as exc:
         print(f"styletalk-live styles: error: {exc}", file=sys.stderr)
         return 2

@@ -147,6 +147,15 @@ class StyleBank:
         return packed
 
 
+def rest_vector(bank: StyleBank, name: str, k: float, space: str, rest: str) -> np.ndarray:
+    """The style vector whose silence a rest-aware renderer shows as the photo: the current style's
+    (``rest="style"``: silence always looks like the photo, so a style's static pose never shows) or the
+    neutral style's (``rest="neutral"``: the photo is the neutral face and every style shows as a change)."""
+    if rest == "neutral" and bank.neutral in bank:
+        return bank.styled(bank.neutral, 1.0, space)
+    return bank.styled(name, k, space)
+
+
 def lerp(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
     """Linear interpolation in float32; exact endpoints (w=0 -> a, w=1 -> b bit for bit)."""
     if w <= 0.0:

@@ -78,6 +78,8 @@ class ClientHandler:
         self.intensity: float | None = None
         self.avatar: np.ndarray | None = None
         self.uploaded: dict[str, np.ndarray] = {}  # name -> style code (encoded once, on upload)
+        self.uploaded_clips: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}  # name -> (clip, origin): save_style
+        self._extraction: asyncio.Task[None] | None = None  # a style video being extracted (one at a time)
         self._events_task: asyncio.Task[None] | None = None
         self._aux_tasks: set[asyncio.Task[Any]] = set()
         self._releases: set[asyncio.Task[None]] = set()  # this client's clean-ups (owned by the server)
@@ -306,6 +308,9 @@ class ClientHandler:
             if request.TYPE in P.UPLOAD_TYPES and not upload_charged and not self.upload_limiter.allow(now):
                 raise P.ProtocolError(P.ErrorCode.RATE_LIMITED, self._upload_limit_message(), request.id,
                                       request.TYPE)
+            if isinstance(request, P.UploadStyle) and request.format in P.VIDEO_FORMATS:
+                self._extract_in_background(request)  # seconds of work: the client's other requests go on
+                return
             result = await self.dispatch(request)
             await self.send(P.reply(request, result))
         except P.ProtocolError as exc:
@@ -327,6 +332,33 @@ class ClientHandler:
             await self.send(
                 P.error_reply(P.ErrorCode.INTERNAL, "internal server error (logged on the server)", rid, rtype)
             )
+
+    def _extract_in_background(self, request: P.UploadStyle) -> None:
+        """Answer a style-video upload from a task: extraction takes seconds (landmarks on every frame), and
+        awaiting it here would stall every later request of this client (``set_style``, ``ping``, ICE...)
+        until it ends. One extraction per client at a time; the reply (or error) comes when it is done."""
+        if self._extraction is not None and not self._extraction.done():
+            raise P.ProtocolError(P.ErrorCode.BAD_STATE, "a style video is still being extracted; wait for its "
+                                  "reply", request.id, request.TYPE)
+
+        async def answer() -> None:
+            try:
+                await self.send(P.reply(request, await self.dispatch(request)))
+            except P.ProtocolError as exc:
+                self.errors += 1
+                await self.send(P.error_from_exception(exc))
+            except ConnectionClosed:
+                pass  # the client left meanwhile: nobody to answer
+            except Exception:  # noqa: BLE001 - as handle_raw: the session survives a failing request
+                self.errors += 1
+                log.exception("client %s: style video upload failed", self.id)
+                await self.send(P.error_reply(P.ErrorCode.INTERNAL, "internal server error (logged on the server)",
+                                              request.id, request.TYPE))
+
+        task = asyncio.get_running_loop().create_task(answer(), name=f"extract-{self.id}")
+        self._extraction = task
+        self._aux_tasks.add(task)
+        task.add_done_callback(self._aux_tasks.discard)
 
     async def _refuse_unparsed(self, raw: str | bytes, message: str) -> None:
         self.errors += 1
@@ -473,12 +505,15 @@ class ClientHandler:
                 clip = await self._extract_video(req)
             else:
                 clip = await self.server.decode_upload(decode_clip, req.data, req.format)
+            if req.name in self.live.list_styles():  # taken while the video was being extracted
+                raise self._error(req, P.ErrorCode.STYLE_EXISTS, f"a style named {req.name!r} already exists")
             await loop.run_in_executor(self.server.uploads, bank.add, req.name, clip)
         except (*clip_errors(), DecoderFailed) as exc:  # type: ignore[misc]  # mypy: no starred except
             raise self._error(req, P.ErrorCode.BAD_CLIP, str(exc)) from None
         if req.name in bank:
             code = bank.get(req.name)
             self.uploaded[req.name] = code
+            self.uploaded_clips[req.name] = (clip, {"source": f"upload.{req.format}", "kind": "upload"})
             current = self.live.styles
             if current is not bank and req.name not in current:
                 current.add_code(req.name, code)  # the session was replaced meanwhile (peer ended)
@@ -505,6 +540,34 @@ class ClientHandler:
                                               style_config, progress)
         except StyleExtractError as exc:
             raise self._error(req, P.ErrorCode.BAD_VIDEO, f"[{exc.code}] {exc}") from None
+
+    @_handles(P.SaveStyle)
+    async def _save_style(self, req: P.SaveStyle) -> dict[str, Any]:
+        """Persist an uploaded style as a user style (``styles add`` does the same from the command line):
+        written atomically on the upload thread; new sessions list it now, every command after a restart."""
+        from engine.user_styles import UserStyleError, UserStyles, builtin_names, styles_dir
+
+        upload = self.uploaded_clips.get(req.name)
+        if upload is None:
+            raise self._error(req, P.ErrorCode.UNKNOWN_STYLE, f"no uploaded style {req.name!r} in this session "
+                              "(upload_style it first)")
+        clip, origin = upload
+        config = self.server.runtime.config
+        store = UserStyles(styles_dir(config.style), builtin_names(config))
+        if len(store.list()) >= self.server.settings.max_saved_styles:
+            raise self._error(req, P.ErrorCode.BAD_STATE,
+                              f"the server already keeps {self.server.settings.max_saved_styles} user styles")
+        loop = asyncio.get_running_loop()
+        try:
+            saved = await loop.run_in_executor(self.server.uploads, store.add_clip, req.name, clip, origin)
+        except UserStyleError as exc:
+            code = {"builtin": P.ErrorCode.STYLE_EXISTS, "exists": P.ErrorCode.STYLE_EXISTS}.get(
+                exc.code, P.ErrorCode.BAD_FIELD)
+            raise self._error(req, code, str(exc)) from None
+        shared = self.server.runtime.styles  # sessions created from now on start with it
+        if req.name not in shared:
+            shared.add_code(req.name, self.uploaded[req.name])
+        return {"style": saved.name, "frames": saved.frames, "saved": True}
 
     @_handles(P.SetAvatar)
     async def _set_avatar(self, req: P.SetAvatar) -> dict[str, Any]:

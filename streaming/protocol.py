@@ -274,6 +274,19 @@ class SetIntensity(Request):
 
 
 @dataclass(frozen=True)
+class SaveStyle(Request):
+    """Keep a style this session uploaded (clip or video) as a user style: stored in the server's styles
+    directory (``style.user_dir``, like ``styles add``), so it survives a restart and new sessions list it."""
+
+    TYPE: ClassVar[str] = "save_style"
+    name: str = ""
+
+    @classmethod
+    def parse(cls, rid: str | int, f: _Fields, limits: Limits) -> SaveStyle:
+        return cls(rid, name=f.style_name())
+
+
+@dataclass(frozen=True)
 class UploadStyle(Request):
     """A new named style from a style clip file (``format`` "mat" or "npy") or a short video of a talking face
     (``format`` "mp4" or "webm": the server extracts the clip); ``data`` is the decoded file."""

@@ -101,6 +101,8 @@ class ServerSettings:
     upload_rate_per_s: float = 0.2
     upload_burst: int = 3
     max_uploaded_styles: int = 16
+    # save_style writes to the styles directory on disk: at most this many user styles there
+    max_saved_styles: int = 64
     # host names (besides loopback names and IP addresses) a tokenless server answers to: the Host header is
     # checked so that a web page cannot reach the server through DNS rebinding (evil.example -> 127.0.0.1)
     allowed_hosts: tuple[str, ...] = ()

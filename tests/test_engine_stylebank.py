@@ -123,3 +123,14 @@ def test_styled_packs_code_neutral_and_intensity() -> None:
         bank.styled("b", 2.5)
     with pytest.raises(StyleError):
         bank.styled("zzz", 1.0)
+
+
+def test_rest_vector_is_the_styles_or_the_neutral_silence() -> None:
+    from engine.stylebank import rest_vector
+
+    bank, _ = _bank()
+    bank.add_code("neutral", np.zeros(8))
+    bank.add_code("b", np.full(8, 4.0))
+    np.testing.assert_array_equal(rest_vector(bank, "b", 2.0, "hybrid", "style"), bank.styled("b", 2.0))
+    np.testing.assert_array_equal(rest_vector(bank, "b", 2.0, "hybrid", "neutral"), bank.styled("neutral", 1.0))
+    np.testing.assert_array_equal(rest_vector(bank, "b", 2.0, "code", "neutral"), bank.get("neutral"))

@@ -148,3 +148,55 @@ def test_record_my_style_in_chromium(live_runtime, samples_dir) -> None:  # noqa
         shutil.rmtree(work, ignore_errors=True)
     assert rec["bytes"] > 10_000  # a real recording was uploaded
     assert rec["progress"]["frames"] > 100  # ~6 s at the camera's 30 fps, extracted with progress events
+
+
+def test_video_extraction_does_not_block_the_clients_requests_and_save_style_persists(  # noqa: F811
+        live_runtime, samples_dir, tmp_path) -> None:  # noqa: F811
+    from engine.runtime import build_styles
+    from engine.user_styles import UserStyles, styles_dir
+
+    frames = read_frames(samples_dir / "source" / "video" / "KristiNoem.mp4")[:75]  # 2.5 s
+    video = write_video(tmp_path / "mine.mp4", frames)
+    name = "saved_from_video_test"
+    store = UserStyles(styles_dir(live_runtime.config.style))
+
+    async def main() -> None:
+        async with PresenterServer(live_runtime, server_settings()) as server:
+            async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                json.loads(await ws.recv())  # welcome
+                await ws.send(json.dumps({"v": 1, "id": "up", "type": "upload_style", "name": name,
+                                          "format": "mp4", "data": _b64(video)}))
+                await ws.send(json.dumps({"v": 1, "id": "again", "type": "upload_style", "name": "second",
+                                          "format": "mp4", "data": _b64(video)}))
+                await ws.send(json.dumps({"v": 1, "id": "p", "type": "ping"}))
+                order: list[str] = []
+                replies: dict[str, dict] = {}
+                while "up" not in replies:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 120))
+                    if msg["type"] != "event":
+                        order.append(msg["id"])
+                        replies[msg["id"]] = msg
+                # the ping and the refused second extraction were answered while the video was extracted
+                assert order.index("p") < order.index("up") and order.index("again") < order.index("up"), order
+                assert replies["again"]["type"] == "error" and replies["again"]["code"] == "bad_state"
+                assert replies["up"]["type"] == "result", replies["up"]
+                events: list[dict] = []
+                assert (await _call(ws, 1, "save_style", events, name="nope"))["code"] == "unknown_style"
+                r = await _call(ws, 2, "save_style", events, name=name)
+                assert r["type"] == "result" and r["result"] == {"style": name, "frames": 75, "saved": True}, r
+                assert (await _call(ws, 3, "save_style", events, name=name))["code"] == "style_exists"
+            # a new client (new session) lists it at once ...
+            async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws2:
+                welcome = json.loads(await ws2.recv())
+                assert name in welcome["styles"], welcome["styles"]
+
+    try:
+        asyncio.run(main())
+        assert name in [s.name for s in store.list()]
+        # ... and after a restart: the styles directory is read when a runtime builds its styles
+        bank = build_styles(live_runtime.config, live_runtime.decoder)
+        np.testing.assert_allclose(bank.get(name), live_runtime.styles.get(name), atol=1e-5)
+    finally:
+        if name in [s.name for s in store.list()]:
+            store.remove(name)
+        live_runtime.styles.remove(name)

@@ -58,7 +58,7 @@ from engine.live.stats import ProducerCounters, session_stats
 from engine.motion import IdleMotion
 from engine.pacing import OutputPacer, StageMetrics
 from engine.stream import DecodeJob, StreamCore
-from engine.stylebank import MAX_INTENSITY, StyleBank
+from engine.stylebank import MAX_INTENSITY, StyleBank, rest_vector
 from engine.timing import MediaClock
 
 if TYPE_CHECKING:
@@ -372,10 +372,12 @@ class LiveSession:
         return state
 
     def _set_rest(self, state: Any) -> None:
-        """Model worker: render relative to the current style's silence (silence = the photo's own mouth)."""
+        """Model worker: render relative to the current style's silence (silence = the photo's own mouth), or
+        the neutral style's (``style.rest = "neutral"``: styles show as changes of the photo)."""
         renderer = self.runtime.renderer
         if isinstance(renderer, RestAware) and state is not None:
-            code = self.styles.styled(self._style_name, self._intensity, self.config.style.intensity_space)
+            s = self.config.style
+            code = rest_vector(self.styles, self._style_name, self._intensity, s.intensity_space, s.rest)
             renderer.set_rest(state, self.runtime.decoder.idle(code))
 
     def _update_rest(self) -> None:
