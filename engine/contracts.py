@@ -61,6 +61,11 @@ class RestAware(Protocol):
 
     def set_rest(self, state: Any, exp_rest: np.ndarray) -> None: ...
 
+    def lip_gap_directions(self) -> np.ndarray:
+        """(64, m): expression directions that open the inner lips; a rest face built from another style's
+        silence keeps its lips where the current style's silence has them (``engine.stylebank.rest_expression``)."""
+        ...
+
 
 class FaceBoxLike(Protocol):
     """A detected face rectangle in pixels (``engine.avatar.FaceBox``)."""

@@ -164,6 +164,10 @@ class WarpRenderer:
             raise ValueError(f"exp_rest must be one expression (64,), got {tuple(rest.shape)}")
         state.warp.exp_ref = rest[0].to(self.device)
 
+    def lip_gap_directions(self) -> np.ndarray:
+        """(64, 3) expression directions that open the inner lips (see ``WarpCore.lip_gap_directions``)."""
+        return self.core.lip_gap_directions().detach().cpu().numpy().astype(np.float32)
+
     def reset(self, state: AvatarState) -> None:
         """New stream: the next pose becomes the reference for head motion."""
         if isinstance(state, WarpAvatarState):

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import MAX_INTENSITY, ConfigError, add_config_arguments, config_from_args
-from engine.stylebank import rest_vector
+from engine.contracts import RestAware
+from engine.stylebank import rest_expression
 from models.phonemes import PHONEME_INDEX, SIL, phoneme_windows
 
 log = logging.getLogger(__name__)
@@ -102,16 +103,15 @@ def draw_sheet(runtime_parts, styles: list[str], labels: np.ndarray, columns: in
         windows = np.concatenate([np.full((1, windows.shape[1]), SIL, windows.dtype), windows])  # (1+F, 11)
     state = renderer.prepare(avatar)
     pose = np.zeros((len(windows), 9), np.float32)
-    rest_aware = hasattr(renderer, "set_rest")
     rows = []
     for name in styles:
         row: list[np.ndarray] = []
         for k in ks:
             code = bank.styled(name, k, space)
             exp = decoder.decode(windows, code)  # (F, 64)
-            if rest_aware:
-                base = rest_vector(bank, name, k, space, rest)
-                renderer.set_rest(state, np.array(decoder.idle(base)))  # a copy: cached silences are read-only
+            if isinstance(renderer, RestAware):
+                renderer.set_rest(state, rest_expression(bank, decoder.idle, name, k, space, rest,
+                                                         renderer.lip_gap_directions()))
             if hasattr(renderer, "reset"):
                 renderer.reset(state)
             images = renderer.render(state, exp.astype(np.float32), pose)

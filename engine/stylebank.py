@@ -147,13 +147,29 @@ class StyleBank:
         return packed
 
 
-def rest_vector(bank: StyleBank, name: str, k: float, space: str, rest: str) -> np.ndarray:
-    """The style vector whose silence a rest-aware renderer shows as the photo: the current style's
-    (``rest="style"``: silence always looks like the photo, so a style's static pose never shows) or the
-    neutral style's (``rest="neutral"``: the photo is the neutral face and every style shows as a change)."""
-    if rest == "neutral" and bank.neutral in bank:
-        return bank.styled(bank.neutral, 1.0, space)
-    return bank.styled(name, k, space)
+def rest_expression(
+    bank: StyleBank, idle: Callable[[np.ndarray], np.ndarray], name: str, k: float, space: str, rest: str,
+    lip_dirs: np.ndarray | None = None,
+) -> np.ndarray:
+    """The rest expression (64,) a rest-aware renderer draws as the photo itself, for style ``name`` at ``k``.
+
+    ``rest="style"``: the style's own silence (silence = the photo; only motion shows the style).
+    ``rest="neutral"``: the neutral style's silence, so a style's static pose (smile width, brows, eyes) shows as
+    a change of the photo; but its *lip opening* in silence is the style's own: the rest is moved along
+    ``lip_dirs`` (64, m) (the renderer's lip-gap directions) until the style's silence opens the lips by exactly
+    nothing. Why: strong styles' silences part the lips (surprised, spata at k=2); drawn on a photo whose mouth is
+    closed that is a dark hole in silence, the defect a viewer notices first.
+    Shapes: idle(code (D,)) -> (64,); lip_dirs G (64, m): rest = n + G a with Gᵀ(s - rest) = 0.
+    """
+    style_idle = np.array(idle(bank.styled(name, k, space)), np.float32).reshape(-1)  # a copy: idle() caches
+    if rest != "neutral" or bank.neutral not in bank:
+        return style_idle
+    neutral_idle = np.asarray(idle(bank.styled(bank.neutral, 1.0, space)), np.float32).reshape(-1)
+    if lip_dirs is None:
+        return neutral_idle
+    g = np.asarray(lip_dirs, np.float64)
+    a, *_ = np.linalg.lstsq(g.T @ g, g.T @ (style_idle - neutral_idle).astype(np.float64), rcond=None)
+    return (neutral_idle + g @ a).astype(np.float32)
 
 
 def lerp(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:

@@ -125,12 +125,26 @@ def test_styled_packs_code_neutral_and_intensity() -> None:
         bank.styled("zzz", 1.0)
 
 
-def test_rest_vector_is_the_styles_or_the_neutral_silence() -> None:
-    from engine.stylebank import rest_vector
+def test_rest_expression_is_the_styles_silence_or_the_neutral_one_with_the_styles_lips() -> None:
+    from engine.stylebank import rest_expression
 
     bank, _ = _bank()
     bank.add_code("neutral", np.zeros(8))
     bank.add_code("b", np.full(8, 4.0))
-    np.testing.assert_array_equal(rest_vector(bank, "b", 2.0, "hybrid", "style"), bank.styled("b", 2.0))
-    np.testing.assert_array_equal(rest_vector(bank, "b", 2.0, "hybrid", "neutral"), bank.styled("neutral", 1.0))
-    np.testing.assert_array_equal(rest_vector(bank, "b", 2.0, "code", "neutral"), bank.get("neutral"))
+    rng = np.random.default_rng(3)
+    lift = rng.normal(size=(bank.styled("b", 2.0).size, 64)).astype(np.float32)
+
+    def idle(code: np.ndarray) -> np.ndarray:  # a linear stand-in for the decoder's silence
+        return (np.asarray(code, np.float32).reshape(-1) @ lift).astype(np.float32)
+
+    style_idle, neutral_idle = idle(bank.styled("b", 2.0)), idle(bank.styled("neutral", 1.0))
+    np.testing.assert_allclose(rest_expression(bank, idle, "b", 2.0, "hybrid", "style"), style_idle)
+    np.testing.assert_allclose(rest_expression(bank, idle, "b", 2.0, "hybrid", "neutral"), neutral_idle)
+    g = rng.normal(size=(64, 3))
+    rest = rest_expression(bank, idle, "b", 2.0, "hybrid", "neutral", g)
+    # the style's silence opens the lips by nothing relative to the rest...
+    np.testing.assert_allclose(g.T @ (style_idle - rest), 0.0, atol=1e-3)
+    # ...and the rest differs from the neutral silence only along the lip directions
+    coef, *_ = np.linalg.lstsq(g, rest - neutral_idle, rcond=None)
+    np.testing.assert_allclose(g @ coef, rest - neutral_idle, atol=1e-3)
+    assert np.linalg.norm(style_idle - rest) > 0.5 * np.linalg.norm(style_idle - neutral_idle)  # the pose shows

@@ -58,7 +58,7 @@ from engine.live.stats import ProducerCounters, session_stats
 from engine.motion import IdleMotion
 from engine.pacing import OutputPacer, StageMetrics
 from engine.stream import DecodeJob, StreamCore
-from engine.stylebank import MAX_INTENSITY, StyleBank, rest_vector
+from engine.stylebank import MAX_INTENSITY, StyleBank, rest_expression
 from engine.timing import MediaClock
 
 if TYPE_CHECKING:
@@ -377,8 +377,9 @@ class LiveSession:
         renderer = self.runtime.renderer
         if isinstance(renderer, RestAware) and state is not None:
             s = self.config.style
-            code = rest_vector(self.styles, self._style_name, self._intensity, s.intensity_space, s.rest)
-            renderer.set_rest(state, self.runtime.decoder.idle(code))
+            exp_rest = rest_expression(self.styles, self.runtime.decoder.idle, self._style_name, self._intensity,
+                                       s.intensity_space, s.rest, renderer.lip_gap_directions())
+            renderer.set_rest(state, exp_rest)
 
     def _update_rest(self) -> None:
         """After a style or intensity change: the new style's rest, set on the model worker (between jobs)."""

@@ -152,6 +152,14 @@ class WarpCore(torch.nn.Module):
         spline[:, il, 1] = torch.maximum(spline[:, il, 1], spline[:, iu, 1] + cfg.tps_lip_min_gap * avatar.lip_gap)
         return tgt, spline
 
+    def lip_gap_directions(self) -> torch.Tensor:
+        """(64, 3): how each expression coefficient opens the three inner-lip gaps (the map's linear part, before
+        the clip and the opening gain of ``target_local``). The engine uses it to keep the lips of a rest face
+        closed while the rest of the face changes (engine.stylebank.rest_expression)."""
+        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
+        w = self.weights.reshape(-1, 68, 2)
+        return w[:, il, 1] - w[:, iu, 1]
+
     def head_motion(self, pose: torch.Tensor, pose_ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Δpose → clamped similarity: scale (N,), rotation (N, 2, 2), shift (N, 2) in IOD along image axes."""
         cfg = self.config
