@@ -9,17 +9,16 @@ page's Content-Security-Policy in force. A screenshot is saved to a temporary di
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from streaming.server import PresenterServer
+from tests.browser_fixtures import presenter_page, requires_chromium, wait_js
 from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
     MOUTH_BOX,
     SPEECH_WAV,
@@ -31,36 +30,7 @@ from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
     wait_for,
 )
 
-CHROMIUM = os.environ.get("STYLETALK_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).is_file(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-)
-
-
-async def wait_js(page, expression: str, timeout: float = 30.0) -> object:  # noqa: ANN001
-    """Poll a JS expression until truthy (page.evaluate, which the page's CSP permits; wait_for_function
-    would need 'unsafe-eval')."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await page.evaluate(expression)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {expression}")
-        await asyncio.sleep(0.1)
+pytestmark = requires_chromium
 
 
 async def grab_mouth(page, seconds: float, box: tuple[float, float, float, float]) -> np.ndarray:  # noqa: ANN001
@@ -72,98 +42,84 @@ async def grab_mouth(page, seconds: float, box: tuple[float, float, float, float
 
 
 def test_page_streams_video_moves_the_mouth_and_switches_style(live_runtime) -> None:  # noqa: F811
-    playwright = pytest.importorskip("playwright.async_api")
+    pytest.importorskip("playwright.async_api")
     shot_dir = Path(tempfile.mkdtemp(prefix="styletalk-browser-"))
     profile = shot_dir / "profile"
 
     async def main() -> tuple[np.ndarray, np.ndarray]:
         async with PresenterServer(live_runtime, server_settings()) as server:
-            async with playwright.async_playwright() as pw:
-                browser = await pw.chromium.launch_persistent_context(
-                    str(profile),
-                    executable_path=CHROMIUM,
-                    headless=True,
-                    args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={SPEECH_WAV}"],
-                    viewport={"width": 1200, "height": 760},
-                )
-                try:
-                    page = browser.pages[0] if browser.pages else await browser.new_page()
-                    errors: list[str] = []
-                    page.on("pageerror", lambda exc: errors.append(str(exc)))
-                    await page.goto(server.url)
-                    await wait_js(page, "window.styletalk && window.styletalk.styles.length > 0")
+            fake_mic = f"--use-file-for-fake-audio-capture={SPEECH_WAV}"
+            async with presenter_page(server.url, profile, fake_mic) as (page, errors):
+                styles = await page.evaluate("window.styletalk.styles")
+                # the placeholder is one paragraph: "Press Start and ..." flows as text, not three grid cells
+                assert await page.evaluate("""(() => {
+                    const box = document.getElementById('placeholder');
+                    const p = box.querySelector('p'), b = p && p.querySelector('b');
+                    return box.children.length === 1 && b !== null
+                        && Math.abs(b.getBoundingClientRect().top - p.getBoundingClientRect().top) < 4;
+                })()""")
+
+                await page.click("#start")
+                await wait_js(page, "document.getElementById('avatar').videoWidth > 0", timeout=60)
+                first = await wait_js(page, "window.styletalk.framesPresented", timeout=30)
+                # Speech plays from the moment the mic opened; wait out the pipeline delay, then sample.
+                await asyncio.sleep(1.0)
+                speaking = await grab_mouth(page, 3.0, MOUTH_BOX)
+                frames = await page.evaluate("window.styletalk.framesPresented")
+                assert frames > first + 30, (first, frames)
+                # Control: Pause makes the server treat the input as silence; the face only idles.
+                await page.click("#pause")
+                await wait_js(page, "window.styletalk.paused")
+                await asyncio.sleep(1.0)
+                paused = await grab_mouth(page, 2.0, MOUTH_BOX)
+                await page.click("#pause")
+                await wait_js(page, "!window.styletalk.paused")
+                logged = await page.inner_text("#log")
+                assert "paused" in logged and "resumed" in logged and "interrupted" not in logged, logged
+
+                # Style switch by clicking its button: acknowledged by the server, shown on the page.
+                if len(styles) < 2:  # only the neutral fallback is built in: add one with the upload form
+                    clip_path = shot_dir / "lively.npy"
+                    np.save(clip_path, style_clip())
+                    await page.click("details.uploads summary")
+                    await page.fill("#style-name", "lively")
+                    await page.set_input_files("#style-file", str(clip_path))
+                    await page.click("#upload-style button[type=submit]")
+                    await wait_js(page, "window.styletalk.styles.includes('lively')")
                     styles = await page.evaluate("window.styletalk.styles")
-                    # the placeholder is one paragraph: "Press Start and ..." flows as text, not three grid cells
-                    assert await page.evaluate("""(() => {
-                        const box = document.getElementById('placeholder');
-                        const p = box.querySelector('p'), b = p && p.querySelector('b');
-                        return box.children.length === 1 && b !== null
-                            && Math.abs(b.getBoundingClientRect().top - p.getBoundingClientRect().top) < 4;
-                    })()""")
-
-                    await page.click("#start")
-                    await wait_js(page, "document.getElementById('avatar').videoWidth > 0", timeout=60)
-                    first = await wait_js(page, "window.styletalk.framesPresented", timeout=30)
-                    # Speech plays from the moment the mic opened; wait out the pipeline delay, then sample.
-                    await asyncio.sleep(1.0)
-                    speaking = await grab_mouth(page, 3.0, MOUTH_BOX)
-                    frames = await page.evaluate("window.styletalk.framesPresented")
-                    assert frames > first + 30, (first, frames)
-                    # Control: Pause makes the server treat the input as silence; the face only idles.
-                    await page.click("#pause")
-                    await wait_js(page, "window.styletalk.paused")
-                    await asyncio.sleep(1.0)
-                    paused = await grab_mouth(page, 2.0, MOUTH_BOX)
-                    await page.click("#pause")
-                    await wait_js(page, "!window.styletalk.paused")
-                    logged = await page.inner_text("#log")
-                    assert "paused" in logged and "resumed" in logged and "interrupted" not in logged, logged
-
-                    # Style switch by clicking its button: acknowledged by the server, shown on the page.
-                    if len(styles) < 2:  # only the neutral fallback is built in: add one with the upload form
-                        clip_path = shot_dir / "lively.npy"
-                        np.save(clip_path, style_clip())
-                        await page.click("details.uploads summary")
-                        await page.fill("#style-name", "lively")
-                        await page.set_input_files("#style-file", str(clip_path))
-                        await page.click("#upload-style button[type=submit]")
-                        await wait_js(page, "window.styletalk.styles.includes('lively')")
-                        styles = await page.evaluate("window.styletalk.styles")
-                    last = await wait_js(page, "window.styletalk.lastStats")
-                    target = next(s for s in styles if s != last["engine"]["style"])
-                    await page.click(f"button[data-style='{target}']")
-                    ack = await wait_js(page, "window.styletalk.acks.length > 0 && window.styletalk.acks[0]")
-                    assert ack["style"] == target and isinstance(ack["frame"], int)
-                    assert target in await page.inner_text("#ack")
-                    await wait_js(page, "window.styletalk.lastStats && window.styletalk.lastStats.transport")
-                    await asyncio.sleep(1.2)  # one more stats poll for the readout
-                    shot = shot_dir / "presenter.png"
-                    await page.screenshot(path=str(shot))
-                    print(f"screenshot: {shot}")
-                    assert await page.inner_text("#rx-fps") not in ("", "–")
-                    stats = await page.evaluate("window.styletalk.lastStats")
-                    assert stats["transport"]["mic_seconds_received"] > 1.0
-                    # stage latencies: a small table of rounded figures; dropped frames with their share
-                    cells = await page.evaluate(
-                        "[...document.querySelectorAll('#stages tbody td')].map((c) => c.textContent)")
-                    assert cells and "total" in cells, cells
-                    assert all(re.fullmatch(r"\d+ ms|–", c) for c in cells[1::3] + cells[2::3]), cells
-                    assert re.fullmatch(r"\d+ \([\d.]+ % of \d+\)", await page.inner_text("#dropped"))
-                    # Stop: the readout goes blank and the replacement session logs no style change
-                    newest = "document.querySelector('#log li').textContent"  # the log lists newest first
-                    marker = await page.evaluate(newest)
-                    await page.click("#stop")
-                    await wait_js(page, "document.getElementById('start').disabled === false")
-                    await asyncio.sleep(2.5)  # two stats polls
-                    assert await page.evaluate("document.querySelectorAll('#stages tbody tr').length") == 0
-                    assert await page.inner_text("#dropped") == "–"
-                    items = await page.evaluate("[...document.querySelectorAll('#log li')].map((li) => li.textContent)")
-                    after = items[: items.index(marker)]
-                    assert any("media stopped" in t for t in after), after
-                    assert not any(re.search(r"  style ", t) for t in after), after
-                    assert not errors, errors
-                finally:
-                    await browser.close()
+                last = await wait_js(page, "window.styletalk.lastStats")
+                target = next(s for s in styles if s != last["engine"]["style"])
+                await page.click(f"button[data-style='{target}']")
+                ack = await wait_js(page, "window.styletalk.acks.length > 0 && window.styletalk.acks[0]")
+                assert ack["style"] == target and isinstance(ack["frame"], int)
+                assert target in await page.inner_text("#ack")
+                await wait_js(page, "window.styletalk.lastStats && window.styletalk.lastStats.transport")
+                await asyncio.sleep(1.2)  # one more stats poll for the readout
+                shot = shot_dir / "presenter.png"
+                await page.screenshot(path=str(shot))
+                print(f"screenshot: {shot}")
+                assert await page.inner_text("#rx-fps") not in ("", "–")
+                stats = await page.evaluate("window.styletalk.lastStats")
+                assert stats["transport"]["mic_seconds_received"] > 1.0
+                # stage latencies: a small table of rounded figures; dropped frames with their share
+                cells = await page.evaluate(
+                    "[...document.querySelectorAll('#stages tbody td')].map((c) => c.textContent)")
+                assert cells and "total" in cells, cells
+                assert all(re.fullmatch(r"\d+ ms|–", c) for c in cells[1::3] + cells[2::3]), cells
+                assert re.fullmatch(r"\d+ \([\d.]+ % of \d+\)", await page.inner_text("#dropped"))
+                # Stop: the readout goes blank and the replacement session logs no style change
+                newest = "document.querySelector('#log li').textContent"  # the log lists newest first
+                marker = await page.evaluate(newest)
+                await page.click("#stop")
+                await wait_js(page, "document.getElementById('start').disabled === false")
+                await asyncio.sleep(2.5)  # two stats polls
+                assert await page.evaluate("document.querySelectorAll('#stages tbody tr').length") == 0
+                assert await page.inner_text("#dropped") == "–"
+                items = await page.evaluate("[...document.querySelectorAll('#log li')].map((li) => li.textContent)")
+                after = items[: items.index(marker)]
+                assert any("media stopped" in t for t in after), after
+                assert not any(re.search(r"  style ", t) for t in after), after
+                assert not errors, errors
             await wait_for(lambda: server.active_sessions == 0, what="browser session freed")
         return speaking, paused
 

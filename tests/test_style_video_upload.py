@@ -8,7 +8,6 @@ import base64
 import json
 import shutil
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from streaming.server import PresenterServer
+from tests.browser_fixtures import presenter_page, requires_chromium, wait_js
 from tests.streaming_fixtures import live_runtime, server_settings, wait_for  # noqa: F401 - fixture
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, wait_js
 from tests.test_style_extract import read_frames, write_video
 
 
@@ -90,57 +89,35 @@ def test_upload_style_video_extracts_off_the_loop_with_progress_and_coded_errors
 
 def _y4m(frames: list[np.ndarray], path: Path) -> Path:
     """A raw YUV4MPEG2 file (what Chromium's fake camera reads)."""
-    import av
-
-    with av.open(str(path), "w", format="yuv4mpegpipe") as c:
-        s = c.add_stream("rawvideo", rate=Fraction(30))
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    return path
+    return write_video(path, frames, codec="rawvideo", container="yuv4mpegpipe")
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"Chromium not found at {CHROMIUM}")
+@requires_chromium
 def test_record_my_style_in_chromium(live_runtime, samples_dir) -> None:  # noqa: F811
-    playwright = pytest.importorskip("playwright.async_api")
+    pytest.importorskip("playwright.async_api")
     work = Path(tempfile.mkdtemp(prefix="styletalk-record-"))
     camera = _y4m(read_frames(samples_dir / "source" / "video" / "KristiNoem.mp4")[:240], work / "camera.y4m")
 
     async def main() -> dict:
         async with PresenterServer(live_runtime, server_settings()) as server:
-            async with playwright.async_playwright() as pw:
-                browser = await pw.chromium.launch_persistent_context(
-                    str(work / "profile"), executable_path=CHROMIUM, headless=True,
-                    args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={camera}"],
-                    viewport={"width": 1200, "height": 760},
-                )
-                try:
-                    page = browser.pages[0] if browser.pages else await browser.new_page()
-                    errors: list[str] = []
-                    page.on("pageerror", lambda exc: errors.append(str(exc)))
-                    await page.goto(server.url)
-                    await wait_js(page, "window.styletalk && window.styletalk.styles.length > 0")
-                    await wait_js(page, "!document.getElementById('record-style').disabled")
-                    await page.click("#record-style")
-                    await wait_js(page, "window.styletalk.recording && window.styletalk.recording.phase === "
-                                        "'recording'", timeout=20)
-                    rec = await wait_js(page, "['done', 'failed'].includes(window.styletalk.recording.phase) && "
-                                              "window.styletalk.recording", timeout=120)
-                    assert rec["phase"] == "done", rec
-                    assert rec["style"] in await page.evaluate("window.styletalk.styles")
-                    assert "ready" in await page.inner_text("#record-status")
-                    # selectable like any style: click it, the server acknowledges
-                    await page.click(f"button[data-style='{rec['style']}']")
-                    ack = await wait_js(page, "window.styletalk.acks.length > 0 && window.styletalk.acks[0]")
-                    assert ack["style"] == rec["style"]
-                    await page.screenshot(path=str(work / "record.png"))
-                    assert not errors, errors
-                    return rec
-                finally:
-                    await browser.close()
+            fake_camera = f"--use-file-for-fake-video-capture={camera}"
+            async with presenter_page(server.url, work / "profile", fake_camera) as (page, errors):
+                await wait_js(page, "!document.getElementById('record-style').disabled")
+                await page.click("#record-style")
+                await wait_js(page, "window.styletalk.recording && window.styletalk.recording.phase === "
+                                    "'recording'", timeout=20)
+                rec = await wait_js(page, "['done', 'failed'].includes(window.styletalk.recording.phase) && "
+                                          "window.styletalk.recording", timeout=120)
+                assert rec["phase"] == "done", rec
+                assert rec["style"] in await page.evaluate("window.styletalk.styles")
+                assert "ready" in await page.inner_text("#record-status")
+                # selectable like any style: click it, the server acknowledges
+                await page.click(f"button[data-style='{rec['style']}']")
+                ack = await wait_js(page, "window.styletalk.acks.length > 0 && window.styletalk.acks[0]")
+                assert ack["style"] == rec["style"]
+                await page.screenshot(path=str(work / "record.png"))
+                assert not errors, errors
+                return rec
 
     try:
         rec = asyncio.run(asyncio.wait_for(main(), 240))
