@@ -97,9 +97,10 @@ class StyleConfig:
     intensity: float = 1.0  # 0 = neutral, 1 = the style as encoded, up to 2 = exaggerated
     intensity_space: str = "hybrid"  # "hybrid": rest face scaled in output space, motion in code space;
     # "code": the paper's line in style-code space (saturates: d(2)/d(1) 1.41, benchmarks.styles)
-    rest: str = "style"  # the silence drawn as the photo itself: "style" = the current style's (a style's static
-    # pose then never shows), "neutral" = the neutral style's (styles and intensity show as changes of the face;
-    # benchmarks/results/styles_intensity_rest_*.png)
+    rest: str = "neutral"  # the silence drawn as the photo itself: "neutral" = the neutral style's, with the
+    # current style's lip opening (styles and intensity show as changes of the face, lips stay closed in silence:
+    # engine.stylebank.rest_expression), "style" = the current style's (a style's static pose then never shows);
+    # benchmarks/results/styles_intensity_rest_*.png
     user_dir: str | None = None  # styles added with `styles add`; None = $XDG_DATA_HOME/styletalk-live/styles
     video_min_seconds: float = 2.0  # a style video must be this long (extract-style, styles add, uploads) ...
     video_max_seconds: float = 60.0  # ... and at most this long
@@ -310,8 +311,9 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--intensity-space", "style.intensity_space", str,
      "where intensity scales the style: hybrid (rest face linear in output space, motion along the code line;"
      " default) | code (the paper's style-code line)"),
-    ("--rest", "style.rest", str, "whose silence is drawn as the photo itself: style (the current style's) | "
-     "neutral (the neutral style's: styles show as changes of the face)"),
+    ("--rest", "style.rest", str, "whose silence is drawn as the photo itself: neutral (default: the neutral style's with the style's "
+     "lip opening, so styles show as changes of the face and the lips stay closed in silence) | style (the "
+     "current style's: only motion shows the style)"),
     ("--avatar", "avatar.image", str, "photo of a face to animate"),
     ("--size", "renderer.size", int, "output frames are SIZE² pixels: 256 (real-time on one CPU thread) or 512"),
 ]
