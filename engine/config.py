@@ -311,9 +311,9 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--intensity-space", "style.intensity_space", str,
      "where intensity scales the style: hybrid (rest face linear in output space, motion along the code line;"
      " default) | code (the paper's style-code line)"),
-    ("--rest", "style.rest", str, "whose silence is drawn as the photo itself: neutral (default: the neutral style's with the style's "
-     "lip opening, so styles show as changes of the face and the lips stay closed in silence) | style (the "
-     "current style's: only motion shows the style)"),
+    ("--rest", "style.rest", str, "whose silence is drawn as the photo itself: neutral (default: the neutral style's "
+     "with the style's lip opening, so styles show as changes of the face and the lips stay closed in "
+     "silence) | style (the current style's: only motion shows the style)"),
     ("--avatar", "avatar.image", str, "photo of a face to animate"),
     ("--size", "renderer.size", int, "output frames are SIZE² pixels: 256 (real-time on one CPU thread) or 512"),
 ]

@@ -146,6 +146,57 @@ function request(type, fields = {}) {
 state.request = request;
 
 // ---------------------------------------------------------------------------------------------------- media
+// Receiver hints (URL parameters; benchmarks/browser_e2e.py --hint measures each against the defaults):
+//   ?jitter=MS (both receivers), ?jitter_video=MS, ?jitter_audio=MS: RTCRtpReceiver.jitterBufferTarget
+//     ("auto" = the browser's own choice);  ?sync=0: audio and video in separate streams (not lip-synced);
+//   ?codec=h264: offer H.264 first (the server then encodes with libx264, tune zerolatency; default VP8).
+// Defaults: the browser's choice, synchronised. Measured in Chromium, a target only raises the jitter buffer's
+// floor (0 is its default: the adaptive target is unchanged), and without sync the mouth runs ahead of the
+// voice by the audio buffer (-175 ms seen), so neither shortens the wait without breaking lip sync; what the
+// browser adds is its answer to jittery arrival (see the benchmark's jitter-buffer figures).
+const HINT_DEFAULTS = { video: null, audio: null };
+
+function receiverHints() {
+  const q = new URLSearchParams(location.search);
+  const ms = (key, fallback) => {
+    const v = q.get(key);
+    if (v === null) return fallback;
+    if (v === "auto") return null;
+    const n = Number(v);
+    return Number.isFinite(n) && n >= 0 ? Math.min(n, 4000) : fallback;
+  };
+  const both = ms("jitter", undefined);
+  return {
+    video: ms("jitter_video", both === undefined ? HINT_DEFAULTS.video : both),
+    audio: ms("jitter_audio", both === undefined ? HINT_DEFAULTS.audio : both),
+    sync: q.get("sync") !== "0",
+    codec: q.get("codec"), // e.g. "h264": offer that video codec first (the server encodes what comes first)
+  };
+}
+
+function preferCodec(transceiver, name) {
+  if (!name || !transceiver.setCodecPreferences || !RTCRtpReceiver.getCapabilities) return;
+  const codecs = RTCRtpReceiver.getCapabilities("video")?.codecs || [];
+  const wanted = `video/${name}`.toLowerCase();
+  const first = codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
+  if (first.length) transceiver.setCodecPreferences([...first, ...codecs.filter((c) => !first.includes(c))]);
+}
+
+function applyHint(receiver, hints) {
+  const target = hints[receiver.track.kind];
+  if (target == null) return;
+  if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = target;
+  else if ("playoutDelayHint" in receiver) receiver.playoutDelayHint = target / 1000; // older Chromium
+}
+
+// The answer with the audio in a media stream of its own: browsers synchronise only tracks of one stream.
+function unsyncAudio(sdp) {
+  return sdp
+    .split(/\r\n(?=m=)/)
+    .map((section) => (section.startsWith("m=audio") ? section.replace(/msid:(\S+) /g, "msid:$1-audio ") : section))
+    .join("\r\n");
+}
+
 function iceGatheringDone(pc, timeoutMs) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
@@ -173,9 +224,12 @@ async function start() {
   }
   const pc = new RTCPeerConnection({ iceServers: [] });
   state.pc = pc;
+  const hints = (state.hints = receiverHints());
   for (const track of state.mic.getAudioTracks()) pc.addTrack(track, state.mic);
-  pc.addTransceiver("video", { direction: "recvonly" });
+  const videoTransceiver = pc.addTransceiver("video", { direction: "recvonly" });
+  preferCodec(videoTransceiver, hints.codec);
   pc.ontrack = (ev) => {
+    applyHint(ev.receiver, hints);
     const video = $("avatar");
     if (!video.srcObject) video.srcObject = new MediaStream();
     video.srcObject.addTrack(ev.track);
@@ -188,7 +242,7 @@ async function start() {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringDone(pc, 2000);
     const answer = await request("offer", { sdp: pc.localDescription.sdp });
-    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp: hints.sync ? answer.sdp : unsyncAudio(answer.sdp) });
     watchFrames();
     log("media started");
   } catch (err) {
