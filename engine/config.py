@@ -100,7 +100,7 @@ class StyleConfig:
     rest: str = "neutral"  # the silence drawn as the photo itself: "neutral" = the neutral style's, with the
     # current style's lip opening (styles and intensity show as changes of the face, lips stay closed in silence:
     # engine.stylebank.rest_expression), "style" = the current style's (a style's static pose then never shows);
-    # benchmarks/results/styles_intensity_rest_*.png
+    # benchmarks/results/styles_intensity_rest_*.png (_open_lips: the plain neutral silence, before)
     user_dir: str | None = None  # styles added with `styles add`; None = $XDG_DATA_HOME/styletalk-live/styles
     video_min_seconds: float = 2.0  # a style video must be this long (extract-style, styles add, uploads) ...
     video_max_seconds: float = 60.0  # ... and at most this long
