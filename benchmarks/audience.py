@@ -87,12 +87,16 @@ def added_latency_ms(presenter: list, viewer: list, t0: float, t1: float) -> flo
     return best_lag if best > 0.5 else None
 
 
-async def join(port: int, room: dict) -> tuple[RoomViewer, float]:
+async def join(port: int, room: dict) -> tuple[RoomViewer, float | None]:
+    """A new viewer and its join time (None: no frame within 30 s; it stays, counted at 0 fps)."""
     viewer = RoomViewer(f"ws://127.0.0.1:{port}/ws/watch", keep_frames=600, auto_rewatch=False)
     await viewer.connect()
     t = time.monotonic()
     await viewer.watch(room["room"], room["viewer_token"])
-    await viewer.wait_frames(1, timeout=60)
+    try:
+        await viewer.wait_frames(1, timeout=30)
+    except TimeoutError:
+        return viewer, None
     return viewer, viewer.recording.frames[0].arrival - t
 
 
@@ -139,7 +143,8 @@ async def run(counts: list[int], seconds: float, tmp: Path, janus: subprocess.Po
                 new += await asyncio.gather(*(join(port, room) for _ in range(batch)))
                 await asyncio.sleep(1.0)
             viewers.extend(v for v, _ in new)
-            joins = [j for _, j in new]
+            joins = [j for _, j in new if j is not None]
+            no_frames = sum(j is None for _, j in new)
             await asyncio.sleep(2.0)
             stats0 = await viewers[0].request("stats")
             e0, j0, t0 = cpu_seconds(engine.pid), cpu_seconds(janus.pid), time.monotonic()
@@ -162,6 +167,7 @@ async def run(counts: list[int], seconds: float, tmp: Path, janus: subprocess.Po
                 "viewer_fps_min": round(min(fps), 2),
                 "viewers_at_29fps": sum(f >= 29 for f in fps),
                 "join_s_median": round(statistics.median(joins), 3) if joins else None,
+                "joined_without_a_frame_in_30s": no_frames,
                 "added_latency_ms": [x for x in lat if x is not None],
                 "loadavg": os.getloadavg(),
             }

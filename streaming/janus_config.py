@@ -48,8 +48,7 @@ media: {{
 	rtp_port_range = "{rtp_ports}"
 }}
 nat: {{
-	ignore_mdns = true
-{enforce}
+	ignore_mdns = true{enforce}
 }}
 plugins: {{
 	disable = "{",".join(f"libjanus_{p}.so" for p in UNUSED_PLUGINS)}"

@@ -73,6 +73,7 @@ class RtpPublisher:
         self.source = source
         self.targets: list[RtpTarget] = list(targets or [])
         self.stats = PublisherStats()
+        self._bitrate = bitrate
         self._vp8 = Vp8Encoder()
         self._vp8.target_bitrate = bitrate
         self._opus = OpusEncoder()
@@ -134,15 +135,28 @@ class RtpPublisher:
     async def _video(self) -> None:
         track = SessionVideoTrack(self.source)
         loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        last_pts = -1
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            # RTP time from the wall clock, strictly increasing: the session's own pts may step back (an
+            # interrupt or pause re-plans frames), which libvpx refuses and viewers' jitter buffers dislike
+            last_pts = max(last_pts + 1, round((time.monotonic() - start) * 90_000))
+            frame.pts = last_pts
             force = self._keyframe or self.stats.frames % KEYFRAME_INTERVAL == 0
             self._keyframe = False
             t0 = time.perf_counter()
-            payloads, timestamp = await loop.run_in_executor(None, self._vp8.encode, frame, force)
+            try:
+                payloads, timestamp = await loop.run_in_executor(None, self._vp8.encode, frame, force)
+            except (ValueError, OSError) as exc:  # av errors: a fresh encoder (and a keyframe) next frame
+                log.warning("VP8 encode failed (%s); restarting the encoder", exc)
+                self._vp8 = Vp8Encoder()
+                self._vp8.target_bitrate = self._bitrate
+                self._keyframe = True
+                continue
             self.stats.encode_ms.append((time.perf_counter() - t0) * 1000)
             del self.stats.encode_ms[:-300]
             self.stats.frames += 1

@@ -59,3 +59,19 @@ def mouth_talk_vs_rest(frames: list, speaking: tuple[float, float], paused: tupl
 
 def mouth_moves(talk: float, rest: float) -> bool:
     return talk > 2.0 * rest + 0.5
+
+
+def mouth_spread(grey: np.ndarray) -> float:
+    """p90 over samples ``(N, pixels)`` of the mouth box's mean deviation from its median look.
+
+    A still or frozen mouth gives ~0 (blinks are outside the box); speech gives several grey levels (the direct
+    test measures ~17 while speaking vs ~0.06 paused).
+    """
+    median = np.median(grey, axis=0)
+    return float(np.percentile(np.abs(grey - median).mean(axis=1), 90))
+
+
+def frames_mouth_spread(frames: list, window: tuple[float, float]) -> float:
+    images = [f.image for f in frames if window[0] <= f.arrival <= window[1]]
+    assert len(images) > 8, len(images)
+    return mouth_spread(_mouth_grey(images))
