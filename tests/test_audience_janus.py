@@ -32,7 +32,7 @@ from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
     trained_weights,
     wait_for,
 )
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, wait_js
+from tests.browser_fixtures import CHROMIUM, CHROMIUM_FLAGS, wait_js
 
 AIORTC_VIEWERS = 9
 PAGE_STATE = """(async () => {
