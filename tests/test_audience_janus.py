@@ -23,6 +23,7 @@ import pytest
 from streaming.janus import JanusUnavailable
 from streaming.server import PresenterServer
 from tests.audience_fixtures import frames_mouth_spread, joined_viewer, mouth_spread, speaking_presenter, watch_path
+from tests.browser_fixtures import CHROMIUM, CHROMIUM_FLAGS, wait_js
 from tests.janus_fixtures import free_port, require_janus, running_janus
 from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
     MOUTH_BOX,
@@ -32,7 +33,6 @@ from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
     trained_weights,
     wait_for,
 )
-from tests.browser_fixtures import CHROMIUM, CHROMIUM_FLAGS, wait_js
 
 AIORTC_VIEWERS = 9
 PAGE_STATE = """(async () => {
