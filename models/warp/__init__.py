@@ -12,9 +12,12 @@ Pipeline per frame (all batched over N frames, float32, fixed shapes once an ava
 2. Caps and fold guards in the face frame (brows/eyes capped for strong styles; lips and eyelids may touch but
    not cross; lips keep part of their thickness).
 3. Optional head motion: the 9 pose parameters relative to a reference pose are mapped linearly (also fitted on
-   the sample videos) to a small similarity of the face (rotation, scale, shift), clamped.
-4. Backward thin-plate spline from target → source positions at the landmarks, forehead points (head motion
-   only) and fixed border points; evaluated on a coarse grid, bilinearly upsampled, then ``grid_sample``.
+   the sample videos) to a similarity of the face (rotation, scale, shift), clamped; sideways the head travels
+   no further than the photo has background beside the face to uncover.
+4. Backward thin-plate spline from target → source positions at the landmarks, forehead points and fixed
+   border points, fitted for the still head; evaluated on a coarse grid (with head motion: at each grid point
+   taken back through the motion, so the head moves rigidly, inside a soft head mask whose band widens with the
+   motion and which holds the photo's edges), bilinearly upsampled, then ``grid_sample``.
 5. Region models for what a smooth spline cannot express, each a 1-D remap along the face's vertical axis,
    computed on a small face-aligned lattice and resampled into the frame: the eyes (a closing lid slides *over*
    the eyeball instead of squashing it) and the mouth (teeth ride rigidly with their jaw; only area hidden in

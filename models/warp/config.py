@@ -19,7 +19,8 @@ class WarpConfig:
     corner_cap: float = 0.03  # eye-corner travel
     lip_gap_cap: float = 0.40  # max inner-lip gap
     lip_open_gain: float = 1.2  # an opening inner-lip gap is this much wider than the map predicts (~1/0.83)
-    lip_close_drop: float = 0.05  # a predicted gap drop this large (a bilabial's, relative to rest) closes the lips
+    lip_close_drop: float = 0.04  # a predicted gap drop this large (a bilabial's, relative to rest) closes the lips
+    # (0.05 closed 66 % of the held-out P/B/M frames over the 17 built-in styles, 0.04 more; see benchmarks)
     lip_min_thickness: float = 0.5  # a lip keeps at least this fraction of its thickness in the photo
     tps_lip_min_gap: float = 0.15  # inner-lip gap given to the spline, fraction of the photo's
     lid_band: float = 0.11  # eyelid skin above the upper lid that stretches over a closing eye
