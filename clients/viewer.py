@@ -4,6 +4,12 @@ A :class:`RoomViewer` is a :class:`~clients.client.StyleTalkClient` on ``/ws/wat
 gets the server's (or Janus') SDP offer, answers it, and records the avatar like the presenter's client does.
 When the server says the fan-out came back (``room_state`` live after ``fanout_down``/``ended``), it watches
 again by itself (``auto_rewatch``).
+
+For tests and benchmarks the command line can leave a machine-readable record, so that many viewers can run as
+separate processes (decoding VP8 in the process that hosts the engine would starve the engine): ``--json PATH``
+writes the summary, ``--mouth-out PATH.npz --mouth-box x0,y0,x1,y1`` saves every frame's arrival time
+(``time.monotonic()``, one clock for every process on the machine) and the grey pixels of that box, so the caller
+can compare the mouth while the presenter speaks and while it is paused.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from clients.client import ClientError, StyleTalkClient
@@ -101,21 +110,56 @@ class RoomViewer(StyleTalkClient):
             await asyncio.sleep(0.5)
 
 
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` (fractions of the frame, 0..1, x0 < x1, y0 < y1) -> a box."""
+    parts = [float(v) for v in text.split(",")]
+    if len(parts) != 4 or not (0 <= parts[0] < parts[2] <= 1 and 0 <= parts[1] < parts[3] <= 1):
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 as fractions with x0<x1, y0<y1: {text}")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def box_grey(images: list[np.ndarray], box: tuple[float, float, float, float]) -> np.ndarray:
+    """Grey pixels of ``box`` in each (H, W, 3) image -> (N, box pixels) float32."""
+    h, w = images[0].shape[:2]
+    x0, y0, x1, y1 = int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)
+    return np.stack([im[y0:y1, x0:x1].astype(np.float32).mean(axis=2).reshape(-1) for im in images])
+
+
+def save_mouth_trace(path: str, frames: list, box: tuple[float, float, float, float]) -> None:
+    """``arrival`` (N,) monotonic seconds and ``grey`` (N, box pixels) of the received frames, as NPZ."""
+    grey = box_grey([f.image for f in frames], box) if frames else np.zeros((0, 0), np.float32)
+    np.savez_compressed(path, arrival=np.asarray([f.arrival for f in frames], np.float64), grey=grey)
+
+
+def write_records(args: argparse.Namespace, summary: dict[str, Any], frames: list) -> None:
+    """The ``--json`` summary and the ``--mouth-out`` trace, when asked for."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary))
+    if args.mouth_out:
+        save_mouth_trace(args.mouth_out, frames, args.mouth_box)
+
+
 async def _run(args: argparse.Namespace) -> int:
     ws_url, room, token = split_watch_url(args.url)
-    viewer = RoomViewer(ws_url)
+    # keep every frame of the watch when a mouth trace is asked for (about 30 fps)
+    viewer = RoomViewer(ws_url, keep_frames=max(2_000, int(args.seconds * 40)))
     try:
         await viewer.connect()
         result = await viewer.watch(room, token)
         print(f"watching room {room} as {result['role']} ({result['mode']} fan-out)", file=sys.stderr)
         start = time.monotonic()
+        stop = asyncio.Event()  # SIGTERM ends the watch early, still leaving the summary and the trace
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         with contextlib.suppress(TimeoutError):
-            await viewer.wait_frames(10**9, timeout=args.seconds)
+            await asyncio.wait_for(stop.wait(), timeout=args.seconds)
         frames = viewer.recording.frames
         summary = {"room": room, "role": result["role"], "mode": result["mode"],
                    "frames": viewer.recording.frames_total, "fps": round(viewer.recording.fps(start + 1.0), 2),
-                   "states": viewer.states(), "rewatches": viewer.rewatches}
+                   "states": viewer.states(), "rewatches": viewer.rewatches,
+                   "first_arrival": frames[0].arrival if frames else None,
+                   "last_arrival": frames[-1].arrival if frames else None}
         print(json.dumps(summary))
+        write_records(args, summary, frames)
         if args.out and frames:
             viewer.save_mp4(args.out)
         return 0 if frames else 1
@@ -129,8 +173,16 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.viewer", description=__doc__.split("\n")[0])
     parser.add_argument("url", help="the room's watch link: http://host:port/watch/<room>?t=<token>")
-    parser.add_argument("--seconds", type=float, default=10.0, help="how long to watch")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="how long to watch (SIGTERM stops earlier, still writing --json/--mouth-out/--out)")
     parser.add_argument("--out", help="save what was received to this MP4")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the summary (frames, fps, room states, first/last frame arrival in "
+                             "time.monotonic() seconds) to PATH as JSON")
+    parser.add_argument("--mouth-out", metavar="PATH.npz",
+                        help="save each frame's arrival (time.monotonic()) and the grey pixels of --mouth-box")
+    parser.add_argument("--mouth-box", type=parse_box, default=(0.33, 0.58, 0.67, 0.82), metavar="x0,y0,x1,y1",
+                        help="the box --mouth-out keeps, as fractions of the frame (default: the avatar's mouth)")
     return asyncio.run(_run(parser.parse_args(argv)))
 
 

@@ -125,6 +125,9 @@ class ServerConfig:
     # audience is capped at max_direct_viewers per room); one or more comma-separated Janus websocket URLs
     # (ws://host:8188) = the engine encodes each room once and Janus fans it out (up to max_viewers per room)
     janus: str = ""
+    # RTMP URL each opened room is also pushed to (H.264 + AAC in FLV; "{room}" is replaced by the room id),
+    # e.g. rtmp://live.example.com/app/<stream key>; "" = no push
+    rtmp: str = ""
     max_direct_viewers: int = 3
     max_viewers: int = 500
     max_rooms: int = 8
@@ -185,6 +188,7 @@ class Config:
                "max_direct_viewers must be >= 0, max_viewers and max_rooms >= 1")
         _check(all(u.strip().startswith(("ws://", "wss://")) for u in v.janus.split(",") if u.strip()),
                "server.janus", "must be ws:// or wss:// URLs separated by commas")
+        _check(not v.rtmp or v.rtmp.startswith(("rtmp://", "rtmps://")), "server.rtmp", "must be an rtmp:// URL")
         return self
 
     def to_dict(self) -> dict[str, Any]:

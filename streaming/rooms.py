@@ -32,6 +32,7 @@ from streaming import protocol as P
 from streaming.broadcast import Broadcast, Subscriber
 from streaming.janus import JanusUnavailable
 from streaming.janus_fanout import JanusFanout, JanusNode
+from streaming.rtmp_out import RtmpPush
 from streaming.webrtc import PC_CLOSE_TIMEOUT_S, SessionAudioTrack, SessionVideoTrack
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,11 @@ class DirectViewerPeer:
 class RoomRegistry:
     """The server's rooms, the per-presenter broadcasts, and the fan-out route (Janus or direct)."""
 
-    def __init__(self, janus_urls: list[str], max_rooms: int, max_viewers: int, max_direct_viewers: int) -> None:
+    def __init__(self, janus_urls: list[str], max_rooms: int, max_viewers: int, max_direct_viewers: int,
+                 rtmp_url: str = "") -> None:
         self.rooms: dict[str, Room] = {}
+        self.rtmp_url = rtmp_url  # each opened room is also pushed here ("{room}" -> the room id); "" = none
+        self.pushes: dict[str, RtmpPush] = {}  # room id -> its RTMP push
         self.broadcasts: dict[str, Broadcast] = {}  # presenter client id -> its broadcast
         self.max_rooms = max_rooms
         self.max_viewers = max_viewers
@@ -150,6 +154,9 @@ class RoomRegistry:
         self.rooms[room_id] = room
         if self.fanout is not None:
             await self.fanout.open_room(room_id, broadcast.subscribe())
+        if self.rtmp_url:
+            push = self.pushes[room_id] = RtmpPush(self.rtmp_url.replace("{room}", room_id), broadcast.subscribe())
+            push.start()
         log.info("room %s opened by %s (%s fan-out)", room_id, owner.id, self.mode)
         return room
 
@@ -162,6 +169,9 @@ class RoomRegistry:
         room.viewers.clear()
         if self.fanout is not None:
             await self.fanout.close_room(room.id)
+        push = self.pushes.pop(room.id, None)
+        if push is not None:
+            await push.close()
         log.info("room %s closed", room.id)
 
     async def owner_left(self, owner: Any) -> None:
@@ -215,4 +225,6 @@ class RoomRegistry:
         out: dict[str, Any] = {"room": room.id, "mode": self.mode, "state": room.state, "viewers": len(room.viewers)}
         if self.fanout is not None:
             out.update(self.fanout.stats(room.id))
+        if room.id in self.pushes:
+            out["rtmp"] = self.pushes[room.id].stats()
         return out

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Janus serves the viewers. Without it viewers get direct WebRTC from this process (at most "
         "server.max_direct_viewers = 3 per room). Janus unreachable at start: serve refuses to start",
     )
+    net.add_argument(
+        "--rtmp", default=None, metavar="URL",
+        help="also push every opened room to this RTMP URL (H.264 + AAC in FLV; '{room}' is replaced by the room "
+        "id), e.g. rtmp://127.0.0.1/live/key",
+    )
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
     net.add_argument(
         "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
@@ -175,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "token": args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None,
             "max_sessions": args.max_sessions,
             "janus": args.janus,
+            "rtmp": args.rtmp,
         }
         chosen = {k: v for k, v in overrides.items() if v is not None}
         config.server = dataclasses.replace(config.server, **chosen)

@@ -111,6 +111,7 @@ class ServerSettings:
     max_direct_viewers: int = ServerConfig.max_direct_viewers
     max_viewers: int = ServerConfig.max_viewers
     max_rooms: int = ServerConfig.max_rooms
+    rtmp: str = ServerConfig.rtmp  # each opened room is also pushed to this RTMP URL ("" = none)
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -147,7 +148,7 @@ class PresenterServer:
         self._decoder: ProcessPoolExecutor | None = None
         self.rooms = RoomRegistry([u.strip() for u in self.settings.janus.split(",") if u.strip()],
                                   self.settings.max_rooms, self.settings.max_viewers,
-                                  self.settings.max_direct_viewers)
+                                  self.settings.max_direct_viewers, self.settings.rtmp)
         self.viewers: dict[str, ViewerHandler] = {}
         self.on_client_closed: Callable[[str], None] | None = (
             None  # test hook: called after a client is freed

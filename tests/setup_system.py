@@ -1,5 +1,5 @@
 """Install the system programs the tests drive for real (espeak-ng for speech, Chromium for the page,
-Janus for the audience fan-out).
+Janus for the audience fan-out, nginx with the RTMP module for RTMP out).
 
 Run by `make test` before pytest. It installs only what is missing, through Debian's apt, and never fails the
 run: tests that need a program that could not be installed skip with a reason naming it.
@@ -13,10 +13,12 @@ import subprocess
 import sys
 
 NEEDED = {"espeak-ng": "espeak-ng", "chromium": "chromium", "janus": "janus"}  # command -> Debian package
+NEEDED_FILES = {"/usr/sbin/nginx": "nginx", "/usr/lib/nginx/modules/ngx_rtmp_module.so": "libnginx-mod-rtmp"}
 
 
 def main() -> int:
     missing = [pkg for cmd, pkg in NEEDED.items() if shutil.which(cmd) is None]
+    missing += [pkg for path, pkg in NEEDED_FILES.items() if not os.path.exists(path)]
     if not missing:
         return 0
     apt = shutil.which("apt-get")

@@ -22,7 +22,15 @@ import pytest
 
 from streaming.janus import JanusUnavailable
 from streaming.server import PresenterServer
-from tests.audience_fixtures import frames_mouth_spread, joined_viewer, mouth_spread, speaking_presenter, watch_path
+from tests.audience_fixtures import (
+    grey_talk_vs_rest,
+    joined_viewer,
+    mouth_moves,
+    mouth_talk_vs_rest,
+    speaking_presenter,
+    viewer_processes,
+    watch_path,
+)
 from tests.browser_fixtures import CHROMIUM, CHROMIUM_FLAGS, wait_js
 from tests.janus_fixtures import free_port, require_janus, running_janus
 from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
@@ -63,12 +71,16 @@ def test_janus_unreachable_at_start_refuses_clearly(live_runtime) -> None:  # no
 
 
 def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Path) -> None:  # noqa: F811
+    """9 aiortc viewers (each its own ``python -m clients.viewer`` process: decoding VP8 in the engine's process
+    starved the engine) and one Chromium page: the mouth moves while the presenter speaks, rests when paused."""
     playwright = pytest.importorskip("playwright.async_api")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    if not trained_weights(live_runtime):
+        pytest.skip(UNTRAINED_REASON)
     profile = Path(tempfile.mkdtemp(prefix="styletalk-watch-"))
 
-    async def main() -> tuple[list[float], float, float, dict]:
+    async def main() -> dict:
         with running_janus(tmp_path / "janus") as janus:
             async with PresenterServer(live_runtime, server_settings(janus=janus.url)) as server:
                 presenter, room = await speaking_presenter(server.port)
@@ -80,58 +92,70 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
                         page = browser.pages[0] if browser.pages else await browser.new_page()
                         errors: list[str] = []
                         page.on("pageerror", lambda exc: errors.append(str(exc)))
-                        await page.goto(f"http://127.0.0.1:{server.port}{watch_path(room)}")
+                        link = f"http://127.0.0.1:{server.port}{watch_path(room)}"
+                        await page.goto(link)
                         await wait_js(page, "document.getElementById('avatar').videoWidth > 0", timeout=60)
                         assert await page.evaluate("window.styletalkWatch.role") == "viewer"
                         assert await page.evaluate("document.getElementById('operator').hidden")
                         # the page joins first: a Chromium page joining a mountpoint that aiortc viewers already
                         # watch received no live packets in our loopback runs (see the README's known issues)
-                        viewers = await asyncio.gather(
-                            *(joined_viewer(server.port, room) for _ in range(AIORTC_VIEWERS)))
-                        await asyncio.gather(*(v.wait_frames(30, timeout=60) for v in viewers))
-                        t0 = time.monotonic()
-                        talk_samples = await page.evaluate(
-                            "(a) => window.styletalkWatch.sampleRegion(a.box, 4.0, 50)", {"box": list(MOUTH_BOX)})
-                        t1 = time.monotonic()
-                        seen = await page.evaluate(PAGE_STATE)
+                        with viewer_processes(link, AIORTC_VIEWERS, tmp_path / "viewers") as viewers:
+                            await wait_for(lambda: all(v.joined() or v.proc.poll() is not None for v in viewers),
+                                           timeout=120, what="viewer processes joined")
+                            assert all(v.proc.poll() is None for v in viewers), [v.log() for v in viewers]
+                            await asyncio.sleep(5.0)  # first keyframe and decoder warm-up in every viewer
+                            t0 = time.monotonic()
+                            talk_samples = await page.evaluate(
+                                "(a) => window.styletalkWatch.sampleRegion(a.box, 4.0, 50)", {"box": list(MOUTH_BOX)})
+                            await presenter.request("pause")  # the control: only blinks move the face
+                            t1 = time.monotonic()
+                            await asyncio.sleep(1.5)
+                            rest_samples = await page.evaluate(
+                                "(a) => window.styletalkWatch.sampleRegion(a.box, 3.0, 50)", {"box": list(MOUTH_BOX)})
+                            t2 = time.monotonic()
+                            await presenter.request("resume")
+                            room_obj = server.rooms.rooms[room["room"]]
+                            stats = server.rooms.stats(room_obj)
+                            seen = await page.evaluate(PAGE_STATE)
                         # frames decoded by Chromium's WebRTC stack (requestVideoFrameCallback counts are not
                         # reliable in headless mode under load)
                         assert seen["rtp"]["video"][1] > 60 and seen["ice"] == "connected", str(seen)
                         assert not errors, errors
                     finally:
                         await browser.close()
-                seen_by = [{"frames": v.recording.frames_total, "states": v.states(), "rewatches": v.rewatches,
-                            "in_window": sum(t0 <= f.arrival <= t1 for f in v.recording.frames)}
-                           for v in viewers]
-                try:
-                    motions = [frames_mouth_spread(v.recording.frames, (t0, t1)) for v in viewers]
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}: {seen_by}") from None
-                page_motion = mouth_spread(np.asarray(talk_samples, np.float32))
-                own = frames_mouth_spread(presenter.recording.frames, (t0, t1))  # the presenter's own view
-                stats = await viewers[0].request("stats")
-                # one encoder for the room: the publisher encoded about one frame per presenter frame
-                assert stats["publisher"]["frames"] > 0 and stats["viewers"] == AIORTC_VIEWERS
-                assert sum(n["viewers"] for n in stats["nodes"]) == AIORTC_VIEWERS
-                for v in viewers:
-                    await v.close()
+                own = mouth_talk_vs_rest(presenter.recording.frames, (t0 + 0.5, t1), (t1 + 1.5, t2))
+                engine = (await presenter.request("stats")).get("engine", {})
                 await presenter.close()
-        return motions, page_motion, own, stats
+        seen_by = []
+        for v in viewers:
+            arrival, grey = v.trace()
+            talk, rest = ((arrival >= t0 + 0.5) & (arrival <= t1)), ((arrival >= t1 + 1.5) & (arrival <= t2))
+            summary = v.summary()
+            assert talk.sum() > 8 and rest.sum() > 5, (summary, int(talk.sum()), int(rest.sum()), v.log())
+            seen_by.append({"frames": summary["frames"], "talk_frames": int(talk.sum()),
+                            "rest_frames": int(rest.sum()), "mouth": grey_talk_vs_rest(grey[talk], grey[rest])})
+        page_motion = grey_talk_vs_rest(np.asarray(talk_samples, np.float32), np.asarray(rest_samples, np.float32))
+        return {"viewers": seen_by, "page": page_motion, "own": own, "stats": stats, "engine": engine}
 
     try:
-        motions, page_motion, own, stats = run(main())
+        seen = run(main())
     finally:
         shutil.rmtree(profile, ignore_errors=True)
-    print("mouth spread, aiortc viewers:", [round(m, 2) for m in motions], "chromium:", round(page_motion, 2),
-          "presenter's own view:", round(own, 2), "publisher:", stats["publisher"])
-    if not trained_weights(live_runtime):
-        pytest.skip(UNTRAINED_REASON)
-    if own <= 1.0:
-        pytest.skip(f"the engine itself showed no mouth motion to the presenter in the window (spread {own:.2f}; "
-                    f"machine load {os.getloadavg()[0]:.0f}): nothing to compare the audience with; frames reached "
-                    "all 10 viewers")
-    assert all(m > max(1.0, 0.5 * own) for m in motions) and page_motion > max(1.0, 0.5 * own), (
-        motions, page_motion, own)
+    print("mouth (speaking, paused): aiortc viewers:",
+          [tuple(round(x, 2) for x in v["mouth"]) for v in seen["viewers"]],
+          "chromium:", tuple(round(x, 2) for x in seen["page"]), "presenter's own view:",
+          tuple(round(x, 2) for x in seen["own"]), "frames:", [v["frames"] for v in seen["viewers"]],
+          "publisher:", seen["stats"]["publisher"], f"load {os.getloadavg()[0]:.1f}")
+    # one encoder for the room, and every viewer (9 aiortc processes + the page) counted on a Janus node
+    stats = seen["stats"]
+    assert stats["publisher"]["frames"] > 0 and stats["viewers"] == AIORTC_VIEWERS + 1, stats
+    assert sum(n["viewers"] for n in stats["nodes"]) == AIORTC_VIEWERS + 1, stats
+    # the engine itself, in the presenter's own view (a failure here is the engine's: behind its deadlines on an
+    # overloaded machine it shows a still face)
+    assert mouth_moves(*seen["own"]), (seen["own"], seen["engine"], os.getloadavg())
+    for v in seen["viewers"]:
+        assert mouth_moves(*v["mouth"]), seen["viewers"]
+    assert mouth_moves(*seen["page"]), seen["page"]
 
 
 def test_janus_dying_mid_stream_viewers_told_and_back_when_janus_returns(live_runtime, tmp_path: Path) -> None:  # noqa: F811
