@@ -14,8 +14,11 @@ step waits for the new viewers' first frames, settles 2 s, then measures over ``
 - added latency: the mouth-region brightness signal of a viewer vs the presenter's own received video,
   cross-correlated on their arrival times (lag at the best correlation; positive = the viewer is later).
 
-All viewers are decoded in this benchmark process: on a shared 2-core machine the client side saturates first,
-so viewer fps at high counts is a lower bound of what Janus delivers (the JSON records the load average).
+The viewers are ``python -m clients.viewer`` processes niced to 19 (:mod:`clients.viewer_fleet`), each leaving
+a trace of its frames' arrivals and mouth box, read after the run; only the presenter and one probe viewer (for
+the room's ``stats``) decode in this process. Decoding every viewer here starved this process (and with it the
+presenter's connection) at 50 viewers. On a shared 2-core machine the viewers still compete with the engine for
+the CPU, so viewer fps at high counts is a lower bound of what Janus delivers (the JSON records the load average).
 Writes ``benchmarks/results/audience.json``.
 """
 
@@ -36,6 +39,7 @@ import numpy as np
 
 from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
 from clients.viewer import RoomViewer
+from clients.viewer_fleet import ViewerProcess, spawn_viewers, stop_viewers
 from streaming.janus_config import janus_command, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +62,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+def trace_signal(arrival: np.ndarray, grey: np.ndarray, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+    """A viewer process's mouth signal (mean grey of the box per frame) in ``[t0, t1]``."""
+    sel = (arrival >= t0) & (arrival <= t1)
+    return arrival[sel], grey[sel].mean(axis=1).astype(np.float64) if sel.any() else np.zeros(0)
+
+
 def mouth_signal(frames: list, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
     sel = [f for f in frames if t0 <= f.arrival <= t1]
     if not sel:
@@ -68,10 +78,10 @@ def mouth_signal(frames: list, t0: float, t1: float) -> tuple[np.ndarray, np.nda
             np.array([f.image[y0:y1, x0:x1].mean() for f in sel], np.float64))
 
 
-def added_latency_ms(presenter: list, viewer: list, t0: float, t1: float) -> float | None:
+def added_latency_ms(presenter: tuple[np.ndarray, np.ndarray], viewer: tuple[np.ndarray, np.ndarray],
+                     t0: float, t1: float) -> float | None:
     """Lag (ms) maximising the correlation of the viewer's mouth signal with the presenter's (10 ms grid)."""
-    ta, a = mouth_signal(presenter, t0, t1)
-    tb, b = mouth_signal(viewer, t0, t1)
+    (ta, a), (tb, b) = presenter, viewer
     if len(a) < 30 or len(b) < 30 or a.std() == 0 or b.std() == 0:
         return None
     grid = np.arange(t0 + 0.6, t1 - 0.6, 0.01)
@@ -117,8 +127,10 @@ def start_processes(tmp: Path) -> tuple[subprocess.Popen[bytes], subprocess.Pope
 
 async def run(counts: list[int], seconds: float, tmp: Path, janus: subprocess.Popen[bytes],
               engine: subprocess.Popen[bytes], port: int) -> dict:
-    viewers: list[RoomViewer] = []
+    procs: list[ViewerProcess] = []
+    probe: RoomViewer | None = None
     steps = []
+    windows: list[tuple[float, float, int, int, tuple[np.ndarray, np.ndarray]]] = []  # t0, t1, viewers, new from
     try:
         deadline = time.monotonic() + 180
         presenter = None
@@ -135,53 +147,68 @@ async def run(counts: list[int], seconds: float, tmp: Path, janus: subprocess.Po
         await presenter.start_media(MicrophoneTrack(to_16k(pcm, rate), loop=True))
         await presenter.wait_frames(30, timeout=120)
         room = await presenter.request("open_room")
+        link = f"http://127.0.0.1:{port}/watch/{room['room']}?t={room['viewer_token']}"
+        probe, probe_join = await join(port, room)  # viewer 1: in this process, for the room's stats
         for n in counts:
-            new = []
-            missing = n - len(viewers)
-            while len(new) < missing:  # in batches of 10: the room admits 10 joins/s (bursts of 30)
-                batch = min(10, missing - len(new))
-                new += await asyncio.gather(*(join(port, room) for _ in range(batch)))
+            first_new = len(procs)
+            while len(procs) < n - 1:  # in batches of 10: the room admits 10 joins/s (bursts of 30)
+                batch = min(10, n - 1 - len(procs))
+                procs += spawn_viewers(link, batch, tmp / "viewers", MOUTH, seconds=3600, first=len(procs))
                 await asyncio.sleep(1.0)
-            viewers.extend(v for v, _ in new)
-            joins = [j for _, j in new if j is not None]
-            no_frames = sum(j is None for _, j in new)
-            await asyncio.sleep(2.0)
-            stats0 = await viewers[0].request("stats")
+            for _ in range(240):  # up to 2 min for the processes to start and join
+                if all(p.joined() or p.proc.poll() is not None for p in procs):
+                    break
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(4.0)  # first keyframes, decoder warm-up
+            stats0 = await probe.request("stats")
             e0, j0, t0 = cpu_seconds(engine.pid), cpu_seconds(janus.pid), time.monotonic()
-            counts0 = [v.recording.frames_total for v in viewers]
+            probe0 = probe.recording.frames_total
             await asyncio.sleep(seconds)
             e1, j1, t1 = cpu_seconds(engine.pid), cpu_seconds(janus.pid), time.monotonic()
-            stats1 = await viewers[0].request("stats")
+            stats1 = await probe.request("stats")
             engine_stats = (await presenter.request("stats"))["engine"]
-            fps = [(v.recording.frames_total - c) / (t1 - t0) for v, c in zip(viewers, counts0, strict=True)]
-            lat = [added_latency_ms(presenter.recording.frames, v.recording.frames, t0, t1) for v in viewers[:3]]
             pub0, pub1 = stats0["publisher"], stats1["publisher"]
+            windows.append((t0, t1, len(procs), first_new, mouth_signal(presenter.recording.frames, t0, t1)))
             step = {
-                "viewers": len(viewers),
+                "viewers": len(procs) + 1,
                 "engine_cpu_pct": round(100 * (e1 - e0) / (t1 - t0), 1),
                 "janus_cpu_pct": round(100 * (j1 - j0) / (t1 - t0), 1),
                 "engine_fps": engine_stats.get("fps"),
                 "publisher_fps": round((pub1["frames"] - pub0["frames"]) / (t1 - t0), 2),
                 "vp8_encode_ms_p50": pub1["encode_ms_p50"],
-                "viewer_fps_median": round(statistics.median(fps), 2),
-                "viewer_fps_min": round(min(fps), 2),
-                "viewers_at_29fps": sum(f >= 29 for f in fps),
-                "join_s_median": round(statistics.median(joins), 3) if joins else None,
-                "joined_without_a_frame_in_30s": no_frames,
-                "added_latency_ms": [x for x in lat if x is not None],
+                "probe_fps": round((probe.recording.frames_total - probe0) / (t1 - t0), 2),
                 "loadavg": os.getloadavg(),
             }
             steps.append(step)
             print(json.dumps(step), flush=True)
-        base = steps[0]
-        per_viewer = [(s["janus_cpu_pct"] - base["janus_cpu_pct"]) / (s["viewers"] - base["viewers"])
-                      for s in steps[1:] if s["viewers"] > base["viewers"]]
-        return {"steps": steps, "janus_cpu_pct_per_viewer": [round(x, 2) for x in per_viewer],
-                "most_viewers_all_at_29fps": max((s["viewers"] for s in steps
-                                                  if s["viewers_at_29fps"] == s["viewers"]), default=0)}
     finally:
-        for v in viewers:
-            await v.close()
+        stop_viewers(procs)
+        if probe is not None:
+            await probe.close()
+    # the viewer processes' records: fps, join time and added latency per step
+    traces = [p.trace() if p.trace_path.is_file() else (np.zeros(0), np.zeros((0, 1), np.float32)) for p in procs]
+    summaries = [p.summary() if p.json_path.is_file() else {} for p in procs]
+    for step, (t0, t1, n, first_new, own) in zip(steps, windows, strict=True):
+        fps = [float(((arr >= t0) & (arr <= t1)).sum()) / (t1 - t0) for arr, _ in traces[:n]] + [step["probe_fps"]]
+        joins = [s["first_arrival"] - s["watch_sent"] for s in summaries[first_new:n]
+                 if s.get("first_arrival") is not None]
+        if first_new == 0 and probe_join is not None:
+            joins.append(probe_join)
+        lat = [added_latency_ms(own, trace_signal(arr, grey, t0, t1), t0, t1) for arr, grey in traces[:3]]
+        step.update({
+            "viewer_fps_median": round(statistics.median(fps), 2),
+            "viewer_fps_min": round(min(fps), 2),
+            "viewers_at_29fps": sum(f >= 29 for f in fps),
+            "join_s_median": round(statistics.median(joins), 3) if joins else None,
+            "joined_without_a_frame": sum(s.get("first_arrival") is None for s in summaries[first_new:n]),
+            "added_latency_ms": [x for x in lat if x is not None],
+        })
+    base = steps[0]
+    per_viewer = [(s["janus_cpu_pct"] - base["janus_cpu_pct"]) / (s["viewers"] - base["viewers"])
+                  for s in steps[1:] if s["viewers"] > base["viewers"]]
+    return {"steps": steps, "janus_cpu_pct_per_viewer": [round(x, 2) for x in per_viewer],
+            "most_viewers_all_at_29fps": max((s["viewers"] for s in steps
+                                              if s["viewers_at_29fps"] == s["viewers"]), default=0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     result.update(settings={"counts": counts, "seconds": args.seconds, "data": "tests/data/speech_16k.wav looped",
-                            "machine": "shared 2-core; viewers decoded in the benchmark process"},
+                            "machine": "shared 2-core; viewers: clients.viewer processes at nice 19 "
+                                       "(+ 1 probe viewer in the benchmark process)"},
                   uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "audience.json").write_text(json.dumps(result, indent=1))

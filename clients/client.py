@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -158,8 +159,12 @@ class Recording:
     audio_arrivals: list[float] = field(default_factory=list)
     max_frames: int = 10_000
     frames_total: int = 0  # every frame ever received (``frames`` keeps only the newest ``max_frames``)
+    # called with every frame as it arrives (e.g. to keep a small trace of each while ``frames`` stays short)
+    on_frame: Callable[[ReceivedFrame], None] | None = None
 
     def add_frame(self, frame: ReceivedFrame) -> None:
+        if self.on_frame is not None:
+            self.on_frame(frame)
         self.frames.append(frame)
         self.frames_total += 1
         if len(self.frames) > self.max_frames:

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from clients.client import ClientError, StyleTalkClient
+from clients.client import ClientError, ReceivedFrame, StyleTalkClient
 
 REWATCH_STATES = ("live", "waiting")  # after a fan-out outage the server announces one of these
 
@@ -125,26 +125,41 @@ def box_grey(images: list[np.ndarray], box: tuple[float, float, float, float]) -
     return np.stack([im[y0:y1, x0:x1].astype(np.float32).mean(axis=2).reshape(-1) for im in images])
 
 
-def save_mouth_trace(path: str, frames: list, box: tuple[float, float, float, float]) -> None:
-    """``arrival`` (N,) monotonic seconds and ``grey`` (N, box pixels) of the received frames, as NPZ."""
-    grey = box_grey([f.image for f in frames], box) if frames else np.zeros((0, 0), np.float32)
-    np.savez_compressed(path, arrival=np.asarray([f.arrival for f in frames], np.float64), grey=grey)
+class MouthTrace:
+    """Each frame's arrival (``time.monotonic()``) and the grey pixels of ``box`` (uint8), kept as frames arrive
+    so that the frames themselves need not be (50 viewers x minutes of 256² frames would not fit in memory)."""
+
+    def __init__(self, box: tuple[float, float, float, float]) -> None:
+        self.box = box
+        self.arrivals: list[float] = []
+        self.grey: list[np.ndarray] = []
+
+    def add(self, frame: ReceivedFrame) -> None:
+        self.arrivals.append(frame.arrival)
+        self.grey.append(np.round(box_grey([frame.image], self.box)[0]).astype(np.uint8))
+
+    def save(self, path: str) -> None:
+        """NPZ: ``arrival`` (N,) float64 seconds, ``grey`` (N, box pixels) uint8."""
+        grey = np.stack(self.grey) if self.grey else np.zeros((0, 0), np.uint8)
+        np.savez_compressed(path, arrival=np.asarray(self.arrivals, np.float64), grey=grey)
 
 
-def write_records(args: argparse.Namespace, summary: dict[str, Any], frames: list) -> None:
+def write_records(args: argparse.Namespace, summary: dict[str, Any], trace: MouthTrace) -> None:
     """The ``--json`` summary and the ``--mouth-out`` trace, when asked for."""
     if args.json:
         Path(args.json).write_text(json.dumps(summary))
     if args.mouth_out:
-        save_mouth_trace(args.mouth_out, frames, args.mouth_box)
+        trace.save(args.mouth_out)
 
 
 async def _run(args: argparse.Namespace) -> int:
     ws_url, room, token = split_watch_url(args.url)
-    # keep every frame of the watch when a mouth trace is asked for (about 30 fps)
-    viewer = RoomViewer(ws_url, keep_frames=max(2_000, int(args.seconds * 40)))
+    viewer = RoomViewer(ws_url, keep_frames=2_000 if args.out else 300)  # --out saves the last 2000 frames
+    trace = MouthTrace(args.mouth_box)  # small (the mouth box only); gives the first arrival too
+    viewer.recording.on_frame = trace.add
     try:
         await viewer.connect()
+        watch_sent = time.monotonic()
         result = await viewer.watch(room, token)
         print(f"watching room {room} as {result['role']} ({result['mode']} fan-out)", file=sys.stderr)
         start = time.monotonic()
@@ -156,10 +171,10 @@ async def _run(args: argparse.Namespace) -> int:
         summary = {"room": room, "role": result["role"], "mode": result["mode"],
                    "frames": viewer.recording.frames_total, "fps": round(viewer.recording.fps(start + 1.0), 2),
                    "states": viewer.states(), "rewatches": viewer.rewatches,
-                   "first_arrival": frames[0].arrival if frames else None,
+                   "watch_sent": watch_sent, "first_arrival": trace.arrivals[0] if trace.arrivals else None,
                    "last_arrival": frames[-1].arrival if frames else None}
         print(json.dumps(summary))
-        write_records(args, summary, frames)
+        write_records(args, summary, trace)
         if args.out and frames:
             viewer.save_mp4(args.out)
         return 0 if frames else 1

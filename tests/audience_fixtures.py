@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,9 +11,8 @@ import numpy as np
 
 from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
 from clients.viewer import RoomViewer, box_grey
+from clients.viewer_fleet import ViewerProcess, spawn_viewers, stop_viewers
 from tests.streaming_fixtures import MOUTH_BOX, SPEECH_WAV
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 async def speaking_presenter(port: int) -> tuple[StyleTalkClient, dict]:
@@ -75,66 +67,12 @@ def mouth_moves(talk: float, rest: float) -> bool:
     return talk > 2.0 * rest + 0.5
 
 
-@dataclass
-class ViewerProcess:
-    """``python -m clients.viewer`` watching a room in its own process, leaving a summary and a mouth trace."""
-
-    proc: subprocess.Popen[str]
-    json_path: Path
-    trace_path: Path
-    log_path: Path
-
-    def joined(self) -> bool:
-        return "watching room" in self.log_path.read_text(errors="replace")
-
-    def summary(self) -> dict:
-        if not self.json_path.is_file():
-            raise AssertionError(f"viewer exited {self.proc.returncode} without a summary: {self.log()}")
-        result: dict = json.loads(self.json_path.read_text())
-        return result
-
-    def trace(self) -> tuple[np.ndarray, np.ndarray]:
-        """(arrival (N,), grey mouth box (N, pixels))."""
-        with np.load(self.trace_path) as npz:
-            return npz["arrival"], npz["grey"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-2000:]
-
-
 @contextlib.contextmanager
 def viewer_processes(url: str, count: int, workdir: Path, seconds: float = 120.0) -> Iterator[list[ViewerProcess]]:
-    """``count`` viewer processes on the watch link ``url`` (niced to 19: the engine under test keeps priority).
-
-    Viewers decode VP8; hosted in the engine's own process they starve it. Leaving the block sends SIGTERM,
-    on which each viewer stops and writes its summary and trace (call :func:`stop_viewers` to read them).
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    viewers = []
-    for i in range(count):
-        paths = workdir / f"viewer{i}.json", workdir / f"viewer{i}.npz", workdir / f"viewer{i}.log"
-        with paths[2].open("w") as log:
-            proc = subprocess.Popen(
-                ["nice", "-n", "19", sys.executable, "-m", "clients.viewer", url, "--seconds", str(seconds),
-                 "--json", str(paths[0]), "--mouth-out", str(paths[1]),
-                 "--mouth-box", ",".join(str(v) for v in MOUTH_BOX)],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
-        viewers.append(ViewerProcess(proc, *paths))
+    """``count`` viewer processes (:mod:`clients.viewer_fleet`) on the watch link ``url``; leaving the block
+    stops them (SIGTERM), after which their summaries and mouth traces can be read."""
+    viewers = spawn_viewers(url, count, workdir, MOUTH_BOX, seconds)
     try:
         yield viewers
     finally:
         stop_viewers(viewers)
-
-
-def stop_viewers(viewers: list[ViewerProcess], timeout: float = 60.0) -> None:
-    """SIGTERM every viewer still watching and wait for them to write their records (kill after ``timeout``)."""
-    for v in viewers:
-        if v.proc.poll() is None:
-            v.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for v in viewers:
-        try:
-            v.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            v.proc.kill()
-            v.proc.wait()

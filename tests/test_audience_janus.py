@@ -43,6 +43,11 @@ from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
 )
 
 AIORTC_VIEWERS = 9
+# speak/pause rounds: the audience is compared with the presenter's own view in the first round where that view
+# shows the mouth moving. On the shared, oversubscribed 2-core machine the engine itself sometimes shows a still
+# face for a while (its recognizer watchdog restarts a pocketsphinx call starved for > 2 s, and the frames of the
+# dropped audio rest); no moving round in ROUNDS fails the test.
+ROUNDS = 3
 PAGE_STATE = """(async () => {
     const st = window.styletalkWatch, v = document.getElementById('avatar'), rtp = {};
     if (st.pc) (await st.pc.getStats()).forEach((r) => {
@@ -104,16 +109,25 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
                                            timeout=120, what="viewer processes joined")
                             assert all(v.proc.poll() is None for v in viewers), [v.log() for v in viewers]
                             await asyncio.sleep(5.0)  # first keyframe and decoder warm-up in every viewer
-                            t0 = time.monotonic()
-                            talk_samples = await page.evaluate(
-                                "(a) => window.styletalkWatch.sampleRegion(a.box, 4.0, 50)", {"box": list(MOUTH_BOX)})
-                            await presenter.request("pause")  # the control: only blinks move the face
-                            t1 = time.monotonic()
-                            await asyncio.sleep(1.5)
-                            rest_samples = await page.evaluate(
-                                "(a) => window.styletalkWatch.sampleRegion(a.box, 3.0, 50)", {"box": list(MOUTH_BOX)})
-                            t2 = time.monotonic()
-                            await presenter.request("resume")
+                            rounds = []  # (speaking window, paused window, page talk samples, page rest samples)
+                            for _ in range(ROUNDS):
+                                t0 = time.monotonic()
+                                talk_samples = await page.evaluate(
+                                    "(a) => window.styletalkWatch.sampleRegion(a.box, 4.0, 50)",
+                                    {"box": list(MOUTH_BOX)})
+                                await presenter.request("pause")  # the control: only blinks move the face
+                                t1 = time.monotonic()
+                                await asyncio.sleep(1.5)
+                                rest_samples = await page.evaluate(
+                                    "(a) => window.styletalkWatch.sampleRegion(a.box, 3.0, 50)",
+                                    {"box": list(MOUTH_BOX)})
+                                t2 = time.monotonic()
+                                await presenter.request("resume")
+                                rounds.append(((t0 + 0.5, t1), (t1 + 1.5, t2), talk_samples, rest_samples))
+                                own = mouth_talk_vs_rest(presenter.recording.frames, rounds[-1][0], rounds[-1][1])
+                                if mouth_moves(*own):
+                                    break
+                                await asyncio.sleep(2.0)
                             room_obj = server.rooms.rooms[room["room"]]
                             stats = server.rooms.stats(room_obj)
                             seen = await page.evaluate(PAGE_STATE)
@@ -123,19 +137,20 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
                         assert not errors, errors
                     finally:
                         await browser.close()
-                own = mouth_talk_vs_rest(presenter.recording.frames, (t0 + 0.5, t1), (t1 + 1.5, t2))
                 engine = (await presenter.request("stats")).get("engine", {})
                 await presenter.close()
         seen_by = []
         for v in viewers:
             arrival, grey = v.trace()
-            talk, rest = ((arrival >= t0 + 0.5) & (arrival <= t1)), ((arrival >= t1 + 1.5) & (arrival <= t2))
+            (s0, s1), (p0, p1) = rounds[-1][:2]
+            talk, rest = ((arrival >= s0) & (arrival <= s1)), ((arrival >= p0) & (arrival <= p1))
             summary = v.summary()
             assert talk.sum() > 8 and rest.sum() > 5, (summary, int(talk.sum()), int(rest.sum()), v.log())
             seen_by.append({"frames": summary["frames"], "talk_frames": int(talk.sum()),
                             "rest_frames": int(rest.sum()), "mouth": grey_talk_vs_rest(grey[talk], grey[rest])})
-        page_motion = grey_talk_vs_rest(np.asarray(talk_samples, np.float32), np.asarray(rest_samples, np.float32))
-        return {"viewers": seen_by, "page": page_motion, "own": own, "stats": stats, "engine": engine}
+        page_motion = grey_talk_vs_rest(np.asarray(rounds[-1][2], np.float32), np.asarray(rounds[-1][3], np.float32))
+        return {"viewers": seen_by, "page": page_motion, "own": own, "stats": stats, "engine": engine,
+                "rounds": len(rounds)}
 
     try:
         seen = run(main())
@@ -144,8 +159,11 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
     print("mouth (speaking, paused): aiortc viewers:",
           [tuple(round(x, 2) for x in v["mouth"]) for v in seen["viewers"]],
           "chromium:", tuple(round(x, 2) for x in seen["page"]), "presenter's own view:",
-          tuple(round(x, 2) for x in seen["own"]), "frames:", [v["frames"] for v in seen["viewers"]],
-          "publisher:", seen["stats"]["publisher"], f"load {os.getloadavg()[0]:.1f}")
+          tuple(round(x, 2) for x in seen["own"]), "round:", seen["rounds"],
+          "frames:", [v["frames"] for v in seen["viewers"]],
+          "publisher:", seen["stats"]["publisher"], f"load {os.getloadavg()[0]:.1f}", "engine:",
+          {k: seen["engine"].get(k) for k in ("fps", "frames_sent", "late_frames", "dropped_frames", "errors",
+                                              "recognizer_restarts", "input", "core")})
     # one encoder for the room, and every viewer (9 aiortc processes + the page) counted on a Janus node
     stats = seen["stats"]
     assert stats["publisher"]["frames"] > 0 and stats["viewers"] == AIORTC_VIEWERS + 1, stats
