@@ -52,6 +52,19 @@ def test_skip_horizon_probes_after_a_quiet_spell() -> None:
     assert d.skip_horizon(100.0 + PROBE_AFTER_S + 0.01) == 0.0  # stale estimate: only frames already due
 
 
+def test_a_probe_replaces_the_stale_estimate() -> None:
+    """A spell of slow jobs must not make every later frame look hopeless (the skip spiral)."""
+    d = Deadlines(0.3, 0.02, compute_margin=lambda: 0.2, initial_cost_s=0.02)
+    for _ in range(30):
+        d.record_cost(0.5)  # e.g. jobs queued behind the avatar's preparation
+    d.job_done(100.0)
+    assert d.skip_horizon(100.1) == 0.5  # nothing new: still hopeless
+    assert d.skip_horizon(100.0 + PROBE_AFTER_S + 0.01) == 0.0  # the probe
+    d.record_cost(0.02)  # the probe measured the real cost
+    d.job_done(100.5)
+    assert d.skip_horizon(100.51) == pytest.approx(0.02)
+
+
 def test_gap_tolerance_follows_the_delay() -> None:
     assert Deadlines(0.5, 0.02, lambda: 0.03, 0.01).gap_tolerance() == pytest.approx(0.48)
     assert Deadlines(0.05, 0.02, lambda: 0.03, 0.01).gap_tolerance() == MIN_GAP_TOLERANCE_S

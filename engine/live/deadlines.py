@@ -32,9 +32,19 @@ class Deadlines:
         # job submitted -> its first frame rendered (s), recent jobs; seeded with the runtime's measurement
         self.first_costs: deque[float] = deque([initial_cost_s], maxlen=COST_WINDOW)
         self.last_job_end = 0.0  # wall time the last decode/render job finished (set at start)
+        self._probing = False  # set by the loop when the estimate went stale; the next recorded cost resets it
 
     def record_cost(self, seconds: float) -> None:
-        """Model worker: one job's time from submission to its first rendered frame."""
+        """Model worker: one job's time from submission to its first rendered frame.
+
+        After a probe the window starts over from the probe's cost: the old window is what made every frame look
+        hopeless (e.g. jobs queued behind the avatar's preparation at start), and 80th-percentile of 30 jobs
+        would need ~24 new jobs to forget it while only one probe runs every ``PROBE_AFTER_S``: a session then
+        showed 1 fresh frame per second on an idle machine (benchmarks/results/e2e_sessions.json).
+        """
+        if self._probing:
+            self._probing = False
+            self.first_costs.clear()
         self.first_costs.append(seconds)
 
     def job_done(self, now: float) -> None:
@@ -57,6 +67,7 @@ class Deadlines:
         frames already due are skipped, so the next job probes the real cost and rendering resumes.
         """
         if now - self.last_job_end > PROBE_AFTER_S:
+            self._probing = True
             return 0.0
         return self.est_first()
 
