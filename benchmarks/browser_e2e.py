@@ -66,7 +66,7 @@ LEAD_S, BURST_S, GAP_S = 2.5, 1.0, 2.0
 ONSET_LEVEL = 1000 / 32768  # peak |sample| (full scale 1) above this = sound
 QUIET_S = 0.5  # an onset needs this much quiet before it
 HORIZON_S = 2.5  # a mouth/audio onset must follow its speech onset within this (bursts are 3 s apart)
-CHROMIUM_FLAGS = [
+CHROMIUM_BASE_FLAGS = [  # headless, fake camera/mic, no background traffic: the tests' page launch uses these too
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -77,8 +77,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
 ]
+CHROMIUM_FLAGS = [*CHROMIUM_BASE_FLAGS, "--autoplay-policy=no-user-gesture-required"]
 
 
 # ------------------------------------------------------------------------------------------------- stimulus

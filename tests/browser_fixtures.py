@@ -7,7 +7,6 @@ files Chromium's fake microphone / camera play), no network services, a throw-aw
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,19 +14,9 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = os.environ.get("STYLETALK_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
+from benchmarks.browser_e2e import CHROMIUM, CHROMIUM_BASE_FLAGS
+
+CHROMIUM_FLAGS = list(CHROMIUM_BASE_FLAGS)
 
 requires_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).is_file(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
