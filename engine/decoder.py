@@ -44,7 +44,7 @@ import torch
 
 from models.clips import pad_style_clip
 from models.phonemes import SIL
-from models.styletalk import StyleTalk, StyleTalkConfig
+from models.styletalk import PreparedStyle, StyleTalk, StyleTalkConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class ExpressionDecoder:
         self.accelerator = "eager"
         self.fallback_reason: str | None = None
         self._idle_cache: dict[bytes, np.ndarray] = {}
+        self._prepared_cache: dict[bytes, PreparedStyle] = {}
         self._lock = threading.Lock()  # decode() may be called from tests on several threads; keep it safe
         self._compiled: dict[tuple[str, int], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
         self._graphs: dict[tuple[str, int], _CapturedGraph] = {}
@@ -261,7 +262,7 @@ class ExpressionDecoder:
                 w = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device)
                 s = torch.from_numpy(np.array(style, np.float32)).to(self.device)  # copy: codes are read-only
                 if layout == "shared":
-                    exp = self.model.decode(self.model.encode_content(w[None]), s[None])[0]  # (N, 64)
+                    exp = self.model.decode(self.model.encode_content(w[None]), self._prepared(style, s))[0]  # (N, 64)
                 else:
                     exp = self.model.decode(self.model.encode_content(w[:, None]), s)[:, 0]  # (N, 64)
                 return exp.float().cpu().numpy()
@@ -276,6 +277,20 @@ class ExpressionDecoder:
                 s_pad[n:] = style[-1]
             exp = self._run_static(layout, b, torch.from_numpy(w_pad), torch.from_numpy(np.array(s_pad, np.float32)))
             return exp[:n].float().cpu().numpy()
+
+    def _prepared(self, style: np.ndarray, code: torch.Tensor) -> PreparedStyle:
+        """The model's style-only work for one code (mixed expert weights, the first decoder blocks), cached.
+
+        A style is decoded thousands of times between switches; what depends on the style alone is computed
+        once (bit-identical output, tests/test_styletalk_parity.py). Bounded: crossfades make transient codes.
+        """
+        key = np.ascontiguousarray(style, np.float32).tobytes()
+        hit = self._prepared_cache.get(key)
+        if hit is None:
+            if len(self._prepared_cache) >= 4:
+                self._prepared_cache.clear()
+            hit = self._prepared_cache[key] = self.model.prepare_style(code[None])
+        return hit
 
     # ------------------------------------------------------------------------------ static-shape backends
     def _forward(self, layout: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

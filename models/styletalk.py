@@ -251,11 +251,18 @@ MixedWeights = tuple[Tensor, Tensor]  # one dynamic layer's mixed (weight (B, ou
 
 @dataclass
 class PreparedStyle:
-    """Style codes ``(B, C)`` with every decoder layer's style-mixed FFN weights (see ``prepare_style``)."""
+    """Style codes ``(B, C)`` with every decoder layer's style-mixed FFN weights (see ``prepare_style``).
+
+    ``upper_first`` / ``lower_first``: each stack's first layer after its self-attention, ``(B, W', C)``. The
+    decoder's query is the style code plus positions, the same for every window, so that part of the first
+    layer depends on the style only (W' = W, or 1 for a one-layer stack, which only computes the middle token).
+    """
 
     code: Tensor
     upper: list[MixedWeights]
     lower: list[MixedWeights]
+    upper_first: Tensor | None = None
+    lower_first: Tensor | None = None
 
 
 def sinusoid_table(n_position: int, d: int) -> Tensor:
@@ -454,17 +461,23 @@ class DynamicDecoderLayer(nn.Module):
         style: Tensor,
         token: int | None = None,
         mixed: MixedWeights | None = None,
+        after_self: Tensor | None = None,
     ) -> Tensor:
         """x, memory ``(B*N, W, C)``; style ``(B, C)``. With ``token`` set only that query position is
-        computed (keys/values still use all W tokens) and the result is ``(B*N, 1, C)``."""
-        q = x if token is None else x[:, token : token + 1]
-        h = self.norm1(q + self.dropout1(self.self_attn(q, x)))
+        computed (keys/values still use all W tokens) and the result is ``(B*N, 1, C)``. ``after_self``
+        ``(B*N, W or 1, C)``: the result of :meth:`self_block` for this ``x``, computed earlier."""
+        h = self.self_block(x, token) if after_self is None else after_self
         h = self.norm2(h + self.dropout2(self.multihead_attn(h, memory)))
         bn, w, c = h.shape
         b = style.shape[0]
         f = self.linear1(h.reshape(b, (bn // b) * w, c), style, mixed)  # (B, N*W, ffn): one mix per clip
         f = self.linear2(self.dropout(self.activation(f))).reshape(bn, w, c)
         return self.norm3(h + self.dropout3(f))
+
+    def self_block(self, x: Tensor, token: int | None = None) -> Tensor:
+        """The self-attention sub-block: ``(B, W, C)`` -> ``(B, W, C)``, or ``(B, 1, C)`` with ``token``."""
+        q = x if token is None else x[:, token : token + 1]
+        return self.norm1(q + self.dropout1(self.self_attn(q, x)))
 
 
 class DynamicDecoder(nn.Module):
@@ -482,6 +495,12 @@ class DynamicDecoder(nn.Module):
         """Every layer's style-mixed FFN weights for style codes ``(B, C)``."""
         return [layer.linear1.dynamic_conv.mix(style) for layer in self.layers]
 
+    def first_self(self, query: Tensor, token: int) -> Tensor | None:
+        """The first layer's self-attention block for a query ``(B, W, C)`` (None without layers)."""
+        if not self.layers:
+            return None
+        return self.layers[0].self_block(query, token if len(self.layers) == 1 else None)
+
     def forward(
         self,
         query: Tensor,
@@ -489,12 +508,16 @@ class DynamicDecoder(nn.Module):
         style: Tensor,
         token: int,
         mixed: list[MixedWeights] | None = None,
+        first: Tensor | None = None,
     ) -> Tensor:
-        """query/memory ``(B*N, W, C)`` -> features of window position ``token``: ``(B*N, C)``."""
+        """query/memory ``(B*N, W, C)`` -> features of window position ``token``: ``(B*N, C)``.
+
+        ``first``: :meth:`first_self` of ``query``, computed earlier (``(B*N, W', C)``)."""
         x = query
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, style, token if i == last else None, None if mixed is None else mixed[i])
+            x = layer(x, memory, style, token if i == last else None, None if mixed is None else mixed[i],
+                      first if i == 0 else None)
         if last < 0:  # zero layers: nothing mixes tokens, just pick the position
             x = x[:, token : token + 1]
         return self.norm(x[:, 0])
@@ -573,6 +596,11 @@ class StyleEncoder(nn.Module):
         return x.masked_fill(pad_mask.unsqueeze(-1), 0.0).sum(dim=1) / valid
 
 
+def _per_window(t: Tensor | None, n: int) -> Tensor | None:
+    """A per-clip tensor ``(B, W', C)`` repeated for the N windows of each clip: ``(B*N, W', C)``."""
+    return None if t is None else t.unsqueeze(1).expand(t.shape[0], n, *t.shape[1:]).reshape(-1, *t.shape[1:])
+
+
 class StyleDecoder(nn.Module):
     """Content ``(B, N, W, C)`` + style code ``(B, C)`` -> expression ``(B, N, face3d_dim)``.
 
@@ -588,6 +616,7 @@ class StyleDecoder(nn.Module):
         self.upper_decoder = DynamicDecoder(cfg)
         self.lower_decoder = DynamicDecoder(cfg)
         self.pos_embed = PositionalEncoding(d, cfg.decoder_pos_embed_len)
+        self.window_length = cfg.window_length
 
         def tail(n_out: int) -> nn.Sequential:
             return nn.Sequential(
@@ -613,7 +642,17 @@ class StyleDecoder(nn.Module):
         """Mix the style-dependent weights of both stacks once for style codes ``(B, C)``."""
         if style.dim() != 2:
             raise ValueError(f"style must be (B, C), got {tuple(style.shape)}")
-        return PreparedStyle(style, self.upper_decoder.mix(style), self.lower_decoder.mix(style))
+        query = self._query(style, 1, self.window_length)  # (B, W, C): the same for every window
+        token = self.window_length // 2
+        return PreparedStyle(
+            style, self.upper_decoder.mix(style), self.lower_decoder.mix(style),
+            self.upper_decoder.first_self(query, token), self.lower_decoder.first_self(query, token),
+        )
+
+    def _query(self, style: Tensor, n: int, w: int) -> Tensor:
+        """The decoder's query: zeros + positions + style code on every token of every window ``(B*N, W, C)``."""
+        b, c = style.shape
+        return (self.pos_embed(w).unsqueeze(0) + style.view(b, 1, 1, c)).expand(b, n, w, c).reshape(b * n, w, c)
 
     def forward(self, content: Tensor, style: Tensor | PreparedStyle) -> Tensor:
         prepared = style if isinstance(style, PreparedStyle) else None
@@ -626,14 +665,15 @@ class StyleDecoder(nn.Module):
             )
         b, n, w, c = content.shape
         memory = content.reshape(b * n, w, c)
-        # target is zeros; query = 0 + positions + style code on every token of every window
-        query = (
-            (self.pos_embed(w).unsqueeze(0) + style.view(b, 1, 1, c)).expand(b, n, w, c).reshape(b * n, w, c)
-        )
+        query = self._query(style, n, w)  # (B*N, W, C)
         token = w // 2
-        up_mix, low_mix = (prepared.upper, prepared.lower) if prepared is not None else (None, None)
-        upper = self.upper_tail_fc(self.upper_decoder(query, memory, style, token, up_mix))  # (B*N, 51)
-        lower = self.lower_tail_fc(self.lower_decoder(query, memory, style, token, low_mix))  # (B*N, 13)
+        up_mix, low_mix, up_first, low_first = None, None, None, None
+        if prepared is not None:
+            up_mix, low_mix = prepared.upper, prepared.lower
+            if w == self.window_length:  # the precomputed first blocks are per window position
+                up_first, low_first = _per_window(prepared.upper_first, n), _per_window(prepared.lower_first, n)
+        upper = self.upper_tail_fc(self.upper_decoder(query, memory, style, token, up_mix, up_first))  # (B*N, 51)
+        lower = self.lower_tail_fc(self.lower_decoder(query, memory, style, token, low_mix, low_first))  # (B*N, 13)
         out = torch.cat([upper, lower], dim=-1)[:, self._gather].reshape(b, n, -1)  # (B, N, 64)
         if self.style_residual is not None:
             out = out + self.style_residual(style).unsqueeze(1)  # (B, 1, 64): the style's static pose
