@@ -62,6 +62,10 @@ class RecognizerConfig:
     # The latency/accuracy knob of the default backend: every 10 ms adds 10 ms to the output delay
     # (engine/recognizer/README.md has the accuracy per setting; benchmarks/latency.py the onset -> mouth time).
     lookahead_ms: int | None = None
+    # Run the pocketsphinx backends (allphone, allphone-viterbi, words) in a child process per session: they
+    # hold Python's GIL while scoring, which stalls the event loop and the model worker of the whole server
+    # (engine/recognizer/process.py). Off: in the session's thread, as a library user would call it.
+    isolate: bool = True
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -30,8 +31,11 @@ from engine.timing import Timebase
 
 if TYPE_CHECKING:
     from engine.live.session import LiveSession
+    from engine.recognizer.process import WarmProcessRecognizers
 
 log = logging.getLogger(__name__)
+
+ISOLATED_BACKENDS = ("allphone", "allphone-viterbi", "words")  # pocketsphinx: holds the GIL (recognizer.isolate)
 
 ASSETS = Path(__file__).resolve().parents[1] / "models" / "assets"
 BUILTIN_CHECKPOINT = ASSETS / "styletalk_default.pt"
@@ -80,6 +84,8 @@ class EngineRuntime:
         self.avatar = avatar
         self.pose = np.zeros(9, np.float32) if pose is None else np.asarray(pose, np.float32).reshape(9)
         self._recognizer_factory = recognizer_factory
+        self._warm: WarmProcessRecognizers | None = None  # recognizer.isolate: children started ahead
+        self._warm_lock = threading.Lock()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="styletalk-model")
         self._threads = config.decoder.threads
         self.worker.submit(torch.set_num_threads, self._threads).result()
@@ -150,6 +156,14 @@ class EngineRuntime:
             opts["model"] = rc.vosk_model
         if rc.backend == "allphone" and rc.lookahead_ms is not None:
             opts["lookahead_ms"] = rc.lookahead_ms
+        if rc.isolate and rc.backend in ISOLATED_BACKENDS:
+            from engine.recognizer.process import WarmProcessRecognizers
+
+            with self._warm_lock:
+                if self._warm is None:
+                    self._warm = WarmProcessRecognizers(rc.backend, **opts)
+                warm = self._warm
+            return warm()
         return make_recognizer(rc.backend, **opts)
 
     def output_delay(self, recognizer: Recognizer) -> Fraction:
@@ -175,6 +189,10 @@ class EngineRuntime:
 
     def close(self) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)
+        with self._warm_lock:
+            warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.close()
 
 
 # ------------------------------------------------------------------------------------------------ builders

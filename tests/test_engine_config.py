@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,7 @@ def test_command_line_precedence(tmp_path: Path) -> None:
 def test_recognizer_lookahead_reaches_the_allphone_recognizer() -> None:
     """The latency knob of the default recognizer: the flag sets the config, the runtime builds with it, and
     the recognizer's declared lag (which sets the session's output delay) moves by the same amount."""
+    from engine.recognizer.process import ProcessRecognizer
     from engine.runtime import EngineRuntime
 
     parser = argparse.ArgumentParser()
@@ -89,6 +91,11 @@ def test_recognizer_lookahead_reaches_the_allphone_recognizer() -> None:
         cfg = config_from_args(parser.parse_args(["--recognizer-lookahead", str(ms)]))
         assert cfg.recognizer.lookahead_ms == ms
         rt = EngineRuntime.__new__(EngineRuntime)  # only make_recognizer is exercised: no models loaded
-        rt.config, rt._recognizer_factory = cfg, None
-        lags[ms] = rt.make_recognizer().lag
+        rt.config, rt._recognizer_factory, rt._warm, rt._warm_lock = cfg, None, None, threading.Lock()
+        rec = rt.make_recognizer()
+        assert isinstance(rec, ProcessRecognizer)  # recognizer.isolate (default): the option reached the child
+        lags[ms] = rec.lag
+        rec.close()
+        assert rt._warm is not None
+        rt._warm.close()
     assert lags[120] - lags[60] == pytest.approx(0.06, abs=1e-6)

@@ -1,0 +1,231 @@
+"""A recognizer in its own process: the same :class:`~engine.recognizer.base.Recognizer` contract, off the GIL.
+
+Why: pocketsphinx never releases the GIL while it scores audio (its extension module has no
+``PyEval_SaveThread``), so in the server process every recognizer call stops the event loop and the model
+worker, and each call waits for the GIL behind them in turn (up to ``sys.getswitchinterval()`` per hand-over).
+Run in a child process the recognizer costs the server process one pipe round trip per audio block
+(``feed`` blocks in ``recv``, which releases the GIL), and its CPU goes to the other core.
+
+A child is a fresh interpreter (``python -m engine.recognizer.process``, talking over a socket pair): it never
+inherits the server's threads or locks (``fork`` could), and unlike ``multiprocessing``'s spawn/forkserver it does
+not re-import the parent's main module (a benchmark's would load torch into every child). A child that dies or
+stops answering makes one ``feed`` raise :class:`RecognizerProcessError` (the session reports it); later calls
+return no labels (the mouth rests) instead of repeating the error 50 times a second.
+``flush`` ends the child; a recognizer dropped without ``flush`` ends it when garbage-collected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Iterable
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ANSWER_TIMEOUT_S = 10.0  # one feed this long unanswered: the child is stuck (the session's watchdog acts at 2 s)
+START_TIMEOUT_S = 60.0  # starting the interpreter and building the recognizer (model loading) in the child
+
+
+class RecognizerProcessError(RuntimeError):
+    """The recognizer's process failed to start, died, or stopped answering."""
+
+
+def _serve(conn: Connection, backend: str, options: dict[str, Any]) -> None:
+    """Child process: build the recognizer, then answer ``feed`` (int16 bytes) and ``flush`` (empty) messages."""
+    from engine.recognizer.factory import make_recognizer
+
+    try:
+        rec = make_recognizer(backend, **options)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", float(rec.lag)))
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            if data:
+                events = rec.feed(np.frombuffer(data, np.int16))
+            else:
+                events = rec.flush()
+            conn.send(("events", [(int(f), int(p)) for f, p in events]))
+        except Exception as exc:  # noqa: BLE001 - one bad block is the session's error, not the child's end
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        if not data:
+            return
+
+
+def _stop(proc: subprocess.Popen[bytes], conn: Connection) -> None:
+    """End a child (finalizer: must not reference the recognizer object). Closing the socket ends its loop."""
+    try:
+        conn.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Child entry point: ``python -m engine.recognizer.process FD BACKEND OPTIONS_JSON``."""
+    fd, backend, options = (argv if argv is not None else sys.argv[1:])
+    _serve(Connection(int(fd)), backend, json.loads(options))
+
+
+class ProcessRecognizer:
+    """``make_recognizer(backend, **options)`` run in a child process (see module docstring).
+
+    Construction blocks until the child has built its recognizer (call it where a recognizer is built anyway:
+    the session's recognizer thread), and raises :class:`RecognizerProcessError` or the child's error.
+    """
+
+    def __init__(self, backend: str = "allphone", **options: Any) -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.recognizer.process", str(theirs.fileno()), backend, json.dumps(options)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        self._conn = Connection(ours.detach())
+        self._finalizer = weakref.finalize(self, _stop, self._proc, self._conn)
+        self._dead: str | None = None
+        self.backend = backend
+        kind, value = self._answer(START_TIMEOUT_S, "start")
+        if kind != "ready":
+            self.close()
+            raise RecognizerProcessError(f"recognizer {backend!r} could not start: {value}")
+        self._lag = float(value)
+        log.info("recognizer %s runs in process %d (lag %.0f ms)", backend, self._proc.pid, 1000 * self._lag)
+
+    @property
+    def lag(self) -> float:
+        return self._lag
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """The child runs and this recognizer has not failed or ended."""
+        return self._dead is None and self._proc.poll() is None
+
+    def feed(self, pcm: np.ndarray) -> Iterable[tuple[int, int]]:
+        """Mono int16 samples → the events that became stable (as ``(frame, phoneme)`` pairs)."""
+        block = np.ascontiguousarray(pcm, np.int16)
+        if block.size == 0:
+            return []
+        return self._call(block.tobytes(), "feed")
+
+    def flush(self) -> Iterable[tuple[int, int]]:
+        """End of the audio: the remaining events; the child ends."""
+        try:
+            return self._call(b"", "flush")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the child now (idempotent)."""
+        self._dead = self._dead or "closed"
+        self._finalizer()
+
+    # ------------------------------------------------------------------------------------------ internal
+    def _call(self, payload: bytes, what: str) -> list[tuple[int, int]]:
+        if self._dead is not None:
+            return []
+        try:
+            self._conn.send_bytes(payload)
+        except (OSError, ValueError) as exc:
+            self._fail(f"could not send audio ({exc})")
+        kind, value = self._answer(ANSWER_TIMEOUT_S, what)
+        if kind == "events":
+            return list(value)
+        raise RecognizerProcessError(f"recognizer {what} failed: {value}")
+
+    def _answer(self, timeout: float, what: str) -> tuple[str, Any]:
+        try:
+            if not self._conn.poll(timeout):
+                self._fail(f"no answer to {what} within {timeout:.0f} s")
+            return self._conn.recv()
+        except (EOFError, OSError):
+            try:
+                code: int | None = self._proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            self._fail(f"the process ended during {what} (exit code {code})")
+
+    def _fail(self, why: str) -> NoReturn:
+        self._dead = why
+        self._finalizer()
+        raise RecognizerProcessError(f"recognizer process {self.backend!r}: {why}; lip sync stops (labels: silence)")
+
+
+class WarmProcessRecognizers:
+    """A factory of :class:`ProcessRecognizer` that keeps one child started ahead (a "spare").
+
+    A child takes about a second to start (interpreter, numpy, the acoustic model) against 0.1 s in-process;
+    without a spare every session's first second of speech would be labelled late. Taking the spare starts the
+    next one in the background. ``close`` ends the spare.
+    """
+
+    def __init__(self, backend: str, **options: Any) -> None:
+        self.backend = backend
+        self.options = options
+        self._lock = threading.Lock()
+        self._spare: ProcessRecognizer | None = None
+        self._starting: threading.Thread | None = None
+        self._closed = False
+        self._refill()
+
+    def __call__(self) -> ProcessRecognizer:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        self._refill()
+        if spare is not None and spare.alive:
+            return spare
+        return ProcessRecognizer(self.backend, **self.options)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+
+    def _refill(self) -> None:
+        with self._lock:
+            if self._closed or self._spare is not None or (self._starting is not None and self._starting.is_alive()):
+                return
+            self._starting = threading.Thread(target=self._start_spare, name="recognizer-spare", daemon=True)
+            self._starting.start()
+
+    def _start_spare(self) -> None:
+        try:
+            rec = ProcessRecognizer(self.backend, **self.options)
+        except Exception as exc:  # noqa: BLE001 - the next session builds its own and reports the error
+            log.warning("could not start a spare recognizer process: %s", exc)
+            return
+        with self._lock:
+            if self._closed or self._spare is not None:
+                keep = None
+            else:
+                self._spare, keep = rec, rec
+        if keep is None:
+            rec.close()
+
+
+if __name__ == "__main__":
+    main()
