@@ -108,7 +108,15 @@ class EngineRuntime:
         avatar = load_avatar(config)
         runtime = cls(config, decoder, renderer, styles, avatar, recognizer_factory=None)
         runtime.warmup()
+        runtime.start_recognizers()
         return runtime
+
+    def start_recognizers(self) -> None:
+        """With ``recognizer.isolate``: start the first child recognizer now, so the first session finds one ready
+        (a child takes about a second to start; sessions take the spare and a new one starts behind them)."""
+        rc = self.config.recognizer
+        if self._recognizer_factory is None and rc.isolate and rc.backend in ISOLATED_BACKENDS:
+            self._warm_factory()
 
     def warmup(self, repeats: int = 3) -> float:
         """Run the models on the worker (lazy initialisation, graph builds) and measure one frame's compute.
@@ -149,6 +157,13 @@ class EngineRuntime:
         from engine.recognizer import make_recognizer
 
         rc = self.config.recognizer
+        opts = self._recognizer_options()
+        if rc.isolate and rc.backend in ISOLATED_BACKENDS:
+            return self._warm_factory()()
+        return make_recognizer(rc.backend, **opts)
+
+    def _recognizer_options(self) -> dict[str, Any]:
+        rc = self.config.recognizer
         opts: dict[str, Any] = {}
         if rc.backend == "labels":
             opts["labels"] = rc.labels
@@ -156,15 +171,15 @@ class EngineRuntime:
             opts["model"] = rc.vosk_model
         if rc.backend == "allphone" and rc.lookahead_ms is not None:
             opts["lookahead_ms"] = rc.lookahead_ms
-        if rc.isolate and rc.backend in ISOLATED_BACKENDS:
-            from engine.recognizer.process import WarmProcessRecognizers
+        return opts
 
-            with self._warm_lock:
-                if self._warm is None:
-                    self._warm = WarmProcessRecognizers(rc.backend, **opts)
-                warm = self._warm
-            return warm()
-        return make_recognizer(rc.backend, **opts)
+    def _warm_factory(self) -> WarmProcessRecognizers:
+        from engine.recognizer.process import WarmProcessRecognizers
+
+        with self._warm_lock:
+            if self._warm is None:
+                self._warm = WarmProcessRecognizers(self.config.recognizer.backend, **self._recognizer_options())
+            return self._warm
 
     def output_delay(self, recognizer: Recognizer) -> Fraction:
         """Constant delay between input and output media time for a session with ``recognizer``
