@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.placement import connect_placed, place, read_load
+from clients.placement import connect_placed, main, place, read_load
 from streaming.placement import NodeLoad, PlacementCode, PlacementError, place_room
 from tests.audience_fixtures import joined_viewer, speak_and_open_room
 from tests.janus_fixtures import free_port, require_janus, running_janus
@@ -172,3 +172,10 @@ def test_read_load_of_a_node_that_is_not_there_or_not_http() -> None:
     assert run(read_load("ftp://127.0.0.1:1")).error == "not an http(s) URL"
     unreachable = run(read_load(f"http://127.0.0.1:{free_port()}", timeout=1.0))
     assert unreachable.error is not None and unreachable.error.startswith("no /healthz")
+
+
+def test_the_command_prints_the_placement_error_as_json_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    assert main([*dead, "--timeout", "1"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"] == "nodes_unreachable" and [s["url"] for s in out["skipped"]] == dead
