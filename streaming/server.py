@@ -112,6 +112,7 @@ class ServerSettings:
     max_viewers: int = ServerConfig.max_viewers
     max_rooms: int = ServerConfig.max_rooms
     rtmp: str = ServerConfig.rtmp  # each opened room is also pushed to this RTMP URL ("" = none)
+    public_url: str = ServerConfig.public_url  # the base of rooms' watch links ("" = the presenter's Host)
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
