@@ -175,6 +175,9 @@ async def run(counts: list[int], seconds: float, tmp: Path, janus: subprocess.Po
                 "janus_cpu_pct": round(100 * (j1 - j0) / (t1 - t0), 1),
                 "engine_fps": engine_stats.get("fps"),
                 "publisher_fps": round((pub1["frames"] - pub0["frames"]) / (t1 - t0), 2),
+                # the engine's CPU per frame it published: its CPU % alone moves with the fps the loaded machine
+                # lets it reach, this does not
+                "engine_cpu_ms_per_frame": round(1000 * (e1 - e0) / max(1, pub1["frames"] - pub0["frames"]), 2),
                 "vp8_encode_ms_p50": pub1["encode_ms_p50"],
                 "probe_fps": round((probe.recording.frames_total - probe0) / (t1 - t0), 2),
                 "loadavg": os.getloadavg(),
@@ -211,31 +214,57 @@ async def run(counts: list[int], seconds: float, tmp: Path, janus: subprocess.Po
                                               if s["viewers_at_29fps"] == s["viewers"]), default=0)}
 
 
+MEDIAN_KEYS = ("engine_cpu_pct", "engine_cpu_ms_per_frame", "janus_cpu_pct", "publisher_fps", "viewer_fps_median",
+               "join_s_median")
+
+
+def median_per_count(runs: list[dict]) -> dict[int, dict[str, float | None]]:
+    """Per viewer count, the median over runs of each step figure (and of the load average's 1-min value)."""
+    out: dict[int, dict[str, float | None]] = {}
+    for step0 in runs[0]["steps"]:
+        n = step0["viewers"]
+        steps = [s for r in runs for s in r["steps"] if s["viewers"] == n]
+        row: dict[str, float | None] = {}
+        for key in MEDIAN_KEYS:
+            values = [s[key] for s in steps if s.get(key) is not None]
+            row[key] = round(statistics.median(values), 2) if values else None
+        row["loadavg_1min"] = round(statistics.median(s["loadavg"][0] for s in steps), 2)
+        row["runs"] = len(steps)
+        out[n] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", default="1,10,50")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="whole runs (fresh Janus and engine each); the summary gives per-count medians")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        janus, engine, port = start_processes(Path(tmp))
-        try:
-            result = asyncio.run(run(counts, args.seconds, Path(tmp), janus, engine, port))
-        finally:
-            engine.terminate()
-            janus.terminate()
-            for proc in (engine, janus):
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    result.update(settings={"counts": counts, "seconds": args.seconds, "data": "tests/data/speech_16k.wav looped",
+    runs = []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            janus, engine, port = start_processes(Path(tmp))
+            try:
+                runs.append(asyncio.run(run(counts, args.seconds, Path(tmp), janus, engine, port)))
+            finally:
+                engine.terminate()
+                janus.terminate()
+                for proc in (engine, janus):
+                    try:
+                        proc.wait(20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+    result = runs[0] if len(runs) == 1 else {"runs": runs, "median_per_count": median_per_count(runs)}
+    result.update(settings={"counts": counts, "seconds": args.seconds, "repeat": args.repeat,
+                            "data": "tests/data/speech_16k.wav looped",
                             "machine": "shared 2-core; viewers: clients.viewer processes at nice 19 "
                                        "(+ 1 probe viewer in the benchmark process)"},
                   uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "audience.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("steps", "runs")}, indent=1))
     return 0
 
 

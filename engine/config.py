@@ -134,6 +134,10 @@ class ServerConfig:
     rtmp: str = ""
     max_direct_viewers: int = 3
     max_viewers: int = 500
+    # The base URL viewers reach this node under (http(s)://name:port), written into rooms' watch links; "" = the
+    # host the presenter reached it by (its Host header). Set it when that differs from what viewers must use
+    # (a node behind a proxy, or presenters on loopback and viewers on other machines)
+    public_url: str = ""
     max_rooms: int = 8
 
 
@@ -193,6 +197,8 @@ class Config:
         _check(all(u.strip().startswith(("ws://", "wss://")) for u in v.janus.split(",") if u.strip()),
                "server.janus", "must be ws:// or wss:// URLs separated by commas")
         _check(not v.rtmp or v.rtmp.startswith(("rtmp://", "rtmps://")), "server.rtmp", "must be an rtmp:// URL")
+        _check(not v.public_url or (v.public_url.startswith(("http://", "https://")) and "?" not in v.public_url),
+               "server.public_url", "must be an http:// or https:// base URL without a query")
         return self
 
     def to_dict(self) -> dict[str, Any]:

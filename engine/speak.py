@@ -3,10 +3,12 @@
 It exercises exactly what a browser session runs - real-time audio source, recognizer thread, model worker,
 paced video and delayed audio on one media clock - and records the two output tracks into an MP4 (H.264 +
 AAC via PyAV), so the live engine can be checked without a browser: open the file and judge the lip sync;
-``--stats out.json`` saves the session's latency metrics.
+``--stats out.json`` saves the session's latency metrics. ``--rtmp URL`` also pushes the same output live to an
+RTMP server (the encoder ``serve --rtmp`` uses, :class:`engine.rtmp.RtmpEncoder`).
 
     styletalk-live speak --audio speech.wav -o out.mp4
     styletalk-live speak --mic --duration 20 --preview
+    styletalk-live speak --mic -o '' --rtmp rtmp://live.example.com/app/<stream key>
 """
 
 from __future__ import annotations
@@ -178,17 +180,24 @@ class Preview:
 
 
 async def run_speak(runtime: Any, audio: str | None, mic: bool, output: str | None, duration: float | None,
-                    preview: bool = False, device: str | None = None, progress: bool = False) -> dict[str, Any]:
+                    preview: bool = False, device: str | None = None, progress: bool = False,
+                    rtmp: str | None = None) -> dict[str, Any]:
     """Run one live session from a file or the microphone, recording its output; returns the session stats.
 
     ``progress``: a bar over the output's media seconds on stderr (not with ``preview``, which prints status).
+    ``rtmp``: also push the output to this RTMP URL; its outcome is the stats' ``rtmp`` entry (a failed push
+    sets ``error`` there and the recording goes on).
     """
+    from engine.rtmp import RtmpEncoder
     from engine.sources import FileSource, MicrophoneSource
 
     session = runtime.new_session("speak")
     await session.start()
     writer = Mp4Writer(output, (runtime.renderer.size, runtime.renderer.size), runtime.config.fps,
                        runtime.timebase.sample_rate) if output else None
+    push = RtmpEncoder(rtmp) if rtmp else None
+    if push is not None:
+        push.start()
     view = Preview(preview)
     stop = asyncio.Event()
     mic_source = None
@@ -226,6 +235,8 @@ async def run_speak(runtime: Any, audio: str | None, mic: bool, output: str | No
                     bar.refresh()
                 if writer is not None:
                     writer.write_video(frame.index, frame.image)
+                if push is not None:
+                    push.offer(frame)
                 view.show(frame.image, session.stats if preview else None)
 
         async def sound() -> None:
@@ -235,6 +246,8 @@ async def run_speak(runtime: Any, audio: str | None, mic: bool, output: str | No
                     return
                 if writer is not None:
                     writer.write_audio(int(chunk.pts * chunk.sample_rate), chunk.pcm)
+                if push is not None:
+                    push.offer(chunk)
 
         tasks = [asyncio.create_task(video()), asyncio.create_task(sound())]
         try:
@@ -255,6 +268,10 @@ async def run_speak(runtime: Any, audio: str | None, mic: bool, output: str | No
         view.close()
         if writer is not None:
             await asyncio.to_thread(writer.close)
+        if push is not None:
+            await asyncio.to_thread(push.close)
+    if push is not None:
+        stats["rtmp"] = push.stats()
     return stats
 
 
@@ -282,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after S seconds of input (default: the file's length; required-ish for --mic)")
     parser.add_argument("--device", default=None, help="microphone device (name or index) for --mic")
     parser.add_argument("--preview", action="store_true", help="show the frames while running (or print status)")
+    parser.add_argument("--rtmp", metavar="URL", default=None,
+                        help="also push the output live to this RTMP URL (H.264 + AAC in FLV), e.g. "
+                        "rtmp://127.0.0.1/live/key; a failed push is reported (exit 1), the recording goes on")
     parser.add_argument("--stats", metavar="FILE.json", default=None, help="write the session statistics here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser)
@@ -299,6 +319,9 @@ def main(argv: list[str]) -> int:
     if args.audio is not None and not Path(args.audio).is_file():
         print(f"styletalk-live speak: audio file {args.audio} does not exist", file=sys.stderr)
         return 2
+    if args.rtmp is not None and not args.rtmp.startswith(("rtmp://", "rtmps://")):
+        print(f"styletalk-live speak: --rtmp needs an rtmp:// or rtmps:// URL, got {args.rtmp!r}", file=sys.stderr)
+        return 2
     if args.duration is not None and args.duration <= 0:
         print("styletalk-live speak: --duration must be > 0", file=sys.stderr)
         return 2
@@ -313,7 +336,7 @@ def main(argv: list[str]) -> int:
     device: Any = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     try:
         stats = _run_loop(run_speak(runtime, args.audio, args.mic, args.output or None, args.duration,
-                                    args.preview, device, progress=not args.no_progress))
+                                    args.preview, device, progress=not args.no_progress, rtmp=args.rtmp))
     except MicrophoneError as exc:
         print(f"styletalk-live speak: {exc}", file=sys.stderr)
         return 1
@@ -329,6 +352,13 @@ def main(argv: list[str]) -> int:
     print(f"speak: {stats['frames_sent']} frames ({stats['late_frames']} late), delay {stats['delay_ms']:.0f} ms, "
           f"audio->sent p50 {total['p50'] or 0:.0f} ms p95 {total['p95'] or 0:.0f} ms"
           + (f"; wrote {args.output}" if args.output else ""))
+    push = stats.get("rtmp")
+    if push is not None:
+        if push["error"]:
+            print(f"styletalk-live speak: the RTMP push to {push['url']} failed: {push['error']}", file=sys.stderr)
+            return 1
+        print(f"speak: pushed {push['video_frames']} video / {push['audio_frames']} audio frames to {push['url']}"
+              + (f" ({push['dropped']} dropped behind the encoder)" if push["dropped"] else ""))
     return 0
 
 

@@ -6,14 +6,31 @@ presenter's websocket are refused (``forbidden``): viewers use ``/ws/watch``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from streaming import protocol as P
 from streaming.client_handler import ClientHandler, _handles
 
+HOST_RE = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")  # name[:port], [v6][:port]
+
+
+def link_base(handler: ClientHandler) -> str:
+    """The base URL of this node for a room's links: ``server.public_url`` when set, else the host the presenter
+    reached the node by (its Host header, when it is a plain ``name[:port]``: with several nodes, or a node bound
+    to ``0.0.0.0``, the listening address is not what others can open), else the listening address."""
+    public = handler.server.settings.public_url
+    if public:
+        return public.rstrip("/")
+    request = getattr(handler.ws, "request", None)
+    hosts = request.headers.get_all("Host") if request is not None else []
+    if len(hosts) == 1 and HOST_RE.fullmatch(hosts[0]):
+        return f"http://{hosts[0]}"
+    return handler.server.url.rstrip("/")
+
 
 def room_links(handler: ClientHandler, room_id: str, viewer_token: str, control_token: str) -> dict[str, Any]:
-    base = handler.server.url.rstrip("/")
+    base = link_base(handler)
     return {
         "room": room_id,
         "viewer_token": viewer_token,

@@ -1,61 +1,49 @@
-"""Push a room's audio+video to an RTMP URL (YouTube Live, Twitch, an nginx-rtmp relay) with PyAV.
+"""A room pushed to an RTMP URL (``serve --rtmp``): the room's broadcast feeds the engine's RTMP encoder.
 
-The room's :class:`~streaming.broadcast.Subscriber` (the same frames the viewers get) is pulled on the event
-loop and handed to one worker thread that encodes H.264 (libx264, ``ultrafast``/``zerolatency``: a live
-platform wants low delay, and the 2-core budget belongs to the engine) and AAC, muxed as FLV. Encoding and the
-blocking network writes stay off the event loop; the hand-over queue is bounded and drops the oldest item, so a
-slow or stalled RTMP server never slows the presenter. A failure (server unreachable, connection dropped) ends
-the push with ``error`` set and is logged; the room goes on.
+The encoding (H.264 + AAC in FLV, one worker thread behind a bounded drop-oldest hand-over, a failure ends the
+push with an error, never the room) is :class:`engine.rtmp.RtmpEncoder`, shared with ``speak --rtmp``; this
+module only pulls the room's :class:`~streaming.broadcast.Subscriber` (the same frames the viewers get) on the
+event loop and offers each item to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import queue
-import threading
-from fractions import Fraction
 from typing import Any
 
-import av
-import numpy as np
-
-from engine.live.frames import OutputAudioChunk, OutputVideoFrame
+from engine.rtmp import RtmpEncoder
 from streaming.broadcast import Subscriber
-
-log = logging.getLogger(__name__)
-
-FPS = 30
-AAC_FRAME = 1024  # samples per AAC frame (the encoder wants exactly this many)
-HANDOVER = 64  # items (~1 s of video + audio) between the event loop and the encoder thread
-_STOP = object()
 
 
 class RtmpPush:
-    """One room pushed to one RTMP URL: ``start()``, then ``close()`` (idempotent)."""
+    """One room pushed to one RTMP URL: ``start()`` (on the event loop), then ``close()`` (idempotent)."""
 
     def __init__(self, url: str, source: Subscriber, bitrate: int = 1_500_000) -> None:
-        self.url = url
         self.source = source
-        self.bitrate = bitrate
-        self.video_frames = 0  # encoded and written
-        self.audio_frames = 0
-        self.dropped = 0  # dropped at the hand-over (the encoder or the network was behind)
-        self.error: str | None = None
-        self._queue: queue.Queue[Any] = queue.Queue(HANDOVER)
+        self.encoder = RtmpEncoder(url, bitrate)
         self._tasks: list[asyncio.Task[None]] = []
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._encode, name="styletalk-rtmp", daemon=True)
-        self._thread.start()
+        self.encoder.start()
         self._tasks = [asyncio.create_task(self._pull(self.source.next_video_frame)),
                        asyncio.create_task(self._pull(self.source.next_audio_chunk))]
 
     @property
+    def url(self) -> str:
+        return self.encoder.url
+
+    @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.encoder.running
+
+    @property
+    def video_frames(self) -> int:
+        return self.encoder.video_frames
+
+    @property
+    def error(self) -> str | None:
+        return self.encoder.error
 
     async def close(self) -> None:
         self.source.close()
@@ -64,80 +52,15 @@ class RtmpPush:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._hand(_STOP)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10.0)
+        await asyncio.to_thread(self.encoder.close)
 
     def stats(self) -> dict[str, Any]:
-        return {"url": self.url, "video_frames": self.video_frames, "audio_frames": self.audio_frames,
-                "dropped": self.dropped, "error": self.error, "running": self.running}
+        return self.encoder.stats()
 
     async def _pull(self, next_item: Any) -> None:
-        while self.running:
+        while self.encoder.running:
             try:
                 item = await next_item()
             except Exception:  # the subscription ended (SessionClosed) or the room closed
                 return
-            self._hand(item)
-
-    def _hand(self, item: Any) -> None:
-        while True:
-            try:
-                self._queue.put_nowait(item)
-                return
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get_nowait()
-                    self.dropped += 1
-
-    # ---------------------------------------------------------------------------------- encoder thread
-    def _encode(self) -> None:
-        try:
-            first = self._queue.get()  # open the connection only once there is something to send
-            if first is _STOP:
-                return
-            with av.open(self.url, "w", format="flv") as out:
-                self._mux(out, first)
-        except Exception as exc:  # network or codec failure: the push ends, the room goes on
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.warning("RTMP push to %s ended: %s", self.url, self.error)
-
-    def _mux(self, out: Any, first: Any) -> None:
-        video = out.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "tune": "zerolatency"})
-        video.pix_fmt = "yuv420p"
-        video.codec_context.gop_size = FPS  # a keyframe a second: a player joining waits at most 1 s
-        video.bit_rate = self.bitrate
-        audio = out.add_stream("aac", rate=16_000, layout="mono")
-        fifo = av.AudioFifo()
-        last_video = -1
-        audio_pts = 0
-        item = first
-        while item is not _STOP:
-            if isinstance(item, OutputVideoFrame):
-                pts = round(item.pts * FPS)
-                if pts > last_video:  # FLV needs increasing timestamps (a repeated source pts is skipped)
-                    if last_video < 0:
-                        video.width, video.height = item.image.shape[1], item.image.shape[0]
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(item.image), format="rgb24")
-                    frame.pts, frame.time_base = pts, Fraction(1, FPS)
-                    out.mux(video.encode(frame))
-                    last_video = pts
-                    self.video_frames += 1
-            elif isinstance(item, OutputAudioChunk) and last_video >= 0:  # the header waits for the frame size
-                pcm = np.ascontiguousarray(item.pcm, np.int16).reshape(1, -1)  # (1, samples) s16 mono 16 kHz
-                chunk = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-                chunk.sample_rate = item.sample_rate
-                fifo.write(chunk)
-                while fifo.samples >= AAC_FRAME:
-                    read = fifo.read(AAC_FRAME)
-                    assert read is not None  # fifo.samples >= AAC_FRAME
-                    block = read.to_ndarray().astype(np.float32) / 32768.0  # (1, 1024) fltp
-                    aac_in = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
-                    aac_in.sample_rate, aac_in.pts, aac_in.time_base = 16_000, audio_pts, Fraction(1, 16_000)
-                    audio_pts += AAC_FRAME
-                    out.mux(audio.encode(aac_in))
-                    self.audio_frames += 1
-            item = self._queue.get()
-        for stream in (video, audio):
-            with contextlib.suppress(Exception):
-                out.mux(stream.encode(None))
+            self.encoder.offer(item)

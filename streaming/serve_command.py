@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also push every opened room to this RTMP URL (H.264 + AAC in FLV; '{room}' is replaced by the room "
         "id), e.g. rtmp://127.0.0.1/live/key",
     )
+    net.add_argument(
+        "--public-url", default=None, metavar="URL",
+        help="the base URL viewers reach this node under (http://name:port), used in rooms' watch links; "
+        "default: the host name the presenter reached the node by",
+    )
     net.add_argument("--web-root", default=None, help=argparse.SUPPRESS)  # development: serve another page
     net.add_argument(
         "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_sessions": args.max_sessions,
             "janus": args.janus,
             "rtmp": args.rtmp,
+            "public_url": args.public_url,
         }
         chosen = {k: v for k, v in overrides.items() if v is not None}
         config.server = dataclasses.replace(config.server, **chosen)

@@ -112,6 +112,7 @@ class ServerSettings:
     max_viewers: int = ServerConfig.max_viewers
     max_rooms: int = ServerConfig.max_rooms
     rtmp: str = ServerConfig.rtmp  # each opened room is also pushed to this RTMP URL ("" = none)
+    public_url: str = ServerConfig.public_url  # the base of rooms' watch links ("" = the presenter's Host)
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -304,16 +305,26 @@ class PresenterServer:
                 return text(403, "forbidden: cross-origin websocket")
             return None  # continue with the websocket handshake
         if url.path == "/healthz":
-            body = P._dump(
-                {
-                    "ok": True,
-                    "sessions": self.active_sessions,
-                    "max_sessions": self.settings.max_sessions,
-                    "engine_sessions": len(self.runtime.sessions),
-                }
-            )
-            return response(200, body.encode(), "application/json")
+            return response(200, P._dump(self.health()).encode(), "application/json")
         return static_file(self.web_root, url.path)
+
+    def health(self) -> dict[str, Any]:
+        """The ``/healthz`` body: liveness plus the load a room placement reads (``streaming/placement.py``):
+        presenter and room slots, viewers, and how many of this node's Janus instances are up."""
+        rooms = self.rooms
+        nodes = rooms.fanout.nodes if rooms.fanout is not None else []
+        return {
+            "ok": True,
+            "sessions": self.active_sessions,
+            "max_sessions": self.settings.max_sessions,
+            "engine_sessions": len(self.runtime.sessions),
+            "rooms": len(rooms.rooms),
+            "max_rooms": rooms.max_rooms,
+            "viewers": rooms.viewer_count,
+            "fanout": rooms.mode,
+            "janus_up": sum(1 for n in nodes if n.up),
+            "janus_nodes": len(nodes),
+        }
 
     # ---------------------------------------------------------------------------------------------- clients
     async def _refuse(self, ws: ServerConnection, message: str) -> None:

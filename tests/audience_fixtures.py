@@ -17,13 +17,17 @@ from tests.streaming_fixtures import MOUTH_BOX, SPEECH_WAV
 
 async def speaking_presenter(port: int) -> tuple[StyleTalkClient, dict]:
     """A presenter client on ``port`` whose microphone loops the test speech, with an open room."""
-    pcm, rate = read_wav(SPEECH_WAV)
     client = StyleTalkClient(f"ws://127.0.0.1:{port}/ws")
     await client.connect()
+    return client, await speak_and_open_room(client)
+
+
+async def speak_and_open_room(client: StyleTalkClient) -> dict:
+    """A connected presenter starts its microphone (the test speech, looped) and opens a room: the room."""
+    pcm, rate = read_wav(SPEECH_WAV)
     await client.start_media(MicrophoneTrack(to_16k(pcm, rate), loop=True))
     await client.wait_frames(5, timeout=60)
-    room = await client.request("open_room")
-    return client, room
+    return await client.request("open_room")
 
 
 async def joined_viewer(port: int, room: dict, token_key: str = "viewer_token") -> RoomViewer:

@@ -35,7 +35,12 @@ def free_port() -> int:
 class JanusProcess:
     folder: Path
     ws_port: int
+    rtp_ports: tuple[int, int] = (20_000, 20_999)  # the UDP range of its WebRTC media towards viewers
     proc: subprocess.Popen[bytes] | None = None
+
+    def serves(self, port: int) -> bool:
+        """Whether ``port`` (e.g. an ICE candidate in an SDP offer) is one of this instance's media ports."""
+        return self.rtp_ports[0] <= port <= self.rtp_ports[1]
 
     @property
     def url(self) -> str:
@@ -88,15 +93,20 @@ def require_janus() -> None:
 def running_janus(folder: Path) -> Iterator[JanusProcess]:
     """A Janus on free ports (skips the test with Janus' own words when it cannot start)."""
     require_janus()
-    base = random.randrange(40_000, 58_000, 400)
-    jp = JanusProcess(folder, free_port())
+    base = random.choice([b for b in range(40_000, 58_000, 400) if b not in _BASES_IN_USE])
+    _BASES_IN_USE.add(base)  # two instances in one test never share a port range
+    jp = JanusProcess(folder, free_port(), (base, base + 199))
     write_config(folder, ws_port=jp.ws_port, rtp_ports=f"{base}-{base + 199}",
                  mount_ports=f"{base + 200}-{base + 399}")
     try:
-        jp.start()
-    except RuntimeError as exc:
-        pytest.skip(f"janus could not start: {exc}")
-    try:
+        try:
+            jp.start()
+        except RuntimeError as exc:
+            pytest.skip(f"janus could not start: {exc}")
         yield jp
     finally:
         jp.stop()
+        _BASES_IN_USE.discard(base)
+
+
+_BASES_IN_USE: set[int] = set()

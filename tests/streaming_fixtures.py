@@ -140,7 +140,8 @@ async def http_get(
 def serve_process(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``styletalk-live serve --port 0 *args`` as a child process; yields it and its port once it serves.
 
-    Killed on the way out if the test did not stop it. Its output (stdout + stderr) stays readable.
+    Killed on the way out if the test did not stop it. Its output (stdout + stderr) is drained by a thread
+    into ``proc.output_lines`` (a list; a long-running server never blocks on a full pipe).
     """
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
@@ -164,11 +165,18 @@ def serve_process(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str
             if "serving on http://127.0.0.1:" in line:
                 port = int(line.split("127.0.0.1:")[1].split("/")[0])
         assert port is not None, "".join(lines)
+        proc.output_lines = lines  # type: ignore[attr-defined]
+        threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True).start()
         yield proc, port
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _drain(stream: Any, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
 
 
 def trained_weights(runtime) -> bool:  # noqa: ANN001

@@ -43,6 +43,8 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
         ({"recognizer.backend": "labels"}, "needs a file"),
         ({"recognizer.lookahead_ms": "95"}, "multiple of 10"),
         ({"recognizer.lookahead_ms": "-10"}, "multiple of 10"),
+        ({"server.public_url": "node7:8080"}, "server.public_url"),
+        ({"server.public_url": "http://node7:8080/?x=1"}, "without a query"),
     ],
 )
 def test_errors_name_the_key(overrides: dict[str, str], message: str) -> None:

@@ -43,6 +43,27 @@ def test_watch_and_answer_parse_into_typed_requests_with_coded_errors() -> None:
     assert split_watch_url("http://h:1/watch/abcd?t=tok") == ("ws://h:1/ws/watch", "abcd", "tok")
 
 
+def test_watch_links_name_the_node_as_the_presenter_reached_it_or_its_public_url(live_runtime) -> None:  # noqa: F811
+    """Beyond one machine the listening address (127.0.0.1, 0.0.0.0) is not what viewers open: the links use the
+    presenter's Host (here ``localhost``), or ``server.public_url`` when set."""
+    from clients.client import StyleTalkClient
+
+    async def links(settings: object, host: str) -> dict:
+        async with PresenterServer(live_runtime, settings) as server:
+            client = StyleTalkClient(f"ws://{host}:{server.port}/ws")
+            await client.connect()
+            room = await client.request("open_room")
+            await client.close()
+            return {"room": room, "port": server.port}
+
+    seen = run(links(server_settings(), "localhost"))
+    room, port = seen["room"], seen["port"]
+    assert room["watch_url"] == f"http://localhost:{port}/watch/{room['room']}?t={room['viewer_token']}"
+    assert room["control_url"] == f"http://localhost:{port}/watch/{room['room']}?t={room['control_token']}"
+    room = run(links(server_settings(public_url="https://node7.example/"), "127.0.0.1"))["room"]
+    assert room["watch_url"] == f"https://node7.example/watch/{room['room']}?t={room['viewer_token']}"
+
+
 def test_viewers_watch_the_presenter_operator_controls_viewer_cannot(live_runtime) -> None:  # noqa: F811
     async def main() -> tuple[float, float]:
         settings = server_settings(max_direct_viewers=2)

@@ -67,6 +67,12 @@ def test_http_serves_only_the_page_files(live_runtime, tmp_path) -> None:  # noq
                 "sessions": 0,
                 "max_sessions": 4,
                 "engine_sessions": 0,
+                "rooms": 0,
+                "max_rooms": 8,
+                "viewers": 0,
+                "fanout": "direct",
+                "janus_up": 0,
+                "janus_nodes": 0,
             }
 
     run(main())
