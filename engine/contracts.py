@@ -32,6 +32,13 @@ class Recognizer(Protocol):
 
 
 @runtime_checkable
+class Closeable(Protocol):
+    """Holds an outside resource until closed (a recognizer's child process: engine/recognizer/process.py)."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class Renderer(Protocol):
     """Photo + expression + pose -> frames (see :mod:`engine.renderer`). ``prepare`` builds a per-avatar state;
     ``render`` continues that state's stream; ``reset`` restarts it (frames fed are no longer contiguous).

@@ -496,3 +496,28 @@ def test_webrtc_microphone_survives_odd_frames(runtime) -> None:
         await pump_microphone(FakeRemoteTrack(frames_in[:3]), session, stats)
 
     run(main())
+
+
+def test_a_closed_session_ends_its_recognizer_process(runtime) -> None:
+    """recognizer.isolate (default): the session's pocketsphinx runs in a child; closing the session ends it at
+    once (not whenever the session object is garbage-collected: a server kept one child per closed session)."""
+    import os
+
+    from engine.recognizer.process import ProcessRecognizer
+
+    async def main() -> int:
+        session = runtime.new_session("rel-rec-process")
+        await session.start()
+        rec = session._recognizer
+        assert isinstance(rec, ProcessRecognizer) and rec.alive
+        try:
+            session.push_audio(tone(0.5), 16000)
+            assert len(await frames(session, 5)) == 5
+        finally:
+            await session.close()
+        assert not rec.alive
+        return rec.pid
+
+    pid = run(main())
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(pid, 0)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.contracts import PhonemeEventLike, Recognizer, RestAware
+from engine.contracts import Closeable, PhonemeEventLike, Recognizer, RestAware
 from engine.latency import COMPUTE_MARGIN_S
 from engine.live.audio_input import AudioInput
 from engine.live.deadlines import Deadlines
@@ -189,6 +189,8 @@ class LiveSession:
         if self.recognition.thread is not None:
             if not await asyncio.to_thread(self.recognition.join, 5.0):
                 log.warning("session %s: recognizer thread did not stop within 5 s", self.session_id)
+        if isinstance(self._recognizer, Closeable):  # a child process: end it now, not when this object is collected
+            self._recognizer.close()
         self.buffer.clear()
         self.runtime.forget(self.session_id, self)  # only this session's slot (a replacement may hold the id)
 
