@@ -311,7 +311,7 @@ async def long_session(
     welcome = await client.connect()
     styles = list(welcome["styles"])
     try:
-        await client.start_media(MicrophoneTrack(speech(), loop=True))
+        await client.start_media(MicrophoneTrack(speech(), loop=True, history=500))  # send times unused here: 10 s kept
         await client.wait_frames(5, timeout=30)
         start = time.monotonic()
         received0 = client.recording.frames_total
