@@ -81,6 +81,42 @@ def thread_names() -> dict[str, int]:
     return dict(sorted(names.items()))
 
 
+THREAD_STACK_KB = 8192  # glibc's default thread stack (RLIMIT_STACK): one anonymous mapping per live thread
+
+
+def mappings_kb(smaps: str | None = None) -> dict[str, int]:
+    """Resident KiB of this process by kind of mapping (``/proc/self/smaps``): where an RSS creep lives.
+
+    ``heap`` is glibc's main arena (``[heap]``); ``thread_stacks`` the anonymous 8 MiB mappings; ``anonymous``
+    everything else mapped without a file (other arenas' heaps, large malloc blocks, Python's object arenas,
+    torch/OpenMP/libvpx buffers); ``files`` code and data mapped from files (libraries, weights opened with mmap).
+    """
+    text = Path("/proc/self/smaps").read_text() if smaps is None else smaps
+    out = {"heap": 0, "thread_stacks": 0, "anonymous": 0, "files": 0, "other": 0}
+    kind = "anonymous"
+    for line in text.splitlines():
+        head, _, rest = line.partition(" ")
+        if head.endswith(":"):
+            if head == "Rss:":
+                out[kind] += int(rest.split()[0])
+            continue
+        parts = line.split()
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        path = parts[5] if len(parts) > 5 else ""
+        if path == "[heap]":
+            kind = "heap"
+        elif path.startswith("/"):
+            kind = "files"
+        elif path:
+            kind = "other"
+        elif (end - start) >> 10 == THREAD_STACK_KB:
+            kind = "thread_stacks"
+        else:
+            kind = "anonymous"
+    out.pop("other", None)
+    return out
+
+
 async def settle(server: Any, timeout: float = 20.0) -> None:
     """Wait until the server has freed every client, then let finished threads/tasks be reaped."""
     deadline = time.monotonic() + timeout
@@ -289,6 +325,8 @@ class LongSessionResult:
     heap_kb: list[dict[str, int]] = field(default_factory=list)  # glibc's in-use / free-in-arenas / mmapped
     heap_slopes_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the first minute
     fds: list[int] = field(default_factory=list)
+    mappings_kb: list[dict[str, int]] = field(default_factory=list)  # resident KiB by kind of mapping
+    mapping_slopes_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the first minute
 
 
 def _slope_mib_per_min(t_s: np.ndarray, kb: np.ndarray) -> float:
@@ -334,6 +372,7 @@ async def long_session(
             heap = heap_kb()
             if heap is not None:
                 out.heap_kb.append(heap)
+            out.mappings_kb.append(mappings_kb())
             if profile and snapshot is None and time.monotonic() - start >= WARM_UP_S:
                 gc.collect()
                 snapshot = tracemalloc.take_snapshot()
@@ -347,6 +386,9 @@ async def long_session(
                 for key in ("in_use", "free"):
                     kb = np.array([h[key] for h in out.heap_kb])[late]
                     out.heap_slopes_mib_per_min[key] = _slope_mib_per_min(t[late], kb)
+            for key in out.mappings_kb[0]:
+                kb = np.array([m[key] for m in out.mappings_kb])[late]
+                out.mapping_slopes_mib_per_min[key] = _slope_mib_per_min(t[late], kb)
         if snapshot is not None:
             gc.collect()
             diff = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")
@@ -741,6 +783,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # where the resident size goes (glibc): live allocations vs freed space kept inside the arenas
             "heap_kb_trend": ls.heap_kb[:: max(1, len(ls.heap_kb) // 20)],
             "heap_slopes_mib_per_min_after_1min": ls.heap_slopes_mib_per_min,
+            # where the resident size is, by kind of mapping (/proc/self/smaps): heap, thread stacks, anonymous, files
+            "mappings_kb_trend": ls.mappings_kb[:: max(1, len(ls.mappings_kb) // 20)],
+            "mapping_slopes_mib_per_min_after_1min": ls.mapping_slopes_mib_per_min,
             "tracemalloc_top_growth": ls.growth_sites,
         },
         "close_orders": orders,
@@ -762,6 +807,7 @@ def print_report(r: dict[str, Any]) -> None:
         ("long session", f"{s['seconds']} s, {s['style_switches']} switches, errors {s['switch_errors_by_kind']}"),
         ("RSS slope after 1 min", f"{s.get('rss_slope_mib_per_min_after_1min')} MiB/min"),
         ("heap slopes after 1 min", f"{json.dumps(s.get('heap_slopes_mib_per_min_after_1min'))} MiB/min"),
+        ("mapping slopes after 1 min", f"{json.dumps(s.get('mapping_slopes_mib_per_min_after_1min'))} MiB/min"),
         ("fps received / fresh (engine)", f"{s['fps_received']} / {s['fresh_fps_engine']}"),
         ("A/V offset ms", json.dumps(s["av_offset_ms"])),
         ("latency p99 ms (total)", str(s["max_latency_ms"])),

@@ -89,3 +89,30 @@ def test_trim_gives_free_heap_pages_in_the_middle_of_the_heap_back() -> None:
     assert int(free_kb) > 100 * 1024, "the freed buffers were not kept inside the heap: the test shows nothing"
     assert released == "True"
     assert int(before) - int(after) > 100 * 1024, f"RSS {before} -> {after} KiB"
+
+
+def test_the_soaks_mapping_breakdown_puts_memory_where_it_was_mapped() -> None:
+    """benchmarks.soak.mappings_kb (the soak's attribution of RSS): 64 MiB touched in an anonymous mapping of
+    its own show as ``anonymous``, a new thread's stack as ``thread_stacks``; the kinds add up to the RSS."""
+    import mmap
+    import threading
+
+    from benchmarks.soak import Footprint, mappings_kb
+
+    before = mappings_kb()
+    block = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # as malloc maps
+    block.write(b"\x01" * (64 << 20))
+    started, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: (started.set(), stop.wait()))
+    thread.start()
+    started.wait()
+    try:
+        after = mappings_kb()
+        rss = Footprint.now().rss_kb
+    finally:
+        stop.set()
+        thread.join()
+        block.close()
+    assert after["anonymous"] - before["anonymous"] >= 63 * 1024, (before, after)
+    assert after["thread_stacks"] > before["thread_stacks"], (before, after)
+    assert abs(sum(after.values()) - rss) < 0.05 * rss, (after, rss)
