@@ -69,6 +69,54 @@ class Footprint:
         return {k: getattr(self, k) - getattr(other, k) for k in asdict(self)}
 
 
+def thread_names() -> dict[str, int]:
+    """This process's threads by name (pool threads' numbers dropped: ``asyncio_3`` -> ``asyncio_N``), plus the
+    OS threads Python does not know (torch/OpenMP, libvpx): what a thread count's growth is made of."""
+    import re
+
+    names = Counter(re.sub(r"_\d+$", "_N", t.name) for t in threading.enumerate())
+    foreign = len(os.listdir("/proc/self/task")) - threading.active_count()
+    if foreign:
+        names["(not Python)"] = foreign
+    return dict(sorted(names.items()))
+
+
+THREAD_STACK_KB = 8192  # glibc's default thread stack (RLIMIT_STACK): one anonymous mapping per live thread
+
+
+def mappings_kb(smaps: str | None = None) -> dict[str, int]:
+    """Resident KiB of this process by kind of mapping (``/proc/self/smaps``): where an RSS creep lives.
+
+    ``heap`` is glibc's main arena (``[heap]``); ``thread_stacks`` the anonymous 8 MiB mappings; ``anonymous``
+    everything else mapped without a file (other arenas' heaps, large malloc blocks, Python's object arenas,
+    torch/OpenMP/libvpx buffers); ``files`` code and data mapped from files (libraries, weights opened with mmap).
+    """
+    text = Path("/proc/self/smaps").read_text() if smaps is None else smaps
+    out = {"heap": 0, "thread_stacks": 0, "anonymous": 0, "files": 0, "other": 0}
+    kind = "anonymous"
+    for line in text.splitlines():
+        head, _, rest = line.partition(" ")
+        if head.endswith(":"):
+            if head == "Rss:":
+                out[kind] += int(rest.split()[0])
+            continue
+        parts = line.split()
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        path = parts[5] if len(parts) > 5 else ""
+        if path == "[heap]":
+            kind = "heap"
+        elif path.startswith("/"):
+            kind = "files"
+        elif path:
+            kind = "other"
+        elif (end - start) >> 10 == THREAD_STACK_KB:
+            kind = "thread_stacks"
+        else:
+            kind = "anonymous"
+    out.pop("other", None)
+    return out
+
+
 async def settle(server: Any, timeout: float = 20.0) -> None:
     """Wait until the server has freed every client, then let finished threads/tasks be reaped."""
     deadline = time.monotonic() + timeout
@@ -277,6 +325,8 @@ class LongSessionResult:
     heap_kb: list[dict[str, int]] = field(default_factory=list)  # glibc's in-use / free-in-arenas / mmapped
     heap_slopes_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the first minute
     fds: list[int] = field(default_factory=list)
+    mappings_kb: list[dict[str, int]] = field(default_factory=list)  # resident KiB by kind of mapping
+    mapping_slopes_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the first minute
 
 
 def _slope_mib_per_min(t_s: np.ndarray, kb: np.ndarray) -> float:
@@ -299,7 +349,7 @@ async def long_session(
     welcome = await client.connect()
     styles = list(welcome["styles"])
     try:
-        await client.start_media(MicrophoneTrack(speech(), loop=True))
+        await client.start_media(MicrophoneTrack(speech(), loop=True, history=500))  # send times unused here: 10 s kept
         await client.wait_frames(5, timeout=30)
         start = time.monotonic()
         received0 = client.recording.frames_total
@@ -322,6 +372,7 @@ async def long_session(
             heap = heap_kb()
             if heap is not None:
                 out.heap_kb.append(heap)
+            out.mappings_kb.append(mappings_kb())
             if profile and snapshot is None and time.monotonic() - start >= WARM_UP_S:
                 gc.collect()
                 snapshot = tracemalloc.take_snapshot()
@@ -335,6 +386,9 @@ async def long_session(
                 for key in ("in_use", "free"):
                     kb = np.array([h[key] for h in out.heap_kb])[late]
                     out.heap_slopes_mib_per_min[key] = _slope_mib_per_min(t[late], kb)
+            for key in out.mappings_kb[0]:
+                kb = np.array([m[key] for m in out.mappings_kb])[late]
+                out.mapping_slopes_mib_per_min[key] = _slope_mib_per_min(t[late], kb)
         if snapshot is not None:
             gc.collect()
             diff = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")
@@ -360,41 +414,66 @@ async def long_session(
 
 
 # ------------------------------------------------------------------------------------------- close orders
-async def close_order_churn(url: str, server: Any, cycles: int) -> dict[str, Any]:
-    """``cycles`` WebRTC sessions leaving in every order of :data:`CLOSE_ORDERS` in turn; then the capacity (all
-    ``max_sessions`` websockets welcomed at once?), the footprint growth and the idle CPU of the process."""
+async def close_order_churn(url: str, server: Any, cycles: int, rounds: int = 2) -> dict[str, Any]:
+    """``rounds`` x ``cycles`` WebRTC sessions leaving in every order of :data:`CLOSE_ORDERS` in turn; after each
+    round the capacity (all ``max_sessions`` websockets welcomed at once?), the footprint growth over that round
+    and the threads by name; at the end the idle CPU of the process.
+
+    The first round is the warm-up: asyncio's default executor (aiortc encodes and sessions close there) grows
+    lazily to its fixed size ``min(32, cpus + 4)`` and glibc's arenas reach their high-water mark; a leak is what
+    still grows over the later rounds.
+    """
+    from streaming.allocator import heap_kb
+
     pcm = speech()
-    before = Footprint.now()
+    before = start = Footprint.now()
+    threads_start = thread_names()
     errors: Counter[str] = Counter()
+    per_round: list[dict[str, Any]] = []
+    admitted = leaked = 0
     t0 = time.monotonic()
-    for i in range(cycles):
-        order = CLOSE_ORDERS[i % len(CLOSE_ORDERS)]
-        try:
-            await asyncio.wait_for(close_order_cycle(url, server, order, pcm), 60)
-        except Exception as exc:  # noqa: BLE001 - counted by kind, the churn goes on
-            errors[f"{order}:{type(exc).__name__}"] += 1
+    for _ in range(rounds):
+        for i in range(cycles):
+            order = CLOSE_ORDERS[i % len(CLOSE_ORDERS)]
+            try:
+                await asyncio.wait_for(close_order_cycle(url, server, order, pcm), 60)
+            except Exception as exc:  # noqa: BLE001 - counted by kind, the churn goes on
+                errors[f"{order}:{type(exc).__name__}"] += 1
+        deadline = time.monotonic() + 20
+        while (server.clients or server.runtime.sessions) and time.monotonic() < deadline:  # noqa: ASYNC110 - state of another object
+            await asyncio.sleep(0.05)
+        await settle(server)
+        leaked = len(server.runtime.sessions)
+        admitted = await capacity(url, server.settings.max_sessions)
+        await settle(server)
+        await asyncio.sleep(1.0)  # aiortc's last timers; the idle server's heap trim (streaming/allocator.py)
+        now = Footprint.now()
+        per_round.append({
+            "growth": now.minus(before), "capacity_after": admitted, "engine_sessions_left": leaked,
+            "threads": thread_names(), "heap_kb": heap_kb(),
+        })
+        before = now
     seconds = time.monotonic() - t0
-    deadline = time.monotonic() + 20
-    while (server.clients or server.runtime.sessions) and time.monotonic() < deadline:  # noqa: ASYNC110 - state of another object
-        await asyncio.sleep(0.05)
-    await settle(server)
-    leaked = len(server.runtime.sessions)
-    admitted = await capacity(url, server.settings.max_sessions)
-    await settle(server)
-    await asyncio.sleep(1.0)  # aiortc's last timers
-    after = Footprint.now()
     idle = await idle_cpu_fraction(5.0)
     return {
-        "cycles": cycles,
+        "cycles": cycles * rounds,
+        "rounds": per_round,
         "orders": list(CLOSE_ORDERS),
         "errors_by_kind": dict(errors),
         "seconds": round(seconds, 1),
         "engine_sessions_left": leaked,
         "capacity_after": admitted,
         "max_sessions": server.settings.max_sessions,
-        "growth": after.minus(before),
+        "threads_before": threads_start,
+        "growth": Footprint.now().minus(start),
+        "growth_after_warm_up_round": _sum_growth(per_round[1:]) if rounds > 1 else None,
         "idle_cpu_percent": round(100 * idle, 2),
     }
+
+
+def _sum_growth(rounds: list[dict[str, Any]]) -> dict[str, int]:
+    keys = rounds[0]["growth"]
+    return {k: sum(r["growth"][k] for r in rounds) for k in keys}
 
 
 # ------------------------------------------------------------------------------------------------- attacks
@@ -655,8 +734,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             after_churn = Footprint.now()
             orders: dict[str, Any] = {}
             if args.close_cycles > 0:
-                print(f"close-order churn: {args.close_cycles} WebRTC cycles", flush=True)
-                orders = await close_order_churn(url, server, args.close_cycles)
+                print(f"close-order churn: {args.close_rounds} x {args.close_cycles} WebRTC cycles", flush=True)
+                orders = await close_order_churn(url, server, args.close_cycles, args.close_rounds)
             attacks: dict[str, Any] = {}
             if args.attack_seconds > 0:
                 print(f"attacks: {args.attack_seconds} s each against a concurrent session", flush=True)
@@ -704,6 +783,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # where the resident size goes (glibc): live allocations vs freed space kept inside the arenas
             "heap_kb_trend": ls.heap_kb[:: max(1, len(ls.heap_kb) // 20)],
             "heap_slopes_mib_per_min_after_1min": ls.heap_slopes_mib_per_min,
+            # where the resident size is, by kind of mapping (/proc/self/smaps): heap, thread stacks, anonymous, files
+            "mappings_kb_trend": ls.mappings_kb[:: max(1, len(ls.mappings_kb) // 20)],
+            "mapping_slopes_mib_per_min_after_1min": ls.mapping_slopes_mib_per_min,
             "tracemalloc_top_growth": ls.growth_sites,
         },
         "close_orders": orders,
@@ -725,6 +807,7 @@ def print_report(r: dict[str, Any]) -> None:
         ("long session", f"{s['seconds']} s, {s['style_switches']} switches, errors {s['switch_errors_by_kind']}"),
         ("RSS slope after 1 min", f"{s.get('rss_slope_mib_per_min_after_1min')} MiB/min"),
         ("heap slopes after 1 min", f"{json.dumps(s.get('heap_slopes_mib_per_min_after_1min'))} MiB/min"),
+        ("mapping slopes after 1 min", f"{json.dumps(s.get('mapping_slopes_mib_per_min_after_1min'))} MiB/min"),
         ("fps received / fresh (engine)", f"{s['fps_received']} / {s['fresh_fps_engine']}"),
         ("A/V offset ms", json.dumps(s["av_offset_ms"])),
         ("latency p99 ms (total)", str(s["max_latency_ms"])),
@@ -737,6 +820,10 @@ def print_report(r: dict[str, Any]) -> None:
             ("capacity after churn", f"{o['capacity_after']} / {o['max_sessions']} (engine sessions left "
                                      f"{o['engine_sessions_left']})"),
             ("growth after close orders", json.dumps(o["growth"])),
+            ("  of which after round 1", f"{json.dumps(o.get('growth_after_warm_up_round'))} (round 1 is the "
+                                         "warm-up: pools fill to their fixed size)"),
+            ("threads before -> after", f"{json.dumps(o.get('threads_before'))} -> "
+                                        f"{json.dumps((o.get('rounds') or [{}])[-1].get('threads'))}"),
             ("idle CPU after churn", f"{o['idle_cpu_percent']} % of a core"),
         ]
     a = r.get("attacks") or {}
@@ -763,8 +850,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abrupt", action="store_true", help="every other client vanishes without closing")
     parser.add_argument(
         "--close-cycles", type=int, default=50,
-        help="WebRTC cycles leaving in each close order in turn (pc first, ws first, both, ws during the drop, ws "
-        "during the new session, TCP reset); then capacity and idle CPU (default 50; 0: skip)",
+        help="WebRTC cycles per round leaving in each close order in turn (pc first, ws first, both, ws during the "
+        "drop, ws during the new session, TCP reset); then capacity and idle CPU (default 50; 0: skip)",
+    )
+    parser.add_argument(
+        "--close-rounds", type=int, default=2,
+        help="rounds of --close-cycles (default 2: the first warms the bounded pools up, growth after it is a leak)",
     )
     parser.add_argument(
         "--attack-seconds", type=float, default=6.0,

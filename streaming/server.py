@@ -35,6 +35,7 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
 
 from engine.config import ServerConfig
+from streaming import allocator
 from streaming import protocol as P
 from streaming.client_handler import CLEANUP_TIMEOUT_S, ClientHandler, SessionRefused
 from streaming.contracts import ServedRuntime
@@ -140,6 +141,7 @@ class PresenterServer:
         self.clients: dict[str, ClientHandler] = {}
         self._ids = itertools.count(1)
         self.stalled_disconnects = 0  # clients dropped because they stopped reading (send timeout)
+        self.heap_trims = 0  # times the server, going idle, gave the heap's free pages back (glibc's malloc_trim)
         self._server: Server | None = None
         self._owned: set[asyncio.Task[Any]] = set()  # clean-ups that must finish even if their caller is cancelled
         # Uploads never run on the event loop nor on the model worker that renders every session's frames:
@@ -206,6 +208,16 @@ class PresenterServer:
         if self._decoder is not None:
             self._decoder.shutdown(wait=False, cancel_futures=True)
             self._decoder = None
+
+    async def _trim_heap(self) -> None:
+        """The server went idle: give the heap's free pages back to the system (see streaming/allocator.py).
+
+        Sessions free their frame buffers, but glibc keeps the space inside its arenas (the close-order soak:
+        +130 MiB resident after 50 sessions, all of it free heap). Trimming costs ~30 ms and takes the arenas'
+        locks, so it runs only when no session is rendering, off the event loop."""
+        released = await asyncio.to_thread(allocator.trim)
+        self.heap_trims += 1
+        log.debug("server idle: heap trimmed (%s)", "pages released" if released else "nothing to release")
 
     async def decode_upload(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the upload decoder process (started on first use, one upload at a time).
@@ -376,5 +388,7 @@ class PresenterServer:
                 log.exception("client %s: error while freeing its session", client_id)
             self.clients.pop(client_id, None)
             log.info("client %s closed (%d active)", client_id, len(self.clients))
+            if not self.clients and not self.runtime.sessions:
+                self.own(self._trim_heap(), name="trim-heap")
             if self.on_client_closed is not None:
                 self.on_client_closed(client_id)

@@ -125,6 +125,35 @@ def test_concurrent_connects_never_exceed_the_engine_limit(runtime) -> None:
     run(main())
 
 
+def test_the_server_trims_the_heap_only_when_its_last_session_ends(runtime) -> None:
+    """Going idle, the server gives glibc's free heap pages back (tests/test_allocator.py shows the pages go);
+    while another session renders it does not (the trim takes the arenas' locks for ~30 ms)."""
+    from clients.client import StyleTalkClient
+
+    async def main() -> None:
+        async with PresenterServer(runtime, settings()) as server:
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            first, second = StyleTalkClient(url), StyleTalkClient(url)
+            await first.connect()
+            await second.connect()
+            await first.close()
+            deadline = time.monotonic() + 20
+            while len(server.clients) > 1 or len(runtime.sessions) > 1:
+                assert time.monotonic() < deadline, list(server.clients)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert server.heap_trims == 0, "trimmed while a session was live"
+            await second.close()
+            await freed(server, runtime)
+            deadline = time.monotonic() + 5
+            while server.heap_trims == 0:
+                assert time.monotonic() < deadline, "the idle server did not trim its heap"
+                await asyncio.sleep(0.05)
+            assert server.heap_trims == 1
+
+    run(main())
+
+
 # --- the command: the issue's reproduction against `styletalk-live serve` ------------------------------------
 
 
