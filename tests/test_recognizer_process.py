@@ -50,21 +50,27 @@ def test_a_child_that_dies_fails_one_feed_then_labels_nothing() -> None:
     assert list(rec.flush()) == []
 
 
-def test_a_bad_backend_option_is_reported_from_the_child() -> None:
-    with pytest.raises(RecognizerProcessError, match="could not start"):
-        ProcessRecognizer("allphone", lookahead_ms=7)  # not a multiple of 10: the backend refuses it
+def test_a_bad_backend_option_is_reported_from_the_child_at_first_use() -> None:
+    rec = ProcessRecognizer("allphone", lookahead_ms=7)  # not a multiple of 10: the backend refuses it
+    with pytest.raises(RecognizerProcessError, match="could not start.*lookahead"):
+        rec.lag  # noqa: B018 - the first use waits for the child
+    assert not rec.alive and list(rec.feed(np.zeros(320, np.int16))) == []
 
 
 def test_warm_factory_hands_out_started_children_and_ends_its_spare() -> None:
     warm = WarmProcessRecognizers("allphone")
+    spare = warm._spare
+    assert spare is not None
     first = warm()
     second = warm()
     try:
+        assert first is spare  # the one started ahead is handed out first
         assert first.alive and second.alive and first.pid != second.pid
         assert _run(first, _speech()[:16000])  # a handed-out child works
     finally:
         second.close()
         warm.close()
     assert second._proc.wait(timeout=5) is not None
-    with warm._lock:
-        assert warm._spare is None
+    assert warm._spare is None
+    with pytest.raises(RecognizerProcessError, match="closed"):
+        warm()

@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> None:
 class ProcessRecognizer:
     """``make_recognizer(backend, **options)`` run in a child process (see module docstring).
 
-    Construction blocks until the child has built its recognizer (call it where a recognizer is built anyway:
-    the session's recognizer thread), and raises :class:`RecognizerProcessError` or the child's error.
+    Construction only starts the child; the first use (``lag``, ``feed``) waits until it has built its recognizer
+    and raises :class:`RecognizerProcessError` with the child's error if it could not. A recognizer made ahead
+    (:class:`WarmProcessRecognizers`) is therefore ready when taken, and starting one needs no thread.
     """
 
     def __init__(self, backend: str = "allphone", **options: Any) -> None:
@@ -102,17 +103,22 @@ class ProcessRecognizer:
         self._conn = Connection(ours.detach())
         self._finalizer = weakref.finalize(self, _stop, self._proc, self._conn)
         self._dead: str | None = None
+        self._lag: float | None = None
         self.backend = backend
-        kind, value = self._answer(START_TIMEOUT_S, "start")
-        if kind != "ready":
-            self.close()
-            raise RecognizerProcessError(f"recognizer {backend!r} could not start: {value}")
-        self._lag = float(value)
-        log.info("recognizer %s runs in process %d (lag %.0f ms)", backend, self._proc.pid, 1000 * self._lag)
+
+    def _ready(self) -> float:
+        """The recognizer's lag, once the child has built it (waits for it the first time)."""
+        if self._lag is None:
+            kind, value = self._answer(START_TIMEOUT_S, "start")
+            if kind != "ready":
+                self._fail(f"could not start: {value}")
+            self._lag = float(value)
+            log.info("recognizer %s runs in process %d (lag %.0f ms)", self.backend, self._proc.pid, 1000 * self._lag)
+        return self._lag
 
     @property
     def lag(self) -> float:
-        return self._lag
+        return self._ready()
 
     @property
     def pid(self) -> int:
@@ -146,6 +152,7 @@ class ProcessRecognizer:
     def _call(self, payload: bytes, what: str) -> list[tuple[int, int]]:
         if self._dead is not None:
             return []
+        self._ready()
         try:
             self._conn.send_bytes(payload)
         except (OSError, ValueError) as exc:
@@ -178,24 +185,25 @@ class WarmProcessRecognizers:
 
     A child takes about a second to start (interpreter, numpy, the acoustic model) against 0.1 s in-process;
     without a spare every session's first second of speech would be labelled late. Taking the spare starts the
-    next one in the background. ``close`` ends the spare.
+    next one (a process start: no thread). ``close`` ends the spare.
     """
 
     def __init__(self, backend: str, **options: Any) -> None:
         self.backend = backend
         self.options = options
         self._lock = threading.Lock()
-        self._spare: ProcessRecognizer | None = None
-        self._starting: threading.Thread | None = None
+        self._spare: ProcessRecognizer | None = ProcessRecognizer(backend, **options)
         self._closed = False
-        self._refill()
 
     def __call__(self) -> ProcessRecognizer:
         with self._lock:
-            spare, self._spare = self._spare, None
-        self._refill()
+            if self._closed:
+                raise RecognizerProcessError("the recognizer factory is closed")
+            spare, self._spare = self._spare, ProcessRecognizer(self.backend, **self.options)
         if spare is not None and spare.alive:
             return spare
+        if spare is not None:
+            spare.close()
         return ProcessRecognizer(self.backend, **self.options)
 
     def close(self) -> None:
@@ -204,27 +212,6 @@ class WarmProcessRecognizers:
             spare, self._spare = self._spare, None
         if spare is not None:
             spare.close()
-
-    def _refill(self) -> None:
-        with self._lock:
-            if self._closed or self._spare is not None or (self._starting is not None and self._starting.is_alive()):
-                return
-            self._starting = threading.Thread(target=self._start_spare, name="recognizer-spare", daemon=True)
-            self._starting.start()
-
-    def _start_spare(self) -> None:
-        try:
-            rec = ProcessRecognizer(self.backend, **self.options)
-        except Exception as exc:  # noqa: BLE001 - the next session builds its own and reports the error
-            log.warning("could not start a spare recognizer process: %s", exc)
-            return
-        with self._lock:
-            if self._closed or self._spare is not None:
-                keep = None
-            else:
-                self._spare, keep = rec, rec
-        if keep is None:
-            rec.close()
 
 
 if __name__ == "__main__":
