@@ -2,7 +2,9 @@
 
 - StyleTalk decoder step: one new frame (B=1, N=1 window) decoded with a cached style code — the live
   engine's per-frame work — both with the style's expert weights mixed per call and pre-mixed once
-  (``prepare_style``, what a session with a fixed style can use); plus the built-in (small) checkpoint.
+  (``prepare_style``: the mixed weights and each decoder stack's first self-attention block, whose query is the
+  style code plus positions; what a session with a fixed style uses, engine/decoder.py); plus the built-in (small)
+  checkpoint, both ways.
 - PIRenderer: one 256x256 frame (B=1) of the full FaceGenerator.
 
 Variants are timed in turn, round by round, so machine load hits them alike; medians and ratios are the
@@ -77,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         if small is not None:
             params["styletalk_builtin"] = count(small)
             s_style = small.encode_style(clip, mask)
+            s_prepared = small.prepare_style(s_style)
             variants["styletalk_builtin decode 1 frame"] = lambda: small.decode(small.encode_content(win), s_style)
+            variants["styletalk_builtin decode 1 frame (prepared style)"] = lambda: small.decode(
+                small.encode_content(win), s_prepared)
         times = timed_rounds(variants, args.runs)
         if not args.skip_renderer:
             gen = FaceGenerator().eval()
