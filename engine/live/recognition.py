@@ -10,6 +10,10 @@ Owners:
 A recognizer stuck in one ``feed`` call (a deadlocked native library) is abandoned: its generation number no
 longer matches, so it exits without posting if ``feed`` ever returns, and a fresh recognizer (built by the
 factory, inside its new thread) is fed from the next sample that starts a video frame.
+
+With ``recognizer.isolate`` (the default for the pocketsphinx backends) the recognizer is a
+:class:`~engine.recognizer.process.ProcessRecognizer`: this thread then only waits on a socket (without the GIL)
+while a child process scores the audio; the session ends the child when it closes.
 """
 
 from __future__ import annotations
