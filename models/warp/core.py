@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.warp.avatar import WarpAvatar, head_mask_at, prepare_avatar, to_box
+from models.warp.avatar import WarpAvatar, head_falloff, head_mask_at, lattice_sources, prepare_avatar, to_box
 from models.warp.config import WarpConfig
 from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
 from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
 from models.warp.mouth import mouth_model
-from models.warp.tps import affine2, px_to_norm, smoothstep, tps_eval, tps_eval_at, tps_fit
+from models.warp.tps import affine2, px_to_norm, tps_eval, tps_eval_at, tps_fit
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +175,8 @@ class WarpCore(torch.nn.Module):
 
     def motion_reach(self, avatar: WarpAvatar, lin: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
         """How far (IOD, per frame (N,)) the head motion moves the head ellipse's four extreme points."""
-        cx, cy, rx, ry = avatar.head_ellipse
-        pts = lin.new_tensor([[cx - rx, cy], [cx + rx, cy], [cx, cy - ry], [cx, cy + ry]])  # face frame
-        still = affine2(pts, avatar.frame_a, avatar.frame_t)  # (4, 2) px
-        now = torch.baddbmm(off.unsqueeze(1), pts.expand(lin.shape[0], -1, -1), lin.transpose(1, 2))
-        return (now - still).norm(dim=-1).amax(1) / avatar.iod_px
+        now = torch.baddbmm(off.unsqueeze(1), avatar.reach_pts.expand(lin.shape[0], -1, -1), lin.transpose(1, 2))
+        return (now - avatar.reach_still).norm(dim=-1).amax(1) / avatar.iod_px
 
     @torch.no_grad()
     def forward(
@@ -223,8 +220,8 @@ class WarpCore(torch.nn.Module):
         else:  # a moving head leaves the background where it is
             # each grid point taken back through the head motion (face frame, then the still head's pixels),
             # where the still spline gives its source
-            g_px = (avatar.grid_norm + 1.0) * (size / 2) - 0.5  # (G*G, 2)
-            moved = torch.linalg.solve(lin, (g_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)).transpose(1, 2)
+            to_face = (avatar.grid_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)
+            moved = torch.linalg.solve(lin, to_face).transpose(1, 2)
             home = px_to_norm(affine2(moved, A, t), size)  # (N, G*G, 2)
             disp = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2) + tps_eval_at(coef, tgt_ctrl, home)
             # active where the head was and where it is now; the soft band widens with the motion's reach so
@@ -232,44 +229,47 @@ class WarpCore(torch.nn.Module):
             reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
             rmin = min(avatar.head_ellipse[2], avatar.head_ellipse[3])
             outer = torch.clamp(1.0 + cfg.head_band_per_shift * reach / rmin, min=cfg.head_mask_outer).unsqueeze(1)
-            mask = torch.maximum(head_mask_at(cfg, avatar.grid_face, avatar.head_ellipse, outer),
+            mask = torch.maximum(head_falloff(cfg, avatar.grid_face_r, outer),
                                  head_mask_at(cfg, moved, avatar.head_ellipse, outer))  # (N, G*G)
-            # and the photo's edges stay put: a head moving away from an edge stretches the background beside
-            # it rather than sampling beyond the photo (edge streaks)
-            edge = smoothstep((1.0 - avatar.grid_norm.abs().amax(1)) / cfg.head_edge_band)  # (G*G,)
-            disp = disp * (mask * edge).unsqueeze(1)
+            # and the photo's edges stay put (avatar.edge_fade): a head moving away from an edge stretches the
+            # background beside it rather than sampling beyond the photo (edge streaks)
+            disp = disp * (mask * avatar.edge_fade).unsqueeze(1)
         coarse = avatar.grid_norm.T.unsqueeze(0) + disp
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
 
         # ---- region models on their lattices
         # The eye model corrects exactly the lid motion the spline leaves out; below a fraction of a pixel it is
         # skipped (on CPU only: a data-dependent branch would break CUDA graph capture).
+        # one coarse-grid lookup for all lattices: where the spline samples the photo, face-frame (h, v)
+        hv = lattice_sources(avatar, coarse, move)  # (2, N, P): eyes, then mouth
+        e, m = avatar.eyes[0], avatar.mouth
+        pe = 2 * e.pts.shape[0]
         lids = self._ix("lids_up")
         eyes_move = tgt.is_cuda or bool((tgt[:, lids, 1] - spline[:, lids, 1]).abs().max() > cfg.eye_skip)
-        eye_dv = eye_model(cfg, avatar, tgt, spline, coarse, move, self.ix) if eyes_move else None  # (N, 2, Qv, Qh)
-        mouth_fields = mouth_model(cfg, avatar, tgt, spline, coarse, move, self.ix)  # (N, 5, Qv, Qh)
+        eye_dv = None
+        if eyes_move:
+            h_eyes = hv[0, :, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0])
+            eye_dv = eye_model(cfg, avatar, tgt, spline, h_eyes, self.ix)  # (N, 2, Qv, Qh)
+        mouth_fields = mouth_model(cfg, avatar, tgt, spline, hv[:, :, pe:].reshape(2, n, m.v.shape[0], m.h.shape[0]),
+                                   self.ix)  # (N, 5, Qv, Qh)
 
-        # ---- full-resolution sampling grid, corrected inside the region boxes
+        # ---- full-resolution sampling grid, corrected inside the region boxes (along the face's v axis)
         grid = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)  # (N, 2, S, S)
-        f01, f11 = avatar.v_axis  # the face-frame v axis in normalised image units
-        e0, e1 = avatar.eyes
-        placed = []
-        jobs = [] if eye_dv is None else [(e0, eye_dv[:, 0:1]), (e1, eye_dv[:, 1:2])]
-        for region, fld in jobs + [(avatar.mouth, mouth_fields)]:
-            y0, x0, values = to_box(avatar, region, fld, move)
-            dv = values[:, 0]
-            grid[:, 0, y0:y0 + region.bh, x0:x0 + region.bw] += f01 * dv
-            grid[:, 1, y0:y0 + region.bh, x0:x0 + region.bw] += f11 * dv
-            placed.append((y0, x0, values))
+        if eye_dv is not None:  # both eyes in one resampling: (2N, 1, Qv, Qh), eye-major
+            g = avatar.eye_boxes
+            origins, values = to_box(avatar, g, eye_dv.transpose(0, 1).reshape(2 * n, 1, *eye_dv.shape[2:]), move)
+            for i, (y0, x0) in enumerate(origins):
+                grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[i * n:(i + 1) * n]
+        g = avatar.mouth_box
+        ((y0, x0),), values = to_box(avatar, g, mouth_fields, move)
+        grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[:, 0:1]
 
         # ---- sample the photo, paint the newly exposed mouth interior
         out = F.grid_sample(
             avatar.image.expand(n, -1, -1, -1), grid.permute(0, 2, 3, 1), mode="bilinear",
             padding_mode="border", align_corners=False,
         )  # (N, 3, S, S)
-        y0, x0, values = placed[-1]
-        m = avatar.mouth
-        patch = out[:, :, y0:y0 + m.bh, x0:x0 + m.bw]
+        patch = out[:, :, y0:y0 + g.bh, x0:x0 + g.bw]
         patch += values[:, 1:2] * (values[:, 2:5] - patch)
         # (N, S, S, 3) in memory first, so that the rounding passes and the uint8 result are contiguous; round
         # half up and saturate (values are ≥ 0 after the clamp, so truncation rounds)

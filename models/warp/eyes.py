@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.warp.avatar import Move, WarpAvatar, lattice_sources, lookup
+from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
 from models.warp.tps import interp_curve, smoothstep
 
@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
 
 def eye_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, coarse: torch.Tensor,
-    move: Move, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, h_s: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh).
+
+    ``h_s`` (N, 2, Qv, Qh): face-frame h where the spline samples the photo at each lattice point.
 
     Per column, in coordinates relative to the mid-height of the eye corners (rigid eye motion cancels),
     the wanted map is: the lid-skin band [A, U] follows the lid down over the eye (its lash margin rigidly,
@@ -32,8 +33,6 @@ def eye_model(
     e0, e1 = avatar.eyes
     h_t = torch.stack([e0.h, e1.h])  # (2, Qh) target columns (lattice)
     v_t = torch.stack([e0.v, e1.v])  # (2, Qv)
-    qv, qh = e0.v.shape[0], e0.h.shape[0]
-    h_s = lattice_sources(avatar, avatar.eyes, coarse, move).reshape(n, 2, qv, qh)
     src = avatar.src_local
 
     # target curves per lattice column: upper lid (true and spline's) and lower lid → (N, 2, 3, Qh)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from models.warp.avatar import Move, WarpAvatar, lattice_sources, lookup
+from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
 from models.warp.interior import shape_features
 from models.warp.tps import interp_curve, ramp01, smoothstep
@@ -19,8 +19,7 @@ RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not inte
 
 
 def mouth_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, coarse: torch.Tensor,
-    move: Move, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, hv: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Mouth correction and fill on the mouth lattice → (N, 5, Qv, Qh): dv, alpha, fill RGB.
 
@@ -32,11 +31,12 @@ def mouth_model(
     lip body follows the lower lip. As for the eyes only the difference to what the spline roughly does
     (with its lips kept apart) is applied, over the band from the upper inner lip to the lower outer lip,
     so nothing changes at the band's edges.
+
+    ``hv`` (2, N, Qv, Qh): face-frame h and v where the spline samples the photo at each lattice point.
     """
     n = tgt.shape[0]
     reg = avatar.mouth
     px = reg.step  # one lattice step: the antialiasing width
-    hv = lattice_sources(avatar, (reg,), coarse, move, with_v=True).reshape(2, n, reg.v.shape[0], reg.h.shape[0])
     h_s, v_spline = hv[0], hv[1]  # where the spline samples the photo (face frame)
     upl, lol, loo = ix.get("lip_up_in"), ix.get("lip_lo_in"), ix.get("lip_lo_out")
 
