@@ -6,6 +6,7 @@ See the package docstring (models/warp/__init__.py) for the pipeline.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from models.warp.avatar import WarpAvatar, head_falloff, head_mask_at, lattice_s
 from models.warp.config import WarpConfig
 from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
-from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
+from models.warp.landmarks import _IDX, BROWS, EYE_CORNERS, EYE_LO, EYE_UP, ExpressionMap
 from models.warp.mouth import mouth_model
 from models.warp.tps import affine2, px_to_norm, tps_eval, tps_eval_at, tps_fit
 
@@ -67,6 +68,26 @@ class WarpCore(torch.nn.Module):
         # outer lips move away from the inner lip: upper outer up (−1), lower outer down (+1)
         self.register_buffer("lip_sign", torch.tensor([-1.0] * 3 + [1.0] * 3), persistent=False)
         self.ix = IndexSets()
+        # target_local's constants as tensors, so that each rule is one op on all points it concerns (a frame is
+        # hundreds of ops on tiny tensors: their count, not their size, sets the time)
+        cfg = self.config
+        self.register_buffer("exp_lim", cfg.exp_clip * self.exp_std, persistent=False)  # (64,)
+        cap = torch.full((68, 2), math.inf)  # travel caps of brows (strong styles) and eye corners; others free
+        cap[BROWS] = torch.tensor(cfg.brow_cap)
+        cap[list(EYE_CORNERS)] = cfg.corner_cap
+        self.register_buffer("off_cap", cap, persistent=False)
+        # an inner-lip gap correction (N, 3) → vertical offsets (N, 68): the lower inner lip and the lower outer
+        # lip below it take it fully, the outer lip's sides 0.6 of the mean, the chin 0.8 of the mean
+        carry = torch.zeros(3, 68)
+        for k, (i, o) in enumerate(zip(_IDX["pairs_in_l"], _IDX["lo_out_mid"], strict=True)):
+            carry[k, i] = carry[k, o] = 1.0
+        carry[:, _IDX["lo_out_side"]] = 0.6 / 3
+        carry[:, 8] = 0.8 / 3
+        self.register_buffer("lip_carry", carry, persistent=False)
+        # the upper lids ride with their eye: the mean of that eye's corners' offsets (corners → upper lids)
+        ride = torch.zeros(4, 4)
+        ride[0:2, 0:2] = ride[2:4, 2:4] = 0.5
+        self.register_buffer("lid_ride", ride, persistent=False)
 
     def _ix(self, name: str) -> torch.Tensor:
         return self.ix.get(name)
@@ -98,23 +119,18 @@ class WarpCore(torch.nn.Module):
         """
         cfg, src = self.config, avatar.src_local
         n = exp.shape[0]
-        lim = cfg.exp_clip * self.exp_std
-        delta = torch.maximum(torch.minimum(exp - avatar.exp_ref, lim), -lim)
-        off = (delta @ self.weights).reshape(n, 68, 2)
-        bx, by = cfg.brow_cap  # strong styles: cap brow travel
-        off[:, BROWS, 0] = off[:, BROWS, 0].clamp(-bx, bx)
-        off[:, BROWS, 1] = off[:, BROWS, 1].clamp(-by, by)
-        c = self._ix("corners")
-        off[:, c] = off[:, c].clamp(-cfg.corner_cap, cfg.corner_cap)
+        delta = torch.clamp(exp - avatar.exp_ref, -self.exp_lim, self.exp_lim)
+        off = (delta @ self.weights).reshape(n, 68, 2).clamp(-self.off_cap, self.off_cap)  # brows, eye corners
         tgt = src.unsqueeze(0) + off
+        ty = tgt[..., 1]  # (N, 68) vertical positions, a view: writes go to tgt
 
         # eyelids: the lower lid moves a little; the upper lid may rise a little and fall onto the lower lid
         iu, il = self._ix("lids_up"), self._ix("lids_lo")
-        lo = tgt[:, il, 1].clamp(src[il, 1] - cfg.lower_lid_cap, src[il, 1] + cfg.lower_lid_cap)
-        up = torch.minimum(torch.maximum(tgt[:, iu, 1], src[iu, 1] - cfg.eye_open_cap), lo)
+        lo = ty[:, il].clamp(src[il, 1] - cfg.lower_lid_cap, src[il, 1] + cfg.lower_lid_cap)
+        up = torch.minimum(torch.maximum(ty[:, iu], src[iu, 1] - cfg.eye_open_cap), lo)
         if blink is not None:
             up = up + blink.unsqueeze(1) * (lo - up)
-        tgt[:, il, 1], tgt[:, iu, 1] = lo, up
+        ty[:, il], ty[:, iu] = lo, up
         # inner-lip gap, relative to the photo's own: an opening is amplified (the fitted map, a least-squares
         # regression, under-predicts amplitude: ~0.83× on held-out clips); a closing scales the photo's gap down
         # so that the lips meet at a bilabial-sized drop, whatever the photo's gap (a smile closes too)
@@ -122,34 +138,28 @@ class WarpCore(torch.nn.Module):
         dg = off[:, il, 1] - off[:, iu, 1]  # (N, 3) predicted change of the gap
         g_p = avatar.lip_gap
         gap = torch.where(dg >= 0, g_p + cfg.lip_open_gain * dg, g_p * (1.0 + dg / cfg.lip_close_drop).clamp_min(0.0))
-        corr = gap - (tgt[:, il, 1] - tgt[:, iu, 1])  # (N, 3)
-        tgt[:, il, 1] += corr  # the lower lip (and its body, and the chin) carries the correction
-        tgt[:, self._ix("lo_out_mid"), 1] += corr
-        tgt[:, self._ix("lo_out_side"), 1] += corr.mean(1, keepdim=True) * 0.6
-        tgt[:, 8, 1] += corr.mean(1) * 0.8
-        # inner lips may touch but not cross; the gap is capped
-        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
-        up, lo = tgt[:, iu, 1], tgt[:, il, 1]
+        corr = gap - (ty[:, il] - ty[:, iu])  # (N, 3)
+        ty += corr @ self.lip_carry  # the lower lip (and its body, and the chin) carries the correction
+        # inner lips may touch but not cross (crossed: both go to the middle); the gap is capped
+        up, lo = ty[:, iu], ty[:, il]
         mid = (up + lo) / 2
-        crossed = lo < up
-        up = torch.where(crossed, mid, up)
-        lo = torch.minimum(torch.where(crossed, mid, lo), up + cfg.lip_gap_cap)
-        tgt[:, iu, 1], tgt[:, il, 1] = up, lo
+        up = torch.minimum(up, mid)
+        lo = torch.minimum(torch.maximum(lo, mid), up + cfg.lip_gap_cap)
+        ty[:, iu], ty[:, il] = up, lo
         # lips keep part of their thickness; the chin stays below the lower lip
         io, ii = self._ix("lip_outer"), self._ix("lip_inner")
-        keep = tgt[:, ii, 1] + self.lip_sign * cfg.lip_min_thickness * avatar.lip_thickness
-        tgt[:, io, 1] = torch.where(self.lip_sign < 0, torch.minimum(tgt[:, io, 1], keep),
-                                    torch.maximum(tgt[:, io, 1], keep))
-        tgt[:, 8, 1] = torch.maximum(tgt[:, 8, 1], tgt[:, 57, 1] + 0.5 * avatar.chin_drop)
+        keep = ty[:, ii] + self.lip_sign * cfg.lip_min_thickness * avatar.lip_thickness
+        ty[:, io] = torch.where(self.lip_sign < 0, torch.minimum(ty[:, io], keep), torch.maximum(ty[:, io], keep))
+        ty[:, 8] = torch.maximum(ty[:, 8], ty[:, 57] + 0.5 * avatar.chin_drop)
 
         # The spline must not fold: the upper lids only ride along with their eye (mean of the corners; a spline
         # pulling a lid down between fixed corners and brows ripples the brow) and the inner lips stay a little
         # apart. The eye and mouth models draw the true contours.
         spline = tgt.clone()
-        rigid = off[:, c].reshape(n, 2, 2, 2).mean(2)  # (N, eye, 2)
-        spline[:, self._ix("lids_up")] = src[self._ix("lids_up")] + rigid.repeat_interleave(2, dim=1)
-        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
-        spline[:, il, 1] = torch.maximum(spline[:, il, 1], spline[:, iu, 1] + cfg.tps_lip_min_gap * avatar.lip_gap)
+        lids = self._ix("lids_up")
+        spline[:, lids] = src[lids] + self.lid_ride @ off[:, self._ix("corners")]
+        sy = spline[..., 1]
+        sy[:, il] = torch.maximum(sy[:, il], sy[:, iu] + cfg.tps_lip_min_gap * avatar.lip_gap)
         return tgt, spline
 
     def lip_gap_directions(self) -> torch.Tensor:
