@@ -103,6 +103,7 @@ class WarpAvatar:
     norm_to_face: torch.Tensor
     norm_to_face_c: torch.Tensor
     v_axis: torch.Tensor  # (1, 2, 1, 1) one IOD along the face-frame v axis, in normalised image units
+    eye_level: torch.Tensor  # (2, 1, 1, 1) per eye the mid-height of its corners (v), where the eye model's origin is
     eye_boxes: BoxGroup  # both eyes' boxes (one size): resampled together
     mouth_box: BoxGroup
     lattice_pts: torch.Tensor  # (P, 2) all lattice points, eyes then mouth (one coarse-grid lookup per frame)
@@ -191,6 +192,7 @@ def prepare_avatar(
     avatar = WarpAvatar(
         norm_to_face=torch.tensor([[[k0], [k1]], [[j0], [j1]]]), norm_to_face_c=torch.tensor(norm_c)[:, None],
         size=size, v_axis=torch.tensor([float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size]).reshape(1, 2, 1, 1),
+        eye_level=torch.stack([(src[up[0], 1] + src[up[3], 1]) / 2 for up in EYE_UP]).reshape(2, 1, 1, 1),
         eye_boxes=box_group((eyes[0], eyes[1]), A, t), mouth_box=box_group((mouth_region,), A, t),
         lattice_pts=torch.cat([r.pts for r in regions]), lattice_still=torch.cat([r.still_coarse for r in regions]),
         grid_px=(grid_norm + 1.0) * (size / 2) - 0.5, grid_face_r=head_radius(grid_face, ellipse),

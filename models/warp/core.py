@@ -16,7 +16,7 @@ from models.warp.avatar import WarpAvatar, head_falloff, head_mask_at, lattice_s
 from models.warp.config import WarpConfig
 from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
-from models.warp.landmarks import _IDX, BROWS, EYE_CORNERS, EYE_LO, EYE_UP, ExpressionMap
+from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
 from models.warp.mouth import mouth_model
 from models.warp.tps import affine2, px_to_norm, tps_eval, tps_eval_at, tps_fit
 
@@ -35,6 +35,15 @@ class IndexSets(torch.nn.Module):
         self.register_buffer("eye_up", torch.tensor(EYE_UP), persistent=False)  # (2, 4)
         self.register_buffer("eye_lo", torch.tensor(EYE_LO), persistent=False)
         self.register_buffer("eye_rows", torch.tensor([[0, 1], [2, 3]]), persistent=False)  # lookup-table rows
+        # knots of the region models' target curves in cat([tgt, spline], 1) (N, 136, 2), gathered in one index:
+        # per eye its upper lid, the spline's upper lid, its lower lid (2, 3, 4); for the mouth the upper and
+        # lower inner lip, the spline's lower inner lip (5 knots, the last repeated: a zero-length segment adds
+        # nothing) and the lower outer lip (4, 7)
+        self.register_buffer("eye_knots", torch.tensor(
+            [[up, [68 + i for i in up], lo] for up, lo in zip(EYE_UP, EYE_LO, strict=True)]), persistent=False)
+        up_in, lo_in = _IDX["lip_up_in"] + [64, 64], _IDX["lip_lo_in"] + [64, 64]
+        self.register_buffer("mouth_knots", torch.tensor(
+            [up_in, lo_in, [68 + i for i in lo_in], _IDX["lip_lo_out"]]), persistent=False)
         self.register_buffer("mouth_rows", torch.tensor([4, 5, 6]), persistent=False)
         for name, idx in _IDX.items():
             self.register_buffer(f"idx_{name}", torch.tensor(idx), persistent=False)
@@ -74,7 +83,7 @@ class WarpCore(torch.nn.Module):
         self.register_buffer("exp_lim", cfg.exp_clip * self.exp_std, persistent=False)  # (64,)
         cap = torch.full((68, 2), math.inf)  # travel caps of brows (strong styles) and eye corners; others free
         cap[BROWS] = torch.tensor(cfg.brow_cap)
-        cap[list(EYE_CORNERS)] = cfg.corner_cap
+        cap[_IDX["corners"]] = cfg.corner_cap
         self.register_buffer("off_cap", cap, persistent=False)
         # an inner-lip gap correction (N, 3) → vertical offsets (N, 68): the lower inner lip and the lower outer
         # lip below it take it fully, the outer lip's sides 0.6 of the mean, the chin 0.8 of the mean
