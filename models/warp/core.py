@@ -273,7 +273,7 @@ class WarpCore(torch.nn.Module):
                                    self.ix)  # (N, 5, Qv, Qh)
 
         # ---- full-resolution sampling grid, corrected inside the region boxes (along the face's v axis)
-        grid = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)  # (N, 2, S, S)
+        grid = avatar.upsample @ coarse @ avatar.upsample_t  # (N, 2, S, S) bilinear upsampling
         if eye_dv is not None:  # both eyes in one resampling: (2N, 1, Qv, Qh), eye-major
             g = avatar.eye_boxes
             origins, values = to_box(avatar, g, eye_dv.transpose(0, 1).reshape(2 * n, 1, *eye_dv.shape[2:]), move)
