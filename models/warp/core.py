@@ -6,18 +6,19 @@ See the package docstring (models/warp/__init__.py) for the pipeline.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.warp.avatar import WarpAvatar, head_mask_at, prepare_avatar, to_box
+from models.warp.avatar import WarpAvatar, head_falloff, head_mask_at, lattice_sources, prepare_avatar, to_box
 from models.warp.config import WarpConfig
 from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
 from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
 from models.warp.mouth import mouth_model
-from models.warp.tps import affine2, px_to_norm, smoothstep, tps_eval, tps_eval_at, tps_fit
+from models.warp.tps import affine2, px_to_norm, tps_eval, tps_eval_at, tps_fit
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,15 @@ class IndexSets(torch.nn.Module):
         self.register_buffer("eye_up", torch.tensor(EYE_UP), persistent=False)  # (2, 4)
         self.register_buffer("eye_lo", torch.tensor(EYE_LO), persistent=False)
         self.register_buffer("eye_rows", torch.tensor([[0, 1], [2, 3]]), persistent=False)  # lookup-table rows
+        # knots of the region models' target curves in cat([tgt, spline], 1) (N, 136, 2), gathered in one index:
+        # per eye its upper lid, the spline's upper lid, its lower lid (2, 3, 4); for the mouth the upper and
+        # lower inner lip, the spline's lower inner lip (5 knots, the last repeated: a zero-length segment adds
+        # nothing) and the lower outer lip (4, 7)
+        self.register_buffer("eye_knots", torch.tensor(
+            [[up, [68 + i for i in up], lo] for up, lo in zip(EYE_UP, EYE_LO, strict=True)]), persistent=False)
+        up_in, lo_in = _IDX["lip_up_in"] + [64, 64], _IDX["lip_lo_in"] + [64, 64]
+        self.register_buffer("mouth_knots", torch.tensor(
+            [up_in, lo_in, [68 + i for i in lo_in], _IDX["lip_lo_out"]]), persistent=False)
         self.register_buffer("mouth_rows", torch.tensor([4, 5, 6]), persistent=False)
         for name, idx in _IDX.items():
             self.register_buffer(f"idx_{name}", torch.tensor(idx), persistent=False)
@@ -67,6 +77,26 @@ class WarpCore(torch.nn.Module):
         # outer lips move away from the inner lip: upper outer up (−1), lower outer down (+1)
         self.register_buffer("lip_sign", torch.tensor([-1.0] * 3 + [1.0] * 3), persistent=False)
         self.ix = IndexSets()
+        # target_local's constants as tensors, so that each rule is one op on all points it concerns (a frame is
+        # hundreds of ops on tiny tensors: their count, not their size, sets the time)
+        cfg = self.config
+        self.register_buffer("exp_lim", cfg.exp_clip * self.exp_std, persistent=False)  # (64,)
+        cap = torch.full((68, 2), math.inf)  # travel caps of brows (strong styles) and eye corners; others free
+        cap[BROWS] = torch.tensor(cfg.brow_cap)
+        cap[_IDX["corners"]] = cfg.corner_cap
+        self.register_buffer("off_cap", cap, persistent=False)
+        # an inner-lip gap correction (N, 3) → vertical offsets (N, 68): the lower inner lip and the lower outer
+        # lip below it take it fully, the outer lip's sides 0.6 of the mean, the chin 0.8 of the mean
+        carry = torch.zeros(3, 68)
+        for k, (i, o) in enumerate(zip(_IDX["pairs_in_l"], _IDX["lo_out_mid"], strict=True)):
+            carry[k, i] = carry[k, o] = 1.0
+        carry[:, _IDX["lo_out_side"]] = 0.6 / 3
+        carry[:, 8] = 0.8 / 3
+        self.register_buffer("lip_carry", carry, persistent=False)
+        # the upper lids ride with their eye: the mean of that eye's corners' offsets (corners → upper lids)
+        ride = torch.zeros(4, 4)
+        ride[0:2, 0:2] = ride[2:4, 2:4] = 0.5
+        self.register_buffer("lid_ride", ride, persistent=False)
 
     def _ix(self, name: str) -> torch.Tensor:
         return self.ix.get(name)
@@ -98,23 +128,18 @@ class WarpCore(torch.nn.Module):
         """
         cfg, src = self.config, avatar.src_local
         n = exp.shape[0]
-        lim = cfg.exp_clip * self.exp_std
-        delta = torch.maximum(torch.minimum(exp - avatar.exp_ref, lim), -lim)
-        off = (delta @ self.weights).reshape(n, 68, 2)
-        bx, by = cfg.brow_cap  # strong styles: cap brow travel
-        off[:, BROWS, 0] = off[:, BROWS, 0].clamp(-bx, bx)
-        off[:, BROWS, 1] = off[:, BROWS, 1].clamp(-by, by)
-        c = self._ix("corners")
-        off[:, c] = off[:, c].clamp(-cfg.corner_cap, cfg.corner_cap)
+        delta = torch.clamp(exp - avatar.exp_ref, -self.exp_lim, self.exp_lim)
+        off = (delta @ self.weights).reshape(n, 68, 2).clamp(-self.off_cap, self.off_cap)  # brows, eye corners
         tgt = src.unsqueeze(0) + off
+        ty = tgt[..., 1]  # (N, 68) vertical positions, a view: writes go to tgt
 
         # eyelids: the lower lid moves a little; the upper lid may rise a little and fall onto the lower lid
         iu, il = self._ix("lids_up"), self._ix("lids_lo")
-        lo = tgt[:, il, 1].clamp(src[il, 1] - cfg.lower_lid_cap, src[il, 1] + cfg.lower_lid_cap)
-        up = torch.minimum(torch.maximum(tgt[:, iu, 1], src[iu, 1] - cfg.eye_open_cap), lo)
+        lo = ty[:, il].clamp(src[il, 1] - cfg.lower_lid_cap, src[il, 1] + cfg.lower_lid_cap)
+        up = torch.minimum(torch.maximum(ty[:, iu], src[iu, 1] - cfg.eye_open_cap), lo)
         if blink is not None:
             up = up + blink.unsqueeze(1) * (lo - up)
-        tgt[:, il, 1], tgt[:, iu, 1] = lo, up
+        ty[:, il], ty[:, iu] = lo, up
         # inner-lip gap, relative to the photo's own: an opening is amplified (the fitted map, a least-squares
         # regression, under-predicts amplitude: ~0.83× on held-out clips); a closing scales the photo's gap down
         # so that the lips meet at a bilabial-sized drop, whatever the photo's gap (a smile closes too)
@@ -122,34 +147,28 @@ class WarpCore(torch.nn.Module):
         dg = off[:, il, 1] - off[:, iu, 1]  # (N, 3) predicted change of the gap
         g_p = avatar.lip_gap
         gap = torch.where(dg >= 0, g_p + cfg.lip_open_gain * dg, g_p * (1.0 + dg / cfg.lip_close_drop).clamp_min(0.0))
-        corr = gap - (tgt[:, il, 1] - tgt[:, iu, 1])  # (N, 3)
-        tgt[:, il, 1] += corr  # the lower lip (and its body, and the chin) carries the correction
-        tgt[:, self._ix("lo_out_mid"), 1] += corr
-        tgt[:, self._ix("lo_out_side"), 1] += corr.mean(1, keepdim=True) * 0.6
-        tgt[:, 8, 1] += corr.mean(1) * 0.8
-        # inner lips may touch but not cross; the gap is capped
-        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
-        up, lo = tgt[:, iu, 1], tgt[:, il, 1]
+        corr = gap - (ty[:, il] - ty[:, iu])  # (N, 3)
+        ty += corr @ self.lip_carry  # the lower lip (and its body, and the chin) carries the correction
+        # inner lips may touch but not cross (crossed: both go to the middle); the gap is capped
+        up, lo = ty[:, iu], ty[:, il]
         mid = (up + lo) / 2
-        crossed = lo < up
-        up = torch.where(crossed, mid, up)
-        lo = torch.minimum(torch.where(crossed, mid, lo), up + cfg.lip_gap_cap)
-        tgt[:, iu, 1], tgt[:, il, 1] = up, lo
+        up = torch.minimum(up, mid)
+        lo = torch.minimum(torch.maximum(lo, mid), up + cfg.lip_gap_cap)
+        ty[:, iu], ty[:, il] = up, lo
         # lips keep part of their thickness; the chin stays below the lower lip
         io, ii = self._ix("lip_outer"), self._ix("lip_inner")
-        keep = tgt[:, ii, 1] + self.lip_sign * cfg.lip_min_thickness * avatar.lip_thickness
-        tgt[:, io, 1] = torch.where(self.lip_sign < 0, torch.minimum(tgt[:, io, 1], keep),
-                                    torch.maximum(tgt[:, io, 1], keep))
-        tgt[:, 8, 1] = torch.maximum(tgt[:, 8, 1], tgt[:, 57, 1] + 0.5 * avatar.chin_drop)
+        keep = ty[:, ii] + self.lip_sign * cfg.lip_min_thickness * avatar.lip_thickness
+        ty[:, io] = torch.where(self.lip_sign < 0, torch.minimum(ty[:, io], keep), torch.maximum(ty[:, io], keep))
+        ty[:, 8] = torch.maximum(ty[:, 8], ty[:, 57] + 0.5 * avatar.chin_drop)
 
         # The spline must not fold: the upper lids only ride along with their eye (mean of the corners; a spline
         # pulling a lid down between fixed corners and brows ripples the brow) and the inner lips stay a little
         # apart. The eye and mouth models draw the true contours.
         spline = tgt.clone()
-        rigid = off[:, c].reshape(n, 2, 2, 2).mean(2)  # (N, eye, 2)
-        spline[:, self._ix("lids_up")] = src[self._ix("lids_up")] + rigid.repeat_interleave(2, dim=1)
-        iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
-        spline[:, il, 1] = torch.maximum(spline[:, il, 1], spline[:, iu, 1] + cfg.tps_lip_min_gap * avatar.lip_gap)
+        lids = self._ix("lids_up")
+        spline[:, lids] = src[lids] + self.lid_ride @ off[:, self._ix("corners")]
+        sy = spline[..., 1]
+        sy[:, il] = torch.maximum(sy[:, il], sy[:, iu] + cfg.tps_lip_min_gap * avatar.lip_gap)
         return tgt, spline
 
     def lip_gap_directions(self) -> torch.Tensor:
@@ -175,11 +194,8 @@ class WarpCore(torch.nn.Module):
 
     def motion_reach(self, avatar: WarpAvatar, lin: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
         """How far (IOD, per frame (N,)) the head motion moves the head ellipse's four extreme points."""
-        cx, cy, rx, ry = avatar.head_ellipse
-        pts = lin.new_tensor([[cx - rx, cy], [cx + rx, cy], [cx, cy - ry], [cx, cy + ry]])  # face frame
-        still = affine2(pts, avatar.frame_a, avatar.frame_t)  # (4, 2) px
-        now = torch.baddbmm(off.unsqueeze(1), pts.expand(lin.shape[0], -1, -1), lin.transpose(1, 2))
-        return (now - still).norm(dim=-1).amax(1) / avatar.iod_px
+        now = torch.baddbmm(off.unsqueeze(1), avatar.reach_pts.expand(lin.shape[0], -1, -1), lin.transpose(1, 2))
+        return (now - avatar.reach_still).norm(dim=-1).amax(1) / avatar.iod_px
 
     @torch.no_grad()
     def forward(
@@ -223,8 +239,8 @@ class WarpCore(torch.nn.Module):
         else:  # a moving head leaves the background where it is
             # each grid point taken back through the head motion (face frame, then the still head's pixels),
             # where the still spline gives its source
-            g_px = (avatar.grid_norm + 1.0) * (size / 2) - 0.5  # (G*G, 2)
-            moved = torch.linalg.solve(lin, (g_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)).transpose(1, 2)
+            to_face = (avatar.grid_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)
+            moved = torch.linalg.solve(lin, to_face).transpose(1, 2)
             home = px_to_norm(affine2(moved, A, t), size)  # (N, G*G, 2)
             disp = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2) + tps_eval_at(coef, tgt_ctrl, home)
             # active where the head was and where it is now; the soft band widens with the motion's reach so
@@ -232,44 +248,47 @@ class WarpCore(torch.nn.Module):
             reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
             rmin = min(avatar.head_ellipse[2], avatar.head_ellipse[3])
             outer = torch.clamp(1.0 + cfg.head_band_per_shift * reach / rmin, min=cfg.head_mask_outer).unsqueeze(1)
-            mask = torch.maximum(head_mask_at(cfg, avatar.grid_face, avatar.head_ellipse, outer),
+            mask = torch.maximum(head_falloff(cfg, avatar.grid_face_r, outer),
                                  head_mask_at(cfg, moved, avatar.head_ellipse, outer))  # (N, G*G)
-            # and the photo's edges stay put: a head moving away from an edge stretches the background beside
-            # it rather than sampling beyond the photo (edge streaks)
-            edge = smoothstep((1.0 - avatar.grid_norm.abs().amax(1)) / cfg.head_edge_band)  # (G*G,)
-            disp = disp * (mask * edge).unsqueeze(1)
+            # and the photo's edges stay put (avatar.edge_fade): a head moving away from an edge stretches the
+            # background beside it rather than sampling beyond the photo (edge streaks)
+            disp = disp * (mask * avatar.edge_fade).unsqueeze(1)
         coarse = avatar.grid_norm.T.unsqueeze(0) + disp
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
 
         # ---- region models on their lattices
         # The eye model corrects exactly the lid motion the spline leaves out; below a fraction of a pixel it is
         # skipped (on CPU only: a data-dependent branch would break CUDA graph capture).
+        # one coarse-grid lookup for all lattices: where the spline samples the photo, face-frame (h, v)
+        hv = lattice_sources(avatar, coarse, move)  # (2, N, P): eyes, then mouth
+        e, m = avatar.eyes[0], avatar.mouth
+        pe = 2 * e.pts.shape[0]
         lids = self._ix("lids_up")
         eyes_move = tgt.is_cuda or bool((tgt[:, lids, 1] - spline[:, lids, 1]).abs().max() > cfg.eye_skip)
-        eye_dv = eye_model(cfg, avatar, tgt, spline, coarse, move, self.ix) if eyes_move else None  # (N, 2, Qv, Qh)
-        mouth_fields = mouth_model(cfg, avatar, tgt, spline, coarse, move, self.ix)  # (N, 5, Qv, Qh)
+        eye_dv = None
+        if eyes_move:
+            h_eyes = hv[0, :, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0])
+            eye_dv = eye_model(cfg, avatar, tgt, spline, h_eyes, self.ix)  # (N, 2, Qv, Qh)
+        mouth_fields = mouth_model(cfg, avatar, tgt, spline, hv[:, :, pe:].reshape(2, n, m.v.shape[0], m.h.shape[0]),
+                                   self.ix)  # (N, 5, Qv, Qh)
 
-        # ---- full-resolution sampling grid, corrected inside the region boxes
-        grid = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)  # (N, 2, S, S)
-        f01, f11 = avatar.v_axis  # the face-frame v axis in normalised image units
-        e0, e1 = avatar.eyes
-        placed = []
-        jobs = [] if eye_dv is None else [(e0, eye_dv[:, 0:1]), (e1, eye_dv[:, 1:2])]
-        for region, fld in jobs + [(avatar.mouth, mouth_fields)]:
-            y0, x0, values = to_box(avatar, region, fld, move)
-            dv = values[:, 0]
-            grid[:, 0, y0:y0 + region.bh, x0:x0 + region.bw] += f01 * dv
-            grid[:, 1, y0:y0 + region.bh, x0:x0 + region.bw] += f11 * dv
-            placed.append((y0, x0, values))
+        # ---- full-resolution sampling grid, corrected inside the region boxes (along the face's v axis)
+        grid = avatar.upsample @ coarse @ avatar.upsample_t  # (N, 2, S, S) bilinear upsampling
+        if eye_dv is not None:  # both eyes in one resampling: (2N, 1, Qv, Qh), eye-major
+            g = avatar.eye_boxes
+            origins, values = to_box(avatar, g, eye_dv.transpose(0, 1).reshape(2 * n, 1, *eye_dv.shape[2:]), move)
+            for i, (y0, x0) in enumerate(origins):
+                grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[i * n:(i + 1) * n]
+        g = avatar.mouth_box
+        ((y0, x0),), values = to_box(avatar, g, mouth_fields, move)
+        grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[:, 0:1]
 
         # ---- sample the photo, paint the newly exposed mouth interior
         out = F.grid_sample(
             avatar.image.expand(n, -1, -1, -1), grid.permute(0, 2, 3, 1), mode="bilinear",
             padding_mode="border", align_corners=False,
         )  # (N, 3, S, S)
-        y0, x0, values = placed[-1]
-        m = avatar.mouth
-        patch = out[:, :, y0:y0 + m.bh, x0:x0 + m.bw]
+        patch = out[:, :, y0:y0 + g.bh, x0:x0 + g.bw]
         patch += values[:, 1:2] * (values[:, 2:5] - patch)
         # (N, S, S, 3) in memory first, so that the rounding passes and the uint8 result are contiguous; round
         # half up and saturate (values are ≥ 0 after the clamp, so truncation rounds)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.warp.avatar import Move, WarpAvatar, lattice_sources, lookup
+from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
 from models.warp.tps import interp_curve, smoothstep
 
@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
 
 def eye_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, coarse: torch.Tensor,
-    move: Move, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, h_s: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh).
+
+    ``h_s`` (N, 2, Qv, Qh): face-frame h where the spline samples the photo at each lattice point.
 
     Per column, in coordinates relative to the mid-height of the eye corners (rigid eye motion cancels),
     the wanted map is: the lid-skin band [A, U] follows the lid down over the eye (its lash margin rigidly,
@@ -32,34 +33,31 @@ def eye_model(
     e0, e1 = avatar.eyes
     h_t = torch.stack([e0.h, e1.h])  # (2, Qh) target columns (lattice)
     v_t = torch.stack([e0.v, e1.v])  # (2, Qv)
-    qv, qh = e0.v.shape[0], e0.h.shape[0]
-    h_s = lattice_sources(avatar, avatar.eyes, coarse, move).reshape(n, 2, qv, qh)
-    src = avatar.src_local
 
     # target curves per lattice column: upper lid (true and spline's) and lower lid → (N, 2, 3, Qh)
-    up_t, lo_t, up_p = tgt[:, ix.eye_up], tgt[:, ix.eye_lo], spline[:, ix.eye_up]  # (N, 2, 4, 2)
-    curves = interp_curve(torch.stack([up_t[..., 0], up_p[..., 0], lo_t[..., 0]], 2),
-                          torch.stack([up_t[..., 1], up_p[..., 1], lo_t[..., 1]], 2),
-                          h_t[None, :, None, :].expand(n, -1, 3, -1))
-    o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None]  # (N, 2, 1)
-    o_s = ((src[ix.eye_up[:, 0], 1] + src[ix.eye_up[:, 3], 1]) / 2)[None, :, None, None]  # (1, 2, 1, 1)
-    ut, up_, lt = [(curves[:, :, k] - o_t).unsqueeze(2) for k in range(3)]  # (N, 2, 1, Qh)
+    knots = torch.cat([tgt, spline], 1)[:, ix.eye_knots]  # (N, 2, 3, 4, 2)
+    up_t = knots[:, :, 0]  # (N, 2, 4, 2) upper lids, corner to corner
+    curves = interp_curve(knots[..., 0], knots[..., 1], h_t[None, :, None, :].expand(n, -1, 3, -1))
+    o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None, None]  # (N, 2, 1, 1)
+    ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
     rows = ix.eye_rows.repeat(n, 1)  # (2N, 2): eye e uses LUT rows 2e, 2e+1
     s_curves = lookup(avatar, rows, h_s.reshape(2 * n, -1)).reshape(n, 2, 2, *h_s.shape[2:])
-    us, ls = s_curves[:, :, 0] - o_s, s_curves[:, :, 1] - o_s
-    u = v_t[None, :, :, None] - o_t.unsqueeze(-1)  # (N, 2, Qv, 1)
+    us, ls = (s_curves - avatar.eye_level).unbind(2)
+    u = v_t[None, :, :, None] - o_t  # (N, 2, Qv, 1)
 
     a = us - cfg.lid_band
     z = ls + cfg.under_eye_band
     lash = cfg.lash_band
     lt = torch.minimum(lt, z - 0.01)
-    ut = torch.minimum(torch.maximum(ut, a + lash + 0.01), lt)
-    up_ = torch.minimum(torch.maximum(up_, a + lash + 0.01), ut)
+    a_lash = a + (lash + 0.01)
+    ut = torch.minimum(torch.maximum(ut, a_lash), lt)
+    up_ = torch.minimum(torch.maximum(up_, a_lash), ut)
     gs = (ls - us).clamp_min(0.0)
+    u_a, us_a = u - a, us - lash - a
 
     def lid_band(top: torch.Tensor) -> torch.Tensor:  # [A, top] → [A, us]: lash margin rigid, skin stretches
-        skin = a + (u - a) * (us - lash - a) / (top - lash - a)
+        skin = a + u_a * us_a / (top - lash - a)
         return torch.where(u >= top - lash, us - (top - u), skin)
 
     v_under = ls + (u - lt) * (z - ls) / (z - lt).clamp_min(1e-6)

@@ -129,4 +129,4 @@ class Interior:
         near, idx = torch.topk(d2, k, dim=1, largest=False)
         w = torch.exp(-(near - near[:, :1]) / (SIGMA * SIGMA))
         w = w / w.sum(1, keepdim=True)  # (N, k)
-        return torch.einsum("nk,nkctq->nctq", w, self.patches[idx])
+        return torch.bmm(w.unsqueeze(1), self.patches[idx].flatten(2)).reshape(-1, *self.patches.shape[1:])

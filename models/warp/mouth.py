@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from models.warp.avatar import Move, WarpAvatar, lattice_sources, lookup
+from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
 from models.warp.interior import shape_features
 from models.warp.tps import interp_curve, ramp01, smoothstep
@@ -19,8 +19,7 @@ RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not inte
 
 
 def mouth_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, coarse: torch.Tensor,
-    move: Move, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, hv: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Mouth correction and fill on the mouth lattice → (N, 5, Qv, Qh): dv, alpha, fill RGB.
 
@@ -32,22 +31,19 @@ def mouth_model(
     lip body follows the lower lip. As for the eyes only the difference to what the spline roughly does
     (with its lips kept apart) is applied, over the band from the upper inner lip to the lower outer lip,
     so nothing changes at the band's edges.
+
+    ``hv`` (2, N, Qv, Qh): face-frame h and v where the spline samples the photo at each lattice point.
     """
     n = tgt.shape[0]
     reg = avatar.mouth
     px = reg.step  # one lattice step: the antialiasing width
-    hv = lattice_sources(avatar, (reg,), coarse, move, with_v=True).reshape(2, n, reg.v.shape[0], reg.h.shape[0])
     h_s, v_spline = hv[0], hv[1]  # where the spline samples the photo (face frame)
-    upl, lol, loo = ix.get("lip_up_in"), ix.get("lip_lo_in"), ix.get("lip_lo_out")
 
     # target curves per column → (N, 1, Qh); source curves at the source columns → (N, Qv, Qh)
-    qh = reg.h.shape[0]
-    inner = interp_curve(torch.stack([tgt[:, upl, 0], tgt[:, lol, 0], spline[:, lol, 0]], 1),
-                         torch.stack([tgt[:, upl, 1], tgt[:, lol, 1], spline[:, lol, 1]], 1),
-                         reg.h.expand(n, 3, qh))
-    outer = interp_curve(tgt[:, loo, 0], tgt[:, loo, 1], reg.h.expand(n, qh))
-    ut, lt, lp = inner[:, 0:1], inner[:, 1:2], inner[:, 2:3]
-    ot = torch.maximum(outer.unsqueeze(1), lp + 1e-3)
+    knots = torch.cat([tgt, spline], 1)[:, ix.mouth_knots]  # (N, 4, 7, 2)
+    curves = interp_curve(knots[..., 0], knots[..., 1], reg.h.expand(n, 4, reg.h.shape[0]))  # (N, 4, Qh)
+    ut, lt, lp, outer = curves.unsqueeze(2).unbind(1)  # (N, 1, Qh)
+    ot = torch.maximum(outer, lp + 1e-3)
     us, ls, os_ = lookup(avatar, ix.mouth_rows, h_s).unbind(1)
     v_t = reg.v[None, :, None]  # (1, Qv, 1)
     h_t = reg.h[None, None, :]  # (1, 1, Qh)
@@ -78,15 +74,17 @@ def mouth_model(
     # Just above the upper lip's edge the upper lip rides rigidly (the smooth spline, compressing the photo's
     # opening between lips kept apart, pulls teeth rows up into view: a closed mouth kept a strip of teeth).
     m = cfg.mouth_margin
-    want = torch.where(a < 0, us - closing * ramp01((a + m) / m) + a, want)
+    top_fade = ramp01((a + m) / m)
+    want = torch.where(a < 0, us - closing * top_fade + a, want)
     # the correction replaces the spline's actual sampling position inside the band, faded to zero over a
     # margin at its top, bottom and corners (continuous: no seams, no torn corners)
     r = cfg.ramp
-    fade = ramp01((a + m) / m) * ramp01((ot - v_t) / m) * smoothstep(torch.minimum(h_t - h0, h1 - h_t) / r + 1.0)
+    side = torch.minimum(h_t - h0, h1 - h_t)  # (N, 1, Qh) inside the corners
+    fade = top_fade * ramp01((ot - v_t) / m) * smoothstep(side / r + 1.0)
     dv = fade * (want - v_spline)
     # antialiased: distance (in samples) to the nearest lip / corner / hidden-area edge
     edge = torch.minimum(torch.minimum(a, b), torch.where(upper, a - keep_up, b - keep_lo))
-    alpha = ramp01(torch.minimum(edge, torch.minimum(h_t - h0, h1 - h_t)) / px)
+    alpha = ramp01(torch.minimum(edge, side) / px)
 
     if avatar.interior is not None:
         fill = exemplar_fill(avatar, tgt, ut, lt, h0, h1, v_t, h_t)

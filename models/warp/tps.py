@@ -52,11 +52,13 @@ def ramp01(x: torch.Tensor) -> torch.Tensor:
 
 
 def tps_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """U(r) = r² log r² between point sets a (…, P, 2) and b (…, M, 2) → (…, P, M)."""
-    # |a|² + |b|² − 2 a·b: one matrix product instead of a (P, M, 2) difference tensor
-    r2 = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * (a @ b.transpose(-1, -2))
-    r2 = r2.clamp_min(0.0)
-    return r2 * torch.log(r2 + 1e-12)
+    """U(r) = r² log r² between point sets a (N, P, 2) and b (N or 1, M, 2) → (N, P, M)."""
+    # |a|² + |b|² − 2 a·b: one matrix product (accumulating onto the squared norms) instead of a (P, M, 2)
+    # difference tensor; then in place: five passes over (P, M) where a plain expression takes eight
+    sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2)
+    r2 = torch.baddbmm(sq, a * -2.0, b.transpose(1, 2).expand(a.shape[0], -1, -1))
+    r2.clamp_min_(0.0)
+    return r2.mul_(torch.log(r2 + 1e-12))
 
 
 def tps_fit(ctrl: torch.Tensor, disp: torch.Tensor, reg: float) -> torch.Tensor:
@@ -67,7 +69,8 @@ def tps_fit(ctrl: torch.Tensor, disp: torch.Tensor, reg: float) -> torch.Tensor:
     """
     n, m, _ = ctrl.shape
     c = ctrl.double()
-    k = tps_kernel(c, c) + reg * torch.eye(m, dtype=torch.float64, device=c.device)
+    k = tps_kernel(c, c)
+    k.diagonal(dim1=1, dim2=2).add_(reg)
     p = torch.cat([c.new_ones(n, m, 1), c], dim=2)  # (N, M, 3)
     top = torch.cat([k, p], dim=2)
     bottom = torch.cat([p.transpose(1, 2), c.new_zeros(n, 3, 3)], dim=2)
