@@ -329,6 +329,18 @@ class LongSessionResult:
     mapping_slopes_mib_per_min: dict[str, float] = field(default_factory=dict)  # after the first minute
 
 
+def rss_after_warm_up(t_s: list[float], rss_kb: list[int], warm_ups_s: tuple[float, ...] = (60, 180, 600)
+                      ) -> dict[str, dict[str, float]]:
+    """Per warm-up length (s): RSS growth (last - first sample after it) and range (max - min), MiB."""
+    out: dict[str, dict[str, float]] = {}
+    for w in warm_ups_s:
+        late = [kb for t, kb in zip(t_s, rss_kb, strict=True) if t >= w]
+        if len(late) >= 2:
+            out[f"{w:g}"] = {"growth": round((late[-1] - late[0]) / 1024, 1),
+                             "range": round((max(late) - min(late)) / 1024, 1)}
+    return out
+
+
 def _slope_mib_per_min(t_s: np.ndarray, kb: np.ndarray) -> float:
     """Least-squares slope of a KiB series over seconds, in MiB per minute."""
     return float(np.polyfit(t_s, kb, 1)[0] * 60 / 1024)
@@ -780,6 +792,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fds_first_last": [ls.fds[0], ls.fds[-1]] if ls.fds else None,
             "rss_kb_trend": ls.rss_kb[:: max(1, len(ls.rss_kb) // 20)],  # ~20 samples over the session
             "rss_slope_mib_per_min_after_1min": ls.rss_slope_mib_per_min,
+            # growth (last - first) and range (max - min) of RSS from each warm-up length on: the heap reaches its
+            # high-water mark in steps over the first minutes (30-minute soak: +12 MiB at ~100 s), then stays flat
+            "rss_mib_after_warm_up": rss_after_warm_up(ls.rss_t, ls.rss_kb),
             # where the resident size goes (glibc): live allocations vs freed space kept inside the arenas
             "heap_kb_trend": ls.heap_kb[:: max(1, len(ls.heap_kb) // 20)],
             "heap_slopes_mib_per_min_after_1min": ls.heap_slopes_mib_per_min,
@@ -806,6 +821,7 @@ def print_report(r: dict[str, Any]) -> None:
         ("growth after churn", json.dumps(c["growth"])),
         ("long session", f"{s['seconds']} s, {s['style_switches']} switches, errors {s['switch_errors_by_kind']}"),
         ("RSS slope after 1 min", f"{s.get('rss_slope_mib_per_min_after_1min')} MiB/min"),
+        ("RSS growth / range after s", f"{json.dumps(s.get('rss_mib_after_warm_up'))} MiB"),
         ("heap slopes after 1 min", f"{json.dumps(s.get('heap_slopes_mib_per_min_after_1min'))} MiB/min"),
         ("mapping slopes after 1 min", f"{json.dumps(s.get('mapping_slopes_mib_per_min_after_1min'))} MiB/min"),
         ("fps received / fresh (engine)", f"{s['fps_received']} / {s['fresh_fps_engine']}"),

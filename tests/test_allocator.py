@@ -116,3 +116,14 @@ def test_the_soaks_mapping_breakdown_puts_memory_where_it_was_mapped() -> None:
     assert after["anonymous"] - before["anonymous"] >= 63 * 1024, (before, after)
     assert after["thread_stacks"] > before["thread_stacks"], (before, after)
     assert abs(sum(after.values()) - rss) < 0.05 * rss, (after, rss)
+
+
+def test_the_soaks_rss_after_warm_up_leaves_out_the_high_water_steps() -> None:
+    from benchmarks.soak import rss_after_warm_up
+
+    t = [0.0, 30.0, 100.0, 200.0, 700.0, 1800.0]
+    kb = [m * 1024 for m in (400, 500, 512, 525, 526, 524)]  # steps up to ~3 min, then flat
+    out = rss_after_warm_up(t, kb)
+    assert out["60"] == {"growth": 12.0, "range": 14.0}
+    assert out["180"] == {"growth": -1.0, "range": 2.0}
+    assert "600" in out and set(out) == {"60", "180", "600"}
