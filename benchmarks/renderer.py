@@ -596,7 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / "renderer.json"
     if out.is_file() and (args.no_speed or args.no_quality):  # keep the other half of an earlier full run
         old = json.loads(out.read_text())
-        result = {**{k: v for k, v in old.items() if k in ("speed", "quality", "rest", "head_motion")}, **result}
+        if args.no_quality and args.no_rest and not args.no_speed:
+            # speed only: its machine and load figures describe the speed rows; "machine" stays the quality run's
+            result["speed_machine"] = result.pop("machine")
+        keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "machine", "speed_machine")
+        result = {**{k: v for k, v in old.items() if k in keep}, **result}
     write_results(out, result)
     return 0
 
