@@ -66,6 +66,7 @@ from models.dataset import (
     load_source_clip,
     load_style_clips,
     make_split,
+    mouth_direction,
     pad_reference,
 )
 from models.discriminators import (
@@ -130,6 +131,7 @@ class TrainConfig:
     recognized_labels: str = ""  # JSON of recognizer labels per source clip (benchmarks.recognized_labels)
     recognized_prob: float = 0.5  # share of items trained on recognized labels (when the file is given)
     select_style: bool = False  # model selection on tail mouth L1 + style offset L1 (else mouth L1 only)
+    select_open_r: float = 0.0  # selection score minus this x tail mouth-opening r (0 = not used)
     init: str = ""  # start from this checkpoint's weights (fine-tuning); new modules keep their init
     intensity_aug: float = 0.0  # share of cross-style items decoded at a random intensity (0 = off)
     intensity_max: float = 2.0  # their intensity k ~ U(0.5, intensity_max)
@@ -255,16 +257,25 @@ class StyleProbe:
         return float(np.mean(errs))
 
 
-def evaluate(model: StyleTalk, items: Sequence[EvalItem]) -> dict[str, float]:
-    """Mouth (13 lower-face) and full L1 per item kind, frame-weighted; the model is used as given."""
+def evaluate(
+    model: StyleTalk, items: Sequence[EvalItem], direction: np.ndarray | None = None
+) -> dict[str, float]:
+    """Mouth (13 lower-face) and full L1 per item kind, frame-weighted; the model is used as given. With a
+    mouth-opening ``direction (13,)`` also ``<kind>_open_r``: Pearson r of predicted vs true mouth opening
+    per item, frame-weighted (as ``benchmarks.expression_quality`` scores it)."""
     out: dict[str, float] = {}
     for kind in sorted({it.kind for it in items}):
-        errs = [
-            np.abs(predict(model, it.windows, it.reference) - it.target) for it in items if it.kind == kind
-        ]
-        err = np.concatenate(errs)
+        chosen = [it for it in items if it.kind == kind]
+        preds = [predict(model, it.windows, it.reference) for it in chosen]
+        err = np.concatenate([np.abs(p - it.target) for p, it in zip(preds, chosen, strict=True)])
         out[f"{kind}_mouth_l1"] = float(err[:, LOWER].mean())
         out[f"{kind}_l1"] = float(err.mean())
+        if direction is not None:
+            rs = [
+                (float(np.corrcoef(p[:, LOWER] @ direction, it.target[:, LOWER] @ direction)[0, 1]), len(it.target))
+                for p, it in zip(preds, chosen, strict=True)
+            ]
+            out[f"{kind}_open_r"] = sum(r * n for r, n in rs) / sum(n for _, n in rs)
     return out
 
 
@@ -302,6 +313,7 @@ class Trainer:
             cfg.recognized_prob if cfg.recognized_labels else 0.0,
         )
         self.val_items = evaluation_items(self.split)
+        self.mouth_direction = mouth_direction(self.split)
         self.style_probe = StyleProbe.from_split(self.split) if cfg.select_style else None
         # statistics of the neutral face (source speakers' read speech): the k = 0 end of intensity
         src = self.split.train_sources
@@ -473,11 +485,13 @@ class Trainer:
     # ---- validation / checkpoints
     def validate(self) -> dict[str, float]:
         model = self.eval_model.eval()
-        metrics = evaluate(model, self.val_items)
+        metrics = evaluate(model, self.val_items, self.mouth_direction)
         score = metrics.get("tail_mouth_l1", metrics.get("clip_mouth_l1", math.inf))
         if self.style_probe is not None:
             metrics["style_offset_l1"] = self.style_probe.offset(model)
             score += metrics["style_offset_l1"]
+        if self.cfg.select_open_r > 0 and "tail_open_r" in metrics:  # tails only, never the held-out clip
+            score -= self.cfg.select_open_r * metrics["tail_open_r"]
         metrics["step"] = float(self.step)
         self.history.append(metrics)
         if score < self.best:  # model selection on the clip tails only; held-out clips stay a clean test
@@ -680,6 +694,7 @@ _FIELD_HELP: dict[str, tuple[str, str]] = {
                           "(python -m benchmarks.recognized_labels): trains on the recognizer's boundary errors"),
     "recognized_prob": ("schedule", "share of items trained on recognized labels (when --recognized-labels is given)"),
     "select_style": ("schedule", "select the exported model on tail mouth L1 + style offset (else mouth L1 only)"),
+    "select_open_r": ("schedule", "selection score minus this x the tails' mouth-opening r (0 = not used)"),
     "intensity_aug": ("schedule", "share of cross-style items decoded at a random intensity (0 = off)"),
     "intensity_max": ("schedule", "those items' intensity k ~ U(0.5, this)"),
     "style_residual": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)",
@@ -776,7 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = load_checkpoint(best_path)
     summary = {
         "best_step": trainer.best_step,
-        "selection": "tail mouth L1 + style offset L1" if cfg.select_style else "tail mouth L1",
+        "selection": ("tail mouth L1" + (" + style offset L1" if cfg.select_style else "")
+                      + (f" - {cfg.select_open_r:g} x tail open r" if cfg.select_open_r > 0 else "")),
         "best_selection_score": trainer.best,
         "final_step": trainer.step,
         "train_seconds_this_session": round(elapsed, 1),

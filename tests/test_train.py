@@ -261,3 +261,25 @@ def test_cli_trains_exports_and_resumes(split: DataSplit, tmp_path: Path, sample
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 2
     changed = [*args, "--resume", "--seed", "5"]
     assert main(changed) == 2  # a different run configuration is refused, not silently mixed
+
+
+def test_validation_open_r_matches_the_benchmark_and_selection_uses_tails_only(
+    split: DataSplit, tmp_path: Path
+) -> None:
+    from benchmarks.expression_quality import score
+    from models.dataset import evaluation_items, mouth_direction
+    from models.train import evaluate, predict
+
+    trainer = Trainer(tiny(tmp_path, select_open_r=1.0, val_every=1), split)
+    model = trainer.eval_model.eval()
+    direction = mouth_direction(split)
+    metrics = evaluate(model, trainer.val_items, direction)
+    for kind in ("tail", "clip"):
+        items = evaluation_items(split, kinds=(kind,))
+        bench = score([predict(model, it.windows, it.reference) for it in items], items, direction)
+        assert metrics[f"{kind}_open_r"] == pytest.approx(bench["mouth_open_corr"], abs=1e-6)
+        assert metrics[f"{kind}_mouth_l1"] == pytest.approx(bench["mouth_l1"], abs=1e-6)
+    assert "tail_open_r" not in evaluate(model, trainer.val_items)  # no direction, no r
+    got = trainer.validate()
+    # the selection score is tail mouth L1 minus the weighted tail r: the held-out clip's figures never enter
+    assert trainer.best == pytest.approx(got["tail_mouth_l1"] - got["tail_open_r"], abs=1e-9)
