@@ -127,6 +127,8 @@ class TrainConfig:
     w_temporal: float = 0.02
     w_stat_mean: float = 0.0  # style statistics: output mean vs reference mean (L1, 64 coefficients)
     w_stat_std: float = 0.0  # output std over time vs the reference's (L1, 64 coefficients)
+    w_open_r: float = 0.0  # supervised items: 1 - r over time of the mouth opening vs the ground truth
+    w_open_teacher: float = 0.0  # all items: 1 - r of the mouth opening vs the frozen --init model's
     style_residual: bool = False  # linear style-code -> expression path (see StyleTalkConfig)
     recognized_labels: str = ""  # JSON of recognizer labels per source clip (benchmarks.recognized_labels)
     recognized_prob: float = 0.5  # share of items trained on recognized labels (when the file is given)
@@ -197,6 +199,18 @@ def style_stat_loss(pred: Tensor, ref_mean: Tensor, ref_std: Tensor) -> tuple[Te
     mean_err = (pred.mean(1) - ref_mean).abs().mean()
     std_err = (pred.std(1) - ref_std).abs().mean()
     return mean_err, std_err
+
+
+def open_r_loss(pred: Tensor, target: Tensor, direction: Tensor) -> Tensor:
+    """``1 - r`` over time of the mouth opening, ``(B, L, 13)`` lower-face coefficients projected on
+    ``direction (13,)``, averaged over sequences weighted by the target's motion (a nearly still target
+    has no timing to teach). Offset- and scale-free: it asks only *when* the mouth opens, so it does not
+    compete with the style statistics, which set the mouth's pose and amplitude."""
+    a, b = pred @ direction, target @ direction  # (B, L)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-6)
+    w = b.norm(dim=1).detach()
+    return ((1.0 - r) * w).sum() / w.sum().clamp_min(1e-6)
 
 
 # --------------------------------------------------------------------------------------------- inference
@@ -325,6 +339,11 @@ class Trainer:
         self.model = StyleTalk(cfg.model_config())
         if cfg.init:
             self._init_from(cfg.init)
+        # the start model, frozen: its mouth timing anchors the fine-tuning (w_open_teacher)
+        self.teacher = copy.deepcopy(self.model).eval() if cfg.init and cfg.w_open_teacher > 0 else None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+        self.open_direction = torch.from_numpy(self.mouth_direction.astype(np.float32))
         self.ema_model = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
         if self.ema_model is not None:
             self.ema_model.requires_grad_(False)
@@ -441,6 +460,17 @@ class Trainer:
             mean_err, std_err = style_stat_loss(pred, ref_mean, ref_std)
             logs["stat_mean"], logs["stat_std"] = float(mean_err.detach()), float(std_err.detach())
             g_loss = g_loss + c.w_stat_mean * mean_err + c.w_stat_std * std_err
+        if c.w_open_r > 0 and bool(has.any()):
+            loss = open_r_loss(pred[has][..., LOWER], batch.target[has][..., LOWER], self.open_direction)
+            logs["open_r"] = float(loss.detach())
+            g_loss = g_loss + c.w_open_r * loss
+        if self.teacher is not None:
+            with torch.no_grad():  # the teacher reads the same phonemes and reference, at intensity 1
+                t_style = self.teacher.encode_style(batch.reference[:, :used], batch.reference_mask[:, :used])
+                t_pred = self.teacher.decode(self.teacher.encode_content(batch.windows), t_style)
+            loss = open_r_loss(pred[..., LOWER], t_pred[..., LOWER], self.open_direction)
+            logs["open_teacher"] = float(loss.detach())
+            g_loss = g_loss + c.w_open_teacher * loss
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if c.grad_clip > 0:
@@ -689,6 +719,8 @@ _FIELD_HELP: dict[str, tuple[str, str]] = {
     "w_temporal": ("loss weights", "temporal discriminator (adversarial)"),
     "w_stat_mean": ("loss weights", "style statistics: L1 of the output's mean over time vs the reference's"),
     "w_stat_std": ("loss weights", "style statistics: L1 of the output's spread over time vs the reference's"),
+    "w_open_r": ("loss weights", "1 - r over time of the mouth opening vs the ground truth (supervised items)"),
+    "w_open_teacher": ("loss weights", "1 - r of the mouth opening vs the frozen --init model's (all items)"),
     "init": ("data and output", "start from this checkpoint's weights (fine-tuning); new modules keep their init"),
     "recognized_labels": ("data and output", "JSON of the recognizer's labels per source clip "
                           "(python -m benchmarks.recognized_labels): trains on the recognizer's boundary errors"),
