@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.results_io import write_results
 from models.checkpoints import load_checkpoint
-from models.dataset import STYLE_CHUNK, DataSplit, EvalItem, evaluation_items, make_split
+from models.dataset import STYLE_CHUNK, DataSplit, EvalItem, evaluation_items, make_split, mouth_direction
 from models.styletalk import LOWER_FACE3D_INDICES, StyleTalk
 from models.train import clip_style_code, predict
 
@@ -100,13 +100,6 @@ def baselines(split: DataSplit) -> dict[str, Predictor]:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def mouth_direction(split: DataSplit) -> np.ndarray:
-    """First principal component ``(13,)`` of the within-clip-centred lower-face training coefficients."""
-    x = np.concatenate([(s.exp - s.exp.mean(0))[:, LOWER] for s in split.train_sources])
-    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
-    return vt[0]
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     for x in (a, b):  # constant (up to rounding): correlation undefined
         if np.ptp(x) <= 1e-6 * max(1.0, float(np.abs(x).max())):

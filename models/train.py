@@ -66,6 +66,7 @@ from models.dataset import (
     load_source_clip,
     load_style_clips,
     make_split,
+    mouth_direction,
     pad_reference,
 )
 from models.discriminators import (
@@ -126,10 +127,13 @@ class TrainConfig:
     w_temporal: float = 0.02
     w_stat_mean: float = 0.0  # style statistics: output mean vs reference mean (L1, 64 coefficients)
     w_stat_std: float = 0.0  # output std over time vs the reference's (L1, 64 coefficients)
+    w_open_r: float = 0.0  # supervised items: 1 - r over time of the mouth opening vs the ground truth
+    w_open_teacher: float = 0.0  # all items: 1 - r of the mouth opening vs the frozen --init model's
     style_residual: bool = False  # linear style-code -> expression path (see StyleTalkConfig)
     recognized_labels: str = ""  # JSON of recognizer labels per source clip (benchmarks.recognized_labels)
     recognized_prob: float = 0.5  # share of items trained on recognized labels (when the file is given)
     select_style: bool = False  # model selection on tail mouth L1 + style offset L1 (else mouth L1 only)
+    select_open_r: float = 0.0  # selection score minus this x tail mouth-opening r (0 = not used)
     init: str = ""  # start from this checkpoint's weights (fine-tuning); new modules keep their init
     intensity_aug: float = 0.0  # share of cross-style items decoded at a random intensity (0 = off)
     intensity_max: float = 2.0  # their intensity k ~ U(0.5, intensity_max)
@@ -197,6 +201,18 @@ def style_stat_loss(pred: Tensor, ref_mean: Tensor, ref_std: Tensor) -> tuple[Te
     return mean_err, std_err
 
 
+def open_r_loss(pred: Tensor, target: Tensor, direction: Tensor) -> Tensor:
+    """``1 - r`` over time of the mouth opening, ``(B, L, 13)`` lower-face coefficients projected on
+    ``direction (13,)``, averaged over sequences weighted by the target's motion (a nearly still target
+    has no timing to teach). Offset- and scale-free: it asks only *when* the mouth opens, so it does not
+    compete with the style statistics, which set the mouth's pose and amplitude."""
+    a, b = pred @ direction, target @ direction  # (B, L)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-6)
+    w = b.norm(dim=1).detach()
+    return ((1.0 - r) * w).sum() / w.sum().clamp_min(1e-6)
+
+
 # --------------------------------------------------------------------------------------------- inference
 @torch.no_grad()
 def predict(model: StyleTalk, windows: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -255,16 +271,25 @@ class StyleProbe:
         return float(np.mean(errs))
 
 
-def evaluate(model: StyleTalk, items: Sequence[EvalItem]) -> dict[str, float]:
-    """Mouth (13 lower-face) and full L1 per item kind, frame-weighted; the model is used as given."""
+def evaluate(
+    model: StyleTalk, items: Sequence[EvalItem], direction: np.ndarray | None = None
+) -> dict[str, float]:
+    """Mouth (13 lower-face) and full L1 per item kind, frame-weighted; the model is used as given. With a
+    mouth-opening ``direction (13,)`` also ``<kind>_open_r``: Pearson r of predicted vs true mouth opening
+    per item, frame-weighted (as ``benchmarks.expression_quality`` scores it)."""
     out: dict[str, float] = {}
     for kind in sorted({it.kind for it in items}):
-        errs = [
-            np.abs(predict(model, it.windows, it.reference) - it.target) for it in items if it.kind == kind
-        ]
-        err = np.concatenate(errs)
+        chosen = [it for it in items if it.kind == kind]
+        preds = [predict(model, it.windows, it.reference) for it in chosen]
+        err = np.concatenate([np.abs(p - it.target) for p, it in zip(preds, chosen, strict=True)])
         out[f"{kind}_mouth_l1"] = float(err[:, LOWER].mean())
         out[f"{kind}_l1"] = float(err.mean())
+        if direction is not None:
+            rs = [
+                (float(np.corrcoef(p[:, LOWER] @ direction, it.target[:, LOWER] @ direction)[0, 1]), len(it.target))
+                for p, it in zip(preds, chosen, strict=True)
+            ]
+            out[f"{kind}_open_r"] = sum(r * n for r, n in rs) / sum(n for _, n in rs)
     return out
 
 
@@ -302,6 +327,7 @@ class Trainer:
             cfg.recognized_prob if cfg.recognized_labels else 0.0,
         )
         self.val_items = evaluation_items(self.split)
+        self.mouth_direction = mouth_direction(self.split)
         self.style_probe = StyleProbe.from_split(self.split) if cfg.select_style else None
         # statistics of the neutral face (source speakers' read speech): the k = 0 end of intensity
         src = self.split.train_sources
@@ -313,6 +339,11 @@ class Trainer:
         self.model = StyleTalk(cfg.model_config())
         if cfg.init:
             self._init_from(cfg.init)
+        # the start model, frozen: its mouth timing anchors the fine-tuning (w_open_teacher)
+        self.teacher = copy.deepcopy(self.model).eval() if cfg.init and cfg.w_open_teacher > 0 else None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+        self.open_direction = torch.from_numpy(self.mouth_direction.astype(np.float32))
         self.ema_model = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
         if self.ema_model is not None:
             self.ema_model.requires_grad_(False)
@@ -429,6 +460,17 @@ class Trainer:
             mean_err, std_err = style_stat_loss(pred, ref_mean, ref_std)
             logs["stat_mean"], logs["stat_std"] = float(mean_err.detach()), float(std_err.detach())
             g_loss = g_loss + c.w_stat_mean * mean_err + c.w_stat_std * std_err
+        if c.w_open_r > 0 and bool(has.any()):
+            loss = open_r_loss(pred[has][..., LOWER], batch.target[has][..., LOWER], self.open_direction)
+            logs["open_r"] = float(loss.detach())
+            g_loss = g_loss + c.w_open_r * loss
+        if self.teacher is not None:
+            with torch.no_grad():  # the teacher reads the same phonemes and reference, at intensity 1
+                t_style = self.teacher.encode_style(batch.reference[:, :used], batch.reference_mask[:, :used])
+                t_pred = self.teacher.decode(self.teacher.encode_content(batch.windows), t_style)
+            loss = open_r_loss(pred[..., LOWER], t_pred[..., LOWER], self.open_direction)
+            logs["open_teacher"] = float(loss.detach())
+            g_loss = g_loss + c.w_open_teacher * loss
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if c.grad_clip > 0:
@@ -473,11 +515,13 @@ class Trainer:
     # ---- validation / checkpoints
     def validate(self) -> dict[str, float]:
         model = self.eval_model.eval()
-        metrics = evaluate(model, self.val_items)
+        metrics = evaluate(model, self.val_items, self.mouth_direction)
         score = metrics.get("tail_mouth_l1", metrics.get("clip_mouth_l1", math.inf))
         if self.style_probe is not None:
             metrics["style_offset_l1"] = self.style_probe.offset(model)
             score += metrics["style_offset_l1"]
+        if self.cfg.select_open_r > 0 and "tail_open_r" in metrics:  # tails only, never the held-out clip
+            score -= self.cfg.select_open_r * metrics["tail_open_r"]
         metrics["step"] = float(self.step)
         self.history.append(metrics)
         if score < self.best:  # model selection on the clip tails only; held-out clips stay a clean test
@@ -675,11 +719,14 @@ _FIELD_HELP: dict[str, tuple[str, str]] = {
     "w_temporal": ("loss weights", "temporal discriminator (adversarial)"),
     "w_stat_mean": ("loss weights", "style statistics: L1 of the output's mean over time vs the reference's"),
     "w_stat_std": ("loss weights", "style statistics: L1 of the output's spread over time vs the reference's"),
+    "w_open_r": ("loss weights", "1 - r over time of the mouth opening vs the ground truth (supervised items)"),
+    "w_open_teacher": ("loss weights", "1 - r of the mouth opening vs the frozen --init model's (all items)"),
     "init": ("data and output", "start from this checkpoint's weights (fine-tuning); new modules keep their init"),
     "recognized_labels": ("data and output", "JSON of the recognizer's labels per source clip "
                           "(python -m benchmarks.recognized_labels): trains on the recognizer's boundary errors"),
     "recognized_prob": ("schedule", "share of items trained on recognized labels (when --recognized-labels is given)"),
     "select_style": ("schedule", "select the exported model on tail mouth L1 + style offset (else mouth L1 only)"),
+    "select_open_r": ("schedule", "selection score minus this x the tails' mouth-opening r (0 = not used)"),
     "intensity_aug": ("schedule", "share of cross-style items decoded at a random intensity (0 = off)"),
     "intensity_max": ("schedule", "those items' intensity k ~ U(0.5, this)"),
     "style_residual": ("model size (official full model: 256 / 8 / 1024 / 3 / 128)",
@@ -776,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = load_checkpoint(best_path)
     summary = {
         "best_step": trainer.best_step,
-        "selection": "tail mouth L1 + style offset L1" if cfg.select_style else "tail mouth L1",
+        "selection": ("tail mouth L1" + (" + style offset L1" if cfg.select_style else "")
+                      + (f" - {cfg.select_open_r:g} x tail open r" if cfg.select_open_r > 0 else "")),
         "best_selection_score": trainer.best,
         "final_step": trainer.step,
         "train_seconds_this_session": round(elapsed, 1),
