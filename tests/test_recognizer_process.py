@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.recognizer import make_recognizer
+from engine.recognizer import PhonemeEvent, make_recognizer
 from engine.recognizer.process import ProcessRecognizer, RecognizerProcessError, WarmProcessRecognizers
 
 SPEECH = Path(__file__).parent / "data" / "speech_16k.wav"
@@ -33,6 +33,9 @@ def test_child_labels_equal_the_in_process_recognizer_on_real_speech() -> None:
     local = make_recognizer("allphone")
     child = ProcessRecognizer("allphone")
     assert child.lag == local.lag
+    assert all(isinstance(e, PhonemeEvent) for e in child.feed(pcm[:16000]))  # the same type as in-process
+    child.close()
+    child = ProcessRecognizer("allphone")
     ours, theirs = _run(child, pcm), _run(local, pcm)
     assert len(ours) > 50 and ours == theirs  # every frame labelled once, in order, identically
     assert child._proc.wait(timeout=5) == 0  # flush ended the child

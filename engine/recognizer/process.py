@@ -29,6 +29,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from engine.recognizer.base import PhonemeEvent
+
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 10.0  # one feed this long unanswered: the child is stuck (the session's watchdog acts at 2 s)
@@ -40,7 +42,16 @@ class RecognizerProcessError(RuntimeError):
 
 
 def _serve(conn: Connection, backend: str, options: dict[str, Any]) -> None:
-    """Child process: build the recognizer, then answer ``feed`` (int16 bytes) and ``flush`` (empty) messages."""
+    """Child process: build the recognizer, then answer ``feed`` (int16 bytes) and ``flush`` (empty) messages.
+
+    Ends quietly when the parent goes away (its socket closes: EOF on receive, a broken pipe on send)."""
+    try:
+        _answer_loop(conn, backend, options)
+    except (EOFError, OSError):  # BrokenPipeError, ConnectionResetError: the parent closed or died
+        return
+
+
+def _answer_loop(conn: Connection, backend: str, options: dict[str, Any]) -> None:
     from engine.recognizer.factory import make_recognizer
 
     try:
@@ -50,18 +61,16 @@ def _serve(conn: Connection, backend: str, options: dict[str, Any]) -> None:
         return
     conn.send(("ready", float(rec.lag)))
     while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
+        data = conn.recv_bytes()
         try:
             if data:
                 events = rec.feed(np.frombuffer(data, np.int16))
             else:
                 events = rec.flush()
-            conn.send(("events", [(int(f), int(p)) for f, p in events]))
+            answer: tuple[str, Any] = ("events", [(int(f), int(p)) for f, p in events])
         except Exception as exc:  # noqa: BLE001 - one bad block is the session's error, not the child's end
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        conn.send(answer)
         if not data:
             return
 
@@ -129,14 +138,14 @@ class ProcessRecognizer:
         """The child runs and this recognizer has not failed or ended."""
         return self._dead is None and self._proc.poll() is None
 
-    def feed(self, pcm: np.ndarray) -> Iterable[tuple[int, int]]:
-        """Mono int16 samples → the events that became stable (as ``(frame, phoneme)`` pairs)."""
+    def feed(self, pcm: np.ndarray) -> Iterable[PhonemeEvent]:
+        """Mono int16 samples → the events that became stable (as in-process: ``PhonemeEvent``)."""
         block = np.ascontiguousarray(pcm, np.int16)
         if block.size == 0:
             return []
         return self._call(block.tobytes(), "feed")
 
-    def flush(self) -> Iterable[tuple[int, int]]:
+    def flush(self) -> Iterable[PhonemeEvent]:
         """End of the audio: the remaining events; the child ends."""
         try:
             return self._call(b"", "flush")
@@ -149,7 +158,7 @@ class ProcessRecognizer:
         self._finalizer()
 
     # ------------------------------------------------------------------------------------------ internal
-    def _call(self, payload: bytes, what: str) -> list[tuple[int, int]]:
+    def _call(self, payload: bytes, what: str) -> list[PhonemeEvent]:
         if self._dead is not None:
             return []
         self._ready()
@@ -158,8 +167,8 @@ class ProcessRecognizer:
         except (OSError, ValueError) as exc:
             self._fail(f"could not send audio ({exc})")
         kind, value = self._answer(ANSWER_TIMEOUT_S, what)
-        if kind == "events":
-            return list(value)
+        if kind == "events":  # pairs on the wire (plain data), events again here
+            return [PhonemeEvent(f, p) for f, p in value]
         raise RecognizerProcessError(f"recognizer {what} failed: {value}")
 
     def _answer(self, timeout: float, what: str) -> tuple[str, Any]:
