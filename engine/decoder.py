@@ -96,7 +96,6 @@ class ExpressionDecoder:
         self.frames_decoded = 0
         self.frames_from_cache = 0
         self._setup_accelerator(accelerator)
-        self._mix_cache_modules = self._install_mix_cache() if self.accelerator == "eager" else 0
 
     # --------------------------------------------------------------------------------------- construction
     @classmethod
@@ -131,37 +130,6 @@ class ExpressionDecoder:
             self._graphs.clear()
             self.fallback_reason = f"{accelerator} unavailable ({type(exc).__name__}: {exc}); using eager"
             log.warning("decoder: %s", self.fallback_reason)
-
-    def _install_mix_cache(self) -> int:
-        """Cache each dynamic layer's style-dependent expert mixture per style code.
-
-        The decoder's dynamic FFN layers mix K=8 expert weight matrices with weights computed from the style
-        code; with the full model that is ~50 MB of weights read per call - the largest fixed cost of a
-        one-frame decode (measured: 45 -> 26 ms per call). The style code is constant across calls except
-        during a crossfade, so the mixed weights are computed once per code and reused. Installed as an
-        instance attribute over ``mix`` (eager mode only; graph accelerators capture the plain function).
-        """
-        n = 0
-        for module in self.model.modules():
-            mix = getattr(module, "mix", None)
-            if not callable(mix) or not hasattr(module, "attention"):
-                continue
-            cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
-
-            def cached(style: torch.Tensor, _mix=mix, _cache=cache) -> tuple[torch.Tensor, torch.Tensor]:
-                if style.requires_grad or style.shape[0] != 1 or torch.compiler.is_compiling():
-                    return _mix(style)
-                key = style.detach().cpu().numpy().tobytes()
-                hit = _cache.get(key)
-                if hit is None:
-                    if len(_cache) >= 4:  # crossfades produce transient codes: keep only a few
-                        _cache.clear()
-                    hit = _cache[key] = _mix(style)
-                return hit
-
-            module.mix = cached  # type: ignore[assignment]  # monkey-patching a torch submodule method
-            n += 1
-        return n
 
     # --------------------------------------------------------------------------------------------- style
     def encode_style(self, clip: np.ndarray) -> np.ndarray:
@@ -282,7 +250,10 @@ class ExpressionDecoder:
         """The model's style-only work for one code (mixed expert weights, the first decoder blocks), cached.
 
         A style is decoded thousands of times between switches; what depends on the style alone is computed
-        once (bit-identical output, tests/test_styletalk_parity.py). Bounded: crossfades make transient codes.
+        once (bit-identical output, tests/test_styletalk_parity.py). The mixing alone reads all K=8 expert
+        matrices (~50 MB for the full model): per call it was the largest fixed cost of a one-frame decode
+        (measured: 45 -> 26 ms). Only the one-style layout uses it: a per-frame batch has a different code in
+        every row (``decode`` folds equal rows into one style). Bounded: crossfades make transient codes.
         """
         key = np.ascontiguousarray(style, np.float32).tobytes()
         hit = self._prepared_cache.get(key)
