@@ -7,14 +7,13 @@ files Chromium's fake microphone / camera play), no network services, a throw-aw
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.browser_e2e import CHROMIUM, CHROMIUM_BASE_FLAGS
+from benchmarks.browser_e2e import CHROMIUM, CHROMIUM_BASE_FLAGS, poll
 
 CHROMIUM_FLAGS = list(CHROMIUM_BASE_FLAGS)
 
@@ -24,18 +23,12 @@ requires_chromium = pytest.mark.skipif(
 
 
 async def wait_js(page, expression: str, timeout: float = 30.0) -> object:  # noqa: ANN001
-    """Poll a JS expression until truthy (page.evaluate, which the page's CSP permits; wait_for_function
-    would need 'unsafe-eval')."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await page.evaluate(expression)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {expression}")
-        await asyncio.sleep(0.1)
+    """``benchmarks.browser_e2e.poll`` (the page's CSP allows page.evaluate, not wait_for_function), failing the
+    test with an assertion on timeout."""
+    try:
+        return await poll(page, expression, timeout)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 @contextlib.asynccontextmanager
