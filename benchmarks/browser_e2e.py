@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.e2e import ServerProcess, decoder_weights
+from benchmarks.results_io import run_header
 from clients.client import read_wav, to_16k
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -561,11 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(summary)
     result = {
-        "benchmark": "browser_e2e",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "duration_s": round(time.time() - started, 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())},
+        **run_header("browser_e2e", started, load_at_start),
         "decoder_weights": decoder_weights(args.set_args_raw),
         "server_overrides": ["avatar.head_motion=0", *args.set_args_raw],
         "hints": args.hints,

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import io
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.results_io import write_results
+from benchmarks.results_io import run_header, write_results
 from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
 from engine.timing import SAMPLE_RATE
 
@@ -367,16 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                   "per session)")
 
     result = {
-        "benchmark": "e2e",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "duration_s": round(time.time() - started, 1),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": list(os.getloadavg()),
-        },
+        **run_header("e2e", started, load_at_start),
         "decoder_weights": decoder_weights(args.set_args_raw),
         "server_overrides": args.set_args_raw,
         "server_args": args.serve_arg,

@@ -8,6 +8,9 @@ values).
 from __future__ import annotations
 
 import json
+import os
+import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,23 @@ def _jsonable(value: Any) -> Any:
         return float(value)
     except (TypeError, ValueError):
         return str(value)
+
+
+def run_header(benchmark: str, started: float, load_at_start: Any) -> dict[str, Any]:
+    """The record every result starts with: which benchmark, when, how long (``started`` = ``time.time()`` at
+    its start), and the machine with its load average at the start and now (figures under load are ratios only)."""
+    return {
+        "benchmark": benchmark,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "duration_s": round(time.time() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": list(os.getloadavg()),
+        },
+    }
 
 
 def write_results(out: str | Path, result: Any, indent: int | None = 2, note: str = "") -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.results_io import run_header
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "served_costs.json"
@@ -197,11 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, c in recognizer.items():
         print(f"  {name}: {c:.3f}")
     result = {
-        "benchmark": "served_costs",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "duration_s": round(time.time() - started, 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_start": load0, "load_average_at_end": list(os.getloadavg())},
+        **run_header("served_costs", started, load0),
         "cpu_s_per_session_second": costs,
         "sum": total,
         "sessions_bound": args.cores / total,
