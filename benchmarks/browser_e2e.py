@@ -17,6 +17,10 @@ probe injected into the page (``benchmarks/browser_probe.js``) times everything 
 - **A/V offset**: as seen (visible mouth onset - remote audio onset, per burst) against as sent: the same
   bursts through ``styletalk-live speak``, which records the live session's output with its audio on the
   stream's media clock (the clock the server stamps RTP with), measured with the same detectors.
+- **A/V playout skew (Chromium's account)**: every 250 ms, ``estimatedPlayoutTimestamp`` of the audio and of the
+  video inbound stream from one getStats report (each: the sender's NTP time, mapped through its RTCP sender
+  reports, of the media playing out now); audio - video < 0 means the voice plays older media than the picture.
+  It needs no audio tap, so it tells a skew of the browser's sync from a lag of the probe's audio reading.
 - **style click -> new style on screen**: a click on a style button (in silence) to the expected display time
   of the first frame at or after the frame the server's reply names (frame indices from RTP timestamps). In
   silence the styles share the resting face, so a pixel change would not say when the style arrived.
@@ -257,9 +261,16 @@ def analyse_speech(raw: dict[str, Any]) -> dict[str, Any]:
         "sent_onsets": len(sent),
         "remote_onsets": len(remote),
         "mouth_events": len(motion_events(frames.t, frames.mouth)),
+        "playout_skew_ms": playout_skew(raw.get("playout", [])),
         "trials": trials,
         **frame_rate(frames, raw),
     }
+
+
+def playout_skew(rows: list[list[float | None]]) -> dict[str, Any]:
+    """Audio minus video estimated playout time (sender NTP ms) over the probe's getStats samples."""
+    diffs = [a - v for _, a, v in rows if a is not None and v is not None]
+    return {"p50": pct(diffs, 50), "p5": pct(diffs, 5), "p95": pct(diffs, 95), "n": len(diffs), "of": len(rows)}
 
 
 def frame_rate(frames: Frames, raw: dict[str, Any]) -> dict[str, Any]:
@@ -467,6 +478,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "av_offset_seen_ms": {"p50": pct(seen, 50), "n": len(seen)},
         "av_offset_sent_ms": sent_offset,
         "av_skew_added_by_browser_ms": (pct(seen, 50) - sent_offset) if seen and sent_offset is not None else None,
+        "av_playout_skew_ms": sp["playout_skew_ms"],
         "style_click_to_screen_ms": {"p50": pct(switches, 50), "n": len(switches),
                                       "of": len(data["silence"]["style_switches"])},
         "fps_presented": sp["fps_presented"],
@@ -500,6 +512,9 @@ def print_table(s: dict[str, Any]) -> None:
           f"{s['av_offset_seen_ms']['n']} |")
     print(f"| A/V offset as sent (ms) | {f(s['av_offset_sent_ms'])} | | |")
     print(f"| skew added by the browser (ms) | {f(s['av_skew_added_by_browser_ms'])} | | |")
+    ps = s["av_playout_skew_ms"]
+    print(f"| A/V playout skew, Chromium's estimatedPlayoutTimestamp (audio - video, ms) | {f(ps['p50'])} | "
+          f"{f(ps['p95'])} | {ps['n']}/{ps['of']} |")
     sw = s["style_click_to_screen_ms"]
     print(f"| style click -> new-style frame on screen (ms) | {f(sw['p50'])} | | {sw['n']}/{sw['of']} |")
     print(f"fps presented {s['fps_presented']:.1f}, freezes {f(s['freezes'])}, codec {s['codec']}; "

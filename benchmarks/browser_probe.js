@@ -12,6 +12,7 @@
     remote: [], // [t_ms, peak, ts_ms] the avatar's audio as the page renders it
     frames: [], // {t, p, e, r, rtp, n, mouth: [...grey], face: [...grey]} per presented video frame
     clicks: [], // {t, style, ack}
+    playout: [], // [t_ms, audio, video] getStats estimatedPlayoutTimestamp (sender NTP ms of the media playing now)
     errors: [],
     running: false,
   };
@@ -36,6 +37,21 @@
       value.close();
     }
     reader.releaseLock();
+  }
+
+  // Chromium's own account of A/V sync: each inbound stream's estimatedPlayoutTimestamp is the sender's NTP time
+  // (from its RTCP sender reports) of the media playing out now; audio minus video read from one report is the
+  // skew the browser adds, independent of how the probe taps the audio.
+  async function playout() {
+    while (probe.running) {
+      const report = await window.styletalk.pc.getStats();
+      const row = { audio: null, video: null };
+      report.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.estimatedPlayoutTimestamp !== undefined) row[s.kind] = s.estimatedPlayoutTimestamp;
+      });
+      probe.playout.push([performance.now(), row.audio, row.video]);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
   }
 
   function greyOf(ctx, video, box, grid) {
@@ -99,6 +115,7 @@
     if (remoteTrack) levels(remoteTrack, probe.remote).catch((e) => probe.errors.push(`remote: ${e}`));
     else probe.errors.push("no remote audio track");
     watchVideo(video, box, faceBox);
+    playout().catch((e) => probe.errors.push(`playout: ${e}`));
     return true;
   };
 
@@ -132,6 +149,7 @@
     remote: probe.remote,
     frames: probe.frames,
     clicks: probe.clicks,
+    playout: probe.playout,
     firstRtp: probe.firstRtp ?? null,
     firstVideoIndex: window.styletalk.lastStats?.transport?.first_video_index ?? null,
     errors: probe.errors,
