@@ -593,8 +593,8 @@ class Trainer:
             metrics["style_offset_l1"] = self.style_probe.offset(model)
             score += metrics["style_offset_l1"]
         if self.style_probe is not None and self.cfg.select_ident > 0:
-            metrics["val_ident"] = self.style_probe.identification(model)
-            score -= self.cfg.select_ident * metrics["val_ident"]
+            metrics["style_ident"] = self.style_probe.identification(model)
+            score -= self.cfg.select_ident * metrics["style_ident"]
         if self.cfg.select_open_r > 0 and "tail_open_r" in metrics:  # tails only, never the held-out clip
             score -= self.cfg.select_open_r * metrics["tail_open_r"]
         metrics["step"] = float(self.step)

@@ -365,5 +365,5 @@ def test_validation_identification_selects_on_validation_data_only(split: DataSp
     assert probe.windows.shape[0] == sum(len(t) for t in split.val_tails)
     assert all(h is e for (_, h), e in zip(probe.clips, [c.exp for c in split.style_train], strict=True))
     got = trainer.validate()
-    assert 0.0 <= got["val_ident"] <= 1.0
-    assert trainer.best == pytest.approx(got["tail_mouth_l1"] - 2.0 * got["val_ident"], abs=1e-9)
+    assert 0.0 <= got["style_ident"] <= 1.0
+    assert trainer.best == pytest.approx(got["tail_mouth_l1"] - 2.0 * got["style_ident"], abs=1e-9)
