@@ -551,6 +551,48 @@ def feature_sheet(exp_open: np.ndarray) -> Path:
     return path
 
 
+BLINK_AVATARS = ("astronaut", "Obama_clip1", "KristiNoem")
+
+
+def blink_strips() -> list[np.ndarray]:
+    """Per avatar (the built-in one and two sample clips' frame 2), the 7 frames of an idle blink
+    (engine.motion's closure profile), cropped to both eyes and enlarged 3×: one strip each."""
+    from skimage.transform import resize
+
+    from engine.motion import IdleMotion
+
+    closure = IdleMotion(seed=0).blink_amounts(np.arange(30, 37))  # the first blink starts at frame 30
+    r = WarpRenderer(size=256)
+    strips = []
+    for name in BLINK_AVATARS:
+        img = builtin_avatar(256) if name == "astronaut" else \
+            read_video_rgb(DATA / "source" / "video" / f"{name}.mp4")[SOURCE_OFFSET]
+        st = r.prepare(img)
+        frames = r.render(st, np.zeros((len(closure), 64), np.float32), None, blink=closure)
+        eyes = st.landmarks[36:48]
+        (x0, y0), (x1, y1) = eyes.min(0), eyes.max(0)
+        w = 1.3 * (x1 - x0)
+        cx, cy, h = (x0 + x1) / 2, (y0 + y1) / 2, 0.45 * w
+        box = (slice(int(cy - h / 2), int(cy + h / 2)), slice(int(cx - w / 2), int(cx + w / 2)))
+        crops = [resize(f[box], (3 * f[box].shape[0], 3 * f[box].shape[1]), order=0, preserve_range=True)
+                 for f in frames]
+        strips.append(np.concatenate(crops, 1).astype(np.uint8))
+    return strips
+
+
+def blink_sheet() -> Path:
+    """The idle blink, close-up: one row per avatar (see :func:`blink_strips`)."""
+    import skimage.io
+
+    strips = blink_strips()
+    width = max(s.shape[1] for s in strips)
+    sheet = np.concatenate([np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0))) for s in strips], 0)
+    path = RESULTS / "renderer_blink.png"
+    skimage.io.imsave(path, sheet, check_contrast=False)
+    print(f"  wrote {path}: rows {', '.join(BLINK_AVATARS)}; 7 frames of a blink each", flush=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
@@ -586,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     w = ExpressionMap.load().weights.numpy()
     exp_open = exp[int(np.argmax(exp @ (w[:, 66, 1] - w[:, 62, 1])))]
     result["feature_sheet"] = str(feature_sheet(exp_open).relative_to(REPO_ROOT))
+    if not args.no_rest:
+        result["blink_sheet"] = str(blink_sheet().relative_to(REPO_ROOT))
     if not args.no_quality:
         result["quality"] = quality(args)
     if not args.no_rest:
@@ -599,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_quality and args.no_rest and not args.no_speed:
             # speed only: its machine and load figures describe the speed rows; "machine" stays the quality run's
             result["speed_machine"] = result.pop("machine")
-        keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "machine", "speed_machine")
+        keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "blink_sheet", "machine",
+                "speed_machine")
         result = {**{k: v for k, v in old.items() if k in keep}, **result}
     write_results(out, result)
     return 0

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from models.warp.config import WarpConfig
 from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
-from models.warp.tps import affine2, interp_curve, px_to_norm, similarity, smoothstep
+from models.warp.tps import affine2, cubic_curve, interp_curve, px_to_norm, similarity, smoothstep
 
 Move = tuple[torch.Tensor, torch.Tensor] | None  # per-frame face→pixel map with head motion: lin (N,2,2), off (N,2)
 
@@ -186,7 +186,9 @@ def prepare_avatar(
     step = cfg.lattice_step / 4
     lut_h0 = float(src[:, 0].min()) - 0.5
     hs = torch.arange(lut_h0, float(src[:, 0].max()) + 0.5, step)
-    lut = torch.stack([interp_curve(src[list(c), 0], src[list(c), 1], hs) for c in _LUT_CURVES])
+    # (the eyelids as cubics, like the eye model's target lids: models/warp/eyes.py)
+    lut = torch.stack([(cubic_curve if i < 4 else interp_curve)(src[list(c), 0], src[list(c), 1], hs)
+                       for i, c in enumerate(_LUT_CURVES)])
 
     upsample = F.interpolate(torch.eye(cfg.grid)[None], size=size, mode="linear", align_corners=True)[0].T
     a_inv = torch.linalg.inv(A)

@@ -103,3 +103,21 @@ def tps_eval_at(coef: torch.Tensor, ctrl: torch.Tensor, pts: torch.Tensor) -> to
     homog = torch.cat([torch.ones_like(pts[..., :1]), pts], -1).transpose(1, 2)  # (N, 3, P)
     coef_t = coef.transpose(1, 2)  # (N, 2, M+3)
     return torch.bmm(coef_t[:, :, :m], u) + torch.bmm(coef_t[:, :, m:], homog)
+
+
+def cubic_curve(xk: torch.Tensor, yk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The cubic through four knots (xk, yk) (…, 4) evaluated at x (…, P); constant beyond the end knots.
+
+    An eyelid is an arc: the polyline through dlib's four lid points cuts under it near the corners, and a lid
+    drawn from one polyline onto another imprints the difference as a wave. Lagrange form, with the knots made
+    monotone and at least 1e-3 apart (lid knots are evenly spread, so the cubic does not overshoot).
+    """
+    xk = torch.cummax(xk, dim=-1).values
+    xk = xk + torch.arange(4, dtype=xk.dtype, device=xk.device) * 1e-3
+    x = torch.minimum(torch.maximum(x, xk[..., :1]), xk[..., 3:])
+    d = x.unsqueeze(-1) - xk.unsqueeze(-2)  # (…, P, 4)
+    d0, d1, d2, d3 = d.unbind(-1)
+    num = torch.stack([d1 * d2 * d3, d0 * d2 * d3, d0 * d1 * d3, d0 * d1 * d2], -1)
+    dk = xk.unsqueeze(-1) - xk.unsqueeze(-2) + torch.eye(4, dtype=xk.dtype, device=xk.device)  # (…, 4, 4)
+    den = dk.prod(-1)  # (…, 4): Π_{j≠k} (x_k − x_j)
+    return (num * (yk / den).unsqueeze(-2)).sum(-1)
