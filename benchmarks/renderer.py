@@ -431,20 +431,156 @@ def rest_and_closure(args: argparse.Namespace) -> dict:
     return out
 
 
+def angle_speed(angles_deg: np.ndarray) -> np.ndarray:
+    """Head angular speed (T,) in °/s of an angle track (T, 3) in degrees at 30 fps, smoothed over ±1.5 frames
+    first (the per-frame 3DMM fits jitter); frame i's speed is that of the step i-1 → i (frame 0: step 0 → 1)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    step = np.linalg.norm(np.diff(gaussian_filter1d(angles_deg, 1.5, axis=0), axis=0), axis=1) * 30.0
+    return np.r_[step[:1], step]
+
+
+def speech_frames(labels: np.ndarray) -> np.ndarray:
+    """Frames (T,) with speech in most of their ±5-frame neighbourhood (labels other than SIL/NSN)."""
+    from scipy.ndimage import uniform_filter1d
+
+    from models.phonemes import NSN
+
+    return uniform_filter1d((~np.isin(labels, (SIL, NSN))).astype(float), 11) > 0.5
+
+
+def onset_frames(labels: np.ndarray, pause: int = 8) -> np.ndarray:
+    """Phrase onsets: the first speech frame after at least ``pause`` silent frames."""
+    from models.phonemes import NSN
+
+    speech = ~np.isin(labels, (SIL, NSN))
+    return np.array([i for i in range(pause, len(labels))
+                     if speech[i] and not speech[i - pause:i].any()], np.int64)
+
+
+def sample_speakers() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The 8 source clips with reference phoneme labels: angles (T, 3) in degrees and labels (T,)."""
+    import scipy.io
+
+    out = {}
+    for mat in sorted((DATA / "source" / "3dmm").glob("*.mat")):
+        seq = DATA / "source" / "phoneme" / f"{mat.stem}_seq.json"
+        ang = np.degrees(scipy.io.loadmat(str(mat))["coeff"][:, 224:227].astype(np.float64))
+        labels = np.asarray(json.loads(seq.read_text()), np.int64)
+        n = min(len(ang), len(labels))
+        out[mat.stem] = (ang[:n], labels[:n])
+    return out
+
+
+GAIN_GRID = (np.round(np.arange(0.0, 1.01, 0.1), 2), np.round(np.arange(0.2, 1.61, 0.1), 2),
+             np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
+MOTION_SEEDS = (0, 1, 2)  # generated motion is scored over three seeds (its rhythm is random)
+
+
+class SpeakerSpeeds:
+    """Per clip the speeds of speech, silence and near-onset frames, real and generated for every gain of
+    ``GAIN_GRID`` (the generated angles are slow + gain(t) · modulated, linear in the gain: generated once)."""
+
+    def __init__(self) -> None:
+        from engine.motion import IdleMotion, speech_activity
+        from models.phonemes import phoneme_windows
+
+        self.real: dict[str, list[np.ndarray]] = {}
+        self.gen: dict[tuple[float, float, float], dict[str, list[np.ndarray]]] = {}
+        grid = [(float(a), float(b), float(c)) for a in GAIN_GRID[0] for b in GAIN_GRID[1] for c in GAIN_GRID[2]]
+        self.grid = grid + [(1.0, 1.0, 0.0)]
+        for name, (ang, labels) in sample_speakers().items():
+            sp = speech_frames(labels)
+            near = np.unique(np.concatenate([np.arange(max(o - 3, 0), min(o + 2, len(labels)))
+                                             for o in onset_frames(labels)] or [np.zeros(0, np.int64)]))
+
+            def split(v: np.ndarray, sp: np.ndarray = sp, near: np.ndarray = near) -> list[np.ndarray]:
+                return [v[sp], v[~sp], v[near]]
+
+            self.real[name] = split(angle_speed(ang))
+            frames, win = np.arange(len(labels)), phoneme_windows(labels)
+            activity, onset = speech_activity(win)
+            for seed in MOTION_SEEDS:
+                slow, mod = (np.degrees(p[:, :3]) for p in IdleMotion(seed=seed).head_parts(frames))
+                for g in self.grid:
+                    gain = g[0] + (g[1] - g[0]) * activity + g[2] * onset
+                    parts = split(angle_speed(slow + gain[:, None] * mod))
+                    acc = self.gen.setdefault(g, {}).setdefault(name, [np.zeros(0)] * 3)
+                    self.gen[g][name] = [np.r_[a, b] for a, b in zip(acc, parts, strict=True)]
+
+    @staticmethod
+    def stats(per_clip: list[list[np.ndarray]]) -> dict[str, float]:
+        """Pooled median speed in speech and silence (°/s), their ratio, and the mean speed near phrase onsets
+        (3 frames before to 1 after) over the speech median."""
+        sp, si, near = (np.concatenate([c[k] for c in per_clip]) for k in range(3))
+        out = {"speech_deg_s": float(np.median(sp)), "silence_deg_s": float(np.median(si)) if si.size else np.nan}
+        out["speech_over_silence"] = out["speech_deg_s"] / out["silence_deg_s"]
+        out["onset_over_speech"] = float(np.mean(near)) / out["speech_deg_s"] if near.size else np.nan
+        return out
+
+    def fit(self, clips: list[str]) -> tuple[float, float, float]:
+        """The gains whose generated speed best matches these clips' pooled real speed in speech, in silence
+        and near onsets (sum of squared log ratios)."""
+        target = self.stats([self.real[c] for c in clips])
+        keys = ("speech_deg_s", "silence_deg_s", "onset_over_speech")
+
+        def err(g: tuple[float, float, float]) -> float:
+            st = self.stats([self.gen[g][c] for c in clips])
+            return float(sum(np.log(st[k] / target[k]) ** 2 for k in keys))
+
+        return min(self.grid[:-1], key=err)
+
+
+def speech_driven_motion() -> dict:
+    """How the sample speakers' head speed follows speech, and the generated motion's, leave-one-clip-out:
+    the gains are fitted on 7 clips and the 8th clip's labels drive the motion scored against its real one."""
+    from engine.motion import SPEECH_GAIN
+
+    data = SpeakerSpeeds()
+    names = sorted(data.real)
+    per_clip = {}
+    for name in names:
+        gains = data.fit([c for c in names if c != name])
+        r, g = data.stats([data.real[name]]), data.stats([data.gen[gains][name]])
+        u = data.stats([data.gen[(1.0, 1.0, 0.0)][name]])
+        per_clip[name] = {"gains_fitted_without": gains, "real": r, "generated": g, "speech_independent": u}
+        print(f"  {name:22s} gains {gains}  speech/silence speed real {r['speech_over_silence']:.2f} "
+              f"generated {g['speech_over_silence']:.2f} (speech-independent {u['speech_over_silence']:.2f}); "
+              f"°/s speech {r['speech_deg_s']:.1f}/{g['speech_deg_s']:.1f}/{u['speech_deg_s']:.1f}, silence "
+              f"{r['silence_deg_s']:.1f}/{g['silence_deg_s']:.1f}/{u['silence_deg_s']:.1f}; onset surge "
+              f"{r['onset_over_speech']:.2f}/{g['onset_over_speech']:.2f}/{u['onset_over_speech']:.2f}", flush=True)
+    keys = ("speech_over_silence", "speech_deg_s", "silence_deg_s", "onset_over_speech")
+    out = {"per_clip": per_clip, "shipped_gain": list(SPEECH_GAIN), "shipped_gain_fitted_on_all": list(data.fit(names)),
+           "median_over_clips": {w: {k: float(np.nanmedian([c[w][k] for c in per_clip.values()])) for k in keys}
+                                 for w in ("real", "generated", "speech_independent")}}
+    m = out["median_over_clips"]
+    print(f"head speed, median over the 8 held-out clips (real / generated / speech-independent): speech/silence "
+          f"{m['real']['speech_over_silence']:.2f} / {m['generated']['speech_over_silence']:.2f} / "
+          f"{m['speech_independent']['speech_over_silence']:.2f}; onset surge {m['real']['onset_over_speech']:.2f} / "
+          f"{m['generated']['onset_over_speech']:.2f} / {m['speech_independent']['onset_over_speech']:.2f}; "
+          f"gains fitted on all clips {out['shipped_gain_fitted_on_all']} (shipped {SPEECH_GAIN})", flush=True)
+    return out
+
+
 def head_motion(args: argparse.Namespace) -> dict:
-    """Default (unscripted) head motion of the engine vs the sample speakers: angle spread and nose travel."""
+    """Default (unscripted) head motion of the engine vs the sample speakers: angle spread and nose travel,
+    and (``speech_driven_motion``) how its speed follows speech."""
     import scipy.io
 
     from engine.motion import IdleMotion
+    from models.phonemes import phoneme_windows
 
     real = []
     for mat in sorted((DATA / "source" / "3dmm").glob("*.mat")) + sorted((DATA / "style" / "3dmm").glob("*.mat")):
         ang = scipy.io.loadmat(str(mat))["coeff"][:, 224:227]
         real.append(np.degrees(ang.std(0)))
     real_std = np.mean(real, 0)
-    n = 6 * 30
+    # the engine's motion while speaking the held-out sentence (between 1 s of silence), as a session makes it
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:150]
+    labels = np.concatenate([np.full(30, SIL), np.asarray(seq, np.int64), np.full(30, SIL)])
+    n = len(labels)
     motion = IdleMotion(seed=0, fps=30)
-    poses = motion.poses(np.arange(n))
+    poses = motion.poses(np.arange(n), phoneme_windows(labels))
     rend_std = np.degrees(poses[:, :3].std(0))
     renderer = WarpRenderer(size=256)
     state = renderer.prepare(builtin_avatar(256))
@@ -454,7 +590,9 @@ def head_motion(args: argparse.Namespace) -> dict:
     out = {"real_angle_std_deg": real_std.tolist(), "rendered_angle_std_deg": rend_std.tolist(),
            "rendered_nose_travel_px": travel, "seconds": n / 30}
     print(f"head: angle std (pitch, yaw, roll) real {np.round(real_std, 2).tolist()} deg, rendered default "
-          f"{np.round(rend_std, 2).tolist()} deg; rendered nose travel over 6 s {travel:.1f} px", flush=True)
+          f"{np.round(rend_std, 2).tolist()} deg; rendered nose travel over {n / 30:.0f} s {travel:.1f} px",
+          flush=True)
+    out["speech"] = speech_driven_motion()
     return out
 
 
