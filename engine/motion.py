@@ -29,9 +29,10 @@ _PROFILE = np.array([0.35, 0.75, 1.0, 1.0, 0.7, 0.35, 0.1], np.float32)
 # Head motion of the sample speakers (data/styletalk-samples, all 25 .mat files; benchmarks/renderer.py
 # `head_motion` re-measures it): per-clip standard deviation of the 9 pose parameters, averaged over clips —
 # angles (pitch, yaw, roll; here in radians from 2.99°, 4.60°, 2.89°), 3DMM translation, crop scale/tx/ty — and
-# how the angle power spreads over frequency bands (pooled spectrum of the 8 source clips). These amplitudes
-# hold at unit gain; the speech gain below scales the bands from FAST_FROM_HZ (48 % of the variance), so a
-# silent head moves about 0.7x as far as the speakers' and a talking one about 0.8x.
+# how the angle power spreads over frequency bands (pooled spectrum of the 8 source clips; generated at
+# HEAD_TEMPO times these frequencies). These amplitudes hold at unit gain; the speech gain below scales the bands
+# from FAST_FROM_HZ (48 % of the variance), so a silent head moves about 0.7x as far as the speakers' and a
+# talking one about 0.95x.
 HEAD_STD = np.array([np.radians(2.99), np.radians(4.60), np.radians(2.89), 0.012, 0.016, 0.149, 0.029, 10.13, 6.54],
                     np.float64)
 # The crop shift (tx, ty) is generated at 0.6 of the speakers' spread: their crops also follow camera motion,
@@ -40,11 +41,14 @@ HEAD_STD = np.array([np.radians(2.99), np.radians(4.60), np.radians(2.89), 0.012
 HEAD_GAIN = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])
 HEAD_BANDS_HZ = ((0.08, 0.25), (0.25, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 4.0))
 HEAD_BAND_SHARE = np.array([0.52, 0.26, 0.15, 0.05, 0.02])
-# Gain of the bands from FAST_FROM_HZ in silence, in speech and at a phrase onset, fitted (grid, benchmarks/renderer.py
-# speech_driven_motion) to the 8 labelled source clips' head speed: median 7-15 °/s while speaking and 4-8 in pauses
-# on 7 of them (KristiNoem: 4 and 13), highest around phrase onsets. At unit gain the generated head moved ~18 °/s
-# in both.
-SPEECH_GAIN = (0.0, 0.4, 1.0)
+# Gain of the bands from FAST_FROM_HZ in silence, in speech and at a phrase onset, and a scale of all band
+# frequencies (HEAD_TEMPO: the measured spectrum's fast bands hold part of the 3DMM fits' frame-to-frame jitter,
+# which a generated head turned into real, too fast, motion), fitted together on a grid (benchmarks/renderer.py
+# speech_driven_motion) to the 8 labelled source clips: median head speed 7-15 °/s while speaking and 4-8 in pauses
+# on 7 of them (KristiNoem: 4 and 13), highest around phrase onsets, and the clips' angle spread. At unit gain and
+# tempo the generated head moved ~18 °/s, talking or not.
+SPEECH_GAIN = (0.0, 0.9, 0.5)
+HEAD_TEMPO = 0.5
 FAST_FROM_HZ = 0.25
 _HANN = np.hanning(13)[1:-1] / np.hanning(13)[1:-1].sum()  # (11,) weights of a phoneme window
 
@@ -73,17 +77,17 @@ class IdleMotion:
 
     ``head`` scales a natural head motion whose spread (per pose parameter) and rhythm (power per frequency
     band) match the sample speakers' (1.0 = theirs; 0 = a still head): a sum of one sinusoid per band and
-    parameter, with seeded frequencies and phases. The bands above 0.5 Hz, which carry most of the angular
-    speed and little of the spread, are scaled per frame by the speech around it (:func:`speech_activity`):
-    ``SPEECH_GAIN`` = (silence, speech, phrase onset), so the head moves faster while talking and most at the
-    start of a phrase, as the sample speakers' do (benchmarks/renderer.py ``head_motion`` fits and scores it
-    leave-one-clip-out). Without phoneme windows a frame counts as silence. ``sway`` adds the older slow
-    sinusoidal sway of the angles.
+    parameter, with seeded frequencies (``tempo`` times the band's) and phases. The bands from
+    ``FAST_FROM_HZ``, which carry most of the angular speed, are scaled per frame by the speech around it
+    (:func:`speech_activity`): ``SPEECH_GAIN`` = (silence, speech, phrase onset), so the head moves faster while
+    talking and most at the start of a phrase, as the sample speakers' do (benchmarks/renderer.py
+    ``speech_driven_motion`` fits and scores it leave-one-clip-out). Without phoneme windows a frame counts as
+    silence. ``sway`` adds the older slow sinusoidal sway of the angles.
     """
 
     def __init__(self, seed: int = 0, min_gap_s: float = 2.0, max_gap_s: float = 6.0, fps: int = 30,
                  sway: float = 0.0, base_pose: np.ndarray | None = None, head: float = 1.0,
-                 speech_gain: tuple[float, float, float] | None = None) -> None:
+                 speech_gain: tuple[float, float, float] | None = None, tempo: float = HEAD_TEMPO) -> None:
         self.fps = fps
         self.sway = float(sway)
         self.head = float(head)
@@ -96,7 +100,7 @@ class IdleMotion:
         self._starts: list[int] = [int(1.0 * fps)]  # first blink ~1 s in; later ones drawn on demand
         self._phase = rng.uniform(0, 2 * np.pi, size=3)
         head_rng = np.random.default_rng([seed, 1])  # its own stream: the blink schedule stays as it was
-        self._freq = np.stack([head_rng.uniform(lo, hi, size=9) for lo, hi in HEAD_BANDS_HZ])  # (bands, 9)
+        self._freq = tempo * np.stack([head_rng.uniform(lo, hi, size=9) for lo, hi in HEAD_BANDS_HZ])  # (bands, 9)
         self._head_phase = head_rng.uniform(0, 2 * np.pi, size=self._freq.shape)
         # amplitude per band: a sinusoid of amplitude a has variance a²/2
         self._amp = np.sqrt(2.0 * HEAD_BAND_SHARE / HEAD_BAND_SHARE.sum())[:, None] * (HEAD_STD * HEAD_GAIN)[None, :]
