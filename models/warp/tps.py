@@ -110,14 +110,13 @@ def cubic_curve(xk: torch.Tensor, yk: torch.Tensor, x: torch.Tensor) -> torch.Te
 
     An eyelid is an arc: the polyline through dlib's four lid points cuts under it near the corners, and a lid
     drawn from one polyline onto another imprints the difference as a wave. Lagrange form, with the knots made
-    monotone and at least 1e-3 apart (lid knots are evenly spread, so the cubic does not overshoot).
+    monotone and at least 1e-3 apart (lid knots are evenly spread, so the cubic does not overshoot). Written in
+    few ops (the eye model runs it every frame): the products Π_{j≠k} (x − x_j) by pairing (d0 d1)(d2 d3).
     """
-    xk = torch.cummax(xk, dim=-1).values
-    xk = xk + torch.arange(4, dtype=xk.dtype, device=xk.device) * 1e-3
-    x = torch.minimum(torch.maximum(x, xk[..., :1]), xk[..., 3:])
-    d = x.unsqueeze(-1) - xk.unsqueeze(-2)  # (…, P, 4)
-    d0, d1, d2, d3 = d.unbind(-1)
-    num = torch.stack([d1 * d2 * d3, d0 * d2 * d3, d0 * d1 * d3, d0 * d1 * d2], -1)
-    dk = xk.unsqueeze(-1) - xk.unsqueeze(-2) + torch.eye(4, dtype=xk.dtype, device=xk.device)  # (…, 4, 4)
-    den = dk.prod(-1)  # (…, 4): Π_{j≠k} (x_k − x_j)
-    return (num * (yk / den).unsqueeze(-2)).sum(-1)
+    xk = torch.cummax(xk, dim=-1).values + xk.new_tensor([0.0, 1e-3, 2e-3, 3e-3])
+    x = torch.clamp(x, min=xk[..., :1], max=xk[..., 3:])
+    d = (x.unsqueeze(-1) - xk.unsqueeze(-2)).unflatten(-1, (2, 2))  # (…, P, 2, 2): (d0, d1), (d2, d3)
+    swap = d.flip(-1)  # (d1, d0), (d3, d2)
+    num = ((d * swap).flip(-2) * swap).flatten(-2)  # (d2 d3 d1, d2 d3 d0, d0 d1 d3, d0 d1 d2)
+    den = (xk.unsqueeze(-1) - xk.unsqueeze(-2) + torch.eye(4, dtype=xk.dtype, device=xk.device)).prod(-1)
+    return (num @ (yk / den).unsqueeze(-1)).squeeze(-1)
