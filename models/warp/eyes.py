@@ -30,9 +30,7 @@ def eye_model(
     corners, leaving no seams.
     """
     n = tgt.shape[0]
-    e0, e1 = avatar.eyes
-    h_t = torch.stack([e0.h, e1.h])  # (2, Qh) target columns (lattice)
-    v_t = torch.stack([e0.v, e1.v])  # (2, Qv)
+    h_t, v_t = avatar.eye_h, avatar.eye_v  # (2, Qh) target columns, (2, Qv) rows of the lattices
 
     # target curves per lattice column: upper lid (true and spline's) and lower lid → (N, 2, 3, Qh)
     knots = torch.cat([tgt, spline], 1)[:, ix.eye_knots]  # (N, 2, 3, 4, 2)
@@ -49,18 +47,20 @@ def eye_model(
     a = us - cfg.lid_band
     z = ls + cfg.under_eye_band
     lash = cfg.lash_band
-    lt = torch.minimum(lt, z - 0.01 - cfg.lid_overlap)
+    lt = torch.minimum(lt, z - (0.01 + cfg.lid_overlap))
     a_lash = a + (lash + 0.01)
     ut = torch.minimum(torch.maximum(ut, a_lash), lt)
     up_ = torch.minimum(torch.maximum(up_, a_lash), ut)
-    u_a, us_a, a_l = u - a, us - lash - a, a + lash
+    u_a, a_l = u - a, a + lash
+    us_a = cfg.lid_band - lash  # us − lash − A: the skin band's length in the photo
 
     # A closing lid also covers the lower lid's rim: dlib's lower-lid points lie on the eyeball's edge, and the
     # rim below them (wet line, a sliver of white) would peep out under a lid that stopped on them. As the gap
     # closes, the opening's bottom edge (and so the lid closing onto it) moves lid_overlap lower over that rim,
     # in target and source alike (the under-eye skin keeps its place); an eye as open as the photo's is untouched.
     gs = (ls - us).clamp_min(0.0)
-    cover = cfg.lid_overlap * ((gs - (lt - ut)) / gs.clamp_min(0.02)).clamp(0.0, 1.0)  # 0 where gs = 0 (corners)
+    gt = lt - ut  # (cover moves both ends: the gap is unchanged)
+    cover = cfg.lid_overlap * ((gs - gt) / gs.clamp_min(0.02)).clamp(0.0, 1.0)  # 0 where gs = 0 (corners)
     ut_c, lt_c, ls_c = ut + cover, lt + cover, ls + cover
     # [A, top] → [A, us] for the target lid (ut_c) and the spline's (up_) in one pass: the lash margin rigid, the
     # skin [A, top − lash] ← [A, us − lash] by s(x) = c·x + (Y − c·X)·(x/X)², most of the stretch next to the
@@ -77,8 +77,7 @@ def eye_model(
     # what the spline does with its own (unmoved) lids
     gp = (lt - up_).clamp_min(1e-6)
     model = torch.where(u < up_, band_model, torch.where(u <= lt, us + (u - up_) * gs / gp, v_under))
-    gt = lt_c - ut_c
-    keep_still = torch.minimum((us - ut_c).clamp_min(0.0), ls_c - lt_c)  # eyeball still while [ut, lt] fits inside
+    keep_still = torch.minimum((us - ut_c).clamp_min(0.0), ls - lt)  # eyeball still while [ut, lt] fits inside
     v_open = torch.where(gt <= gs, u + keep_still, us + (u - ut_c) * gs / gt.clamp_min(1e-6))
     want = torch.where(u < ut_c, band_want, torch.where(u <= lt_c, v_open, v_under))
     r = cfg.ramp
