@@ -28,12 +28,16 @@ Face measures (issue 17), on the same self-driven clips but driven with the clip
   silent runs (≥ 10 SIL frames) minus the photo's own gap; share of P/B/M frames whose gap is within 1 px of
   closed;
 - head motion (``head_motion``): spread of the pose the engine feeds the renderer by default vs the sample
-  speakers' (.mat angles, degrees), and the rendered vs real nose-tip travel in pixels.
+  speakers' (.mat angles, degrees), and the rendered vs real nose-tip travel in pixels; how head speed follows
+  speech (``speech_driven_motion``): median angular speed in speech and in pauses and their ratio, the speed
+  around phrase onsets, real vs generated, with the motion's tempo and speech gains fitted leave-one-clip-out on
+  the 8 source clips that have reference phoneme labels;
+- the idle blink, close-up (``blink_sheet``).
 Every fitted piece is held out per clip: the expression map (``heldout/<clip>``); anything built from the sample
 videos (the mouth-interior bank) is built without the scored clip's speaker. The decoder is the built-in
 checkpoint, whose held-out clip is andrew_clip_2.
 
-    .venv/bin/python -m benchmarks.renderer [--runs 30] [--stride 3] [--compile] [--no-quality]
+    .venv/bin/python -m benchmarks.renderer [--runs 30] [--stride 3] [--compile] [--no-quality] [--head-only]
 """
 
 from __future__ import annotations
@@ -431,20 +435,177 @@ def rest_and_closure(args: argparse.Namespace) -> dict:
     return out
 
 
+def angle_speed(angles_deg: np.ndarray) -> np.ndarray:
+    """Head angular speed (T,) in °/s of an angle track (T, 3) in degrees at 30 fps, smoothed over ±1.5 frames
+    first (the per-frame 3DMM fits jitter); frame i's speed is that of the step i-1 → i (frame 0: step 0 → 1)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    step = np.linalg.norm(np.diff(gaussian_filter1d(angles_deg, 1.5, axis=0), axis=0), axis=1) * 30.0
+    return np.r_[step[:1], step]
+
+
+def speech_frames(labels: np.ndarray) -> np.ndarray:
+    """Frames (T,) with speech in most of their ±5-frame neighbourhood (labels other than SIL/NSN)."""
+    from scipy.ndimage import uniform_filter1d
+
+    from models.phonemes import NSN
+
+    return uniform_filter1d((~np.isin(labels, (SIL, NSN))).astype(float), 11) > 0.5
+
+
+def onset_frames(labels: np.ndarray, pause: int = 8) -> np.ndarray:
+    """Phrase onsets: the first speech frame after at least ``pause`` silent frames."""
+    from models.phonemes import NSN
+
+    speech = ~np.isin(labels, (SIL, NSN))
+    return np.array([i for i in range(pause, len(labels))
+                     if speech[i] and not speech[i - pause:i].any()], np.int64)
+
+
+def sample_speakers() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The 8 source clips with reference phoneme labels: angles (T, 3) in degrees and labels (T,)."""
+    import scipy.io
+
+    out = {}
+    for mat in sorted((DATA / "source" / "3dmm").glob("*.mat")):
+        seq = DATA / "source" / "phoneme" / f"{mat.stem}_seq.json"
+        ang = np.degrees(scipy.io.loadmat(str(mat))["coeff"][:, 224:227].astype(np.float64))
+        labels = np.asarray(json.loads(seq.read_text()), np.int64)
+        n = min(len(ang), len(labels))
+        out[mat.stem] = (ang[:n], labels[:n])
+    return out
+
+
+GAIN_GRID = (np.array([1.0, 0.8, 0.65, 0.5]), np.round(np.arange(0.0, 1.01, 0.1), 2),
+             np.round(np.arange(0.2, 1.61, 0.1), 2), np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
+MOTION_SEEDS = (0, 1, 2)  # generated motion is scored over three seeds (its rhythm is random)
+Motion = tuple[float, float, float, float]  # (tempo, gain in silence, in speech, at onsets): engine.motion
+SPEECH_INDEPENDENT: Motion = (1.0, 1.0, 1.0, 0.0)  # the motion before it followed speech
+
+
+class SpeakerSpeeds:
+    """Per clip the angular speeds of speech, silence and near-onset frames and the angles' spread, real and
+    generated for every (tempo, gains) of ``GAIN_GRID`` (per tempo the generated angles are slow + gain(t) ·
+    modulated, linear in the gain: generated once)."""
+
+    def __init__(self) -> None:
+        from engine.motion import IdleMotion, speech_activity
+        from models.phonemes import phoneme_windows
+
+        self.real: dict[str, list[np.ndarray]] = {}
+        self.gen: dict[Motion, dict[str, list[np.ndarray]]] = {}
+        self.grid: list[Motion] = [(float(t), float(a), float(b), float(c)) for t in GAIN_GRID[0]
+                                   for a in GAIN_GRID[1] for b in GAIN_GRID[2] for c in GAIN_GRID[3]]
+        for name, (ang, labels) in sample_speakers().items():
+            sp = speech_frames(labels)
+            near = np.unique(np.concatenate([np.arange(max(o - 3, 0), min(o + 2, len(labels)))
+                                             for o in onset_frames(labels)] or [np.zeros(0, np.int64)]))
+
+            def split(a: np.ndarray, sp: np.ndarray = sp, near: np.ndarray = near) -> list[np.ndarray]:
+                v = angle_speed(a)
+                return [v[sp], v[~sp], v[near], a.std(0)[None]]
+
+            self.real[name] = split(ang)
+            frames, win = np.arange(len(labels)), phoneme_windows(labels)
+            activity, onset = speech_activity(win)
+            for seed in MOTION_SEEDS:
+                for tempo in GAIN_GRID[0]:
+                    slow, mod = (np.degrees(p[:, :3].astype(np.float64))
+                                 for p in IdleMotion(seed=seed, tempo=float(tempo)).head_parts(frames))
+                    for g in [m for m in self.grid + [SPEECH_INDEPENDENT] if m[0] == tempo]:
+                        gain = g[1] + (g[2] - g[1]) * activity + g[3] * onset
+                        parts = split(slow + gain[:, None] * mod)
+                        acc = self.gen.setdefault(g, {}).get(name)
+                        self.gen[g][name] = parts if acc is None else \
+                            [np.concatenate([x, y]) for x, y in zip(acc, parts, strict=True)]
+
+    @staticmethod
+    def stats(per_clip: list[list[np.ndarray]]) -> dict[str, float]:
+        """Pooled median speed in speech and silence (°/s), their ratio, the mean speed near phrase onsets
+        (3 frames before to 1 after) over the speech median, and the mean per-clip spread (std, °) of pitch, yaw
+        and roll."""
+        sp, si, near, spread = (np.concatenate([c[k] for c in per_clip]) for k in range(4))
+        out = {"speech_deg_s": float(np.median(sp)), "silence_deg_s": float(np.median(si)) if si.size else np.nan}
+        out["speech_over_silence"] = out["speech_deg_s"] / out["silence_deg_s"]
+        out["onset_over_speech"] = float(np.mean(near)) / out["speech_deg_s"] if near.size else np.nan
+        for k, v in zip(("pitch", "yaw", "roll"), spread.mean(0), strict=True):
+            out[f"{k}_std_deg"] = float(v)
+        return out
+
+    def fit(self, clips: list[str]) -> Motion:
+        """The (tempo, gains) whose generated motion best matches these clips' pooled real speed in speech, in
+        silence and near onsets and their angles' spread (sum of squared log ratios; the spread's averaged over
+        the three angles)."""
+        target = self.stats([self.real[c] for c in clips])
+        keys = ("speech_deg_s", "silence_deg_s", "onset_over_speech")
+        spread = ("pitch_std_deg", "yaw_std_deg", "roll_std_deg")
+
+        def err(g: Motion) -> float:
+            st = self.stats([self.gen[g][c] for c in clips])
+            return float(sum(np.log(st[k] / target[k]) ** 2 for k in keys)
+                         + np.mean([np.log(st[k] / target[k]) ** 2 for k in spread]))
+
+        return min(self.grid, key=err)
+
+
+def speech_driven_motion() -> dict:
+    """How the sample speakers' head speed follows speech, and the generated motion's, leave-one-clip-out:
+    tempo and gains are fitted on 7 clips and the 8th clip's labels drive the motion scored against its real one."""
+    from engine.motion import HEAD_TEMPO, SPEECH_GAIN
+
+    data = SpeakerSpeeds()
+    names = sorted(data.real)
+    per_clip = {}
+    for name in names:
+        fitted = data.fit([c for c in names if c != name])
+        r, g = data.stats([data.real[name]]), data.stats([data.gen[fitted][name]])
+        u = data.stats([data.gen[SPEECH_INDEPENDENT][name]])
+        per_clip[name] = {"tempo_gains_fitted_without": fitted, "real": r, "generated": g, "speech_independent": u}
+        print(f"  {name:22s} fitted {fitted}  speech/silence speed real {r['speech_over_silence']:.2f} "
+              f"generated {g['speech_over_silence']:.2f} (speech-independent {u['speech_over_silence']:.2f}); "
+              f"°/s speech {r['speech_deg_s']:.1f}/{g['speech_deg_s']:.1f}/{u['speech_deg_s']:.1f}, silence "
+              f"{r['silence_deg_s']:.1f}/{g['silence_deg_s']:.1f}/{u['silence_deg_s']:.1f}; onset surge "
+              f"{r['onset_over_speech']:.2f}/{g['onset_over_speech']:.2f}/{u['onset_over_speech']:.2f}; yaw std "
+              f"{r['yaw_std_deg']:.1f}/{g['yaw_std_deg']:.1f}/{u['yaw_std_deg']:.1f}", flush=True)
+    keys = ("speech_over_silence", "speech_deg_s", "silence_deg_s", "onset_over_speech", "pitch_std_deg",
+            "yaw_std_deg", "roll_std_deg")
+    out = {"per_clip": per_clip, "shipped": [HEAD_TEMPO, *SPEECH_GAIN], "fitted_on_all": list(data.fit(names)),
+           "median_over_clips": {w: {k: float(np.nanmedian([c[w][k] for c in per_clip.values()])) for k in keys}
+                                 for w in ("real", "generated", "speech_independent")}}
+    m = out["median_over_clips"]
+    print(f"head motion, median over the 8 held-out clips (real / generated / speech-independent): speech/silence "
+          f"speed {m['real']['speech_over_silence']:.2f} / {m['generated']['speech_over_silence']:.2f} / "
+          f"{m['speech_independent']['speech_over_silence']:.2f}; speech "
+          f"{m['real']['speech_deg_s']:.1f} / {m['generated']['speech_deg_s']:.1f} / "
+          f"{m['speech_independent']['speech_deg_s']:.1f} °/s; silence {m['real']['silence_deg_s']:.1f} / "
+          f"{m['generated']['silence_deg_s']:.1f} / {m['speech_independent']['silence_deg_s']:.1f} °/s; onset surge "
+          f"{m['real']['onset_over_speech']:.2f} / {m['generated']['onset_over_speech']:.2f} / "
+          f"{m['speech_independent']['onset_over_speech']:.2f}; std pitch/yaw/roll "
+          + " / ".join(f"{m[w]['pitch_std_deg']:.1f},{m[w]['yaw_std_deg']:.1f},{m[w]['roll_std_deg']:.1f}"
+                       for w in ("real", "generated", "speech_independent"))
+          + f" °; fitted on all clips {out['fitted_on_all']} (shipped {out['shipped']})", flush=True)
+    return out
+
+
 def head_motion(args: argparse.Namespace) -> dict:
-    """Default (unscripted) head motion of the engine vs the sample speakers: angle spread and nose travel."""
+    """Default (unscripted) head motion of the engine vs the sample speakers: angle spread and nose travel,
+    and (``speech_driven_motion``) how its speed follows speech."""
     import scipy.io
 
     from engine.motion import IdleMotion
+    from models.phonemes import phoneme_windows
 
     real = []
     for mat in sorted((DATA / "source" / "3dmm").glob("*.mat")) + sorted((DATA / "style" / "3dmm").glob("*.mat")):
         ang = scipy.io.loadmat(str(mat))["coeff"][:, 224:227]
         real.append(np.degrees(ang.std(0)))
     real_std = np.mean(real, 0)
-    n = 6 * 30
+    # the engine's motion while speaking the held-out sentence (between 1 s of silence), as a session makes it
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:600]
+    labels = np.concatenate([np.full(30, SIL), np.asarray(seq, np.int64), np.full(30, SIL)])
+    n = len(labels)
     motion = IdleMotion(seed=0, fps=30)
-    poses = motion.poses(np.arange(n))
+    poses = motion.poses(np.arange(n), phoneme_windows(labels))
     rend_std = np.degrees(poses[:, :3].std(0))
     renderer = WarpRenderer(size=256)
     state = renderer.prepare(builtin_avatar(256))
@@ -454,7 +615,9 @@ def head_motion(args: argparse.Namespace) -> dict:
     out = {"real_angle_std_deg": real_std.tolist(), "rendered_angle_std_deg": rend_std.tolist(),
            "rendered_nose_travel_px": travel, "seconds": n / 30}
     print(f"head: angle std (pitch, yaw, roll) real {np.round(real_std, 2).tolist()} deg, rendered default "
-          f"{np.round(rend_std, 2).tolist()} deg; rendered nose travel over 6 s {travel:.1f} px", flush=True)
+          f"{np.round(rend_std, 2).tolist()} deg; rendered nose travel over {n / 30:.0f} s {travel:.1f} px",
+          flush=True)
+    out["speech"] = speech_driven_motion()
     return out
 
 
@@ -551,6 +714,48 @@ def feature_sheet(exp_open: np.ndarray) -> Path:
     return path
 
 
+BLINK_AVATARS = ("astronaut", "Obama_clip1", "KristiNoem")
+
+
+def blink_strips() -> list[np.ndarray]:
+    """Per avatar (the built-in one and two sample clips' frame 2), the 7 frames of an idle blink
+    (engine.motion's closure profile), cropped to both eyes and enlarged 3×: one strip each."""
+    from skimage.transform import resize
+
+    from engine.motion import IdleMotion
+
+    closure = IdleMotion(seed=0).blink_amounts(np.arange(30, 37))  # the first blink starts at frame 30
+    r = WarpRenderer(size=256)
+    strips = []
+    for name in BLINK_AVATARS:
+        img = builtin_avatar(256) if name == "astronaut" else \
+            read_video_rgb(DATA / "source" / "video" / f"{name}.mp4")[SOURCE_OFFSET]
+        st = r.prepare(img)
+        frames = r.render(st, np.zeros((len(closure), 64), np.float32), None, blink=closure)
+        eyes = st.landmarks[36:48]
+        (x0, y0), (x1, y1) = eyes.min(0), eyes.max(0)
+        w = 1.3 * (x1 - x0)
+        cx, cy, h = (x0 + x1) / 2, (y0 + y1) / 2, 0.45 * w
+        box = (slice(int(cy - h / 2), int(cy + h / 2)), slice(int(cx - w / 2), int(cx + w / 2)))
+        crops = [resize(f[box], (3 * f[box].shape[0], 3 * f[box].shape[1]), order=0, preserve_range=True)
+                 for f in frames]
+        strips.append(np.concatenate(crops, 1).astype(np.uint8))
+    return strips
+
+
+def blink_sheet() -> Path:
+    """The idle blink, close-up: one row per avatar (see :func:`blink_strips`)."""
+    import skimage.io
+
+    strips = blink_strips()
+    width = max(s.shape[1] for s in strips)
+    sheet = np.concatenate([np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0))) for s in strips], 0)
+    path = RESULTS / "renderer_blink.png"
+    skimage.io.imsave(path, sheet, check_contrast=False)
+    print(f"  wrote {path}: rows {', '.join(BLINK_AVATARS)}; 7 frames of a blink each", flush=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
@@ -569,8 +774,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", choices=["frame", "png"], default="frame",
                     help="avatar: video frame 2 (matches coefficient row 0) or the source/image still")
     ap.add_argument("--sheets", nargs="*", default=["Obama_clip1", "feifeili_clip1"])
+    ap.add_argument("--head-only", action="store_true",
+                    help="only the head-motion measures and the blink sheet (the rest of renderer.json is kept)")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.head_only:
+        out = RESULTS / "renderer.json"
+        old = json.loads(out.read_text()) if out.is_file() else {}
+        old["head_motion"] = {**head_motion(args), "loadavg": list(os.getloadavg())}
+        old["blink_sheet"] = str(blink_sheet().relative_to(REPO_ROOT))
+        write_results(out, old)
+        return 0
 
     import scipy.io
 
@@ -586,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     w = ExpressionMap.load().weights.numpy()
     exp_open = exp[int(np.argmax(exp @ (w[:, 66, 1] - w[:, 62, 1])))]
     result["feature_sheet"] = str(feature_sheet(exp_open).relative_to(REPO_ROOT))
+    if not args.no_rest:
+        result["blink_sheet"] = str(blink_sheet().relative_to(REPO_ROOT))
     if not args.no_quality:
         result["quality"] = quality(args)
     if not args.no_rest:
@@ -599,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_quality and args.no_rest and not args.no_speed:
             # speed only: its machine and load figures describe the speed rows; "machine" stays the quality run's
             result["speed_machine"] = result.pop("machine")
-        keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "machine", "speed_machine")
+        keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "blink_sheet", "machine",
+                "speed_machine")
         result = {**{k: v for k, v in old.items() if k in keep}, **result}
     write_results(out, result)
     return 0

@@ -175,7 +175,8 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     log.info("%d frames (%.2f s) in style %r", n, n / config.fps, style_name)
 
     # (N, 11) windows -> (N, 64) expression; full future: the offline reference
-    exp = runtime.decoder.decode(phoneme_windows(labels), code)
+    windows = phoneme_windows(labels)
+    exp = runtime.decoder.decode(windows, code)
     motion = IdleMotion(seed=0, fps=config.fps, head=config.avatar.head_motion)
     frames_idx = np.arange(n)
     if pose is not None:
@@ -185,7 +186,7 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
             raise InputError(str(exc)) from exc
         poses = poses[np.minimum(frames_idx, poses.shape[0] - 1)]  # too short: hold the last pose
     else:
-        poses = motion.poses(frames_idx)
+        poses = motion.poses(frames_idx, windows)  # speech-driven speed, as in a session
     blink = motion.blink_amounts(frames_idx)
     renderer = runtime.renderer
     state = renderer.prepare(runtime.avatar)

@@ -144,6 +144,34 @@ def test_natural_head_motion_matches_the_sample_speakers() -> None:
     np.testing.assert_array_equal(IdleMotion(head=0.0).poses(frames[:5]), np.zeros((5, 9), np.float32))
 
 
+def test_the_head_moves_faster_while_speaking(samples_dir: Path) -> None:
+    """Head speed follows speech (engine.motion.SPEECH_GAIN): a sentence between pauses moves the head faster
+    than the pauses, most around the phrase onset, and each frame's pose depends only on its index and its own
+    phoneme window (a job of a few frames gets the same poses as the whole clip)."""
+    import json
+
+    from benchmarks.renderer import angle_speed
+    from models.phonemes import SIL, phoneme_windows
+
+    seq = samples_dir / "source" / "phoneme" / "andrew_clip_2_seq.json"
+    if not seq.is_file():
+        pytest.skip(f"{seq} not found")
+    speech = np.asarray(json.loads(seq.read_text())[:300], np.int64)
+    speech[speech == SIL] = speech[0] if speech[0] != SIL else 0  # one unbroken phrase
+    labels = np.concatenate([np.full(150, SIL), speech, np.full(150, SIL)])
+    frames, windows = np.arange(len(labels)), phoneme_windows(labels)
+    for seed in (0, 1, 2):
+        motion = IdleMotion(seed=seed)
+        pose = motion.poses(frames, windows)
+        v = angle_speed(np.degrees(pose[:, :3].astype(np.float64)))
+        talking, quiet = np.median(v[165:435]), np.median(np.r_[v[:135], v[465:]])
+        assert talking > 1.3 * quiet, (seed, talking, quiet)  # 1.0 when the speed ignored speech
+        assert v[145:155].mean() > talking, (seed, v[145:155].mean(), talking)  # the phrase onset
+        np.testing.assert_array_equal(pose[140:147], IdleMotion(seed=seed).poses(frames[140:147], windows[140:147]))
+        silent = phoneme_windows(np.full(len(labels), SIL))
+        np.testing.assert_array_equal(motion.poses(frames[:50]), motion.poses(frames[:50], silent[:50]))
+
+
 @pytest.mark.parametrize("size", [256, 512])
 def test_size_flag_sets_the_renderer_size(size: int) -> None:
     parser = argparse.ArgumentParser()

@@ -259,7 +259,7 @@ class LiveSession:
     async def _run_job(self, job: DecodeJob) -> None:
         assert self._loop is not None
         frames = job.frames
-        pose = self.motion.poses(frames)
+        pose = self.motion.poses(frames, job.windows)  # the head moves faster while the avatar speaks
         blink = self.motion.blink_amounts(frames)
         try:
             await self._loop.run_in_executor(self.runtime.worker, self.render.work, job, pose, blink, self._clock())

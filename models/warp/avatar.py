@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from models.warp.config import WarpConfig
 from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
-from models.warp.tps import affine2, interp_curve, px_to_norm, similarity, smoothstep
+from models.warp.tps import affine2, cubic_curve, interp_curve, px_to_norm, similarity, smoothstep
 
-Move = tuple[torch.Tensor, torch.Tensor] | None  # per-frame face→pixel map with head motion: lin (N,2,2), off (N,2)
+# per-frame face→pixel map with head motion: lin (N, 2, 2), off (N, 2) and lin's inverse (computed once per frame
+# batch: the grid, the eye boxes and the mouth box all map pixels back through it)
+Move = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
 @dataclass(frozen=True)
 class Region:
@@ -85,6 +87,8 @@ class WarpAvatar:
     extra_local: torch.Tensor  # (E, 2) forehead points, face frame
     frame_a: torch.Tensor  # (2, 2) face frame → pixels: p = f @ frame_a.T + frame_t
     frame_t: torch.Tensor  # (2,)
+    frame_a_norm: torch.Tensor  # (2, 2) the same map onto grid_sample's normalised coordinates: ...
+    frame_t_norm: torch.Tensor  # (2,) ... q = f @ frame_a_norm.T + frame_t_norm (tps.px_to_norm folded in)
     iod_px: float
     src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
     border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
@@ -104,6 +108,8 @@ class WarpAvatar:
     norm_to_face_c: torch.Tensor
     v_axis: torch.Tensor  # (1, 2, 1, 1) one IOD along the face-frame v axis, in normalised image units
     eye_level: torch.Tensor  # (2, 1, 1, 1) per eye the mid-height of its corners (v), where the eye model's origin is
+    eye_h: torch.Tensor  # (2, Qh) the eye lattices' columns (face-frame h), both eyes stacked for the eye model
+    eye_v: torch.Tensor  # (2, Qv) and their rows (v)
     eye_boxes: BoxGroup  # both eyes' boxes (one size): resampled together
     mouth_box: BoxGroup
     lattice_pts: torch.Tensor  # (P, 2) all lattice points, eyes then mouth (one coarse-grid lookup per frame)
@@ -186,7 +192,9 @@ def prepare_avatar(
     step = cfg.lattice_step / 4
     lut_h0 = float(src[:, 0].min()) - 0.5
     hs = torch.arange(lut_h0, float(src[:, 0].max()) + 0.5, step)
-    lut = torch.stack([interp_curve(src[list(c), 0], src[list(c), 1], hs) for c in _LUT_CURVES])
+    # (the eyelids as cubics, like the eye model's target lids: models/warp/eyes.py)
+    lut = torch.stack([(cubic_curve if i < 4 else interp_curve)(src[list(c), 0], src[list(c), 1], hs)
+                       for i, c in enumerate(_LUT_CURVES)])
 
     upsample = F.interpolate(torch.eye(cfg.grid)[None], size=size, mode="linear", align_corners=True)[0].T
     a_inv = torch.linalg.inv(A)
@@ -198,6 +206,7 @@ def prepare_avatar(
         norm_to_face=torch.tensor([[[k0], [k1]], [[j0], [j1]]]), norm_to_face_c=torch.tensor(norm_c)[:, None],
         size=size, v_axis=torch.tensor([float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size]).reshape(1, 2, 1, 1),
         eye_level=torch.stack([(src[up[0], 1] + src[up[3], 1]) / 2 for up in EYE_UP]).reshape(2, 1, 1, 1),
+        eye_h=torch.stack([eyes[0].h, eyes[1].h]), eye_v=torch.stack([eyes[0].v, eyes[1].v]),
         eye_boxes=box_group((eyes[0], eyes[1]), A, t), mouth_box=box_group((mouth_region,), A, t),
         lattice_pts=torch.cat([r.pts for r in regions]), lattice_still=torch.cat([r.still_coarse for r in regions]),
         upsample=upsample, upsample_t=upsample.T.contiguous(),
@@ -207,7 +216,8 @@ def prepare_avatar(
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=img.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
         landmarks=lmk, src_local=src,
-        extra_local=extra, frame_a=A, frame_t=t, iod_px=iod, src_ctrl_norm=src_ctrl, border_norm=border,
+        extra_local=extra, frame_a=A, frame_t=t, iod_px=iod,
+        frame_a_norm=A * (2.0 / size), frame_t_norm=px_to_norm(t, size), src_ctrl_norm=src_ctrl, border_norm=border,
         grid_norm=grid_norm, head_mask=head_mask, grid_face=grid_face, head_ellipse=ellipse,
         exp_ref=torch.zeros(64) if exp_ref is None else torch.as_tensor(np.asarray(exp_ref), dtype=torch.float32),
         eyes=(eyes[0], eyes[1]), mouth=mouth_region, lut=lut, lut_h0=lut_h0, lut_step=step,
@@ -328,7 +338,7 @@ def lattice_sources(avatar: WarpAvatar, coarse: torch.Tensor, move: Move) -> tor
     if move is None:
         q = avatar.lattice_still.expand(n, -1, -1)
     else:
-        lin, off = move
+        lin, off, _ = move
         c = 2.0 / (size - 1)
         q = torch.baddbmm(off.unsqueeze(1) * c - 1.0, avatar.lattice_pts.expand(n, -1, -1), lin.transpose(1, 2) * c)
     src = F.grid_sample(coarse, q.unsqueeze(1), mode="bilinear", padding_mode="border",
@@ -361,14 +371,14 @@ def to_box(
         origins = list(zip(group.y0, group.x0, strict=True))
         q = group.still_box.unsqueeze(1).expand(-1, n, -1, -1)
     else:
-        lin, off = move
+        lin, off, lin_inv = move
         # the lattice centres' shift, batch mean (R, 2): one host read for all boxes
         moved = (lin.unsqueeze(0) @ group.centre[:, None, :, None]).squeeze(-1) + off  # (R, N, 2)
         d = (moved.mean(1) - group.home).round().tolist()
         origins = [(min(max(y0 + int(dy), 0), size - group.bh), min(max(x0 + int(dx), 0), size - group.bw))
                    for y0, x0, (dx, dy) in zip(group.y0, group.x0, d, strict=True)]
         # pixel → face frame before head motion → lattice: (S·lin⁻¹) p + S·lin⁻¹(Δ − off) + o
-        k = torch.linalg.inv(lin).unsqueeze(0) * group.scale[:, None, :, None]  # (R, N, 2, 2)
+        k = lin_inv.unsqueeze(0) * group.scale[:, None, :, None]  # (R, N, 2, 2)
         delta = lin.new_tensor([[float(x - x0), float(y - y0)]
                                 for (y, x), y0, x0 in zip(origins, group.y0, group.x0, strict=True)])  # (R, 2)
         bias = (k @ (delta[:, None, :, None] - off[None, :, :, None])).squeeze(-1) + group.offset[:, None]

@@ -26,6 +26,7 @@ class WarpConfig:
     lid_band: float = 0.11  # eyelid skin above the upper lid that stretches over a closing eye
     lash_band: float = 0.025  # the lid margin with the lashes moves rigidly (stretching it smears the lashes)
     under_eye_band: float = 0.07  # skin below the lower lid that follows the lower lid
+    lid_overlap: float = 0.02  # a closed lid reaches this far below dlib's lower-lid points (covers the rim)
     ramp: float = 0.03  # soft horizontal edge of the eye model at the eye corners
     eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there

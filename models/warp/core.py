@@ -18,7 +18,7 @@ from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
 from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
 from models.warp.mouth import mouth_model
-from models.warp.tps import affine2, px_to_norm, tps_eval, tps_eval_at, tps_fit
+from models.warp.tps import affine2, tps_eval, tps_eval_at, tps_fit
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class WarpCore(torch.nn.Module):
         ``pose=None`` renders a still head (and skips the head-motion arithmetic); ``pose_ref=None`` takes the
         first row of ``pose`` as the reference.
         """
-        cfg, size = self.config, avatar.size
+        cfg = self.config
         n = exp.shape[0]
         tgt, spline = self.target_local(avatar, exp.float(), blink)
         A, t = avatar.frame_a, avatar.frame_t
@@ -223,16 +223,15 @@ class WarpCore(torch.nn.Module):
             shift = affine2(shift_img, A.T / avatar.iod_px)  # image axes → face frame (R^T · shift)
             lin = A @ (rot * scale[:, None, None])
             off = affine2(shift, A) + t
-            move = (lin, off)
+            move = (lin, off, torch.linalg.inv(lin))
 
         # ---- spline: target control points → source control points (backward map), normalised coordinates.
         # It is fitted for the still head only: head motion is composed rigidly after it (below), so a large
         # shift cannot bend the face (a spline asked to move the face's points far from the fixed border points
         # folded the cheek).
-        still_lin, still_off = A.expand(n, 2, 2), t.expand(n, 2)
         ctrl = torch.cat([spline, avatar.extra_local.unsqueeze(0).expand(n, -1, -1)], 1)  # (N, K, 2)
-        ctrl_px = torch.baddbmm(still_off.unsqueeze(1), ctrl, still_lin.transpose(1, 2))
-        tgt_ctrl = torch.cat([px_to_norm(ctrl_px, size), avatar.border_norm.unsqueeze(0).expand(n, -1, -1)], 1)
+        ctrl_norm = torch.baddbmm(avatar.frame_t_norm.expand(n, 1, 2), ctrl, avatar.frame_a_norm.T.expand(n, 2, 2))
+        tgt_ctrl = torch.cat([ctrl_norm, avatar.border_norm.unsqueeze(0).expand(n, -1, -1)], 1)
         coef = tps_fit(tgt_ctrl, avatar.src_ctrl_norm.unsqueeze(0) - tgt_ctrl, cfg.tps_reg)
         if move is None:
             disp = tps_eval(coef, tgt_ctrl, avatar.grid_norm)  # (N, 2, G*G)
@@ -240,8 +239,8 @@ class WarpCore(torch.nn.Module):
             # each grid point taken back through the head motion (face frame, then the still head's pixels),
             # where the still spline gives its source
             to_face = (avatar.grid_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)
-            moved = torch.linalg.solve(lin, to_face).transpose(1, 2)
-            home = px_to_norm(affine2(moved, A, t), size)  # (N, G*G, 2)
+            moved = torch.bmm(move[2], to_face).transpose(1, 2)
+            home = affine2(moved, avatar.frame_a_norm, avatar.frame_t_norm)  # (N, G*G, 2) normalised
             disp = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2) + tps_eval_at(coef, tgt_ctrl, home)
             # active where the head was and where it is now; the soft band widens with the motion's reach so
             # that it stretches and compresses but never folds (its steepest slope is 1.5 / width)

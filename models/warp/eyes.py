@@ -8,7 +8,7 @@ import torch
 
 from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
-from models.warp.tps import interp_curve, smoothstep
+from models.warp.tps import cubic_curve, smoothstep
 
 if TYPE_CHECKING:
     from models.warp.core import IndexSets
@@ -30,14 +30,12 @@ def eye_model(
     corners, leaving no seams.
     """
     n = tgt.shape[0]
-    e0, e1 = avatar.eyes
-    h_t = torch.stack([e0.h, e1.h])  # (2, Qh) target columns (lattice)
-    v_t = torch.stack([e0.v, e1.v])  # (2, Qv)
+    h_t, v_t = avatar.eye_h, avatar.eye_v  # (2, Qh) target columns, (2, Qv) rows of the lattices
 
     # target curves per lattice column: upper lid (true and spline's) and lower lid → (N, 2, 3, Qh)
     knots = torch.cat([tgt, spline], 1)[:, ix.eye_knots]  # (N, 2, 3, 4, 2)
     up_t = knots[:, :, 0]  # (N, 2, 4, 2) upper lids, corner to corner
-    curves = interp_curve(knots[..., 0], knots[..., 1], h_t[None, :, None, :].expand(n, -1, 3, -1))
+    curves = cubic_curve(knots[..., 0], knots[..., 1], h_t[None, :, None, :].expand(n, -1, 3, -1))
     o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None, None]  # (N, 2, 1, 1)
     ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
@@ -49,24 +47,39 @@ def eye_model(
     a = us - cfg.lid_band
     z = ls + cfg.under_eye_band
     lash = cfg.lash_band
-    lt = torch.minimum(lt, z - 0.01)
+    lt = torch.minimum(lt, z - (0.01 + cfg.lid_overlap))
     a_lash = a + (lash + 0.01)
     ut = torch.minimum(torch.maximum(ut, a_lash), lt)
     up_ = torch.minimum(torch.maximum(up_, a_lash), ut)
+    u_a, a_l = u - a, a + lash
+    us_a = cfg.lid_band - lash  # us − lash − A: the skin band's length in the photo
+
+    # A closing lid also covers the lower lid's rim: dlib's lower-lid points lie on the eyeball's edge, and the
+    # rim below them (wet line, a sliver of white) would peep out under a lid that stopped on them. As the gap
+    # closes, the opening's bottom edge (and so the lid closing onto it) moves lid_overlap lower over that rim,
+    # in target and source alike (the under-eye skin keeps its place); an eye as open as the photo's is untouched.
     gs = (ls - us).clamp_min(0.0)
-    u_a, us_a = u - a, us - lash - a
+    gt = lt - ut  # (cover moves both ends: the gap is unchanged)
+    cover = cfg.lid_overlap * ((gs - gt) / gs.clamp_min(0.02)).clamp(0.0, 1.0)  # 0 where gs = 0 (corners)
+    ut_c, lt_c, ls_c = ut + cover, lt + cover, ls + cover
+    # [A, top] → [A, us] for the target lid (ut_c) and the spline's (up_) in one pass: the lash margin rigid, the
+    # skin [A, top − lash] ← [A, us − lash] by s(x) = c·x + (Y − c·X)·(x/X)², most of the stretch next to the
+    # margin and little at A (the crease above an open lid stays nearly in place as the lid unfolds under it; a
+    # uniform stretch dragged it down into a U); c = min(1, 1.5·Y/X) keeps s' > 0 (no fold)
+    top = torch.stack([ut_c, up_])  # (2, N, 2, 1, Qh)
+    span = (top - a_l).clamp_min(1e-6)  # X
+    ratio = us_a / span  # Y / X
+    c = (ratio * 1.5).clamp_max(1.0)
+    skin = a + u_a * (c + (ratio - c) * (u_a / span))
+    band_want, band_model = torch.where(u >= top - lash, us - (top - u), skin).unbind(0)
 
-    def lid_band(top: torch.Tensor) -> torch.Tensor:  # [A, top] → [A, us]: lash margin rigid, skin stretches
-        skin = a + u_a * us_a / (top - lash - a)
-        return torch.where(u >= top - lash, us - (top - u), skin)
-
-    v_under = ls + (u - lt) * (z - ls) / (z - lt).clamp_min(1e-6)
-    gt = lt - ut
-    keep_still = torch.minimum((us - ut).clamp_min(0.0), ls - lt)  # eyeball still while [ut, lt] fits inside
-    v_open = torch.where(gt <= gs, u + keep_still, us + (u - ut) * gs / gt.clamp_min(1e-6))
-    want = torch.where(u < ut, lid_band(ut), torch.where(u <= lt, v_open, v_under))
+    v_under = ls_c + (u - lt_c) * (z - ls_c) / (z - lt_c).clamp_min(1e-6)  # (the spline's too, near enough)
+    # what the spline does with its own (unmoved) lids
     gp = (lt - up_).clamp_min(1e-6)
-    model = torch.where(u < up_, lid_band(up_), torch.where(u <= lt, us + (u - up_) * gs / gp, v_under))
+    model = torch.where(u < up_, band_model, torch.where(u <= lt, us + (u - up_) * gs / gp, v_under))
+    keep_still = torch.minimum((us - ut_c).clamp_min(0.0), ls - lt)  # eyeball still while [ut, lt] fits inside
+    v_open = torch.where(gt <= gs, u + keep_still, us + (u - ut_c) * gs / gt.clamp_min(1e-6))
+    want = torch.where(u < ut_c, band_want, torch.where(u <= lt_c, v_open, v_under))
     r = cfg.ramp
     c0 = up_t[:, :, 0, 0, None, None]  # (N, 2, 1, 1) target eye corners
     c1 = up_t[:, :, 3, 0, None, None]

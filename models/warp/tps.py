@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -103,3 +105,29 @@ def tps_eval_at(coef: torch.Tensor, ctrl: torch.Tensor, pts: torch.Tensor) -> to
     homog = torch.cat([torch.ones_like(pts[..., :1]), pts], -1).transpose(1, 2)  # (N, 3, P)
     coef_t = coef.transpose(1, 2)  # (N, 2, M+3)
     return torch.bmm(coef_t[:, :, :m], u) + torch.bmm(coef_t[:, :, m:], homog)
+
+
+@functools.lru_cache(maxsize=8)
+def _cubic_constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The knot spread and the 4×4 identity of :func:`cubic_curve`, made once per device (building a small
+    tensor from Python values costs more than the arithmetic on it)."""
+    return (torch.tensor([0.0, 1e-3, 2e-3, 3e-3], dtype=dtype, device=device),
+            torch.eye(4, dtype=dtype, device=device))
+
+
+def cubic_curve(xk: torch.Tensor, yk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The cubic through four knots (xk, yk) (…, 4) evaluated at x (…, P); constant beyond the end knots.
+
+    An eyelid is an arc: the polyline through dlib's four lid points cuts under it near the corners, and a lid
+    drawn from one polyline onto another imprints the difference as a wave. Lagrange form, with the knots made
+    monotone and at least 1e-3 apart (lid knots are evenly spread, so the cubic does not overshoot). Written in
+    few ops (the eye model runs it every frame): the products Π_{j≠k} (x − x_j) by pairing (d0 d1)(d2 d3).
+    """
+    spread, eye = _cubic_constants(xk.device, xk.dtype)
+    xk = torch.cummax(xk, dim=-1).values + spread
+    x = torch.clamp(x, min=xk[..., :1], max=xk[..., 3:])
+    d = (x.unsqueeze(-1) - xk.unsqueeze(-2)).unflatten(-1, (2, 2))  # (…, P, 2, 2): (d0, d1), (d2, d3)
+    swap = d.flip(-1)  # (d1, d0), (d3, d2)
+    num = ((d * swap).flip(-2) * swap).flatten(-2)  # (d2 d3 d1, d2 d3 d0, d0 d1 d3, d0 d1 d2)
+    den = (xk.unsqueeze(-1) - xk.unsqueeze(-2) + eye).prod(-1)
+    return (num @ (yk / den).unsqueeze(-1)).squeeze(-1)
