@@ -149,3 +149,31 @@ def test_size_flag_sets_the_renderer_size(size: int) -> None:
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     assert config_from_args(parser.parse_args(["--size", str(size)])).renderer.size == size
+
+
+def test_a_batch_places_each_frames_mouth_where_that_frame_has_it(
+    bank_renderer: WarpRenderer, open_exp: np.ndarray
+) -> None:
+    """An offline batch with fast head motion renders what the frames render one by one (no seam: the mouth box
+    follows each frame's head, not the batch's mean position)."""
+    state = bank_renderer.prepare(builtin_avatar(SIZE))
+    n = 6
+    pose = np.zeros((n, 9), np.float32)
+    pose[:, 7] = np.linspace(10.0, 60.0, n)  # crop shift (px in the source video): a fast sideways move
+    pose[:, 8] = np.linspace(-5.0, -30.0, n)
+    pose[:, 1] = np.linspace(0.03, 0.15, n)  # and a turn
+    exp = np.repeat(open_exp[None], n, 0)
+    rest = np.zeros((1, 64), np.float32), np.zeros((1, 9), np.float32)
+
+    def stream() -> None:  # a new stream whose reference pose is the still head
+        bank_renderer.reset(state)
+        bank_renderer.render(state, *rest)
+
+    stream()
+    batch = bank_renderer.render(state, exp, pose)
+    stream()
+    single = np.concatenate([bank_renderer.render(state, exp[i : i + 1], pose[i : i + 1]) for i in range(n)])
+    diff = np.abs(batch.astype(np.int16) - single.astype(np.int16))
+    assert diff.max() <= 2 and diff.mean() < 0.02, (diff.max(), diff.mean())
+    moved = np.abs(single[-1].astype(np.int16) - single[0].astype(np.int16)).mean()
+    assert moved > 5.0, moved  # the head did move far within the batch

@@ -12,7 +12,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.warp.avatar import WarpAvatar, head_falloff, head_mask_at, lattice_sources, prepare_avatar, to_box
+from models.warp.avatar import (
+    WarpAvatar,
+    box_runs,
+    head_falloff,
+    head_mask_at,
+    lattice_sources,
+    prepare_avatar,
+    to_box,
+)
 from models.warp.config import WarpConfig
 from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
@@ -277,19 +285,23 @@ class WarpCore(torch.nn.Module):
         if eye_dv is not None:  # both eyes in one resampling: (2N, 1, Qv, Qh), eye-major
             g = avatar.eye_boxes
             origins, values = to_box(avatar, g, eye_dv.transpose(0, 1).reshape(2 * n, 1, *eye_dv.shape[2:]), move)
-            for i, (y0, x0) in enumerate(origins):
-                grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[i * n:(i + 1) * n]
+            for i, per_frame in enumerate(origins):
+                for fs, y0, x0 in box_runs(per_frame):
+                    grid[fs, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[i * n:(i + 1) * n][fs]
         g = avatar.mouth_box
-        ((y0, x0),), values = to_box(avatar, g, mouth_fields, move)
-        grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[:, 0:1]
+        (mouth_at,), values = to_box(avatar, g, mouth_fields, move)
+        runs = box_runs(mouth_at)
+        for fs, y0, x0 in runs:
+            grid[fs, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[fs, 0:1]
 
         # ---- sample the photo, paint the newly exposed mouth interior
         out = F.grid_sample(
             avatar.image.expand(n, -1, -1, -1), grid.permute(0, 2, 3, 1), mode="bilinear",
             padding_mode="border", align_corners=False,
         )  # (N, 3, S, S)
-        patch = out[:, :, y0:y0 + g.bh, x0:x0 + g.bw]
-        patch += values[:, 1:2] * (values[:, 2:5] - patch)
+        for fs, y0, x0 in runs:
+            patch = out[fs, :, y0:y0 + g.bh, x0:x0 + g.bw]
+            patch += values[fs, 1:2] * (values[fs, 2:5] - patch)
         # (N, S, S, 3) in memory first, so that the rounding passes and the uint8 result are contiguous; round
         # half up and saturate (values are ≥ 0 after the clamp, so truncation rounds)
         out = out.permute(0, 2, 3, 1).contiguous()
