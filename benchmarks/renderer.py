@@ -121,6 +121,11 @@ def inner_gap(lmk: np.ndarray) -> np.ndarray:
     return (lmk[..., [67, 66, 65], 1] - lmk[..., [61, 62, 63], 1]).mean(-1)
 
 
+def inner_width(lmk: np.ndarray) -> np.ndarray:
+    """Inner-lip corner-to-corner width 60–64 (rounding narrows it, spreading widens it)."""
+    return np.linalg.norm(lmk[..., 64, :] - lmk[..., 60, :], axis=-1)
+
+
 def detect_all(frames: np.ndarray) -> np.ndarray:
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     for i, f in enumerate(frames):
@@ -242,10 +247,14 @@ def quality(args: argparse.Namespace) -> dict:
     import skimage.io
 
     clips = sorted(p.stem for p in (DATA / "source" / "image").glob("*.png"))
+    if args.clips:
+        clips = [c for c in clips if c in args.clips]
     if not clips:
         raise SystemExit(f"no sample clips under {DATA}")
     face_rows: dict[str, list[dict[str, np.ndarray]]] = {}
-    per_clip, pooled = {}, {"m_lmd": [], "m_lmd_static": [], "f_lmd": [], "f_lmd_static": [], "gap_r": [], "gap_t": []}
+    per_clip: dict[str, dict] = {}
+    pooled: dict[str, list[np.ndarray]] = {k: [] for k in ("m_lmd", "m_lmd_static", "f_lmd", "f_lmd_static", "gap_r",
+                                                            "gap_t")}
     for name in clips:
         coeff = scipy.io.loadmat(str(DATA / "source" / "3dmm" / f"{name}.mat"))["coeff"].astype(np.float32)
         exp = coeff[:, 80:144]
@@ -280,6 +289,8 @@ def quality(args: argparse.Namespace) -> dict:
         f, fs = lmd(a_rend, a_real, slice(0, 68)), lmd(first[None], a_real, slice(0, 68))
         g_rend, g_real = inner_gap(a_rend), inner_gap(a_real)
         corr = float(np.corrcoef(g_rend, g_real)[0, 1])
+        # lip rounding / spreading: the inner-lip width 60–64, rendered vs real
+        w_rend, w_real = inner_width(a_rend), inner_width(a_real)
 
         # face measures: driven by the clip's own pose too, unaligned
         pose = load_pose(DATA / "source" / "3dmm" / f"{name}.mat")
@@ -306,12 +317,16 @@ def quality(args: argparse.Namespace) -> dict:
             "f_lmd": float(f.mean()), "f_lmd_static": float(fs.mean()), "mouth_opening_corr": corr,
             "avatar": "source/image png" if use_png else "video frame 2", "face": face,
             "face_painted": faces["painted"], "gap_amplitude": float(g_rend.std() / g_real.std()),
+            "width_amplitude": float(w_rend.std() / w_real.std()),
+            "mouth_width_corr": float(np.corrcoef(w_rend, w_real)[0, 1]),
         }
         for k, v in (("m_lmd", m), ("m_lmd_static", ms), ("f_lmd", f), ("f_lmd_static", fs),
                      ("gap_r", g_rend), ("gap_t", g_real)):
             pooled[k].append(v)
         print(f"{name:22s} frames {ok.sum():4d}  M-LMD {m.mean():5.2f} (static {ms.mean():5.2f})  "
-              f"F-LMD {f.mean():5.2f} (static {fs.mean():5.2f})  mouth-opening r {corr:5.2f}", flush=True)
+              f"F-LMD {f.mean():5.2f} (static {fs.mean():5.2f})  mouth-opening r {corr:5.2f}  width r "
+              f"{per_clip[name]['mouth_width_corr']:5.2f} amplitude {per_clip[name]['width_amplitude']:4.2f}",
+              flush=True)
         print(f"{'':22s} mouth SSIM {face['ssim']:.3f} (static {face['ssim_static']:.3f}, own-centred "
               f"{face['ssim_own']:.3f})  PSNR {face['psnr']:.2f}  centre err {face['centre_err']:.2f} px  teeth "
               f"{face['rendered_teeth']:.2f} (own {face['rendered_own_outline_teeth']:.2f}) vs real "
@@ -360,6 +375,9 @@ def quality(args: argparse.Namespace) -> dict:
         "frames": int(len(cat["m_lmd"])), "expression_map": "in-sample" if args.in_sample else "held-out per clip",
         "avatar": args.first, "face": face_summary, "face_painted": face_summaries["painted"],
         "gap_amplitude": float(cat["gap_r"].std() / cat["gap_t"].std()),
+        # per clip (a speaker's width varies around its own mean), then averaged
+        "width_amplitude": float(np.mean([c["width_amplitude"] for c in per_clip.values()])),
+        "mouth_width_corr": float(np.mean([c["mouth_width_corr"] for c in per_clip.values()])),
     }
     print("pooled:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
     return {"summary": summary, "clips": per_clip}
@@ -569,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", choices=["frame", "png"], default="frame",
                     help="avatar: video frame 2 (matches coefficient row 0) or the source/image still")
     ap.add_argument("--sheets", nargs="*", default=["Obama_clip1", "feifeili_clip1"])
+    ap.add_argument("--clips", nargs="*", default=None, help="score only these source clips (default: all)")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
 
@@ -594,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         result["head_motion"] = head_motion(args)
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     out = RESULTS / "renderer.json"
+    if args.clips:  # a partial run (iterating on a few clips) prints; it does not replace the full results
+        print("--clips: results not written")
+        return 0
     if out.is_file() and (args.no_speed or args.no_quality):  # keep the other half of an earlier full run
         old = json.loads(out.read_text())
         if args.no_quality and args.no_rest and not args.no_speed:
