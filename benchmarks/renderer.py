@@ -547,6 +547,105 @@ def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, painted: np.ndarr
     return path
 
 
+SHEET_PHOTOS = (("source", "KristiNoem"), ("source", "andrew_clip_1"), ("source", "feifeili_clip2_short"),
+                ("style", "trump_clip1"), ("style", "happyenglish_clip1"))  # first video frames used as avatars
+
+
+def corner_glare(frame: np.ndarray, lmk: np.ndarray, photo: np.ndarray, lmk_photo: np.ndarray) -> int:
+    """Bright pixels at the mouth corners outside the outer-lip outline that the photo has not got there.
+
+    Around each mouth corner (48, 54; a disc of a quarter of the mouth's width), outside the outline 48–59
+    (grown by one pixel), the pixels brighter than the photo's brightest there (+15 grey levels): the "white
+    fang-like triangles" of teeth or interior torn out past the lips.
+    """
+    from scipy.ndimage import binary_dilation
+    from skimage.draw import disk, polygon
+
+    def ring(image: np.ndarray, marks: np.ndarray) -> list[np.ndarray]:
+        size = image.shape[0]
+        lips = np.zeros((size, size), bool)
+        rr, cc = polygon(marks[48:60, 1], marks[48:60, 0], (size, size))
+        lips[rr, cc] = True
+        lips = binary_dilation(lips, iterations=1)
+        radius = 0.25 * float(np.linalg.norm(marks[54] - marks[48]))
+        out = []
+        for c in (48, 54):
+            m = np.zeros((size, size), bool)
+            rr, cc = disk((marks[c, 1], marks[c, 0]), radius, shape=(size, size))
+            m[rr, cc] = True
+            out.append(grey(image)[m & ~lips])
+        return out
+
+    count = 0
+    for mine, theirs in zip(ring(frame, lmk), ring(photo, lmk_photo), strict=True):
+        if len(mine) and len(theirs):
+            count += int((mine > theirs.max() + 15.0).sum())
+    return count
+
+
+def speech_frames(exp: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Frames to show: silence, the widest opening, a rounded and a spread opening (narrowest / widest mouth
+    among the open half, by the expression map), and a bilabial."""
+    w = ExpressionMap.load().weights.numpy()
+    gap = exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)
+    width = exp @ (w[:, 64, 0] - w[:, 60, 0])
+    speech = np.flatnonzero(labels != SIL)
+    open_ = speech[gap[speech] >= np.median(gap[speech])]
+    bil = np.flatnonzero(np.isin(labels, BILABIAL))
+    return {"silence": int(np.flatnonzero(labels == SIL)[10]), "open": int(speech[np.argmax(gap[speech])]),
+            "rounded": int(open_[np.argmin(width[open_])]), "spread": int(open_[np.argmax(width[open_])]),
+            "bilabial": int(bil[len(bil) // 2])}
+
+
+def photo_sheet() -> dict:
+    """The astronaut and first frames of sample videos as avatars, speaking the held-out sentence in the neutral
+    style: per photo a row of mouth close-ups with the real interiors (photo, silence, open, rounded, spread,
+    bilabial) and the same with the painted interior; plus the corner-glare count of every rendered frame."""
+    import skimage.io
+    from scipy.ndimage import map_coordinates
+
+    from engine.config import Config
+    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
+    from models.phonemes import phoneme_windows
+
+    decoder = build_decoder(Config())
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:150]
+    labels = np.concatenate([np.full(30, SIL), np.asarray(seq, np.int64), np.full(30, SIL)])
+    with np.load(BUILTIN_STYLE_CODES) as codes:
+        code = codes["neutral"]
+    exp = decoder.decode(phoneme_windows(labels), code)
+    pick = speech_frames(exp, labels)
+    photos = [("astronaut", builtin_avatar(256))] + [
+        (name, read_video_rgb(DATA / group / "video" / f"{name}.mp4")[0]) for group, name in SHEET_PHOTOS]
+    bank, painted = WarpRenderer(size=256), WarpRenderer(size=256, config=WarpConfig(interior="painted"))
+
+    def crop(img: np.ndarray, centre: np.ndarray, side: float) -> np.ndarray:
+        t = (np.arange(128) + 0.5) / 128 - 0.5
+        ys, xs = np.meshgrid(centre[1] + t * side, centre[0] + t * side, indexing="ij")
+        return np.stack([map_coordinates(img[..., c].astype(np.float32), [ys, xs], order=1, mode="nearest")
+                         for c in range(3)], -1).clip(0, 255).astype(np.uint8)
+
+    rows, glare = [], {}
+    for name, photo in photos:
+        for key, rnd in (("bank", bank), ("painted", painted)):
+            st = rnd.prepare(photo)
+            rnd.set_rest(st, decoder.idle(code))
+            every = rnd.render(st, exp, None)
+            c, side = mouth_box(st.landmarks)
+            frames = [st.image] + [every[i] for i in pick.values()]
+            rows.append(np.concatenate([crop(f, c, side) for f in frames], 1))
+            if key == "bank":
+                marks = detect_all(every[::3])
+                ok = ~np.isnan(marks).any((1, 2))
+                glare[name] = int(sum(corner_glare(f, m, st.image, st.landmarks)
+                                      for f, m in zip(every[::3][ok], marks[ok], strict=True)))
+    path = RESULTS / "renderer_photos.png"
+    skimage.io.imsave(path, np.concatenate(rows, 0), check_contrast=False)
+    print(f"  wrote {path}: per photo (astronaut, {', '.join(n for _, n in SHEET_PHOTOS)}) rows real interior / "
+          f"painted; columns photo, {', '.join(pick)}; corner glare pixels (every 3rd frame): {glare}", flush=True)
+    return {"sheet": str(path.relative_to(REPO_ROOT)), "frames": pick, "corner_glare_px": glare}
+
+
 def feature_sheet(exp_open: np.ndarray) -> Path:
     """The built-in avatar: neutral, open mouth, half/closed blink, head motion, an expressive style frame."""
     import skimage.io
@@ -588,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="avatar: video frame 2 (matches coefficient row 0) or the source/image still")
     ap.add_argument("--sheets", nargs="*", default=["Obama_clip1", "feifeili_clip1"])
     ap.add_argument("--clips", nargs="*", default=None, help="score only these source clips (default: all)")
+    ap.add_argument("--no-photos", action="store_true", help="skip the sample-photo mouth sheet")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
 
@@ -611,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         result["rest"] = rest_and_closure(args)
         result["rest_motion_sheet"] = str(rest_motion_sheet().relative_to(REPO_ROOT))
         result["head_motion"] = head_motion(args)
+    if not args.no_quality and not args.no_photos:
+        result["photos"] = photo_sheet()
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     out = RESULTS / "renderer.json"
     if args.clips:  # a partial run (iterating on a few clips) prints; it does not replace the full results
@@ -621,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_quality and args.no_rest and not args.no_speed:
             # speed only: its machine and load figures describe the speed rows; "machine" stays the quality run's
             result["speed_machine"] = result.pop("machine")
-        keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "machine", "speed_machine")
+        keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "machine", "speed_machine", "photos")
         result = {**{k: v for k, v in old.items() if k in keep}, **result}
     write_results(out, result)
     return 0

@@ -174,6 +174,6 @@ def test_a_batch_places_each_frames_mouth_where_that_frame_has_it(
     stream()
     single = np.concatenate([bank_renderer.render(state, exp[i : i + 1], pose[i : i + 1]) for i in range(n)])
     diff = np.abs(batch.astype(np.int16) - single.astype(np.int16))
-    assert diff.max() <= 2 and diff.mean() < 0.02, (diff.max(), diff.mean())
+    assert diff.max() <= 4 and diff.mean() < 0.02, (diff.max(), diff.mean())  # rounding only (a seam: ~180)
     moved = np.abs(single[-1].astype(np.int16) - single[0].astype(np.int16)).mean()
     assert moved > 5.0, moved  # the head did move far within the batch

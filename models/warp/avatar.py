@@ -128,6 +128,9 @@ class WarpAvatar:
     photo_teeth: bool = False
     skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
     interior: Interior | None = None  # colour-matched real mouth interiors (None: painted)
+    # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
+    # dark slit, which the real interior takes over as the mouth opens (models/warp/mouth.py)
+    opening_teeth: bool = True
 
 
 def prepare_avatar(

@@ -125,6 +125,10 @@ class WarpCore(torch.nn.Module):
             bright = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 1.1 * float(avatar.skin_rgb @ luma)
             avatar.interior = self.bank.for_avatar(
                 self.bank.donor(), avatar.teeth_rgb if bright else None, avatar.skin_rgb)
+            # the photo's opening is teeth (they ride with the upper lip) when about as bright as its skin or more;
+            # a darker one is a shaded slit (e.g. 0.6–0.7 of the skin on two sample speakers; their teeth 0.95–1.15)
+            avatar.opening_teeth = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 0.85 * float(
+                avatar.skin_rgb @ luma)
         return avatar
 
     def target_local(
@@ -139,6 +143,12 @@ class WarpCore(torch.nn.Module):
         delta = torch.clamp(exp - avatar.exp_ref, -self.exp_lim, self.exp_lim)
         off = (delta @ self.weights).reshape(n, 68, 2).clamp(-self.off_cap, self.off_cap)  # brows, eye corners
         tgt = src.unsqueeze(0) + off
+        if cfg.lip_width_gain != 1.0:
+            # lip rounding ("oo") and spreading ("ee"): the lips' sideways motion about the mouth's own centre,
+            # amplified like the opening (the least-squares map under-predicts it; see WarpConfig)
+            lips = self._ix("lips")
+            dx = off[:, lips, 0]
+            tgt[:, lips, 0] += (cfg.lip_width_gain - 1.0) * (dx - dx.mean(1, keepdim=True))
         ty = tgt[..., 1]  # (N, 68) vertical positions, a view: writes go to tgt
 
         # eyelids: the lower lid moves a little; the upper lid may rise a little and fall onto the lower lid
