@@ -177,3 +177,60 @@ def test_a_batch_places_each_frames_mouth_where_that_frame_has_it(
     assert diff.max() <= 4 and diff.mean() < 0.02, (diff.max(), diff.mean())  # rounding only (a seam: ~180)
     moved = np.abs(single[-1].astype(np.int16) - single[0].astype(np.int16)).mean()
     assert moved > 5.0, moved  # the head did move far within the batch
+
+
+@pytest.fixture(scope="module")
+def round_and_spread(samples_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Two open-mouth expressions of a real clip: the roundest and the most spread mouth (inner-lip width /
+    height by the map) among its frames opened at least to the median."""
+    exp = scipy.io.loadmat(str(samples_dir / "source" / "3dmm" / "Obama_clip1.mat"))["coeff"][:, 80:144]
+    exp = exp.astype(np.float32)
+    emap = ExpressionMap.load()
+    w, mean = emap.weights.numpy(), emap.mean_shape.numpy()
+    gap = exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)
+    width = mean[64, 0] - mean[60, 0] + exp @ (w[:, 64, 0] - w[:, 60, 0])
+    open_ = np.flatnonzero(gap >= np.median(gap))
+    shape = width[open_] / (gap[open_] - gap.min() + 0.05)
+    return exp[open_[np.argmin(shape)]], exp[open_[np.argmax(shape)]]
+
+
+def test_rounding_and_spreading_change_the_mouths_proportions(
+    bank_renderer: WarpRenderer, round_and_spread: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """"oo" narrows the opening, "ee" widens it: the inner-lip width / height ratio differs clearly, and more
+    than the bare map's prediction (the sideways lip motion is amplified like the opening)."""
+    plain = WarpRenderer(size=SIZE, config=WarpConfig(lip_width_gain=1.0))
+
+    def proportions(renderer: WarpRenderer) -> tuple[float, float]:
+        state = renderer.prepare(builtin_avatar(SIZE))
+        widths, ratios = [], []
+        for frame in renderer.render(state, np.stack(round_and_spread)):
+            lmk = detect_landmarks(frame)
+            width = float(lmk[64, 0] - lmk[60, 0])
+            height = float((lmk[[67, 66, 65], 1] - lmk[[61, 62, 63], 1]).mean())
+            widths.append(width)
+            ratios.append(width / max(height, 1.0))
+        return widths[1] - widths[0], ratios[1] / ratios[0]
+
+    spread_px, ratio = proportions(bank_renderer)
+    plain_px, plain_ratio = proportions(plain)
+    print(f"spread − round width {spread_px:.1f} px (map alone {plain_px:.1f}); width/height ratio spread / round "
+          f"{ratio:.2f} (map alone {plain_ratio:.2f})")
+    assert ratio > 1.15, ratio  # the spread mouth is relatively wider than the rounded one
+    assert ratio > plain_ratio and spread_px >= plain_px, (ratio, plain_ratio, spread_px, plain_px)
+
+
+def test_no_bright_fangs_at_the_mouth_corners_of_a_sample_photo(
+    bank_renderer: WarpRenderer, samples_dir: Path, open_exp: np.ndarray,
+    round_and_spread: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A sample video's first frame (a wide smile showing teeth) speaking: no teeth or interior pixels brighter
+    than the photo's skin there appear outside the lips at the corners."""
+    from benchmarks.renderer import corner_glare
+    from engine.landmark_fit import read_video_rgb
+
+    photo = read_video_rgb(samples_dir / "source" / "video" / "andrew_clip_1.mp4")[0]
+    state = bank_renderer.prepare(photo)
+    frames = bank_renderer.render(state, np.stack([open_exp, *round_and_spread, 0.5 * open_exp]))
+    for frame in frames:
+        assert corner_glare(frame, detect_landmarks(frame), state.image, state.landmarks) == 0

@@ -20,7 +20,8 @@ class WarpConfig:
     lip_gap_cap: float = 0.40  # max inner-lip gap
     lip_open_gain: float = 1.2  # an opening inner-lip gap is this much wider than the map predicts (~1/0.83)
     lip_width_gain: float = 1.3  # the lips' sideways motion (rounding / spreading) about the mouth's centre × this
-    # (the map predicts 0.72× the real width variation on held-out clips, r 0.82: benchmarks/renderer.py)
+    # on an opening mouth (the map predicts 0.72× the real width variation on held-out clips, r 0.82; with the gain
+    # 0.82×, r 0.85, bilabial closure unchanged: benchmarks/renderer.py)
     lip_close_drop: float = 0.04  # a predicted gap drop this large (a bilabial's, relative to rest) closes the lips
     # (0.05 closed 66 % of the held-out P/B/M frames over the 17 built-in styles, 0.04 more; see benchmarks)
     lip_min_thickness: float = 0.5  # a lip keeps at least this fraction of its thickness in the photo

@@ -143,12 +143,6 @@ class WarpCore(torch.nn.Module):
         delta = torch.clamp(exp - avatar.exp_ref, -self.exp_lim, self.exp_lim)
         off = (delta @ self.weights).reshape(n, 68, 2).clamp(-self.off_cap, self.off_cap)  # brows, eye corners
         tgt = src.unsqueeze(0) + off
-        if cfg.lip_width_gain != 1.0:
-            # lip rounding ("oo") and spreading ("ee"): the lips' sideways motion about the mouth's own centre,
-            # amplified like the opening (the least-squares map under-predicts it; see WarpConfig)
-            lips = self._ix("lips")
-            dx = off[:, lips, 0]
-            tgt[:, lips, 0] += (cfg.lip_width_gain - 1.0) * (dx - dx.mean(1, keepdim=True))
         ty = tgt[..., 1]  # (N, 68) vertical positions, a view: writes go to tgt
 
         # eyelids: the lower lid moves a little; the upper lid may rise a little and fall onto the lower lid
@@ -163,6 +157,14 @@ class WarpCore(torch.nn.Module):
         # so that the lips meet at a bilabial-sized drop, whatever the photo's gap (a smile closes too)
         iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
         dg = off[:, il, 1] - off[:, iu, 1]  # (N, 3) predicted change of the gap
+        if cfg.lip_width_gain != 1.0:
+            # lip rounding ("oo") and spreading ("ee"): the lips' sideways motion about the mouth's own centre,
+            # amplified like the opening (the least-squares map under-predicts it; see WarpConfig) on an opening
+            # mouth only: on closing lips it cost bilabial closure (dlib saw spread closed lips as apart)
+            lips = self._ix("lips")
+            dx = off[:, lips, 0]
+            opening = (dg.mean(1, keepdim=True) / cfg.lip_close_drop).clamp(0.0, 1.0)  # (N, 1)
+            tgt[:, lips, 0] += (cfg.lip_width_gain - 1.0) * opening * (dx - dx.mean(1, keepdim=True))
         g_p = avatar.lip_gap
         gap = torch.where(dg >= 0, g_p + cfg.lip_open_gain * dg, g_p * (1.0 + dg / cfg.lip_close_drop).clamp_min(0.0))
         corr = gap - (ty[:, il] - ty[:, iu])  # (N, 3)
