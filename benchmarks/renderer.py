@@ -125,6 +125,11 @@ def inner_gap(lmk: np.ndarray) -> np.ndarray:
     return (lmk[..., [67, 66, 65], 1] - lmk[..., [61, 62, 63], 1]).mean(-1)
 
 
+def inner_width(lmk: np.ndarray) -> np.ndarray:
+    """Inner-lip corner-to-corner width 60–64 (rounding narrows it, spreading widens it)."""
+    return np.linalg.norm(lmk[..., 64, :] - lmk[..., 60, :], axis=-1)
+
+
 def detect_all(frames: np.ndarray) -> np.ndarray:
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     for i, f in enumerate(frames):
@@ -246,10 +251,14 @@ def quality(args: argparse.Namespace) -> dict:
     import skimage.io
 
     clips = sorted(p.stem for p in (DATA / "source" / "image").glob("*.png"))
+    if args.clips:
+        clips = [c for c in clips if c in args.clips]
     if not clips:
         raise SystemExit(f"no sample clips under {DATA}")
     face_rows: dict[str, list[dict[str, np.ndarray]]] = {}
-    per_clip, pooled = {}, {"m_lmd": [], "m_lmd_static": [], "f_lmd": [], "f_lmd_static": [], "gap_r": [], "gap_t": []}
+    per_clip: dict[str, dict] = {}
+    pooled: dict[str, list[np.ndarray]] = {k: [] for k in ("m_lmd", "m_lmd_static", "f_lmd", "f_lmd_static", "gap_r",
+                                                            "gap_t")}
     for name in clips:
         coeff = scipy.io.loadmat(str(DATA / "source" / "3dmm" / f"{name}.mat"))["coeff"].astype(np.float32)
         exp = coeff[:, 80:144]
@@ -284,6 +293,8 @@ def quality(args: argparse.Namespace) -> dict:
         f, fs = lmd(a_rend, a_real, slice(0, 68)), lmd(first[None], a_real, slice(0, 68))
         g_rend, g_real = inner_gap(a_rend), inner_gap(a_real)
         corr = float(np.corrcoef(g_rend, g_real)[0, 1])
+        # lip rounding / spreading: the inner-lip width 60–64, rendered vs real
+        w_rend, w_real = inner_width(a_rend), inner_width(a_real)
 
         # face measures: driven by the clip's own pose too, unaligned
         pose = load_pose(DATA / "source" / "3dmm" / f"{name}.mat")
@@ -310,12 +321,16 @@ def quality(args: argparse.Namespace) -> dict:
             "f_lmd": float(f.mean()), "f_lmd_static": float(fs.mean()), "mouth_opening_corr": corr,
             "avatar": "source/image png" if use_png else "video frame 2", "face": face,
             "face_painted": faces["painted"], "gap_amplitude": float(g_rend.std() / g_real.std()),
+            "width_amplitude": float(w_rend.std() / w_real.std()),
+            "mouth_width_corr": float(np.corrcoef(w_rend, w_real)[0, 1]),
         }
         for k, v in (("m_lmd", m), ("m_lmd_static", ms), ("f_lmd", f), ("f_lmd_static", fs),
                      ("gap_r", g_rend), ("gap_t", g_real)):
             pooled[k].append(v)
         print(f"{name:22s} frames {ok.sum():4d}  M-LMD {m.mean():5.2f} (static {ms.mean():5.2f})  "
-              f"F-LMD {f.mean():5.2f} (static {fs.mean():5.2f})  mouth-opening r {corr:5.2f}", flush=True)
+              f"F-LMD {f.mean():5.2f} (static {fs.mean():5.2f})  mouth-opening r {corr:5.2f}  width r "
+              f"{per_clip[name]['mouth_width_corr']:5.2f} amplitude {per_clip[name]['width_amplitude']:4.2f}",
+              flush=True)
         print(f"{'':22s} mouth SSIM {face['ssim']:.3f} (static {face['ssim_static']:.3f}, own-centred "
               f"{face['ssim_own']:.3f})  PSNR {face['psnr']:.2f}  centre err {face['centre_err']:.2f} px  teeth "
               f"{face['rendered_teeth']:.2f} (own {face['rendered_own_outline_teeth']:.2f}) vs real "
@@ -364,6 +379,9 @@ def quality(args: argparse.Namespace) -> dict:
         "frames": int(len(cat["m_lmd"])), "expression_map": "in-sample" if args.in_sample else "held-out per clip",
         "avatar": args.first, "face": face_summary, "face_painted": face_summaries["painted"],
         "gap_amplitude": float(cat["gap_r"].std() / cat["gap_t"].std()),
+        # per clip (a speaker's width varies around its own mean), then averaged
+        "width_amplitude": float(np.mean([c["width_amplitude"] for c in per_clip.values()])),
+        "mouth_width_corr": float(np.mean([c["mouth_width_corr"] for c in per_clip.values()])),
     }
     print("pooled:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
     return {"summary": summary, "clips": per_clip}
@@ -444,7 +462,7 @@ def angle_speed(angles_deg: np.ndarray) -> np.ndarray:
     return np.r_[step[:1], step]
 
 
-def speech_frames(labels: np.ndarray) -> np.ndarray:
+def speaking_mask(labels: np.ndarray) -> np.ndarray:
     """Frames (T,) with speech in most of their ±5-frame neighbourhood (labels other than SIL/NSN)."""
     from scipy.ndimage import uniform_filter1d
 
@@ -497,7 +515,7 @@ class SpeakerSpeeds:
         self.grid: list[Motion] = [(float(t), float(a), float(b), float(c)) for t in GAIN_GRID[0]
                                    for a in GAIN_GRID[1] for b in GAIN_GRID[2] for c in GAIN_GRID[3]]
         for name, (ang, labels) in sample_speakers().items():
-            sp = speech_frames(labels)
+            sp = speaking_mask(labels)
             near = np.unique(np.concatenate([np.arange(max(o - 3, 0), min(o + 2, len(labels)))
                                              for o in onset_frames(labels)] or [np.zeros(0, np.int64)]))
 
@@ -692,6 +710,105 @@ def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, painted: np.ndarr
     return path
 
 
+SHEET_PHOTOS = (("source", "KristiNoem"), ("source", "andrew_clip_1"), ("source", "feifeili_clip2_short"),
+                ("style", "trump_clip1"), ("style", "happyenglish_clip1"))  # first video frames used as avatars
+
+
+def corner_glare(frame: np.ndarray, lmk: np.ndarray, photo: np.ndarray, lmk_photo: np.ndarray) -> int:
+    """Bright pixels at the mouth corners outside the outer-lip outline that the photo has not got there.
+
+    Around each mouth corner (48, 54; a disc of a quarter of the mouth's width), outside the outline 48–59
+    (grown by one pixel), the pixels brighter than the photo's brightest there (+15 grey levels): the "white
+    fang-like triangles" of teeth or interior torn out past the lips.
+    """
+    from scipy.ndimage import binary_dilation
+    from skimage.draw import disk, polygon
+
+    def ring(image: np.ndarray, marks: np.ndarray) -> list[np.ndarray]:
+        size = image.shape[0]
+        lips = np.zeros((size, size), bool)
+        rr, cc = polygon(marks[48:60, 1], marks[48:60, 0], (size, size))
+        lips[rr, cc] = True
+        lips = binary_dilation(lips, iterations=1)
+        radius = 0.25 * float(np.linalg.norm(marks[54] - marks[48]))
+        out = []
+        for c in (48, 54):
+            m = np.zeros((size, size), bool)
+            rr, cc = disk((marks[c, 1], marks[c, 0]), radius, shape=(size, size))
+            m[rr, cc] = True
+            out.append(grey(image)[m & ~lips])
+        return out
+
+    count = 0
+    for mine, theirs in zip(ring(frame, lmk), ring(photo, lmk_photo), strict=True):
+        if len(mine) and len(theirs):
+            count += int((mine > theirs.max() + 15.0).sum())
+    return count
+
+
+def speech_frames(exp: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Frames to show: silence, the widest opening, a rounded and a spread opening (narrowest / widest mouth
+    among the open half, by the expression map), and a bilabial."""
+    w = ExpressionMap.load().weights.numpy()
+    gap = exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)
+    width = exp @ (w[:, 64, 0] - w[:, 60, 0])
+    speech = np.flatnonzero(labels != SIL)
+    open_ = speech[gap[speech] >= np.median(gap[speech])]
+    bil = np.flatnonzero(np.isin(labels, BILABIAL))
+    return {"silence": int(np.flatnonzero(labels == SIL)[10]), "open": int(speech[np.argmax(gap[speech])]),
+            "rounded": int(open_[np.argmin(width[open_])]), "spread": int(open_[np.argmax(width[open_])]),
+            "bilabial": int(bil[len(bil) // 2])}
+
+
+def photo_sheet() -> dict:
+    """The astronaut and first frames of sample videos as avatars, speaking the held-out sentence in the neutral
+    style: per photo a row of mouth close-ups with the real interiors (photo, silence, open, rounded, spread,
+    bilabial) and the same with the painted interior; plus the corner-glare count of every rendered frame."""
+    import skimage.io
+    from scipy.ndimage import map_coordinates
+
+    from engine.config import Config
+    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
+    from models.phonemes import phoneme_windows
+
+    decoder = build_decoder(Config())
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:150]
+    labels = np.concatenate([np.full(30, SIL), np.asarray(seq, np.int64), np.full(30, SIL)])
+    with np.load(BUILTIN_STYLE_CODES) as codes:
+        code = codes["neutral"]
+    exp = decoder.decode(phoneme_windows(labels), code)
+    pick = speech_frames(exp, labels)
+    photos = [("astronaut", builtin_avatar(256))] + [
+        (name, read_video_rgb(DATA / group / "video" / f"{name}.mp4")[0]) for group, name in SHEET_PHOTOS]
+    bank, painted = WarpRenderer(size=256), WarpRenderer(size=256, config=WarpConfig(interior="painted"))
+
+    def crop(img: np.ndarray, centre: np.ndarray, side: float) -> np.ndarray:
+        t = (np.arange(128) + 0.5) / 128 - 0.5
+        ys, xs = np.meshgrid(centre[1] + t * side, centre[0] + t * side, indexing="ij")
+        return np.stack([map_coordinates(img[..., c].astype(np.float32), [ys, xs], order=1, mode="nearest")
+                         for c in range(3)], -1).clip(0, 255).astype(np.uint8)
+
+    rows, glare = [], {}
+    for name, photo in photos:
+        for key, rnd in (("bank", bank), ("painted", painted)):
+            st = rnd.prepare(photo)
+            rnd.set_rest(st, decoder.idle(code))
+            every = rnd.render(st, exp, None)
+            c, side = mouth_box(st.landmarks)
+            frames = [st.image] + [every[i] for i in pick.values()]
+            rows.append(np.concatenate([crop(f, c, side) for f in frames], 1))
+            if key == "bank":
+                marks = detect_all(every[::3])
+                ok = ~np.isnan(marks).any((1, 2))
+                glare[name] = int(sum(corner_glare(f, m, st.image, st.landmarks)
+                                      for f, m in zip(every[::3][ok], marks[ok], strict=True)))
+    path = RESULTS / "renderer_photos.png"
+    skimage.io.imsave(path, np.concatenate(rows, 0), check_contrast=False)
+    print(f"  wrote {path}: per photo (astronaut, {', '.join(n for _, n in SHEET_PHOTOS)}) rows real interior / "
+          f"painted; columns photo, {', '.join(pick)}; corner glare pixels (every 3rd frame): {glare}", flush=True)
+    return {"sheet": str(path.relative_to(REPO_ROOT)), "frames": pick, "corner_glare_px": glare}
+
+
 def feature_sheet(exp_open: np.ndarray) -> Path:
     """The built-in avatar: neutral, open mouth, half/closed blink, head motion, an expressive style frame."""
     import skimage.io
@@ -776,6 +893,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sheets", nargs="*", default=["Obama_clip1", "feifeili_clip1"])
     ap.add_argument("--head-only", action="store_true",
                     help="only the head-motion measures and the blink sheet (the rest of renderer.json is kept)")
+    ap.add_argument("--clips", nargs="*", default=None, help="score only these source clips (default: all)")
+    ap.add_argument("--no-photos", action="store_true", help="skip the sample-photo mouth sheet")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.head_only:
@@ -808,15 +927,20 @@ def main(argv: list[str] | None = None) -> int:
         result["rest"] = rest_and_closure(args)
         result["rest_motion_sheet"] = str(rest_motion_sheet().relative_to(REPO_ROOT))
         result["head_motion"] = head_motion(args)
+    if not args.no_quality and not args.no_photos:
+        result["photos"] = photo_sheet()
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
     out = RESULTS / "renderer.json"
+    if args.clips:  # a partial run (iterating on a few clips) prints; it does not replace the full results
+        print("--clips: results not written")
+        return 0
     if out.is_file() and (args.no_speed or args.no_quality):  # keep the other half of an earlier full run
         old = json.loads(out.read_text())
         if args.no_quality and args.no_rest and not args.no_speed:
             # speed only: its machine and load figures describe the speed rows; "machine" stays the quality run's
             result["speed_machine"] = result.pop("machine")
         keep = ("speed", "quality", "rest", "head_motion", "rest_motion_sheet", "blink_sheet", "machine",
-                "speed_machine")
+                "speed_machine", "photos")
         result = {**{k: v for k, v in old.items() if k in keep}, **result}
     write_results(out, result)
     return 0

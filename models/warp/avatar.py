@@ -134,6 +134,9 @@ class WarpAvatar:
     photo_teeth: bool = False
     skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
     interior: Interior | None = None  # colour-matched real mouth interiors (None: painted)
+    # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
+    # dark slit, which the real interior takes over as the mouth opens (models/warp/mouth.py)
+    opening_teeth: bool = True
 
 
 def prepare_avatar(
@@ -358,32 +361,47 @@ def lookup(avatar: WarpAvatar, rows: torch.Tensor, h: torch.Tensor) -> torch.Ten
     return (y0 + frac * (y1 - y0)).reshape((b, lut.shape[1]) + h.shape[1:])
 
 
-def to_box(
-    avatar: WarpAvatar, group: BoxGroup, fields: torch.Tensor, move: Move
-) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """Resample lattice fields (R·N, C, Qv, Qh), region-major, into the group's R pixel boxes, placed where the
-    head moved them.
+Origins = list[tuple[tuple[int, int], ...]]  # per region, per frame: the pixel box's top-left (y0, x0)
 
-    Returns each box's origin (y0, x0) and the fields per box pixel (R·N, C, bh, bw); zero outside the lattice.
+
+def to_box(avatar: WarpAvatar, group: BoxGroup, fields: torch.Tensor, move: Move) -> tuple[Origins, torch.Tensor]:
+    """Resample lattice fields (R·N, C, Qv, Qh), region-major, into the group's R pixel boxes, placed where the
+    head moved them in each frame.
+
+    Returns each box's origin (y0, x0) per frame and the fields per box pixel (R·N, C, bh, bw); zero outside the
+    lattice. Each frame's box follows that frame's head (a box placed once per batch, at its mean position, cut
+    off the mouth of a fast-moving head: a vertical seam in an offline batch); ``box_runs`` groups frames that
+    share an origin, so a still head or a streaming batch of one pastes with one slice.
     """
     r, n, size = len(group.y0), fields.shape[0] // len(group.y0), avatar.size
     if move is None:
-        origins = list(zip(group.y0, group.x0, strict=True))
+        origins = [((y0, x0),) * n for y0, x0 in zip(group.y0, group.x0, strict=True)]
         q = group.still_box.unsqueeze(1).expand(-1, n, -1, -1)
     else:
         lin, off, lin_inv = move
-        # the lattice centres' shift, batch mean (R, 2): one host read for all boxes
+        # the lattice centres' shift per frame (R, N, 2): one host read for all boxes and frames
         moved = (lin.unsqueeze(0) @ group.centre[:, None, :, None]).squeeze(-1) + off  # (R, N, 2)
-        d = (moved.mean(1) - group.home).round().tolist()
-        origins = [(min(max(y0 + int(dy), 0), size - group.bh), min(max(x0 + int(dx), 0), size - group.bw))
-                   for y0, x0, (dx, dy) in zip(group.y0, group.x0, d, strict=True)]
+        d = (moved - group.home[:, None]).round().tolist()
+        origins = [tuple((min(max(y0 + int(dy), 0), size - group.bh), min(max(x0 + int(dx), 0), size - group.bw))
+                         for dx, dy in dr) for y0, x0, dr in zip(group.y0, group.x0, d, strict=True)]
         # pixel → face frame before head motion → lattice: (S·lin⁻¹) p + S·lin⁻¹(Δ − off) + o
         k = lin_inv.unsqueeze(0) * group.scale[:, None, :, None]  # (R, N, 2, 2)
-        delta = lin.new_tensor([[float(x - x0), float(y - y0)]
-                                for (y, x), y0, x0 in zip(origins, group.y0, group.x0, strict=True)])  # (R, 2)
-        bias = (k @ (delta[:, None, :, None] - off[None, :, :, None])).squeeze(-1) + group.offset[:, None]
+        delta = lin.new_tensor([[[float(x - x0), float(y - y0)] for y, x in orr]
+                                for orr, y0, x0 in zip(origins, group.y0, group.x0, strict=True)])  # (R, N, 2)
+        bias = (k @ (delta.unsqueeze(-1) - off[None, :, :, None])).squeeze(-1) + group.offset[:, None]
         box_px = group.box_px.unsqueeze(1).expand(-1, n, -1, -1).reshape(r * n, -1, 2)
         q = torch.baddbmm(bias.reshape(r * n, 1, 2), box_px, k.reshape(r * n, 2, 2).transpose(1, 2))
     out = F.grid_sample(fields, q.reshape(r * n, group.bh, group.bw, 2), mode="bilinear", padding_mode="zeros",
                         align_corners=True)
     return origins, out
+
+
+def box_runs(origins: tuple[tuple[int, int], ...]) -> list[tuple[slice, int, int]]:
+    """Consecutive frames whose box shares an origin, as (frame slice, y0, x0): one slice op per run."""
+    runs: list[tuple[slice, int, int]] = []
+    start = 0
+    for i in range(1, len(origins) + 1):
+        if i == len(origins) or origins[i] != origins[start]:
+            runs.append((slice(start, i), *origins[start]))
+            start = i
+    return runs

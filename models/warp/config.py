@@ -19,6 +19,9 @@ class WarpConfig:
     corner_cap: float = 0.03  # eye-corner travel
     lip_gap_cap: float = 0.40  # max inner-lip gap
     lip_open_gain: float = 1.2  # an opening inner-lip gap is this much wider than the map predicts (~1/0.83)
+    lip_width_gain: float = 1.3  # the lips' sideways motion (rounding / spreading) about the mouth's centre × this
+    # on an opening mouth (the map predicts 0.72× the real width variation on held-out clips, r 0.82; with the gain
+    # 0.82×, r 0.85, bilabial closure unchanged: benchmarks/renderer.py)
     lip_close_drop: float = 0.04  # a predicted gap drop this large (a bilabial's, relative to rest) closes the lips
     # (0.05 closed 66 % of the held-out P/B/M frames over the 17 built-in styles, 0.04 more; see benchmarks)
     lip_min_thickness: float = 0.5  # a lip keeps at least this fraction of its thickness in the photo
@@ -32,12 +35,15 @@ class WarpConfig:
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there
     lip_close_inset: float = 0.04  # closed lips are drawn from this far outside dlib's inner-lip points
     lip_edge_inset: float = 0.015  # the lower lip's edge lies this much below dlib's inner-lip points
+    slit_release: float = 0.04  # a photo's dark slit is fully replaced by the real interior this much wider
     teeth_upper: float = 0.095  # visible length of the upper incisors below the upper lip
     teeth_lower: float = 0.05  # visible length of the lower incisors (only when the mouth is wide open)
     lower_teeth_from: float = 0.2  # lower teeth start showing when the gap exceeds this
     lattice_step: float = 1.0 / 90.0  # region-model sample spacing (≈ one pixel of a 256² crop)
     forehead_lift: float = 0.45  # forehead control points sit this far above the brows / temples
     border_points: int = 5  # fixed points per image side (corners included)
+    interior_jaws: bool = True  # exemplar rows keep their size below / above each lip (see mouth.exemplar_fill)
+    interior_split: float = 0.5  # ... the exemplar's upper part down to this fraction of its height rides the upper lip
     interior: str = "bank"  # mouth interior: "bank" (real exemplars, assets/mouth_bank.npz) | "painted"
     head_max_rotation: float = math.radians(25.0)  # wide enough for the sample clips' own pose sequences
     head_max_shift: float = 0.9  # ≈ 75 px at 256²: a sample speaker's head travels up to 0.8 (feifeili_clip2_short) ...

@@ -12,7 +12,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.warp.avatar import WarpAvatar, head_falloff, head_mask_at, lattice_sources, prepare_avatar, to_box
+from models.warp.avatar import (
+    WarpAvatar,
+    box_runs,
+    head_falloff,
+    head_mask_at,
+    lattice_sources,
+    prepare_avatar,
+    to_box,
+)
 from models.warp.config import WarpConfig
 from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
@@ -117,6 +125,10 @@ class WarpCore(torch.nn.Module):
             bright = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 1.1 * float(avatar.skin_rgb @ luma)
             avatar.interior = self.bank.for_avatar(
                 self.bank.donor(), avatar.teeth_rgb if bright else None, avatar.skin_rgb)
+            # the photo's opening is teeth (they ride with the upper lip) when about as bright as its skin or more;
+            # a darker one is a shaded slit (e.g. 0.6–0.7 of the skin on two sample speakers; their teeth 0.95–1.15)
+            avatar.opening_teeth = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 0.85 * float(
+                avatar.skin_rgb @ luma)
         return avatar
 
     def target_local(
@@ -145,6 +157,14 @@ class WarpCore(torch.nn.Module):
         # so that the lips meet at a bilabial-sized drop, whatever the photo's gap (a smile closes too)
         iu, il = self._ix("pairs_in_u"), self._ix("pairs_in_l")
         dg = off[:, il, 1] - off[:, iu, 1]  # (N, 3) predicted change of the gap
+        if cfg.lip_width_gain != 1.0:
+            # lip rounding ("oo") and spreading ("ee"): the lips' sideways motion about the mouth's own centre,
+            # amplified like the opening (the least-squares map under-predicts it; see WarpConfig) on an opening
+            # mouth only: on closing lips it cost bilabial closure (dlib saw spread closed lips as apart)
+            lips = self._ix("lips")
+            dx = off[:, lips, 0]
+            opening = (dg.mean(1, keepdim=True) / cfg.lip_close_drop).clamp(0.0, 1.0)  # (N, 1)
+            tgt[:, lips, 0] += (cfg.lip_width_gain - 1.0) * opening * (dx - dx.mean(1, keepdim=True))
         g_p = avatar.lip_gap
         gap = torch.where(dg >= 0, g_p + cfg.lip_open_gain * dg, g_p * (1.0 + dg / cfg.lip_close_drop).clamp_min(0.0))
         corr = gap - (ty[:, il] - ty[:, iu])  # (N, 3)
@@ -276,19 +296,23 @@ class WarpCore(torch.nn.Module):
         if eye_dv is not None:  # both eyes in one resampling: (2N, 1, Qv, Qh), eye-major
             g = avatar.eye_boxes
             origins, values = to_box(avatar, g, eye_dv.transpose(0, 1).reshape(2 * n, 1, *eye_dv.shape[2:]), move)
-            for i, (y0, x0) in enumerate(origins):
-                grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[i * n:(i + 1) * n]
+            for i, per_frame in enumerate(origins):
+                for fs, y0, x0 in box_runs(per_frame):
+                    grid[fs, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[i * n:(i + 1) * n][fs]
         g = avatar.mouth_box
-        ((y0, x0),), values = to_box(avatar, g, mouth_fields, move)
-        grid[:, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[:, 0:1]
+        (mouth_at,), values = to_box(avatar, g, mouth_fields, move)
+        runs = box_runs(mouth_at)
+        for fs, y0, x0 in runs:
+            grid[fs, :, y0:y0 + g.bh, x0:x0 + g.bw] += avatar.v_axis * values[fs, 0:1]
 
         # ---- sample the photo, paint the newly exposed mouth interior
         out = F.grid_sample(
             avatar.image.expand(n, -1, -1, -1), grid.permute(0, 2, 3, 1), mode="bilinear",
             padding_mode="border", align_corners=False,
         )  # (N, 3, S, S)
-        patch = out[:, :, y0:y0 + g.bh, x0:x0 + g.bw]
-        patch += values[:, 1:2] * (values[:, 2:5] - patch)
+        for fs, y0, x0 in runs:
+            patch = out[fs, :, y0:y0 + g.bh, x0:x0 + g.bw]
+            patch += values[fs, 1:2] * (values[fs, 2:5] - patch)
         # (N, S, S, 3) in memory first, so that the rounding passes and the uint8 result are contiguous; round
         # half up and saturate (values are ≥ 0 after the clamp, so truncation rounds)
         out = out.permute(0, 2, 3, 1).contiguous()

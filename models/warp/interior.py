@@ -109,7 +109,7 @@ class MouthBank:
         patches = (self.patches[sel] * gain[None, :, None, None]).clamp(0.0, 255.0)
         weights = torch.tensor(FEATURE_WEIGHTS)
         return Interior(patches=patches, shape=self.shape[sel] * weights, weights=weights,
-                        donor=self.speakers[donor], gain=gain)
+                        donor=self.speakers[donor], gain=gain, gap=self.shape[sel, :3].mean(1))
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,15 @@ class Interior:
     weights: torch.Tensor  # (4,) feature weights
     donor: str
     gain: torch.Tensor  # (3,) colour gain applied
+    gap: torch.Tensor  # (K,) each exemplar's mean inner-lip gap (IOD, unweighted)
 
-    def blend(self, feats: torch.Tensor) -> torch.Tensor:
-        """Interior patches (N, 3, PATCH_T, PATCH_S) for target inner-lip features (N, 4)."""
+    def blend(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interior patches (N, 3, PATCH_T, PATCH_S) for target inner-lip features (N, 4), and the blended
+        exemplars' own mean inner-lip gap (N, 1, 1) in IOD (the physical height the patch rows span)."""
         d2 = torch.cdist(feats * self.weights, self.shape).square()  # (N, K)
         k = min(NEAREST, d2.shape[1])
         near, idx = torch.topk(d2, k, dim=1, largest=False)
         w = torch.exp(-(near - near[:, :1]) / (SIGMA * SIGMA))
         w = w / w.sum(1, keepdim=True)  # (N, k)
-        return torch.bmm(w.unsqueeze(1), self.patches[idx].flatten(2)).reshape(-1, *self.patches.shape[1:])
+        patches = torch.bmm(w.unsqueeze(1), self.patches[idx].flatten(2)).reshape(-1, *self.patches.shape[1:])
+        return patches, (w * self.gap[idx]).sum(1).reshape(-1, 1, 1)

@@ -37,6 +37,7 @@ _IDX = {
     "pairs_in_u": [u for u, _ in LIP_PAIRS_IN], "pairs_in_l": [lo for _, lo in LIP_PAIRS_IN],
     "lo_out_mid": [o for o, _ in LIP_PAIRS_LO], "lo_out_side": [59, 55],
     "lip_outer": [o for o, _ in LIP_PAIRS_UP + LIP_PAIRS_LO], "lip_inner": [i for _, i in LIP_PAIRS_UP + LIP_PAIRS_LO],
+    "lips": list(range(48, 68)),
 }
 # source-curve lookup table rows: eye 0 upper/lower, eye 1 upper/lower, lips upper inner/lower inner/lower outer
 _LUT_CURVES = (EYE_UP[0], EYE_LO[0], EYE_UP[1], EYE_LO[1], LIP_UP_IN, LIP_LO_IN, LIP_LO_OUT)

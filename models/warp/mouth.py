@@ -53,6 +53,13 @@ def mouth_model(
     # a smile's opening is all upper teeth; only a wide-open photo shows the lower jaw's side too
     keep_up = torch.where(gs < 1.6 * cfg.teeth_upper, gs, gs.clamp(max=cfg.teeth_upper))
     keep_lo = gs - keep_up
+    if avatar.interior is not None and not avatar.opening_teeth:
+        # A dark slit in the photo is cavity, not teeth: riding with the upper lip it stayed a dark band under the
+        # lip and hid the exemplar's upper teeth (real speakers show their upper teeth as the mouth opens). As
+        # the opening grows beyond the photo's the real interior takes the slit over; at the photo's own opening
+        # (rest) nothing changes. (The painted fallback keeps the slit: it is the benchmark's baseline.)
+        hold = 1.0 - ramp01((gt - gs) / cfg.slit_release)
+        keep_up, keep_lo = keep_up * hold, keep_lo * hold
     h0, h1 = tgt[:, 60, 0, None, None], tgt[:, 64, 0, None, None]  # (N, 1, 1)
     upper = a * keep_lo <= b * keep_up  # when the lips close in, each lip covers its share
     interior = torch.where(upper, us + torch.minimum(a, keep_up), ls - torch.minimum(b, keep_lo))
@@ -87,23 +94,34 @@ def mouth_model(
     alpha = ramp01(torch.minimum(edge, side) / px)
 
     if avatar.interior is not None:
-        fill = exemplar_fill(avatar, tgt, ut, lt, h0, h1, v_t, h_t)
+        fill = exemplar_fill(cfg, avatar, tgt, ut, lt, h0, h1, v_t, h_t)
     else:
         fill = painted_fill(cfg, avatar, a, b, gt, h0, h1, h_t)
     return torch.cat([dv.unsqueeze(1), alpha.unsqueeze(1), fill], 1)
 
 
-def exemplar_fill(avatar: WarpAvatar, tgt: torch.Tensor, ut: torch.Tensor, lt: torch.Tensor, h0: torch.Tensor,
-                  h1: torch.Tensor, v_t: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+def exemplar_fill(cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, ut: torch.Tensor, lt: torch.Tensor,
+                  h0: torch.Tensor, h1: torch.Tensor, v_t: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
     """Real interiors stretched into the target inner-lip contour → (N, 3, Qv, Qh).
 
     Lattice point (h, v) → lip-normalised (s, t): s along the corners 60 → 64, t from the upper inner lip (ut)
     to the lower one (lt) in that column; the blended exemplar is sampled there.
     """
     assert avatar.interior is not None
-    patches = avatar.interior.blend(shape_features(tgt))  # (N, 3, T, S)
+    patches, g_e = avatar.interior.blend(shape_features(tgt))  # (N, 3, T, S), (N, 1, 1)
     s = (h_t - h0) / (h1 - h0).clamp_min(1e-6)  # (N, 1, Qh)
-    t = (v_t - ut) / (lt - ut).clamp_min(1e-6)  # (N, Qv, Qh)
+    gt = (lt - ut).clamp_min(1e-6)
+    a, b = v_t - ut, lt - v_t
+    if cfg.interior_jaws:
+        # Rigid jaws in the exemplar too: its upper rows (upper teeth) keep their physical size below the upper
+        # lip and its lower rows (lower teeth, tongue) above the lower lip; a narrower target loses the middle
+        # of the exemplar (the cavity), a wider one stretches only its middle row. (Stretched uniformly, a small
+        # opening squeezed the teeth into a line, and a large one stretched them into fangs.)
+        u = cfg.interior_split
+        g_e = g_e * (1.0 - 2.0 * RIM)  # the patch rows span the exemplar's gap less its two lip rims
+        t = torch.where(a < u * gt, torch.clamp(a / g_e, max=u), torch.clamp(1.0 - b / g_e, min=u))
+    else:
+        t = a / gt  # (N, Qv, Qh)
     t = RIM + (1.0 - 2.0 * RIM) * t  # skip the exemplars' lip rims (dlib's inner-lip points sit on the lips)
     grid = torch.stack([(2.0 * s - 1.0).expand_as(t), 2.0 * t - 1.0], -1)
     return F.grid_sample(patches, grid, mode="bilinear", padding_mode="border", align_corners=False)
