@@ -225,8 +225,8 @@ def round_and_spread(samples_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def test_rounding_and_spreading_change_the_mouths_proportions(
     bank_renderer: WarpRenderer, round_and_spread: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    """"oo" narrows the opening, "ee" widens it: the inner-lip width / height ratio differs clearly, and more
-    the bare map's prediction at least as much (the sideways lip motion is amplified like the opening)."""
+    """"oo" narrows the opening, "ee" widens it: the inner-lip width / height ratio differs clearly, and the
+    spread-minus-round width is at least the bare map's (the sideways lip motion is amplified like the opening)."""
     plain = WarpRenderer(size=SIZE, config=WarpConfig(lip_width_gain=1.0))
 
     def proportions(renderer: WarpRenderer) -> tuple[float, float]:
