@@ -68,7 +68,8 @@ class ModelWorkers:
                 raise ModelWorkerError("the model workers are closed")
             for i, p in enumerate(self._procs):
                 if p is None or not p.alive:
-                    if p is not None:
+                    if p is not None:  # died, its reader has not reported it yet
+                        self.replaced += 1
                         p.close()
                     self._procs[i] = self._start()
             best = min((p for p in self._procs if p is not None), key=lambda p: p.lanes)
@@ -119,6 +120,7 @@ class ProcessRenderLane:
         self._moves = 0
         self._given_up = False
         self._closed = False
+        self._reported: ModelProcess | None = None  # the dead worker whose end this session already reported
 
     @property
     def delay_frames(self) -> int:
@@ -156,12 +158,18 @@ class ProcessRenderLane:
         if self._given_up or self._closed:
             return  # no worker: the session repeats its last frame (reported once, when it gave up)
         proc = self._proc
+        if proc is not None and not proc.alive and self._reported is not proc:
+            # it died between jobs: say so once (this job is dropped: the face holds), move on the next
+            self._reported = proc
+            raise ModelWorkerError(f"model worker process {proc.pid}: {proc.failure}; the session moves to a new "
+                                   "worker")
         if proc is None or not proc.alive:
             proc = await self._move(proc)
         future = proc.request("job", self._id, job, pose, blink, sink=self._sink, job=job, submitted=submitted)
         try:
             self._reused += await self._await(proc, future, "job")
         except ModelWorkerError as exc:
+            self._reported = proc
             raise ModelWorkerError(f"{exc}; the session moves to a new worker") from None
 
     def close(self) -> None:
