@@ -5,13 +5,14 @@ process, and the GIL serialised it with the event loop, aiortc's VP8/Opus encodi
 reached 3-6 fresh fps at under one server core. In a child process that work runs on the other core.
 
 As the recognizer's child (:mod:`engine.recognizer.process`), a worker is a fresh interpreter
-(``python -m engine.model_process SOCK_FD FRAMES_FD SLOTS CONFIG_JSON``) talking over a socket pair: it never
+(``python -m engine.model_process SOCK_FD FRAMES_FD SLOTS``) talking over a socket pair: it never
 inherits the server's threads or locks, and does not re-import the parent's main module. It builds the decoder
 and renderer from the parent's configuration (the same builders: ``engine.runtime.build_decoder`` /
 ``build_renderer``), then serves *lanes* (one per session placed on it), each a
 :class:`~engine.live.render_stream.RenderStream` with its own prepared avatar - the same code as in-process.
 
-Wire (pickled tuples; images never pickled on the way back): the parent sends ``open``/``prepare``/``rest``/
+Wire (pickled tuples; images never pickled on the way back): the parent first sends its configuration (as a
+dict: not on the command line, where ``ps`` would show the server's token), then ``open``/``prepare``/``rest``/
 ``job``/``close`` per lane and ``ack``; the child answers ``decoded``, ``rendered``, ``cost`` and ``done`` per
 request. Rendered images go into a ring of ``SLOTS`` frame slots (``(SLOTS, S, S, 3)`` uint8) in an anonymous
 shared mapping (``memfd``: nothing named to leak, gone with the last process holding it); a ``rendered`` message
@@ -29,7 +30,6 @@ The child ends when its parent goes away (EOF on its socket).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import mmap
 import os
@@ -200,12 +200,16 @@ def _serve(conn: Connection, frames_fd: int, slots: int, config: Config) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Child entry point: ``python -m engine.model_process SOCK_FD FRAMES_FD SLOTS CONFIG_JSON``."""
-    sock_fd, frames_fd, slots, config = argv if argv is not None else sys.argv[1:]
+    """Child entry point: ``python -m engine.model_process SOCK_FD FRAMES_FD SLOTS``; the configuration comes
+    first on the socket."""
+    sock_fd, frames_fd, slots = argv if argv is not None else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     conn = Connection(int(sock_fd))
     try:
-        _serve(conn, int(frames_fd), int(slots), Config.from_dict(json.loads(config)))
+        kind, tree = conn.recv()
+        if kind != "config":
+            raise EOFError(f"expected the configuration, got {kind!r}")
+        _serve(conn, int(frames_fd), int(slots), Config.from_dict(tree))
     except (EOFError, OSError, KeyboardInterrupt):  # the parent closed, died, or the terminal's Ctrl-C
         return
 
@@ -255,8 +259,7 @@ class ModelProcess:
             ours, theirs = socket.socketpair()
             with theirs:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "engine.model_process", str(theirs.fileno()), str(frames_fd), str(slots),
-                     json.dumps(config.to_dict())],
+                    [sys.executable, "-m", "engine.model_process", str(theirs.fileno()), str(frames_fd), str(slots)],
                     pass_fds=(theirs.fileno(), frames_fd), stdin=subprocess.DEVNULL,
                 )
         finally:
@@ -265,6 +268,7 @@ class ModelProcess:
         self._sock = ours
         self._conn = Connection(os.dup(ours.fileno()))
         self._send_lock = threading.Lock()
+        self._send(("config", config.to_dict()))
         self._lock = threading.Lock()  # _pending, _dead
         self._pending: dict[int, _Request] = {}
         self._ids = itertools.count(1)
