@@ -115,18 +115,38 @@ class EngineRuntime:
         renderer = build_renderer(config)
         avatar = load_avatar(config)
         runtime = cls(config, decoder, renderer, styles, avatar, recognizer_factory=None)
-        runtime.warmup()
-        runtime.start_recognizers()
-        runtime.start_model_workers()
+        runtime.start_model_workers(wait=False)  # their start-up overlaps the warm-up here
+        try:
+            runtime.warmup()
+            runtime.start_recognizers()
+            runtime.start_model_workers()
+        except BaseException:
+            runtime.close()
+            raise
         return runtime
 
-    def start_model_workers(self) -> None:
-        """With ``decoder.workers > 0``: start the model worker processes now (each loads the models in seconds,
-        in the background; sessions placed before one is ready wait for it)."""
-        if self.config.decoder.workers > 0 and self.model_workers is None:
+    def start_model_workers(self, wait: bool = True) -> None:
+        """With ``decoder.workers > 0``: start the model worker processes (each loads the models in seconds) and,
+        with ``wait``, wait until they are ready: the server then listens with its workers warm, and a setup on
+        which a worker cannot start fails here (``RuntimeErrorConfig`` with the child's error), not per session."""
+        if self.config.decoder.workers <= 0:
+            return
+        from engine.model_process import START_TIMEOUT_S
+
+        if self.model_workers is None:
             from engine.model_pool import ModelWorkers
 
             self.model_workers = ModelWorkers(self.config, self.config.decoder.workers)
+        pool = self.model_workers
+        if wait:
+            for proc in pool.processes:
+                try:
+                    if proc is not None:
+                        proc.ready.result(timeout=START_TIMEOUT_S)
+                except Exception as exc:
+                    pool.close()
+                    self.model_workers = None
+                    raise RuntimeErrorConfig(f"model worker process: {exc}") from exc
 
     def start_recognizers(self) -> None:
         """With ``recognizer.isolate``: start the first child recognizer now, so the first session finds one ready
