@@ -86,6 +86,10 @@ class DecoderConfig:
     # once and runs the sessions placed on it (the least loaded) off the server's GIL. 0 = one model-worker
     # thread in the server process (as a library user would call it; runtimes built from injected parts use it)
     workers: int = 2
+    # Niceness of the model worker processes: when the machine is short of CPU, the server's event loop, WebRTC
+    # encoders and recognizers go first (a frame rendered but never sent on time is wasted; a starved sender stalls
+    # every session's video and audio), and the renders take what is left: fewer fresh frames, not a collapse
+    worker_nice: int = 5
     max_batch: int = 16  # at most this many frames per decoder call (catch-up batches)
 
 
@@ -179,6 +183,7 @@ class Config:
         _check(1 <= d.threads <= 64, "decoder.threads", "must be in 1..64")
         _check(1 <= d.max_batch <= 256, "decoder.max_batch", "must be in 1..256")
         _check(0 <= d.workers <= 64, "decoder.workers", "must be in 0..64")
+        _check(0 <= d.worker_nice <= 19, "decoder.worker_nice", "must be in 0..19")
         r = self.renderer
         _choice(r.kind, RENDERER_KINDS, "renderer.kind")
         _check(32 <= r.size <= 1024 and r.size % 32 == 0, "renderer.size", "must be a multiple of 32 in 32..1024")

@@ -130,6 +130,7 @@ def _serve(conn: Connection, frames_fd: int, slots: int, config: Config) -> None
     from engine.runtime import build_decoder, build_renderer, limit_blas_threads, load_avatar
 
     try:
+        os.nice(config.decoder.worker_nice)  # the media path first when CPU is short (engine.config)
         limit_blas_threads()
         torch.set_num_threads(config.decoder.threads)
         decoder = build_decoder(config)
