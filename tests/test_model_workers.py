@@ -95,6 +95,33 @@ def test_a_job_renders_the_same_moving_mouth_in_a_worker_process_as_on_the_model
     assert len(there.costs) == len(here.costs) and all(0 < c < 5 for c in there.costs)
 
 
+def test_a_job_that_fails_in_the_worker_is_one_job_error_and_the_next_job_renders(runtime) -> None:  # noqa: ANN001
+    from engine.model_process import ModelJobError
+
+    core = StreamCore(lookahead=4, style=runtime.styles.get(runtime.config.style.default), max_batch=8)
+    core.on_events(list(enumerate(SPEECH_LABELS)), 0.0)
+    motion = IdleMotion(seed=3, base_pose=runtime.pose)
+
+    async def go() -> tuple[_Sink, int]:
+        sink = _Sink()
+        lane = runtime.render_lane(sink, time.monotonic, lambda: None)
+        await lane.prepare(runtime.avatar)
+        bad = core.plan(0.0, max_frames=4)
+        good = core.plan(0.0, max_frames=4)
+        assert bad is not None and good is not None
+        with pytest.raises(ModelJobError, match="pose"):  # a wrong pose shape fails inside the child's renderer
+            await lane.run(bad, np.zeros((len(bad), 3), np.float32), motion.blink_amounts(bad.frames), 0.0)
+        pid = lane.process.pid if lane.process else -1
+        await lane.run(good, motion.poses(good.frames), motion.blink_amounts(good.frames), time.monotonic())
+        assert lane.process is not None and lane.process.pid == pid  # the same worker goes on
+        lane.close()
+        await asyncio.sleep(0.1)
+        return sink, pid
+
+    sink, pid = run(go())
+    assert [f for f, _, _ in sink.items] == list(range(4, 8))  # only the good job's frames
+
+
 def test_sessions_go_to_the_least_loaded_worker_and_close_their_place(runtime) -> None:  # noqa: ANN001
     async def go() -> None:
         rec = lambda: make_recognizer("labels", labels=SPEECH_LABELS)  # noqa: E731
