@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.config import Config
+from engine.contracts import RestAware
 
 if TYPE_CHECKING:
     from engine.live.render_stream import RenderedItem, RenderSink
@@ -164,7 +165,7 @@ def _serve(conn: Connection, frames_fd: int, slots: int, config: Config) -> None
             continue
         lane = lanes.get(lane_id)
         if kind == "rest":
-            if lane is not None and lane[0].state is not None and hasattr(renderer, "set_rest"):
+            if lane is not None and lane[0].state is not None and isinstance(renderer, RestAware):
                 try:
                     renderer.set_rest(lane[0].state, msg[2])
                 except Exception:  # noqa: BLE001 - as in-process: logged, the old rest stays
@@ -181,7 +182,7 @@ def _serve(conn: Connection, frames_fd: int, slots: int, config: Config) -> None
             if kind == "prepare":
                 image, exp_rest = msg[3], msg[4]
                 state = renderer.prepare(image)
-                if exp_rest is not None and hasattr(renderer, "set_rest"):
+                if exp_rest is not None and isinstance(renderer, RestAware):
                     renderer.set_rest(state, exp_rest)
                 stream.set_state(state)
             elif kind == "job":

@@ -66,19 +66,32 @@ def test_a_job_renders_the_same_moving_mouth_in_a_worker_process_as_on_the_model
     core.on_events(list(enumerate(SPEECH_LABELS)), 0.0)
     motion = IdleMotion(seed=3, base_pose=runtime.pose)
 
+    # the rest expression (the face drawn as the photo): one style's silence, then another's half-way through
+    rests = [np.asarray(runtime.decoder.idle(runtime.styles.get(name)), np.float32)
+             for name in (runtime.config.style.default, runtime.styles.names()[-1])]
+    current = [rests[0]]
+
     async def both() -> tuple[_Sink, _Sink, int]:
         here, there = _Sink(), _Sink()
-        session_rest = lambda: None  # noqa: E731 - the photo's own rest (the same for both lanes)
         thread_lane = ThreadRenderLane(runtime.worker, runtime.decoder.decode, runtime.renderer, here,
-                                       time.monotonic, session_rest, max_batch=16)
-        process_lane = runtime.render_lane(there, time.monotonic, session_rest)
+                                       time.monotonic, lambda: current[0], max_batch=16)
+        process_lane = runtime.render_lane(there, time.monotonic, lambda: current[0])
         assert isinstance(process_lane, ProcessRenderLane)
         await thread_lane.prepare(runtime.avatar)
         await process_lane.prepare(runtime.avatar)
+        jobs = 0
         while (job := core.plan(0.0, max_frames=16)) is not None:
             pose, blink = motion.poses(job.frames), motion.blink_amounts(job.frames)
             await thread_lane.run(job, pose, blink, time.monotonic())
             await process_lane.run(job, pose, blink, time.monotonic())
+            jobs += 1
+            if jobs == 3:
+                current[0] = rests[1]
+                thread_lane.refresh_rest()
+                process_lane.refresh_rest()
+                # both computed on the model thread; the process lane's is sent from there when done
+                await asyncio.get_running_loop().run_in_executor(runtime.worker, lambda: None)
+        assert jobs > 3
         pid = process_lane.process.pid if process_lane.process else -1
         process_lane.close()
         await asyncio.sleep(0.1)  # the reader thread's last hand-overs
