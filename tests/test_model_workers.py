@@ -19,7 +19,7 @@ from engine.motion import IdleMotion
 from engine.recognizer import make_recognizer
 from engine.stream import StreamCore
 from models.phonemes import PHONEME_INDEX, SIL
-from tests.streaming_fixtures import SPEECH_WAV, mouth_changes, run, runtime_fixture, wait_for
+from tests.streaming_fixtures import mouth_changes, run, runtime_fixture, speech_16k, wait_for
 
 # "mama papa" at 30 fps: closures and open vowels, so the mouth must move
 SPEECH_LABELS = [SIL] * 4 + [PHONEME_INDEX[p] for p in ("M", "AA", "AA", "M", "AA", "AA", "P", "AA", "AA",
@@ -46,13 +46,6 @@ class _Sink:
         self.costs.append(seconds)
 
 
-def _speech_pcm() -> np.ndarray:
-    import wave
-
-    with wave.open(str(SPEECH_WAV)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), np.int16)
-
-
 def _alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
@@ -67,7 +60,7 @@ def test_a_job_renders_the_same_moving_mouth_in_a_worker_process_as_on_the_model
     motion = IdleMotion(seed=3, base_pose=runtime.pose)
 
     # the rest expression (the face drawn as the photo): one style's silence, then another's half-way through
-    rests = [np.asarray(runtime.decoder.idle(runtime.styles.get(name)), np.float32)
+    rests = [np.array(runtime.decoder.idle(runtime.styles.get(name)), np.float32)  # a copy: idle() caches
              for name in (runtime.config.style.default, runtime.styles.names()[-1])]
     current = [rests[0]]
 
@@ -154,7 +147,7 @@ def test_sessions_go_to_the_least_loaded_worker_and_close_their_place(runtime) -
 
 
 def test_a_killed_worker_fails_its_session_with_an_event_and_the_session_moves_to_a_fresh_worker(runtime) -> None:  # noqa: ANN001
-    pcm = _speech_pcm()
+    pcm = speech_16k()
 
     async def go() -> None:
         labels = SPEECH_LABELS * 20
