@@ -22,7 +22,7 @@ both still share this machine's cores, which makes the concurrency figure a lowe
     python -m benchmarks.e2e --set decoder.lookahead=2   # any engine override is passed to the server
     python -m benchmarks.e2e --sessions-only --max-sessions 4   # only the concurrency levels (~1.5 min)
     python -m benchmarks.e2e --sessions-only --all-levels --max-sessions 3 --set decoder.workers=0   # the
-        # model thread instead of model worker processes (the JSON records ``model_workers``)
+        # model thread instead of model worker processes (the JSON records them under ``model_workers``)
 """
 
 from __future__ import annotations
@@ -333,12 +333,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def model_workers(set_args: list[str]) -> int:
-    """The server's ``decoder.workers`` (model worker processes; 0 = the model thread) under these overrides."""
+def model_workers(set_args: list[str]) -> dict[str, int]:
+    """The server's ``decoder.workers`` (model worker processes; 0 = the model thread) and ``decoder.worker_nice``
+    under these overrides."""
     from engine.config import load_config
 
     overrides = dict(item.split("=", 1) for item in set_args if "=" in item)
-    return load_config(None, {k: v for k, v in overrides.items() if k == "decoder.workers"}).decoder.workers
+    keys = ("decoder.workers", "decoder.worker_nice")
+    dc = load_config(None, {k: v for k, v in overrides.items() if k in keys}).decoder
+    return {"workers": dc.workers, "worker_nice": dc.worker_nice}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         **run_header("e2e", started, load_at_start),
         "decoder_weights": decoder_weights(args.set_args_raw),
         "server_overrides": args.set_args_raw,
-        "model_workers": model_workers(args.set_args_raw),
+        "model_workers": model_workers(args.set_args_raw),  # {"workers": 2, "worker_nice": 5}
         "server_args": args.serve_arg,
         "summary": summary,
         **data,
