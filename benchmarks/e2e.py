@@ -21,6 +21,8 @@ both still share this machine's cores, which makes the concurrency figure a lowe
     python -m benchmarks.e2e --quick         # fewer trials / shorter levels
     python -m benchmarks.e2e --set decoder.lookahead=2   # any engine override is passed to the server
     python -m benchmarks.e2e --sessions-only --max-sessions 4   # only the concurrency levels (~1.5 min)
+    python -m benchmarks.e2e --sessions-only --all-levels --max-sessions 3 --set decoder.workers=0   # the
+        # model thread instead of model worker processes (the JSON records them under ``model_workers``)
 """
 
 from __future__ import annotations
@@ -230,6 +232,36 @@ def process_cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int | None) -> list[int]:
+    """The processes started under ``pid`` (the server's recognizer and model worker processes), from /proc."""
+    out: list[int] = []
+    todo = [pid] if pid is not None else []
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def tree_cpu_s(pid: int | None) -> dict[int, float]:
+    """CPU seconds so far of ``pid`` and each of its descendants (pid -> seconds)."""
+    out = {}
+    for p in ([pid] if pid is not None else []) + descendants(pid):
+        cpu = process_cpu_s(p)
+        if cpu is not None:
+            out[p] = cpu
+    return out
+
+
 async def measure_level(url: str, speech: np.ndarray, n: int, warmup: float, window: float,
                         server_pid: int | None = None) -> dict[str, Any]:
     """``n`` concurrent sessions streaming looped speech; fps received and fresh fps per session, and the CPU
@@ -242,10 +274,12 @@ async def measure_level(url: str, speech: np.ndarray, n: int, warmup: float, win
     before = await asyncio.gather(*(c.request("stats") for c in clients))
     t0 = time.monotonic()
     cpu0 = process_cpu_s(server_pid)
+    tree0 = tree_cpu_s(server_pid)
     await asyncio.sleep(window)
     after = await asyncio.gather(*(c.request("stats") for c in clients))
     t1 = time.monotonic()
     cpu1 = process_cpu_s(server_pid)
+    tree1 = tree_cpu_s(server_pid)
     sessions = []
     for c, b, a in zip(clients, before, after, strict=True):
         sent = a["engine"]["frames_sent"] - b["engine"]["frames_sent"]
@@ -262,8 +296,10 @@ async def measure_level(url: str, speech: np.ndarray, n: int, warmup: float, win
     await asyncio.gather(*(c.close() for c in clients))
     ok = all(s["received_fps"] >= FPS_TARGET and s["fresh_fps"] >= FPS_TARGET for s in sessions)
     cores = (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None
-    return {"sessions": n, "ok": ok, "server_cpu_cores": cores, "load_average": list(os.getloadavg()),
-            "per_session": sessions}
+    # the server with its child processes (recognizers, model workers) that ran through the whole window
+    tree = sum(tree1[p] - tree0[p] for p in tree1 if p in tree0) / (t1 - t0) if tree1 else None
+    return {"sessions": n, "ok": ok, "server_cpu_cores": cores, "server_tree_cpu_cores": tree,
+            "load_average": list(os.getloadavg()), "per_session": sessions}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -282,10 +318,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             level = await measure_level(server.url, speech, n, args.warmup, args.window, pid)
             levels.append(level)
             fps = ", ".join(f"{s['received_fps']:.1f}/{s['fresh_fps']:.1f}" for s in level["per_session"])
-            cores = level["server_cpu_cores"]
+            cores, tree = level["server_cpu_cores"], level["server_tree_cpu_cores"]
             print(
                 f"  {n} session(s): received/fresh fps {fps}; server CPU "
-                f"{'-' if cores is None else f'{cores:.2f}'} cores, load {level['load_average'][0]:.1f} -> "
+                f"{'-' if cores is None else f'{cores:.2f}'} cores (with its child processes "
+                f"{'-' if tree is None else f'{tree:.2f}'}), load {level['load_average'][0]:.1f} -> "
                 f"{'ok' if level['ok'] else 'below target'}",
                 flush=True,
             )
@@ -294,6 +331,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(1.0)
         out["levels"] = levels
     return out
+
+
+def model_workers(set_args: list[str]) -> dict[str, int]:
+    """The server's ``decoder.workers`` (model worker processes; 0 = the model thread) and ``decoder.worker_nice``
+    under these overrides."""
+    from engine.config import load_config
+
+    overrides = dict(item.split("=", 1) for item in set_args if "=" in item)
+    keys = ("decoder.workers", "decoder.worker_nice")
+    dc = load_config(None, {k: v for k, v in overrides.items() if k in keys}).decoder
+    return {"workers": dc.workers, "worker_nice": dc.worker_nice}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         **run_header("e2e", started, load_at_start),
         "decoder_weights": decoder_weights(args.set_args_raw),
         "server_overrides": args.set_args_raw,
+        "model_workers": model_workers(args.set_args_raw),  # {"workers": 2, "worker_nice": 5}
         "server_args": args.serve_arg,
         "summary": summary,
         **data,

@@ -72,7 +72,8 @@ def render_cost(seconds: float) -> tuple[float, list[np.ndarray]]:
     from engine.config import load_config
     from engine.runtime import EngineRuntime
 
-    runtime = EngineRuntime.load(load_config(None, {"avatar.head_motion": "0"}))
+    # the model thread, measured directly (worker processes would only add their start-up CPU to this process's)
+    runtime = EngineRuntime.load(load_config(None, {"avatar.head_motion": "0", "decoder.workers": "0"}))
     frames: list[np.ndarray] = []
     try:
         n = int(seconds * FPS)

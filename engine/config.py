@@ -82,6 +82,14 @@ class DecoderConfig:
     pad: str = "hold"
     accelerator: str = "eager"  # eager | compile | cudagraph | tensorrt
     threads: int = 1  # torch intra-op threads of the model worker
+    # Model worker processes (decode + render of the sessions, engine/model_process.py): each loads the models
+    # once and runs the sessions placed on it (the least loaded) off the server's GIL. 0 = one model-worker
+    # thread in the server process (as a library user would call it; runtimes built from injected parts use it)
+    workers: int = 2
+    # Niceness of the model worker processes: when the machine is short of CPU, the server's event loop, WebRTC
+    # encoders and recognizers go first (a frame rendered but never sent on time is wasted; a starved sender stalls
+    # every session's video and audio), and the renders take what is left: fewer fresh frames, not a collapse
+    worker_nice: int = 5
     max_batch: int = 16  # at most this many frames per decoder call (catch-up batches)
 
 
@@ -174,6 +182,8 @@ class Config:
         _choice(d.accelerator, ACCELERATORS, "decoder.accelerator")
         _check(1 <= d.threads <= 64, "decoder.threads", "must be in 1..64")
         _check(1 <= d.max_batch <= 256, "decoder.max_batch", "must be in 1..256")
+        _check(0 <= d.workers <= 64, "decoder.workers", "must be in 0..64")
+        _check(0 <= d.worker_nice <= 19, "decoder.worker_nice", "must be in 0..19")
         r = self.renderer
         _choice(r.kind, RENDERER_KINDS, "renderer.kind")
         _check(32 <= r.size <= 1024 and r.size % 32 == 0, "renderer.size", "must be a multiple of 32 in 32..1024")
@@ -203,6 +213,13 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, tree: Mapping[str, Any]) -> Config:
+        """The inverse of :meth:`to_dict` (a child process gets its parent's configuration as JSON); validated."""
+        config = cls()
+        _apply_tree(config, tree)
+        return config.validate()
 
 
 def _check(ok: bool, key: str, why: str) -> None:

@@ -8,9 +8,12 @@ Kept free of heavy imports (numpy only) so any layer may import it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.stream import DecodeJob
 
 # A stable phoneme label: ``engine.recognizer.PhonemeEvent`` or a plain ``(frame, phoneme)`` pair.
 PhonemeEventLike = Any
@@ -109,4 +112,41 @@ class Landmarker(Protocol):
 
     def landmarks_in_box(self, image: np.ndarray, box: FaceBoxLike) -> np.ndarray:
         """The 68 landmarks (68, 2) float32 (x, y) of the face in ``box``."""
+        ...
+
+
+class RenderLane(Protocol):
+    """One session's decode + render, wherever it runs: the runtime's model-worker thread
+    (:class:`engine.live.render_lane.ThreadRenderLane`) or a model worker process
+    (:class:`engine.model_pool.ProcessRenderLane`). The session sees only this; results arrive through the
+    :class:`~engine.live.render_stream.RenderSink` it gave (posted to its event loop). The awaitables never block
+    the loop; at most one :meth:`run` is outstanding per lane.
+    """
+
+    @property
+    def delay_frames(self) -> int:
+        """Frames by which the renderer's output lags its input."""
+        ...
+
+    @property
+    def reused(self) -> int:
+        """Renders skipped because a still face repeated exactly (stats)."""
+        ...
+
+    async def prepare(self, image: np.ndarray) -> None:
+        """Prepare ``image`` (uint8 (H, W, 3)) as the avatar, with the current style's rest; the stream restarts.
+        Raises if the photo cannot be prepared (the old avatar stays)."""
+        ...
+
+    def refresh_rest(self) -> None:
+        """The style or intensity changed: recompute the rest expression and apply it between jobs (no wait)."""
+        ...
+
+    async def run(self, job: DecodeJob, pose: np.ndarray, blink: np.ndarray, submitted: float) -> None:
+        """Decode ``job`` and render its frames (pose (N, 9), blink (N,)); ``submitted`` on the session's clock.
+        Raises when the job failed (the stream restarts on the next job)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the lane holds (its place on a worker process); idempotent."""
         ...

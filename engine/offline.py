@@ -161,8 +161,10 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
             raise InputError(f"audio file {audio} holds no audio samples")
 
     if runtime is None:
-        # load with the always-present neutral style: --style is resolved below, with a clear message
-        runtime = EngineRuntime.load(replace(config, style=replace(config.style, default="neutral")))
+        # load with the always-present neutral style: --style is resolved below, with a clear message; no model
+        # worker processes (an offline render runs the models here, not in sessions)
+        runtime = EngineRuntime.load(replace(config, style=replace(config.style, default="neutral"),
+                                             decoder=replace(config.decoder, workers=0)))
     style_name, code = resolve_style(runtime, config)
     if audio is not None:
         log.info("recognizing phonemes in %s (%s backend)", audio, config.recognizer.backend)

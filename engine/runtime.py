@@ -1,10 +1,13 @@
 """EngineRuntime: the process-wide part of the live engine - models loaded once, shared by every session.
 
 Holds the ExpressionDecoder, the Renderer, the shared StyleBank (built-in style codes + clips), the avatar
-photo and the *model worker*: one single-thread executor that runs every decode and render of every session.
-Why one thread: torch ops on 2 cores do not get faster by running concurrently, a single consumer keeps the
-models thread-confined (no locks in the hot path), and the asyncio loop never blocks on a model. Sessions
-interleave on that worker in arrival order; each has at most one job outstanding.
+photo, the *model thread* (one single-thread executor: the models stay thread-confined, no locks in the hot path,
+and the asyncio loop never blocks on a model) and, with ``decoder.workers > 0``, the *model worker processes*
+(:mod:`engine.model_pool`) that decode and render the sessions off the server's GIL. Each session gets a
+:class:`~engine.contracts.RenderLane` from :meth:`EngineRuntime.render_lane`: on a worker process when there are
+workers, else on the model thread (``decoder.workers = 0``, and every runtime built from injected parts: a child
+process can only rebuild the parts the configuration names). On the thread, sessions interleave in arrival
+order; each has at most one job outstanding either way.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ from engine.stylebank import StyleBank
 from engine.timing import Timebase
 
 if TYPE_CHECKING:
+    from engine.contracts import RenderLane
+    from engine.live.render_lane import RestFn
+    from engine.live.render_stream import RenderSink
     from engine.live.session import LiveSession
+    from engine.model_pool import ModelWorkers
     from engine.recognizer.process import WarmProcessRecognizers
 
 log = logging.getLogger(__name__)
@@ -92,6 +99,7 @@ class EngineRuntime:
         # running sessions; admission against server.max_sessions happens there (engine.live.registry)
         self.sessions: SessionRegistry[LiveSession] = SessionRegistry(lambda: self.config.server.max_sessions)
         self.frame_compute_s: float | None = None  # measured by warmup()
+        self.model_workers: ModelWorkers | None = None  # decoder.workers > 0 (load): sessions render there
         if config.style.default not in styles:
             raise RuntimeErrorConfig(f"default style {config.style.default!r} is not among {styles.names()}")
 
@@ -107,9 +115,38 @@ class EngineRuntime:
         renderer = build_renderer(config)
         avatar = load_avatar(config)
         runtime = cls(config, decoder, renderer, styles, avatar, recognizer_factory=None)
-        runtime.warmup()
-        runtime.start_recognizers()
+        runtime.start_model_workers(wait=False)  # their start-up overlaps the warm-up here
+        try:
+            runtime.warmup()
+            runtime.start_recognizers()
+            runtime.start_model_workers()
+        except BaseException:
+            runtime.close()
+            raise
         return runtime
+
+    def start_model_workers(self, wait: bool = True) -> None:
+        """With ``decoder.workers > 0``: start the model worker processes (each loads the models in seconds) and,
+        with ``wait``, wait until they are ready: the server then listens with its workers warm, and a setup on
+        which a worker cannot start fails here (``RuntimeErrorConfig`` with the child's error), not per session."""
+        if self.config.decoder.workers <= 0:
+            return
+        from engine.model_process import START_TIMEOUT_S
+
+        if self.model_workers is None:
+            from engine.model_pool import ModelWorkers
+
+            self.model_workers = ModelWorkers(self.config, self.config.decoder.workers)
+        pool = self.model_workers
+        if wait:
+            for proc in pool.processes:
+                try:
+                    if proc is not None:
+                        proc.ready.result(timeout=START_TIMEOUT_S)
+                except Exception as exc:
+                    pool.close()
+                    self.model_workers = None
+                    raise RuntimeErrorConfig(f"model worker process: {exc}") from exc
 
     def start_recognizers(self) -> None:
         """With ``recognizer.isolate``: start the first child recognizer now, so the first session finds one ready
@@ -191,6 +228,18 @@ class EngineRuntime:
         return latency.compute_margin(self.frame_compute_s)
 
     # -------------------------------------------------------------------------------------------- sessions
+    def render_lane(self, sink: RenderSink, clock: Callable[[], float], rest: RestFn) -> RenderLane:
+        """Where a session's decode + render runs (module docstring): results to ``sink``; ``rest`` computes the
+        session's rest expression (called on the model thread)."""
+        if self.model_workers is not None:
+            from engine.model_pool import ProcessRenderLane
+
+            return ProcessRenderLane(self.model_workers, self.worker, int(self.renderer.delay_frames), sink, rest)
+        from engine.live.render_lane import ThreadRenderLane
+
+        return ThreadRenderLane(self.worker, self.decoder.decode, self.renderer, sink, clock, rest,
+                                max_batch=self.config.decoder.max_batch)
+
     def new_session(self, session_id: str, max_sessions: int | None = None, **kwargs: Any) -> LiveSession:
         """Admit (:class:`engine.live.registry.SessionRegistry`, atomic) and build a session;
         ``SessionRefused`` (a ``RuntimeError``) when ``max_sessions`` (default ``server.max_sessions``) run."""
@@ -203,6 +252,8 @@ class EngineRuntime:
         self.sessions.release(session_id, session)
 
     def close(self) -> None:
+        if self.model_workers is not None:
+            self.model_workers.close()
         self.worker.shutdown(wait=True, cancel_futures=True)
         with self._warm_lock:
             warm, self._warm = self._warm, None

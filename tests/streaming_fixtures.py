@@ -31,6 +31,14 @@ SPEECH_WAV = DATA / "speech_16k.wav"
 MOUTH_BOX = (0.33, 0.58, 0.67, 0.82)
 
 
+def speech_16k() -> np.ndarray:
+    """The committed speech clip (``tests/data/speech_16k.wav``) as 16 kHz mono int16 samples."""
+    from clients.client import read_wav, to_16k
+
+    pcm, rate = read_wav(SPEECH_WAV)
+    return to_16k(pcm, rate)
+
+
 @pytest.fixture(scope="session")
 def live_runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
     """The real engine, built-in weights/styles/avatar; shared by every streaming test."""

@@ -323,7 +323,10 @@ def test_recognizer_that_keeps_hanging_is_given_up_without_stalling(runtime, rec
 # --- renderer faults -----------------------------------------------------------------------------------
 
 
-def test_renderer_exception_is_reported_and_the_stream_recovers(runtime) -> None:
+def test_renderer_exception_is_reported_and_the_stream_recovers(runtime, monkeypatch) -> None:  # noqa: ANN001
+    # the faults are injected into this process's renderer: the session renders on the model thread (a job that
+    # fails in a model worker process: tests/test_model_workers.py)
+    monkeypatch.setattr(runtime, "model_workers", None)
     renderer = runtime.renderer
     original = renderer.render
     failures = {"left": 3, "raised": 0}

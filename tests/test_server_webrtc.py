@@ -14,10 +14,9 @@ import weakref
 import numpy as np
 import pytest
 
-from clients.client import ClientError, MicrophoneTrack, StyleTalkClient, read_wav, to_16k
+from clients.client import ClientError, MicrophoneTrack, StyleTalkClient
 from streaming.server import PresenterServer
 from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
-    SPEECH_WAV,
     UNTRAINED_REASON,
     assert_collected,
     live_runtime,
@@ -25,6 +24,7 @@ from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
     npy_bytes,
     server_settings,
     session_threads,
+    speech_16k,
     style_clip,
     trained_weights,
     wait_for,
@@ -35,11 +35,6 @@ RATE = 16_000
 
 def run(coro) -> object:  # noqa: ANN001
     return asyncio.run(asyncio.wait_for(coro, 240))
-
-
-def speech_16k() -> np.ndarray:
-    pcm, rate = read_wav(SPEECH_WAV)
-    return to_16k(pcm, rate)
 
 
 def test_speech_moves_the_mouth_and_style_switches_mid_stream(live_runtime) -> None:  # noqa: F811

@@ -34,6 +34,7 @@ class EventCode(StrEnum):
     INPUT_OVERFLOW = "input_overflow"  # audio arrives faster than real time: samples dropped
     RECOGNIZER = "recognizer"  # the recognizer failed, got stuck (restarted) or was given up
     PIPELINE = "pipeline"  # a decode/render job failed (the next one runs)
+    MODEL_WORKER = "model_worker"  # the model worker process died or hung: the session moves to a fresh one
     AVATAR_FAILED = "avatar"  # (error) the new photo could not be prepared; the old one stays
 
 

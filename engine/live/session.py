@@ -8,7 +8,7 @@ part                                  owner
 ====================================  ====================================================================
 :class:`~engine.live.audio_input.AudioInput`        the pushing thread(s), serialised by its push lock
 :class:`~engine.live.recognition.RecognitionWorker` the recognizer thread (feeds) + the event loop (watchdog)
-:class:`~engine.live.render_stream.RenderStream`    the runtime's model worker thread (decode + render)
+:class:`~engine.contracts.RenderLane`              the runtime's model thread or a model worker process
 :class:`~engine.live.deadlines.Deadlines`           the event loop (the worker only appends job costs)
 :class:`~engine.live.output.SessionOutput`          the event loop (paced release, A/V pairing)
 :class:`~engine.live.events.EventChannel`           the event loop (``post`` hands work over from threads)
@@ -18,7 +18,8 @@ part                                  owner
   :class:`~engine.pacing.AudioTimeline`, which hands every block to the recognizer thread;
 - the recognizer thread posts stable phoneme events to the event loop;
 - a *producer task* on the event loop plans decode jobs (:class:`~engine.stream.StreamCore`) and runs them -
-  decode + render - on the runtime's single model worker thread (never on the loop);
+  decode + render - on the session's render lane (:meth:`EngineRuntime.render_lane`: a model worker process, or
+  the runtime's model thread; never on the loop);
 - consumers call :meth:`LiveSession.next_video_frame` / :meth:`LiveSession.next_audio_chunk`, paced by the
   media clock: frame t and the audio at pts t/30 are both released at ``origin + delay + t/30``.
 
@@ -53,8 +54,9 @@ from engine.live.events import EventChannel, EventCode
 from engine.live.frames import OutputAudioChunk, OutputVideoFrame, SessionClosed
 from engine.live.output import FrameBuffer, OutputCounters, SessionOutput
 from engine.live.recognition import RecognitionWorker
-from engine.live.render_stream import RenderedItem, RenderStream
+from engine.live.render_stream import RenderedItem
 from engine.live.stats import ProducerCounters, session_stats
+from engine.model_process import ModelWorkerError
 from engine.motion import IdleMotion
 from engine.pacing import OutputPacer, StageMetrics
 from engine.stream import DecodeJob, StreamCore
@@ -128,14 +130,14 @@ class LiveSession:
             compact_silence=compact_silence,
         )
         self.timeline = self.audio.timeline
-        self.render = RenderStream(runtime.decoder.decode, runtime.renderer, _LoopSink(self), clock,
-                                   max_batch=cfg.decoder.max_batch)
+        self.render = runtime.render_lane(_LoopSink(self), clock, self._rest_expression)
         self.buffer = FrameBuffer(np.ascontiguousarray(runtime.avatar), 4 * cfg.decoder.max_batch + 64,
                                   self.counters)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._closed_event: asyncio.Event | None = None
         self._producer: asyncio.Task[None] | None = None
+        self._avatar_tasks: set[asyncio.Task[None]] = set()
         self.clock: MediaClock | None = None
         self.pacer: OutputPacer | None = None
         self.output: SessionOutput | None = None
@@ -146,11 +148,11 @@ class LiveSession:
     @property
     def render_delay(self) -> int:
         """Frames by which the renderer's output lags its input."""
-        return self.render.delay
+        return self.render.delay_frames
 
     # =========================================================================================== lifecycle
     async def start(self) -> None:
-        """Prepare the avatar on the model worker, start the recognizer thread and the producer task."""
+        """Prepare the avatar on the render lane, start the recognizer thread and the producer task."""
         if self._started:
             return
         if self._closed:
@@ -159,8 +161,11 @@ class LiveSession:
         self.channel.bind(self._loop)
         self._wake = asyncio.Event()
         self._closed_event = asyncio.Event()
-        state = await self._loop.run_in_executor(self.runtime.worker, self._prepare, self.runtime.avatar)
-        self.render.set_state(state)
+        try:
+            await self.render.prepare(self.runtime.avatar)
+        except BaseException:
+            self.render.close()
+            raise
         self.clock = MediaClock(origin=self._clock(), delay=self.delay)
         self.deadlines.job_done(self.clock.origin)
         self.pacer = OutputPacer(self.clock, self.tb, self.chunk_samples)
@@ -191,6 +196,7 @@ class LiveSession:
                 log.warning("session %s: recognizer thread did not stop within 5 s", self.session_id)
         if isinstance(self._recognizer, Closeable):  # a child process: end it now, not when this object is collected
             self._recognizer.close()
+        self.render.close()
         self.buffer.clear()
         self.runtime.forget(self.session_id, self)  # only this session's slot (a replacement may hold the id)
 
@@ -262,14 +268,17 @@ class LiveSession:
         pose = self.motion.poses(frames, job.windows)  # the head moves faster while the avatar speaks
         blink = self.motion.blink_amounts(frames)
         try:
-            await self._loop.run_in_executor(self.runtime.worker, self.render.work, job, pose, blink, self._clock())
+            await self.render.run(job, pose, blink, self._clock())
         except asyncio.CancelledError:
             raise
+        except ModelWorkerError as exc:  # the worker process ended: the lane moves to a new one on the next job
+            log.error("session %s: %s", self.session_id, exc)
+            self.channel.error(EventCode.MODEL_WORKER, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - the stage failed for this session only; keep going
             log.exception("session %s: decode/render failed", self.session_id)
             self.channel.error(EventCode.PIPELINE, f"{type(exc).__name__}: {exc}")
-            self.render.restart()  # restart the renderer stream on the next job
-            return
+            return  # the lane restarts its renderer stream on the next job
         self.producer_counters.jobs += 1
         self.deadlines.job_done(self._clock())
 
@@ -367,29 +376,24 @@ class LiveSession:
         await loop.run_in_executor(self.runtime.worker, self.styles.add, name, np.asarray(clip, np.float32))
         self.channel.info(EventCode.STYLE_ADDED, name=name)
 
-    def _prepare(self, image: np.ndarray) -> Any:
-        """Model worker: prepare an avatar; a rest-aware renderer shows the style's silence as the photo."""
-        state = self.runtime.renderer.prepare(image)
-        self._set_rest(state)
-        return state
-
-    def _set_rest(self, state: Any) -> None:
-        """Model worker: render relative to the current style's silence (silence = the photo's own mouth), or
-        the neutral style's (``style.rest = "neutral"``: styles show as changes of the photo)."""
+    def _rest_expression(self) -> np.ndarray | None:
+        """Model thread: the rest expression (64,) a rest-aware renderer draws as the photo: the current style's
+        silence (silence = the photo's own mouth), or the neutral style's (``style.rest = "neutral"``: styles
+        show as changes of the photo). None for other renderers."""
         renderer = self.runtime.renderer
-        if isinstance(renderer, RestAware) and state is not None:
-            s = self.config.style
-            exp_rest = rest_expression(self.styles, self.runtime.decoder.idle, self._style_name, self._intensity,
-                                       s.intensity_space, s.rest, renderer.lip_gap_directions())
-            renderer.set_rest(state, exp_rest)
+        if not isinstance(renderer, RestAware):
+            return None
+        s = self.config.style
+        return rest_expression(self.styles, self.runtime.decoder.idle, self._style_name, self._intensity,
+                               s.intensity_space, s.rest, renderer.lip_gap_directions())
 
     def _update_rest(self) -> None:
-        """After a style or intensity change: the new style's rest, set on the model worker (between jobs)."""
+        """After a style or intensity change: the new style's rest, set by the render lane (between jobs)."""
         if self._started and self._loop is not None:
-            self._loop.run_in_executor(self.runtime.worker, lambda: self._set_rest(self.render.state))
+            self.render.refresh_rest()
 
     def set_avatar(self, image: np.ndarray) -> None:
-        """Animate another photo (uint8 RGB (H, W, 3), already framed); prepared on the model worker."""
+        """Animate another photo (uint8 RGB (H, W, 3), already framed); prepared by the render lane."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 32:
             raise ValueError(f"avatar must be a uint8 RGB image (H, W, 3) of at least 32 px, got "
@@ -397,17 +401,20 @@ class LiveSession:
         if not self._started or self._loop is None:
             raise RuntimeError(f"session {self.session_id} is not started")
 
-        def swap() -> None:  # model worker: the renderer stream starts over with the new state
-            self.render.set_state(self._prepare(image))
-
-        def done(f: asyncio.Future[None]) -> None:
+        def done(f: asyncio.Task[None]) -> None:
+            self._avatar_tasks.discard(f)
+            if f.cancelled():
+                return
             exc = f.exception()
             if exc is not None:
                 self.channel.error(EventCode.AVATAR_FAILED, str(exc))
             else:
                 self.channel.info(EventCode.AVATAR)
 
-        self._loop.run_in_executor(self.runtime.worker, swap).add_done_callback(done)
+        # the renderer stream starts over with the new state (the loop keeps only a weak reference to a task)
+        task = self._loop.create_task(self.render.prepare(image))
+        self._avatar_tasks.add(task)
+        task.add_done_callback(done)
 
     def interrupt(self) -> int | None:
         """Stop speaking now: discard the delayed audio and pending phonemes; the mouth eases shut in 2 frames.
@@ -459,7 +466,7 @@ class LiveSession:
 
 
 class _LoopSink:
-    """The render stream's results, handed from the model worker to the session's event loop."""
+    """The render lane's results, handed from the model thread (or a worker's reader thread) to the event loop."""
 
     def __init__(self, session: LiveSession) -> None:
         self._s = session

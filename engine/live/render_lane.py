@@ -1,0 +1,84 @@
+"""The in-process render lane: a session's decode + render on the runtime's model-worker thread.
+
+Owner: the event loop calls the lane; the work runs on the runtime's single-thread executor, which owns the
+:class:`~engine.live.render_stream.RenderStream` (see there). This is the path of a runtime built from injected
+parts (tests, benchmarks) or with ``decoder.workers = 0``; :class:`engine.model_pool.ProcessRenderLane` is the
+same contract (:class:`engine.contracts.RenderLane`) in a model worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import numpy as np
+
+from engine.contracts import Renderer, RestAware
+from engine.live.render_stream import RenderSink, RenderStream
+from engine.stream import DecodeJob
+
+log = logging.getLogger(__name__)
+
+RestFn = Callable[[], "np.ndarray | None"]  # the current style's rest expression (64,); runs on the model thread
+
+
+class ThreadRenderLane:
+    """:class:`engine.contracts.RenderLane` on the runtime's model-worker thread (``executor``)."""
+
+    def __init__(self, executor: Executor, decode: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                 renderer: Renderer, sink: RenderSink, clock: Callable[[], float], rest: RestFn, *,
+                 max_batch: int) -> None:
+        self._executor = executor
+        self._renderer = renderer
+        self._rest = rest
+        self.stream = RenderStream(decode, renderer, sink, clock, max_batch=max_batch)
+
+    @property
+    def delay_frames(self) -> int:
+        return self.stream.delay
+
+    @property
+    def reused(self) -> int:
+        return self.stream.reused
+
+    async def prepare(self, image: np.ndarray) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._prepare, image)
+
+    def refresh_rest(self) -> None:
+        self._executor.submit(self._apply_rest, None).add_done_callback(_log_failure)
+
+    async def run(self, job: DecodeJob, pose: np.ndarray, blink: np.ndarray, submitted: float) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.stream.work, job, pose, blink,
+                                                             submitted)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stream.restart()  # the renderer stream starts over on the next job
+            raise
+
+    def close(self) -> None:
+        """Nothing to free: the thread belongs to the runtime."""
+
+    # ------------------------------------------------------------------------------------ model thread
+    def _prepare(self, image: np.ndarray) -> None:
+        state = self._renderer.prepare(image)
+        self._apply_rest(state)
+        self.stream.set_state(state)  # the renderer stream starts over with the new state
+
+    def _apply_rest(self, state: Any) -> None:
+        """Render relative to the current style's rest (``state`` None: the stream's current state)."""
+        state = self.stream.state if state is None else state
+        if isinstance(self._renderer, RestAware) and state is not None:
+            exp_rest = self._rest()
+            if exp_rest is not None:
+                self._renderer.set_rest(state, exp_rest)
+
+
+def _log_failure(f: Future[None]) -> None:
+    exc = f.exception()
+    if exc is not None:
+        log.error("setting the rest expression failed: %s: %s", type(exc).__name__, exc)
