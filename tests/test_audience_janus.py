@@ -164,12 +164,13 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
           "chromium:", tuple(round(x, 2) for x in seen["page"]), "presenter's own view:",
           tuple(round(x, 2) for x in seen["own"]), "round:", seen["rounds"],
           "frames:", [v["frames"] for v in seen["viewers"]],
-          "publisher:", seen["stats"]["publisher"], f"load {os.getloadavg()[0]:.1f}", "engine:",
+          "publisher:", {k: v for k, v in seen["stats"]["publisher"].items() if k != "frame_map"},
+          f"load {os.getloadavg()[0]:.1f}", "engine:",
           {k: seen["engine"].get(k) for k in ("fps", "frames_sent", "late_frames", "dropped_frames", "errors",
                                               "recognizer_restarts", "input", "core")})
     # one encoder for the room, and every viewer (9 aiortc processes + the page) counted on a Janus node
     stats = seen["stats"]
-    assert stats["publisher"]["frames"] > 0 and stats["viewers"] == AIORTC_VIEWERS + 1, stats
+    assert stats["publisher"]["frames"] > 0 and stats["viewers"] == AIORTC_VIEWERS + 1, stats["viewers"]
     assert sum(n["viewers"] for n in stats["nodes"]) == AIORTC_VIEWERS + 1, stats
     # the engine itself, in the presenter's own view (a failure here is the engine's: behind its deadlines on an
     # overloaded machine it shows a still face)
