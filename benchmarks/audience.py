@@ -6,26 +6,29 @@ join time; viewer fps; the latency a viewer sees on top of the presenter's own v
 a presenter client looping the test speech (tests/data/speech_16k.wav) with a room, then grows the audience step
 by step. Each step waits for the new viewers to join, settles 4 s, then measures over ``--seconds``.
 
-The audience of a step of N viewers: ``--full`` (3) *full* viewers, each a ``python -m clients.viewer`` process
-that decodes VP8 and keeps the mouth box of every frame (they prove the avatar is seen moving, and give the
-latency), and N - 3 *count-only* viewers (:mod:`clients.count_only`: the whole receiving path, ICE, DTLS-SRTP,
-depacketisation, jitter buffer, but no decoding), ``--per-process`` (25) per process: 50 decoding viewers
-swamp 2 cores, 50 counting ones cost two processes. Viewer processes run at ``nice --viewer-nice`` (5) below
-this benchmark, so the engine keeps its priority.
+The audience of a step of N viewers: one *probe* viewer in this process, up to ``--full`` (3) *full* viewers,
+each a ``python -m clients.viewer`` process that decodes VP8 and keeps the mouth box of every frame (they prove
+the avatar is seen moving), and the rest *count-only* viewers (:mod:`clients.count_only`: the whole receiving
+path, ICE, DTLS-SRTP, depacketisation, jitter buffer, but no decoding), ``--per-process`` (10) per process: 50
+decoding viewers swamp 2 cores (~17 % of a core each at 30 fps), a counting one costs ~3.5 %. Viewer processes
+run at the benchmark's own niceness (``--viewer-nice`` adds to it): niced crowds starved behind the other users
+of the shared machine and measured their own backlog (seconds), not Janus.
 
 Figures per step (``steps`` in the JSON; each field is described in ``fields``):
 
 - engine: CPU (% of one core, from /proc, serve and its children), CPU ms per frame it published (flat in N
   when the room is encoded once), its own fps and the publisher's fps, VP8 encode p50;
-- Janus CPU, and its increase per added viewer (``janus_cpu_pct_per_viewer``);
+- Janus CPU, and its increase per added viewer (``janus_cpu_pct_per_viewer``); the viewers' own CPU;
 - viewers: fps (median, min), how many reach 29 fps, how many receive >= 95 % of what the publisher sent in
   the window (the fan-out's own share: under load the engine itself may publish < 29 fps);
 - join: ``watch`` sent -> first frame (a keyframe), median over the step's new viewers;
 - added latency: for every engine frame index both received, the arrival at a viewer minus the arrival at the
-  presenter's own client (its own peer, in this process), both ``time.monotonic()`` (one clock for every
-  process of the machine). The presenter's frames map to indices by its ``first_video_index``; a viewer's by
-  the room publisher's ``frame_map`` (polled every second) and :mod:`clients.frame_index`. p50/p95 for the full
-  viewers (decoding, like the presenter's client) and, separately, for the count-only ones (no decode time).
+  presenter's own client (its own peer), both ``time.monotonic()`` (one clock for every process of the
+  machine). The presenter's frames map to indices by its ``first_video_index``; a viewer's by the room
+  publisher's ``frame_map`` (polled every second) and :mod:`clients.frame_index`. The headline figure is the
+  probe's: presenter and probe both count without decoding, in this process, so the difference is the fan-out
+  path alone (the second encode, Janus, the viewer's receiving) and not decode time or another process'
+  scheduling; the full and count-only viewer processes' figures are given beside it.
 
 Writes ``benchmarks/results/audience.json`` (``--out``).
 """
@@ -47,9 +50,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.results_io import RESULTS, run_header, write_results
-from clients.client import MicrophoneTrack, ReceivedFrame, StyleTalkClient, read_wav, to_16k
+from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
+from clients.count_only import FrameLog
 from clients.frame_index import added_latency, arrival_by_index, find_offset, indices_of, merge_frame_maps
-from clients.viewer import RoomViewer
+from clients.viewer import RoomViewer, join_counting
 from clients.viewer_fleet import CrowdProcess, ViewerProcess, spawn_crowd, spawn_viewers, stop_viewers
 from streaming.janus_config import janus_command, write_config
 
@@ -61,7 +65,8 @@ FULL_RATE = 29.0  # fps a viewer must reach
 DELIVERED = 0.95  # share of the published frames a viewer must receive to count as fully served
 
 FIELDS = {
-    "viewers": "viewers in the room during the window (full + count-only)",
+    "viewers": "viewers in the room during the window: the probe (count-only, in the benchmark process) + full "
+               "+ count-only viewer processes",
     "full_viewers": "of which decode VP8 and keep the mouth box (clients.viewer processes)",
     "engine_cpu_pct": "serve process and its children, % of one core over the window",
     "engine_cpu_ms_per_frame": "engine CPU per frame the room's publisher sent: flat in viewers = one encode",
@@ -73,9 +78,15 @@ FIELDS = {
     "viewers_at_29fps": "viewers receiving >= 29 fps in the window",
     "viewers_served": "viewers receiving >= 95 % of the frames the publisher sent in the window",
     "join_s_median": "watch sent -> first frame (a keyframe), the step's new viewers",
-    "added_latency_ms_full": "viewer arrival - presenter arrival per engine frame, full viewers: p50, p95, frames",
-    "added_latency_ms_count_only": "the same for count-only viewers (arrival before decoding)",
-    "mouth_moving_full": "per full viewer: mouth-box spread (p90 deviation from its median, grey levels)",
+    "added_latency_ms": "the fan-out's added latency: probe viewer arrival - presenter arrival of the same engine "
+                        "frame (both count-only, in the benchmark process, arrival = frame assembled): p50, p95, "
+                        "frames",
+    "added_latency_ms_full": "the same for the full viewers (their arrival after decoding, in their own processes)",
+    "added_latency_ms_count_only": "the same for the count-only viewer processes",
+    "mouth_moving_full": "per full viewer: mouth-box spread in the window (p90 deviation from its median look, "
+                         "grey levels; ~0 = a still mouth)",
+    "full_viewer_cpu_pct_each": "CPU of one full (decoding) viewer process, % of one core",
+    "count_only_viewer_cpu_pct_each": "CPU of the count-only viewer processes per viewer, % of one core",
     "loadavg": "1/5/15-min load average at the end of the window",
 }
 
@@ -136,21 +147,12 @@ def start_processes(tmp: Path) -> tuple[subprocess.Popen[bytes], subprocess.Pope
     return janus, engine, port
 
 
-class PresenterView:
-    """The presenter's own received frames as (RTP pts, arrival) only (images are dropped as they come)."""
-
-    def __init__(self, client: StyleTalkClient) -> None:
-        self.pts: list[int] = []
-        self.arrival: list[float] = []
-        client.recording.on_frame = self.add
-
-    def add(self, frame: ReceivedFrame) -> None:
-        self.pts.append(frame.pts)
-        self.arrival.append(frame.arrival)
-
-    def by_index(self, first_index: int) -> dict[int, float]:
-        index = first_index + np.round(np.asarray(self.pts, np.float64) * 30 / 90_000).astype(np.int64)
-        return arrival_by_index(index, np.asarray(self.arrival))
+def presenter_by_index(log: FrameLog, first_index: int) -> dict[int, float]:
+    """{engine index: arrival} of the presenter's own (count-only) frames: its peer stamps the engine's media
+    clock (90 kHz, 3000 per frame) and the first frame it sent is ``first_video_index``."""
+    n = len(log)
+    index = first_index + np.round(np.asarray(log.rtp[:n], np.float64) / 3000).astype(np.int64)
+    return arrival_by_index(index, np.asarray(log.arrival[:n]))
 
 
 def percentiles_ms(values: list[np.ndarray]) -> dict[str, float | int | None]:
@@ -204,24 +206,29 @@ async def run(args: argparse.Namespace, tmp: Path, janus: subprocess.Popen[bytes
         except OSError:
             presenter = None
             await asyncio.sleep(1.0)
-    own = PresenterView(presenter)
     pcm, rate = read_wav(SPEECH)
-    await presenter.start_media(MicrophoneTrack(to_16k(pcm, rate), loop=True))
-    await presenter.wait_frames(30, timeout=120)
+    # the presenter's own view and the probe viewer (both here, both counting without decoding): the same engine
+    # frame seen by both at the same point of the same receiving code, so their difference is the fan-out's
+    await presenter.start_media(MicrophoneTrack(to_16k(pcm, rate), loop=True), count_only=True)
+    for _ in range(1200):
+        if len(presenter.counted["video"]) >= 30:
+            break
+        await asyncio.sleep(0.1)
     first_index = (await presenter.request("stats"))["transport"]["first_video_index"]
     room = await presenter.request("open_room")
     link = f"http://127.0.0.1:{port}/watch/{room['room']}?t={room['viewer_token']}"
     poller = asyncio.get_running_loop().create_task(poll_room(presenter, maps, stop_polling))
+    probe = await join_counting(f"ws://127.0.0.1:{port}/ws/watch", room["room"], room["viewer_token"])
     try:
         for n in args.counts:
             new_full, new_crowd = len(full), len(crowd)
-            want_full = min(args.full, n)
+            want_full = min(args.full, n - 1)
             if len(full) < want_full:
                 full += spawn_viewers(link, want_full - len(full), tmp / "viewers", MOUTH, seconds=3600,
                                       first=len(full), nice=args.viewer_nice)
             have = sum(c.viewers for c in crowd)
-            if n - want_full > have:
-                crowd += spawn_crowd(link, n - want_full - have, args.per_process, tmp / "viewers", seconds=3600,
+            if n - 1 - want_full > have:
+                crowd += spawn_crowd(link, n - 1 - want_full - have, args.per_process, tmp / "viewers", seconds=3600,
                                      first=len(crowd), nice=args.viewer_nice)
             everyone: list[ViewerProcess] = [*full, *crowd]
             for _ in range(240):  # up to 2 min for the processes to start and join
@@ -230,15 +237,18 @@ async def run(args: argparse.Namespace, tmp: Path, janus: subprocess.Popen[bytes
                 await asyncio.sleep(0.5)
             await asyncio.sleep(4.0)  # first keyframes, decoder warm-up
             s0 = await presenter.request("stats")
+            f0, c0 = sum(cpu_seconds(p.proc.pid) for p in full), sum(cpu_seconds(p.proc.pid) for p in crowd)
             e0, j0, t0 = cpu_seconds(engine.pid), cpu_seconds(janus.pid), time.monotonic()
             await asyncio.sleep(args.seconds)
             e1, j1, t1 = cpu_seconds(engine.pid), cpu_seconds(janus.pid), time.monotonic()
+            f1, c1 = sum(cpu_seconds(p.proc.pid) for p in full), sum(cpu_seconds(p.proc.pid) for p in crowd)
+            n_crowd = sum(c.viewers for c in crowd)
             s1 = await presenter.request("stats")
             pub0, pub1 = s0["room"]["publisher"], s1["room"]["publisher"]
             published = pub1["frames"] - pub0["frames"]
             windows.append((t0, t1, len(full), len(crowd), new_full, new_crowd))
             step = {
-                "viewers": len(full) + sum(c.viewers for c in crowd),
+                "viewers": 1 + len(full) + sum(c.viewers for c in crowd),
                 "full_viewers": len(full),
                 "room_viewers": s1["room"]["viewers"],
                 "viewer_processes": len(everyone),
@@ -249,6 +259,8 @@ async def run(args: argparse.Namespace, tmp: Path, janus: subprocess.Popen[bytes
                 "published_frames": published,
                 "vp8_encode_ms_p50": pub1["encode_ms_p50"],
                 "janus_cpu_pct": round(100 * (j1 - j0) / (t1 - t0), 1),
+                "full_viewer_cpu_pct_each": round(100 * (f1 - f0) / (t1 - t0) / max(1, len(full)), 1),
+                "count_only_viewer_cpu_pct_each": round(100 * (c1 - c0) / (t1 - t0) / n_crowd, 1) if n_crowd else None,
                 "loadavg": [round(x, 2) for x in os.getloadavg()],
             }
             steps.append(step)
@@ -258,10 +270,14 @@ async def run(args: argparse.Namespace, tmp: Path, janus: subprocess.Popen[bytes
         stop_viewers([*full, *crowd])
         await poller
         await presenter.close()
+        await probe.close()
     table = merge_frame_maps(maps)
-    presenter_at = own.by_index(first_index)
+    presenter_at = presenter_by_index(presenter.counted["video"], first_index)
     # each viewer: its frames' arrivals, their engine indices, its join time
-    viewers: list[dict[str, Any]] = []
+    n_probe = len(probe.video)
+    viewers: list[dict[str, Any]] = [{
+        "full": None, "proc": None, "summary": probe.summary(0.0), "grey": None,
+        "arrival": np.asarray(probe.video.arrival[:n_probe]), "rtp": np.asarray(probe.video.rtp[:n_probe])}]
     for p in full:
         s = p.summary() if p.json_path.is_file() else {}
         arrival, grey = p.trace() if p.trace_path.is_file() else (np.zeros(0), np.zeros((0, 1), np.float32))
@@ -278,14 +294,16 @@ async def run(args: argparse.Namespace, tmp: Path, janus: subprocess.Popen[bytes
         v["index"] = indices_of(v["rtp"], table, offset) if offset is not None else np.full(len(v["rtp"]), -1)
         aligned.append(matches / max(1, len(v["rtp"])))
     for step, (t0, t1, n_full, n_crowd, new_full, new_crowd) in zip(steps, windows, strict=True):
-        present = [v for v in viewers if (v["proc"] in full[:n_full] or v["proc"] in crowd[:n_crowd])]
-        new = [v for v in present if v["proc"] in full[new_full:n_full] or v["proc"] in crowd[new_crowd:n_crowd]]
+        present = [v for v in viewers if v["proc"] is None or v["proc"] in full[:n_full]
+                   or v["proc"] in crowd[:n_crowd]]
+        new = [v for v in present if (v["proc"] is None and step is steps[0]) or v["proc"] in full[new_full:n_full]
+               or v["proc"] in crowd[new_crowd:n_crowd]]
         fps = [float(in_window(v["arrival"], t0, t1).sum()) / (t1 - t0) for v in present]
         got = [int(in_window(v["arrival"], t0, t1).sum()) for v in present]
         joins = [v["summary"]["first_arrival"] - v["summary"]["watch_sent"] for v in new
                  if v["summary"].get("first_arrival") is not None]
         own_window = {i: t for i, t in presenter_at.items() if t0 <= t <= t1}
-        lat: dict[bool, list[np.ndarray]] = {True: [], False: []}
+        lat: dict[bool | None, list[np.ndarray]] = {None: [], True: [], False: []}
         for v in present:
             if (v["index"] >= 0).any():
                 lat[v["full"]].append(added_latency(arrival_by_index(v["index"], v["arrival"]), own_window))
@@ -296,6 +314,7 @@ async def run(args: argparse.Namespace, tmp: Path, janus: subprocess.Popen[bytes
             "viewers_served": sum(g >= DELIVERED * step["published_frames"] for g in got),
             "join_s_median": round(statistics.median(joins), 3) if joins else None,
             "joined_without_a_frame": len(new) - len(joins),
+            "added_latency_ms": percentiles_ms(lat[None]),
             "added_latency_ms_full": percentiles_ms(lat[True]),
             "added_latency_ms_count_only": percentiles_ms(lat[False]),
             "mouth_moving_full": [mouth_spread(v["grey"][in_window(v["arrival"], t0, t1)])
@@ -327,7 +346,7 @@ def median_per_count(runs: list[dict]) -> dict[int, dict[str, float | None]]:
         for key in MEDIAN_KEYS:
             values = [s[key] for s in steps if s.get(key) is not None]
             row[key] = round(statistics.median(values), 2) if values else None
-        for key in ("added_latency_ms_full", "added_latency_ms_count_only"):
+        for key in ("added_latency_ms", "added_latency_ms_full", "added_latency_ms_count_only"):
             values = [s[key]["p50"] for s in steps if s[key]["p50"] is not None]
             row[key + "_p50"] = round(statistics.median(values), 1) if values else None
         row["loadavg_1min"] = round(statistics.median(s["loadavg"][0] for s in steps), 2)
@@ -341,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", default="1,10,50", type=lambda t: [int(c) for c in t.split(",")])
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window of each step")
     parser.add_argument("--full", type=int, default=3, help="decoding viewers in every step (the rest count only)")
-    parser.add_argument("--per-process", type=int, default=25, help="count-only viewers per process")
-    parser.add_argument("--viewer-nice", type=int, default=5, help="niceness of the viewer processes (added)")
+    parser.add_argument("--per-process", type=int, default=10, help="count-only viewers per process")
+    parser.add_argument("--viewer-nice", type=int, default=0,
+                        help="niceness added to the viewer processes (0: as the engine; niced crowds starved on "
+                             "the loaded machine, 8 s behind at nice +5)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="whole runs (fresh Janus and engine each); the summary gives per-count medians")
     parser.add_argument("--out", default=str(RESULTS / "audience.json"))

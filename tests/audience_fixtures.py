@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
+from clients.frame_index import find_offset, indices_of
 from clients.viewer import RoomViewer, box_grey
 from clients.viewer_fleet import ViewerProcess, spawn_viewers, stop_viewers
 from tests.streaming_fixtures import MOUTH_BOX, SPEECH_WAV
@@ -65,6 +66,20 @@ def grey_talk_vs_rest(talk_g: np.ndarray, rest_g: np.ndarray) -> tuple[float, fl
     median = np.median(rest_g, axis=0)
     return (float(np.percentile(np.abs(talk_g - median).mean(axis=1), 90)),
             float(np.percentile(np.abs(rest_g - median).mean(axis=1), 90)))
+
+
+def engine_indices(frames: list, first_index: int, window: tuple[float, float]) -> np.ndarray:
+    """Engine frame indices of the presenter's own received frames that arrived in ``window`` (monotonic)."""
+    return np.array([f.index(first_index) for f in frames if window[0] <= f.arrival <= window[1]], np.int64)
+
+
+def frames_at(rtp: np.ndarray, table: dict[int, int], windows: list[np.ndarray]) -> list[np.ndarray]:
+    """Per window of engine indices, a mask of the viewer frames (RTP timestamps ``rtp``) showing those frames,
+    mapped by the room publisher's frame map ``table`` (:mod:`clients.frame_index`)."""
+    offset, matches = find_offset(rtp, table)
+    assert offset is not None, f"viewer frames not found in the publisher's frame map ({matches} matched)"
+    index = indices_of(rtp, table, offset)
+    return [np.isin(index, w) for w in windows]
 
 
 def mouth_moves(talk: float, rest: float) -> bool:
