@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT / "tests" / "data" / "speech_16k.wav"
 MOUTH = (0.33, 0.58, 0.67, 0.82)
 TICK = os.sysconf("SC_CLK_TCK")
+ENGINE_COUNTERS = ("late_frames", "dropped_frames", "recognizer_restarts", "errors")
 FULL_RATE = 29.0  # fps a viewer must reach
 DELIVERED = 0.95  # share of the published frames a viewer must receive to count as fully served
 
@@ -71,6 +72,8 @@ FIELDS = {
     "engine_cpu_pct": "serve process and its children, % of one core over the window",
     "engine_cpu_ms_per_frame": "engine CPU per frame the room's publisher sent: flat in viewers = one encode",
     "engine_fps": "the presenter session's own fps (engine stats)",
+    "engine_counters": "the presenter session's late/dropped frames, recognizer restarts (a starved engine shows a "
+                       "still face) and errors since it started",
     "publisher_fps": "frames the room's RTP publisher encoded and sent per second in the window",
     "vp8_encode_ms_p50": "the publisher's VP8 encode time, median of its last 300",
     "janus_cpu_pct": "Janus, % of one core over the window",
@@ -255,6 +258,7 @@ async def run(args: argparse.Namespace, tmp: Path, janus: subprocess.Popen[bytes
                 "engine_cpu_pct": round(100 * (e1 - e0) / (t1 - t0), 1),
                 "engine_cpu_ms_per_frame": round(1000 * (e1 - e0) / max(1, published), 2),
                 "engine_fps": s1["engine"].get("fps"),
+                "engine_counters": {k: s1["engine"].get(k) for k in ENGINE_COUNTERS},
                 "publisher_fps": round(published / (t1 - t0), 2),
                 "published_frames": published,
                 "vp8_encode_ms_p50": pub1["encode_ms_p50"],
