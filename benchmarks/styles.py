@@ -68,18 +68,13 @@ from models.dataset import (
 )
 from models.phonemes import phoneme_windows
 from models.styletalk import LOWER_FACE3D_INDICES, StyleTalk
-from models.train import STYLE_NAMES, clip_style_code, predict
+from models.train import STYLE_NAMES, clip_style_code, describe, nearest_accuracy, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT / "models" / "assets" / "styletalk_default.pt"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "styles.json"
 LOWER = list(LOWER_FACE3D_INDICES)
 INTENSITIES = (0.0, 0.5, 1.0, 1.5, 2.0)
-
-
-def describe(exp: np.ndarray) -> np.ndarray:
-    """Per-coefficient mean and spread over time ``(128,)`` of an expression sequence ``(T, 64)``."""
-    return np.concatenate([exp.mean(0), exp.std(0)])
 
 
 class Decoder:
@@ -93,17 +88,6 @@ class Decoder:
     @torch.no_grad()
     def __call__(self, code: np.ndarray) -> np.ndarray:
         return self.model.decode(self.content, torch.from_numpy(np.array(code, np.float32))[None])[0].numpy()
-
-
-def _nearest_accuracy(queries: np.ndarray, labels: Sequence[str], gallery: np.ndarray,
-                      gallery_labels: Sequence[str], exclude: Sequence[int | None] | None = None) -> float:
-    d = ((queries[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
-    if exclude is not None:
-        for i, j in enumerate(exclude):
-            if j is not None:
-                d[i, j] = np.inf
-    pred = [gallery_labels[int(j)] for j in d.argmin(1)]
-    return float(np.mean([p == s for p, s in zip(pred, labels, strict=True)]))
 
 
 def style_figures(model: StyleTalk, split: DataSplit, windows: np.ndarray, intensity_mode: str,
@@ -127,9 +111,9 @@ def style_figures(model: StyleTalk, split: DataSplit, windows: np.ndarray, inten
     q_code = np.stack([clip_style_code(model, outputs[n]) for n in names])
     multi = [i for i, s in enumerate(labels) if labels.count(s) > 1]
     std_g, std_q = (g_desc - mu) / sd, (q_desc - mu) / sd
-    ident = _nearest_accuracy(std_q, labels, std_g, labels)
-    ident_code = _nearest_accuracy(q_code, labels, g_code, labels)
-    ident_loco = _nearest_accuracy(std_q[multi], [labels[i] for i in multi], std_g, labels, exclude=multi)
+    ident = nearest_accuracy(std_q, labels, std_g, labels)
+    ident_code = nearest_accuracy(q_code, labels, g_code, labels)
+    ident_loco = nearest_accuracy(std_q[multi], [labels[i] for i in multi], std_g, labels, exclude=multi)
     per_clip = {}
     d = ((std_q[:, None] - std_g[None]) ** 2).sum(-1)
     for i, n in enumerate(names):

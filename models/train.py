@@ -128,12 +128,17 @@ class TrainConfig:
     w_stat_mean: float = 0.0  # style statistics: output mean vs reference mean (L1, 64 coefficients)
     w_stat_std: float = 0.0  # output std over time vs the reference's (L1, 64 coefficients)
     w_open_r: float = 0.0  # supervised items: 1 - r over time of the mouth opening vs the ground truth
-    w_open_teacher: float = 0.0  # all items: 1 - r of the mouth opening vs the frozen --init model's
+    w_open_teacher: float = 0.0  # all items: 1 - r of the mouth opening vs the frozen timing teacher's
+    open_teacher: str = ""  # timing teacher checkpoint for w_open_teacher (empty: the --init model)
+    w_hold_mean: float = 0.0  # all items: L1 of the lower face's mean over time vs the frozen --init model's
+    w_hold_std: float = 0.0  # all items: L1 of the lower face's std over time vs the frozen --init model's
+    trainable: list[str] = field(default_factory=list)  # parameter name prefixes to train (empty: all)
     style_residual: bool = False  # linear style-code -> expression path (see StyleTalkConfig)
     recognized_labels: str = ""  # JSON of recognizer labels per source clip (benchmarks.recognized_labels)
     recognized_prob: float = 0.5  # share of items trained on recognized labels (when the file is given)
     select_style: bool = False  # model selection on tail mouth L1 + style offset L1 (else mouth L1 only)
     select_open_r: float = 0.0  # selection score minus this x tail mouth-opening r (0 = not used)
+    select_ident: float = 0.0  # selection score minus this x validation style identification (0 = not used)
     init: str = ""  # start from this checkpoint's weights (fine-tuning); new modules keep their init
     intensity_aug: float = 0.0  # share of cross-style items decoded at a random intensity (0 = off)
     intensity_max: float = 2.0  # their intensity k ~ U(0.5, intensity_max)
@@ -237,15 +242,36 @@ def clip_style_code(model: StyleTalk, exp: np.ndarray, min_frames: int = 64) -> 
     return torch.stack(codes).mean(0).numpy().astype(np.float32)
 
 
+def describe(exp: np.ndarray) -> np.ndarray:
+    """Per-coefficient mean and spread over time ``(128,)`` of an expression sequence ``(T, 64)``: the
+    descriptor by which an output's style is identified (``benchmarks.styles``)."""
+    return np.concatenate([exp.mean(0), exp.std(0)])
+
+
+def nearest_accuracy(queries: np.ndarray, labels: Sequence[str], gallery: np.ndarray,
+                     gallery_labels: Sequence[str], exclude: Sequence[int | None] | None = None) -> float:
+    """Share of ``queries (Q, D)`` whose nearest ``gallery (G, D)`` row (squared L2) has the same label;
+    ``exclude[i]`` = a gallery row query ``i`` may not match."""
+    d = ((queries[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
+    if exclude is not None:
+        for i, j in enumerate(exclude):
+            if j is not None:
+                d[i, j] = np.inf
+    pred = [gallery_labels[int(j)] for j in d.argmin(1)]
+    return float(np.mean([p == s for p, s in zip(pred, labels, strict=True)]))
+
+
 @dataclass
 class StyleProbe:
     """Validation of style transfer without touching the held-out clip: the phonemes of the clip tails
     decoded with each style clip style's code (from the clips' training heads), mean output vs the mean
-    of the style's held-out chunks (L1 over 64)."""
+    of the style's held-out chunks (L1 over 64); and a validation identification that uses neither the
+    held-out clip nor the style clips' tails (see :meth:`identification`)."""
 
     windows: np.ndarray  # (N, 11)
     heads: dict[str, list[np.ndarray]]  # style -> training heads
     means: dict[str, np.ndarray]  # style -> mean of its held-out chunks (64,)
+    clips: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (style, training head) per clip
 
     @classmethod
     def from_split(cls, split: DataSplit) -> StyleProbe | None:
@@ -258,7 +284,7 @@ class StyleProbe:
         for s in labels:
             chunks = [c.exp for c in split.style_val_chunks if c.style == s]
             means[s] = np.concatenate(chunks).mean(0) if chunks else np.concatenate(heads[s]).mean(0)
-        return cls(windows, heads, means)
+        return cls(windows, heads, means, [(c.style, c.exp) for c in split.style_train])
 
     @torch.no_grad()
     def offset(self, model: StyleTalk) -> float:
@@ -269,6 +295,22 @@ class StyleProbe:
             out = model.decode(content, torch.from_numpy(code)[None])[0].numpy()
             errs.append(float(np.abs(out.mean(0) - self.means[s]).mean()))
         return float(np.mean(errs))
+
+    @torch.no_grad()
+    def identification(self, model: StyleTalk) -> float:
+        """``benchmarks.styles``' identification on validation data: every style clip's code (from its
+        training head) decodes the clip tails' phonemes, and the output is correct when the nearest
+        training head by standardised mean+std descriptor has its style. The benchmark's phonemes (held-out
+        clip) and gallery (style clips' tails) are not used, so selecting on this leaves them a test."""
+        content = model.encode_content(torch.from_numpy(self.windows)[None])
+        labels = [s for s, _ in self.clips]
+        gallery = np.stack([describe(e) for _, e in self.clips])
+        queries = []
+        for _, exp in self.clips:
+            code = clip_style_code(model, exp)
+            queries.append(describe(model.decode(content, torch.from_numpy(code)[None])[0].numpy()))
+        mu, sd = gallery.mean(0), gallery.std(0) + 1e-6
+        return nearest_accuracy((np.stack(queries) - mu) / sd, labels, (gallery - mu) / sd, labels)
 
 
 def evaluate(
@@ -328,7 +370,7 @@ class Trainer:
         )
         self.val_items = evaluation_items(self.split)
         self.mouth_direction = mouth_direction(self.split)
-        self.style_probe = StyleProbe.from_split(self.split) if cfg.select_style else None
+        self.style_probe = StyleProbe.from_split(self.split) if cfg.select_style or cfg.select_ident > 0 else None
         # statistics of the neutral face (source speakers' read speech): the k = 0 end of intensity
         src = self.split.train_sources
         self.neutral_mean = torch.from_numpy(np.mean([s.exp.mean(0) for s in src], axis=0).astype(np.float32))
@@ -339,10 +381,18 @@ class Trainer:
         self.model = StyleTalk(cfg.model_config())
         if cfg.init:
             self._init_from(cfg.init)
-        # the start model, frozen: its mouth timing anchors the fine-tuning (w_open_teacher)
-        self.teacher = copy.deepcopy(self.model).eval() if cfg.init and cfg.w_open_teacher > 0 else None
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False)
+        # the start model, frozen: the statistics it holds (w_hold_*) and, unless --open-teacher names
+        # another checkpoint, the mouth timing that anchors the fine-tuning (w_open_teacher)
+        wants_hold = cfg.w_hold_mean > 0 or cfg.w_hold_std > 0
+        frozen_init = copy.deepcopy(self.model).eval() if cfg.init and (wants_hold or cfg.w_open_teacher > 0) else None
+        self.holder = frozen_init if wants_hold else None
+        self.teacher: StyleTalk | None = None
+        if cfg.w_open_teacher > 0:
+            self.teacher = StyleTalk.from_checkpoint(cfg.open_teacher) if cfg.open_teacher else frozen_init
+        for frozen in (self.teacher, self.holder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+        self._freeze_all_but(cfg.trainable)
         self.open_direction = torch.from_numpy(self.mouth_direction.astype(np.float32))
         self.ema_model = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
         if self.ema_model is not None:
@@ -350,7 +400,10 @@ class Trainer:
         self.disc_cfg = DiscriminatorConfig(num_styles=len(self.split.styles))
         self.discs = build_discriminators(self.disc_cfg, cfg.discriminators())
         self.opt_g = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+            weight_decay=cfg.weight_decay,
         )
         self.opt_d = (
             torch.optim.Adam(self.discs.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
@@ -379,6 +432,19 @@ class Trainer:
                 f"{shapes[:3]} (the network size options must match the checkpoint's)"
             )
         self.model.load_state_dict({**own, **ckpt.state_dict})
+
+    def _freeze_all_but(self, prefixes: Sequence[str]) -> None:
+        """Train only the parameters whose names start with one of ``prefixes`` (empty: all). Fine-tuning
+        the lower-face decoder alone leaves the style codes and the 51 upper-face outputs exactly as they
+        were, so lip-sync terms cannot move what identifies a style there."""
+        if not prefixes:
+            return
+        names = [n for n, _ in self.model.named_parameters()]
+        unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unknown:
+            raise ValueError(f"--trainable {unknown} match no parameter (e.g. decoder.lower_decoder)")
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(any(n.startswith(pre) for pre in prefixes))
 
     # ---- schedule
     def lr_at(self, step: int) -> float:
@@ -471,10 +537,16 @@ class Trainer:
             loss = open_r_loss(pred[..., LOWER], t_pred[..., LOWER], self.open_direction)
             logs["open_teacher"] = float(loss.detach())
             g_loss = g_loss + c.w_open_teacher * loss
+        if self.holder is not None:
+            with torch.no_grad():  # the start model's decoder with the same (possibly intensity-scaled) code
+                h_pred = self.holder.decode(self.holder.encode_content(batch.windows), code.detach())
+            mean_err, std_err = style_stat_loss(pred[..., LOWER], h_pred[..., LOWER].mean(1), h_pred[..., LOWER].std(1))
+            logs["hold_mean"], logs["hold_std"] = float(mean_err.detach()), float(std_err.detach())
+            g_loss = g_loss + c.w_hold_mean * mean_err + c.w_hold_std * std_err
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if c.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], c.grad_clip)
         self.opt_g.step()
         self._update_ema()
         logs["loss"] = float(g_loss.detach())
@@ -517,9 +589,12 @@ class Trainer:
         model = self.eval_model.eval()
         metrics = evaluate(model, self.val_items, self.mouth_direction)
         score = metrics.get("tail_mouth_l1", metrics.get("clip_mouth_l1", math.inf))
-        if self.style_probe is not None:
+        if self.style_probe is not None and self.cfg.select_style:
             metrics["style_offset_l1"] = self.style_probe.offset(model)
             score += metrics["style_offset_l1"]
+        if self.style_probe is not None and self.cfg.select_ident > 0:
+            metrics["style_ident"] = self.style_probe.identification(model)
+            score -= self.cfg.select_ident * metrics["style_ident"]
         if self.cfg.select_open_r > 0 and "tail_open_r" in metrics:  # tails only, never the held-out clip
             score -= self.cfg.select_open_r * metrics["tail_open_r"]
         metrics["step"] = float(self.step)
@@ -720,7 +795,15 @@ _FIELD_HELP: dict[str, tuple[str, str]] = {
     "w_stat_mean": ("loss weights", "style statistics: L1 of the output's mean over time vs the reference's"),
     "w_stat_std": ("loss weights", "style statistics: L1 of the output's spread over time vs the reference's"),
     "w_open_r": ("loss weights", "1 - r over time of the mouth opening vs the ground truth (supervised items)"),
-    "w_open_teacher": ("loss weights", "1 - r of the mouth opening vs the frozen --init model's (all items)"),
+    "w_open_teacher": ("loss weights", "1 - r of the mouth opening vs the frozen timing teacher's (all items)"),
+    "open_teacher": ("data and output", "timing teacher of --w-open-teacher (default: the --init model)"),
+    "w_hold_mean": ("loss weights", "L1 of the lower face's mean over time vs the frozen --init model's output "
+                    "(same code): holds each style's mouth pose while lip-sync terms change the timing"),
+    "w_hold_std": ("loss weights", "the same for the lower face's spread over time (mouth amplitude)"),
+    "trainable": ("schedule", "train only parameters whose names start with these prefixes (default: all), "
+                  "e.g. decoder.lower_decoder decoder.lower_tail_fc"),
+    "select_ident": ("schedule", "selection score minus this x the validation style identification (tails' "
+                     "phonemes, style clips' training heads as gallery)"),
     "init": ("data and output", "start from this checkpoint's weights (fine-tuning); new modules keep their init"),
     "recognized_labels": ("data and output", "JSON of the recognizer's labels per source clip "
                           "(python -m benchmarks.recognized_labels): trains on the recognizer's boundary errors"),
@@ -747,7 +830,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except empty ones ("", False, None) that say nothing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default == "":  # not 0 / 0.0
+        if action.default is None or action.default is False or action.default in ("", []):  # not 0 / 0.0
             return action.help
         return super()._get_help_string(action)
 
@@ -772,7 +855,8 @@ def _parser() -> argparse.ArgumentParser:
         if isinstance(value, bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=value, help=help_text)
         elif isinstance(value, list):
-            group.add_argument(flag, dest=f.name, nargs="*", default=value, metavar="CLIP", help=help_text)
+            metavar = "PREFIX" if f.name == "trainable" else "CLIP"
+            group.add_argument(flag, dest=f.name, nargs="*", default=value, metavar=metavar, help=help_text)
         else:
             metavar = "PATH" if isinstance(value, str) else ("N" if isinstance(value, int) else "X")
             group.add_argument(flag, dest=f.name, type=type(value), default=value, metavar=metavar, help=help_text)
@@ -824,7 +908,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {
         "best_step": trainer.best_step,
         "selection": ("tail mouth L1" + (" + style offset L1" if cfg.select_style else "")
-                      + (f" - {cfg.select_open_r:g} x tail open r" if cfg.select_open_r > 0 else "")),
+                      + (f" - {cfg.select_open_r:g} x tail open r" if cfg.select_open_r > 0 else "")
+                      + (f" - {cfg.select_ident:g} x validation identification" if cfg.select_ident > 0 else "")),
         "best_selection_score": trainer.best,
         "final_step": trainer.step,
         "train_seconds_this_session": round(elapsed, 1),

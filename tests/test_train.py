@@ -310,3 +310,60 @@ def test_open_r_losses_ask_for_mouth_timing_only(split: DataSplit, tmp_path: Pat
     for p_t, p_0 in zip(trainer.teacher.parameters(), StyleTalk.from_checkpoint(init).parameters(), strict=True):
         assert torch.equal(p_t, p_0)
     assert Trainer(tiny(tmp_path, w_open_teacher=0.5), split).teacher is None  # no --init: no teacher
+
+
+def test_lower_face_fine_tuning_keeps_codes_and_upper_face(split: DataSplit, tmp_path: Path) -> None:
+    from models.dataset import evaluation_items
+    from models.train import LOWER, UPPER, predict
+
+    base = Trainer(tiny(tmp_path, style_residual=True), split)
+    init = tmp_path / "init.pt"
+    base.save_model(init, half=False)
+    other = Trainer(tiny(tmp_path, seed=3), split)  # a different network as the timing teacher
+    teacher = tmp_path / "teacher.pt"
+    other.save_model(teacher, half=False)
+    lower_only = ["decoder.lower_decoder", "decoder.lower_tail_fc"]
+    cfg = tiny(tmp_path, style_residual=True, init=str(init), trainable=lower_only, w_hold_mean=1.0,
+               w_hold_std=1.0, w_open_teacher=0.5, open_teacher=str(teacher), dropout=0.0, lr=2e-3, warmup=1,
+               ema=0.0)
+    trainer = Trainer(cfg, split)
+    assert trainer.teacher is not None and trainer.holder is not None and trainer.teacher is not trainer.holder
+    first = trainer.train_step()
+    # step 0: the student is the held start model, so the held statistics agree
+    assert first["hold_mean"] == pytest.approx(0.0, abs=1e-5)
+    assert first["hold_std"] == pytest.approx(0.0, abs=1e-5)
+    for _ in range(2):
+        trainer.train_step()
+    start = StyleTalk.from_checkpoint(init)
+    moved = {n for (n, p), p0 in zip(trainer.model.named_parameters(), start.parameters(), strict=True)
+             if not torch.equal(p, p0)}
+    assert moved and all(n.startswith(tuple(lower_only)) for n in moved)
+    item = evaluation_items(split, kinds=("tail",))[0]
+    new = predict(trainer.model.eval(), item.windows, item.reference)
+    old = predict(start, item.windows, item.reference)
+    # codes and upper face as before (to float rounding: the two models' kernels may take other paths)
+    np.testing.assert_allclose(new[:, UPPER], old[:, UPPER], atol=1e-6)
+    assert np.abs(new[:, LOWER] - old[:, LOWER]).max() > 1e-3
+    with pytest.raises(ValueError, match="match no parameter"):
+        Trainer(replace(cfg, trainable=["decoder.no_such_module"]), split)
+
+
+def test_validation_identification_selects_on_validation_data_only(split: DataSplit, tmp_path: Path) -> None:
+    from models.train import nearest_accuracy
+
+    gallery = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    queries = np.array([[0.1, 0.0], [4.0, 4.0]])
+    assert nearest_accuracy(queries, ["a", "b"], gallery, ["a", "a", "b"]) == 1.0
+    # excluding its nearest row sends the first query to the next one
+    assert nearest_accuracy(queries, ["a", "b"], gallery, ["a", "a", "b"], exclude=[0, None]) == 1.0
+    assert nearest_accuracy(queries, ["a", "b"], gallery, ["a", "c", "b"], exclude=[0, None]) == 0.5
+
+    trainer = Trainer(tiny(tmp_path, select_ident=2.0, val_every=1), split)
+    probe = trainer.style_probe
+    assert probe is not None and len(probe.clips) == len(split.style_train)
+    # the probe decodes the clip tails' phonemes and compares with the style clips' training heads only
+    assert probe.windows.shape[0] == sum(len(t) for t in split.val_tails)
+    assert all(h is e for (_, h), e in zip(probe.clips, [c.exp for c in split.style_train], strict=True))
+    got = trainer.validate()
+    assert 0.0 <= got["style_ident"] <= 1.0
+    assert trainer.best == pytest.approx(got["tail_mouth_l1"] - 2.0 * got["style_ident"], abs=1e-9)
