@@ -2,7 +2,7 @@
 
 Why a table and a search rather than a formula: the room's RTP publisher stamps its video on the wall clock
 (strictly increasing; the engine's own pts may step back), and publishes, in the room's ``stats``, the
-``frame_map`` of its newest frames: ``[engine index, RTP timestamp sent]`` (:mod:`streaming.rtp_publisher`).
+``frame_map`` of its newest frames: ``[engine index, RTP timestamp sent, send time]`` (:mod:`streaming.rtp_publisher`).
 A viewer never sees those timestamps as sent: Janus' Streaming plugin rebases them per viewer, and aiortc's
 receiver counts them from the first frame it assembled. Both shifts are one constant per viewer (modulo 2**32),
 so the timestamp *differences* survive untouched; being wall-clock stamps they are irregular (each frame's
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -26,13 +27,19 @@ AMBIGUOUS = 0.5  # a second offset placing more than this share of the best one'
 MIN_MATCHES = 10  # fewer frames placed exactly in the table than this: no mapping (a coincidence is possible)
 
 
-def merge_frame_maps(maps: Iterable[list[list[int]]]) -> dict[int, int]:
-    """Several polls of the publisher's ``frame_map`` (overlapping windows) -> {RTP timestamp: engine index}."""
+def merge_frame_maps(maps: Iterable[list[list[Any]]]) -> dict[int, int]:
+    """Several polls of the publisher's ``frame_map`` (overlapping windows of ``[index, rtp, sent]``) ->
+    {RTP timestamp: engine index}."""
     table: dict[int, int] = {}
     for frame_map in maps:
-        for index, rtp in frame_map:
+        for index, rtp, *_ in frame_map:
             table[int(rtp) % WRAP] = int(index)
     return table
+
+
+def sent_between(maps: Iterable[list[list[Any]]], t0: float, t1: float) -> np.ndarray:
+    """Engine indices of the frames the publisher sent between ``t0`` and ``t1`` (``time.monotonic()``)."""
+    return np.array(sorted({int(e[0]) for m in maps for e in m if len(e) > 2 and t0 <= e[2] <= t1}), np.int64)
 
 
 def find_offset(received: np.ndarray, table: dict[int, int]) -> tuple[int | None, int]:

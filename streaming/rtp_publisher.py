@@ -61,10 +61,12 @@ class PublisherStats:
     packets: int = 0
     bytes: int = 0
     encode_ms: list[float] = field(default_factory=list)  # last 300 VP8 encode times
-    # [engine frame index, RTP timestamp on the wire] of the newest FRAME_MAP_LENGTH frames. The RTP clock runs on
-    # the wall clock (see RtpPublisher._video), so no formula turns one into the other: this table does. Janus
-    # and the viewer's receiver shift the timestamps by a constant, which clients.frame_index finds.
-    frame_map: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=FRAME_MAP_LENGTH))
+    # [engine frame index, RTP timestamp on the wire, time.monotonic() when sent] of the newest FRAME_MAP_LENGTH
+    # frames. The RTP clock runs on the wall clock (see RtpPublisher._video), so no formula turns one into the
+    # other: this table does. Janus and the viewer's receiver shift the timestamps by a constant, which
+    # clients.frame_index finds. The send time says which engine frames went out in a time window (a pause or an
+    # interrupt re-plans the session's pts, so pts alone does not).
+    frame_map: deque[tuple[int, int, float]] = field(default_factory=lambda: deque(maxlen=FRAME_MAP_LENGTH))
 
     def as_dict(self) -> dict[str, Any]:
         times = sorted(self.encode_ms)
@@ -171,7 +173,8 @@ class RtpPublisher:
             self.stats.frames += 1
             self.stats.keyframes += int(force)
             if track.last_index is not None:
-                self.stats.frame_map.append((track.last_index, (self._ts0["v"] + timestamp) & 0xFFFFFFFF))
+                self.stats.frame_map.append((track.last_index, (self._ts0["v"] + timestamp) & 0xFFFFFFFF,
+                                             round(time.monotonic(), 4)))
             self._send("v", payloads, timestamp, marker_last=True)
 
     async def _audio(self) -> None:

@@ -68,11 +68,6 @@ def grey_talk_vs_rest(talk_g: np.ndarray, rest_g: np.ndarray) -> tuple[float, fl
             float(np.percentile(np.abs(rest_g - median).mean(axis=1), 90)))
 
 
-def engine_indices(frames: list, first_index: int, window: tuple[float, float]) -> np.ndarray:
-    """Engine frame indices of the presenter's own received frames that arrived in ``window`` (monotonic)."""
-    return np.array([f.index(first_index) for f in frames if window[0] <= f.arrival <= window[1]], np.int64)
-
-
 def frames_at(rtp: np.ndarray, table: dict[int, int], windows: list[np.ndarray]) -> list[np.ndarray]:
     """Per window of engine indices, a mask of the viewer frames (RTP timestamps ``rtp``) showing those frames,
     mapped by the room publisher's frame map ``table`` (:mod:`clients.frame_index`)."""

@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 
 from benchmarks.audience import poll_room
-from clients.frame_index import merge_frame_maps
+from clients.frame_index import merge_frame_maps, sent_between
 from streaming.janus import JanusUnavailable
 from streaming.server import PresenterServer
 from tests.audience_fixtures import (
-    engine_indices,
     frames_at,
     grey_talk_vs_rest,
     joined_viewer,
@@ -98,7 +97,6 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
             async with PresenterServer(live_runtime, server_settings(janus=janus.url)) as server:
                 presenter, room = await speaking_presenter(server.port)
                 assert room["mode"] == "janus"
-                first_index = (await presenter.request("stats"))["transport"]["first_video_index"]
                 maps: list = []  # the publisher's frame map, to place every viewer frame at its engine index
                 stop_polling = asyncio.Event()
                 poller = asyncio.get_running_loop().create_task(poll_room(presenter, maps, stop_polling))
@@ -156,10 +154,10 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
                 stop_polling.set()
                 await poller
                 await presenter.close()
-        # the speaking and paused windows as the engine frames the presenter's own view showed in them; each
-        # viewer's frames are picked by engine index (its RTP timestamps, via the publisher's frame map), not by
-        # its own arrival times: a starved viewer process receives them late, which is no failure of the fan-out
-        windows = [engine_indices(presenter.recording.frames, first_index, w) for w in rounds[-1][:2]]
+        # the speaking and paused windows as the engine frames the room's publisher sent in them; each viewer's
+        # frames are picked by engine index (its RTP timestamps, via the publisher's frame map), not by its own
+        # arrival times: a starved viewer process receives them late, which is no failure of the fan-out
+        windows = [sent_between(maps, *w) for w in rounds[-1][:2]]
         table = merge_frame_maps(maps)
         seen_by = []
         for v in viewers:

@@ -14,6 +14,7 @@ from clients.frame_index import (
     find_offset,
     indices_of,
     merge_frame_maps,
+    sent_between,
 )
 from streaming.rtp_publisher import FRAME_MAP_LENGTH
 
@@ -31,10 +32,12 @@ def published(frames: int, seed: int, jitter_s: float = 0.004, first_index: int 
     return index, (ts0 + np.asarray(stamps, np.int64)) % WRAP, sent
 
 
-def polls(index: np.ndarray, rtp: np.ndarray, every: int = 30) -> list[list[list[int]]]:
+def polls(index: np.ndarray, rtp: np.ndarray, every: int = 30, sent: np.ndarray | None = None) -> list[list[list]]:
     """The publisher's frame_map as a caller polling each second sees it: the newest 300 frames each time."""
+    sent = np.arange(len(index)) / 30 if sent is None else sent
     windows = [slice(max(0, end - FRAME_MAP_LENGTH), end) for end in range(every, len(index) + every, every)]
-    return [[[int(i), int(r)] for i, r in zip(index[w], rtp[w], strict=True)] for w in windows]
+    return [[[int(i), int(r), float(t)] for i, r, t in zip(index[w], rtp[w], sent[w], strict=True)]
+            for w in windows]
 
 
 def as_received(rtp: np.ndarray, keep: np.ndarray, shift: int) -> np.ndarray:
@@ -91,3 +94,11 @@ def test_added_latency_pairs_the_same_engine_frame_at_both_clients() -> None:
     lag = added_latency(viewer, presenter)
     assert len(lag) == 270
     assert np.allclose(np.sort(np.unique(np.round(lag, 6))), [0.030, 0.040])
+
+
+def test_the_frames_sent_in_a_time_window_whatever_their_pts() -> None:
+    index, rtp, sent = published(600, seed=7)
+    maps = polls(index, rtp, sent=sent)
+    got = sent_between(maps, 5.0, 7.5)
+    assert np.array_equal(got, index[(sent >= 5.0) & (sent <= 7.5)]) and len(got) > 60
+    assert len(sent_between(maps, 100.0, 101.0)) == 0
