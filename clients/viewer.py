@@ -264,10 +264,20 @@ class MouthTrace:
                             rtp=np.asarray(self.rtp, np.int64), grey=grey)
 
 
+RECENT_RTP = 40  # RTP timestamps of the newest frames in the --json summary (enough to place them: frame_index)
+
+
+def write_summary(path: str, summary: dict[str, Any]) -> None:
+    """Replace the summary file at once (a reader never sees half of it)."""
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(summary))
+    tmp.replace(path)
+
+
 def write_records(args: argparse.Namespace, summary: dict[str, Any], trace: MouthTrace) -> None:
     """The ``--json`` summary and the ``--mouth-out`` trace, when asked for."""
     if args.json:
-        Path(args.json).write_text(json.dumps(summary))
+        write_summary(args.json, summary)
     if args.mouth_out:
         trace.save(args.mouth_out)
 
@@ -285,14 +295,24 @@ async def _run(args: argparse.Namespace) -> int:
         start = time.monotonic()
         stop = asyncio.Event()  # SIGTERM ends the watch early, still leaving the summary and the trace
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=args.seconds)
+
+        def summarize() -> dict[str, Any]:
+            frames = viewer.recording.frames
+            return {"room": room, "role": result["role"], "mode": result["mode"],
+                    "frames": viewer.recording.frames_total, "fps": round(viewer.recording.fps(start + 1.0), 2),
+                    "states": viewer.states(), "rewatches": viewer.rewatches,
+                    "watch_sent": watch_sent, "first_arrival": trace.arrivals[0] if trace.arrivals else None,
+                    "last_arrival": frames[-1].arrival if frames else None,
+                    # the newest frames' RTP timestamps: with the room's frame map, which engine frame it is at
+                    "recent_rtp": trace.rtp[-RECENT_RTP:]}
+
+        while not stop.is_set() and time.monotonic() - start < args.seconds:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(1.0, args.seconds - (time.monotonic() - start)))
+            if args.json and not stop.is_set():  # progress, for a caller waiting for a lagging viewer
+                write_summary(args.json, summarize())
         frames = viewer.recording.frames
-        summary = {"room": room, "role": result["role"], "mode": result["mode"],
-                   "frames": viewer.recording.frames_total, "fps": round(viewer.recording.fps(start + 1.0), 2),
-                   "states": viewer.states(), "rewatches": viewer.rewatches,
-                   "watch_sent": watch_sent, "first_arrival": trace.arrivals[0] if trace.arrivals else None,
-                   "last_arrival": frames[-1].arrival if frames else None}
+        summary = summarize()
         print(json.dumps(summary))
         write_records(args, summary, trace)
         if args.out and frames:
