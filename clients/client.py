@@ -34,6 +34,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from clients.count_only import FrameLog
+from clients.count_only import count_only as count_receivers
 from engine.timing import SAMPLE_RATE
 from streaming import protocol as P
 
@@ -202,6 +204,7 @@ class StyleTalkClient:
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._frame_event = asyncio.Event()
+        self.counted: dict[str, FrameLog] = {}  # start_media(count_only=True): frames counted, not decoded
 
     # --------------------------------------------------------------------------------------------- control
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -260,8 +263,12 @@ class StyleTalkClient:
         return msg["result"]
 
     # ----------------------------------------------------------------------------------------------- media
-    async def start_media(self, mic: MicrophoneTrack | None = None, timeout: float = 30.0) -> None:
-        """Negotiate the peer connection: our microphone out (optional), avatar video + audio in."""
+    async def start_media(self, mic: MicrophoneTrack | None = None, timeout: float = 30.0,
+                          count_only: bool = False) -> None:
+        """Negotiate the peer connection: our microphone out (optional), avatar video + audio in.
+
+        ``count_only``: receive without decoding (:mod:`clients.count_only`); the frames are then in
+        ``self.counted["video"]`` (RTP timestamp and arrival of each), not in ``recording``."""
         self.pc = RTCPeerConnection()
         self.mic = mic
         if mic is not None:
@@ -270,6 +277,8 @@ class StyleTalkClient:
             self.pc.addTransceiver("audio", direction="recvonly")
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.on("track", self._on_track)
+        if count_only:
+            self.counted = count_receivers(self.pc)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         answer = await self.request("offer", timeout=timeout, sdp=self.pc.localDescription.sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))

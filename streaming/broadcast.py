@@ -27,6 +27,11 @@ from streaming.contracts import MediaSession
 
 _CLOSED = object()
 VIDEO_QUEUE = 8  # frames (~0.27 s): beyond that a subscriber is late and loses the oldest
+# frames a subscriber may have waiting behind the one it takes; older ones are skipped. Without this, a consumer
+# that once fell behind (an encode slower than a frame period on a busy machine) stays behind by the whole queue
+# for good, as it takes frames no faster than they come: benchmarks.audience measured a standing 235-655 ms
+# (8 frames at 30-12 fps) on top of the presenter's own view. Live video wants the newest frames, not all of them.
+MAX_BEHIND = 1
 AUDIO_QUEUE = 100  # chunks
 
 
@@ -72,7 +77,8 @@ class Subscriber:
         self._vclock = _Retimer(90_000)
         self._aclock = _Retimer(16_000)
         self.frames = 0
-        self.dropped = 0
+        self.dropped = 0  # lost to a full queue
+        self.skipped = 0  # stale: more than MAX_BEHIND newer frames were waiting
         self.closed = False
 
     def _offer_video(self, source: int, frame: OutputVideoFrame) -> None:
@@ -85,6 +91,9 @@ class Subscriber:
 
     async def next_video_frame(self) -> OutputVideoFrame:
         item = await self._video.get()
+        while item is not _CLOSED and self._video.qsize() > MAX_BEHIND:
+            item = self._video.get_nowait()
+            self.skipped += 1
         if item is _CLOSED:
             self._video.put_nowait(_CLOSED)
             raise SessionClosed("the broadcast subscription ended")

@@ -457,10 +457,13 @@ class ClientHandler:
 
     @_handles(P.GetStats)
     async def _stats(self, req: P.GetStats) -> dict[str, Any]:
+        room = self.server.rooms.room_of(self)
         return {
             "session": self.id,
             "engine": self.live.stats(),
             "transport": self.peer.stats() if self.peer is not None else None,
+            # the presenter's own room, as its viewers' stats give it (None without a room)
+            "room": self.server.rooms.stats(room) if room is not None else None,
         }
 
     @_handles(P.Offer)

@@ -186,7 +186,8 @@ class JanusFanout:
         feed = self.feeds.get(room)
         return {
             "nodes": [{"url": n.url, "up": n.up, "viewers": n.viewers} for n in self.nodes],
-            "publisher": feed.publisher.stats.as_dict() if feed is not None else None,
+            "publisher": ({**feed.publisher.stats.as_dict(), "source_dropped": feed.subscriber.dropped,
+                           "source_skipped": feed.subscriber.skipped} if feed is not None else None),
         }
 
     # --------------------------------------------------------------------------------------- viewers

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ AUDIO_PT = 111
 # keyframe request to a plain-RTP source)
 KEYFRAME_INTERVAL = 30
 VIDEO_BITRATE = 1_000_000
+# (engine frame index, RTP timestamp) of the newest frames sent, in the room's stats: 10 s at 30 fps, so that a
+# caller polling every few seconds can map every frame a viewer receives back to the engine's frame index
+FRAME_MAP_LENGTH = 300
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,19 @@ class PublisherStats:
     packets: int = 0
     bytes: int = 0
     encode_ms: list[float] = field(default_factory=list)  # last 300 VP8 encode times
+    # [engine frame index, RTP timestamp on the wire, time.monotonic() when sent] of the newest FRAME_MAP_LENGTH
+    # frames. The RTP clock runs on the wall clock (see RtpPublisher._video), so no formula turns one into the
+    # other: this table does. Janus and the viewer's receiver shift the timestamps by a constant, which
+    # clients.frame_index finds. The send time says which engine frames went out in a time window (a pause or an
+    # interrupt re-plans the session's pts, so pts alone does not).
+    frame_map: deque[tuple[int, int, float]] = field(default_factory=lambda: deque(maxlen=FRAME_MAP_LENGTH))
 
     def as_dict(self) -> dict[str, Any]:
         times = sorted(self.encode_ms)
         p50 = times[len(times) // 2] if times else None
         return {"frames": self.frames, "keyframes": self.keyframes, "audio_frames": self.audio_frames,
-                "packets": self.packets, "bytes": self.bytes, "encode_ms_p50": p50}
+                "packets": self.packets, "bytes": self.bytes, "encode_ms_p50": p50,
+                "frame_map": [list(pair) for pair in self.frame_map]}
 
 
 class RtpPublisher:
@@ -161,6 +172,9 @@ class RtpPublisher:
             del self.stats.encode_ms[:-300]
             self.stats.frames += 1
             self.stats.keyframes += int(force)
+            if track.last_index is not None:
+                self.stats.frame_map.append((track.last_index, (self._ts0["v"] + timestamp) & 0xFFFFFFFF,
+                                             round(time.monotonic(), 4)))
             self._send("v", payloads, timestamp, marker_last=True)
 
     async def _audio(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -10,6 +12,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from clients.client import MicrophoneTrack, StyleTalkClient, read_wav, to_16k
+from clients.frame_index import find_offset, indices_of, merge_frame_maps, sent_between
 from clients.viewer import RoomViewer, box_grey
 from clients.viewer_fleet import ViewerProcess, spawn_viewers, stop_viewers
 from tests.streaming_fixtures import MOUTH_BOX, SPEECH_WAV
@@ -65,6 +68,38 @@ def grey_talk_vs_rest(talk_g: np.ndarray, rest_g: np.ndarray) -> tuple[float, fl
     median = np.median(rest_g, axis=0)
     return (float(np.percentile(np.abs(talk_g - median).mean(axis=1), 90)),
             float(np.percentile(np.abs(rest_g - median).mean(axis=1), 90)))
+
+
+def frames_at(rtp: np.ndarray, table: dict[int, int], windows: list[np.ndarray]) -> list[np.ndarray]:
+    """Per window of engine indices, a mask of the viewer frames (RTP timestamps ``rtp``) showing those frames,
+    mapped by the room publisher's frame map ``table`` (:mod:`clients.frame_index`)."""
+    offset, matches = find_offset(rtp, table)
+    assert offset is not None, f"viewer frames not found in the publisher's frame map ({matches} matched)"
+    index = indices_of(rtp, table, offset)
+    return [np.isin(index, w) for w in windows]
+
+
+async def viewers_reached(viewers: list[ViewerProcess], maps: list, until: float, timeout: float) -> None:
+    """Wait until every viewer process has received the engine frames the room's publisher sent up to ``until``
+    (monotonic), judged from the newest RTP timestamps in its progress summary (``--json``) and the publisher's
+    frame maps ``maps`` (still being polled); a viewer that exited counts as done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sent = sent_between(maps, 0.0, until)
+        table = merge_frame_maps(maps)
+        behind = []
+        for v in viewers:
+            if v.proc.poll() is not None:
+                continue
+            recent = v.summary().get("recent_rtp", []) if v.json_path.is_file() else []
+            offset = find_offset(np.asarray(recent, np.int64), table)[0] if recent else None
+            newest = int(indices_of(np.asarray(recent[-1:], np.int64), table, offset)[0]) if offset is not None else -1
+            if len(sent) == 0 or newest < int(sent.max()):
+                behind.append(newest)
+        if not behind:
+            return
+        assert time.monotonic() < deadline, f"viewers still behind after {timeout} s: at {behind}, sent {sent[-1:]}"
+        await asyncio.sleep(1.0)
 
 
 def mouth_moves(talk: float, rest: float) -> bool:
