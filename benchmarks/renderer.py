@@ -639,38 +639,46 @@ def head_motion(args: argparse.Namespace) -> dict:
     return out
 
 
+def heldout_sentence(frames: int, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The held-out sentence's first ``frames`` reference labels between ``pad`` frames of silence, the built-in
+    decoder's output for them in the neutral style, and that style's silence (the renderer's rest): labels (T,),
+    expression (T, 64), rest (64,)."""
+    from engine.config import Config
+    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
+    from models.phonemes import phoneme_windows
+
+    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:frames]
+    labels = np.concatenate([np.full(pad, SIL), np.asarray(seq, np.int64), np.full(pad, SIL)])
+    with np.load(BUILTIN_STYLE_CODES) as codes:
+        code = codes["neutral"]
+    decoder = build_decoder(Config())
+    return labels, decoder.decode(phoneme_windows(labels), code), decoder.idle(code)
+
+
 def rest_motion_sheet() -> Path:
     """Built-in avatar, style neutral, the held-out sentence between 2 s of silence. Rows: the old behaviour
     (rendered relative to zero expression, painted interior, still head) / now (relative to the style's rest,
     real interiors) at silence, bilabials and open frames; then 6 s of the default head motion, 1 s apart."""
     import skimage.io
 
-    from engine.config import Config
     from engine.motion import IdleMotion
-    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
-    from models.phonemes import phoneme_windows
 
-    decoder = build_decoder(Config())
-    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:120]
-    labels = np.concatenate([np.full(60, SIL), np.asarray(seq, np.int64), np.full(60, SIL)])
-    with np.load(BUILTIN_STYLE_CODES) as codes:
-        code = codes["neutral"]
-    exp = decoder.decode(phoneme_windows(labels), code)
+    labels, exp, rest = heldout_sentence(120, 60)
     bil = np.flatnonzero(np.isin(labels, BILABIAL))
     gw = ExpressionMap.load().weights.numpy()
     gap = exp @ (gw[:, 66, 1] - gw[:, 62, 1])
-    speech = np.arange(60, 60 + len(seq))
+    speech = np.arange(60, len(labels) - 60)
     pick = np.concatenate([[10, 40], bil[:: max(1, len(bil) // 3)][:3], speech[np.argsort(-gap[speech])[:3:1]]])
     old = WarpRenderer(size=256, config=WarpConfig(interior="painted"))
     st_old = old.prepare(builtin_avatar(256))
     new = WarpRenderer(size=256)
     st_new = new.prepare(builtin_avatar(256))
-    new.set_rest(st_new, decoder.idle(code))
+    new.set_rest(st_new, rest)
     rows = [tile(list(old.render(st_old, exp[pick], None)), 160), tile(list(new.render(st_new, exp[pick], None)), 160)]
     t = np.arange(0, 6 * 30, 30)
     poses = IdleMotion(seed=0).poses(np.arange(6 * 30))
     new.reset(st_new)
-    moved = new.render(st_new, np.repeat(decoder.idle(code)[None], len(t), 0), poses[t])
+    moved = new.render(st_new, np.repeat(rest[None], len(t), 0), poses[t])
     rows.append(np.concatenate([tile(list(moved), 160), tile([st_new.image, st_new.image], 160)], 1))
     width = max(r.shape[1] for r in rows)
     sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], 0)
@@ -767,16 +775,7 @@ def photo_sheet() -> dict:
     import skimage.io
     from scipy.ndimage import map_coordinates
 
-    from engine.config import Config
-    from engine.runtime import BUILTIN_STYLE_CODES, build_decoder
-    from models.phonemes import phoneme_windows
-
-    decoder = build_decoder(Config())
-    seq = json.loads((DATA / "source" / "phoneme" / f"{HELDOUT_SENTENCE}_seq.json").read_text())[:150]
-    labels = np.concatenate([np.full(30, SIL), np.asarray(seq, np.int64), np.full(30, SIL)])
-    with np.load(BUILTIN_STYLE_CODES) as codes:
-        code = codes["neutral"]
-    exp = decoder.decode(phoneme_windows(labels), code)
+    labels, exp, rest = heldout_sentence(150, 30)
     pick = speech_frames(exp, labels)
     photos = [("astronaut", builtin_avatar(256))] + [
         (name, read_video_rgb(DATA / group / "video" / f"{name}.mp4")[0]) for group, name in SHEET_PHOTOS]
@@ -792,7 +791,7 @@ def photo_sheet() -> dict:
     for name, photo in photos:
         for key, rnd in (("bank", bank), ("painted", painted)):
             st = rnd.prepare(photo)
-            rnd.set_rest(st, decoder.idle(code))
+            rnd.set_rest(st, rest)
             every = rnd.render(st, exp, None)
             c, side = mouth_box(st.landmarks)
             frames = [st.image] + [every[i] for i in pick.values()]
