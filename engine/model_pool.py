@@ -137,9 +137,7 @@ class ProcessRenderLane:
 
     async def prepare(self, image: np.ndarray) -> None:
         image = np.ascontiguousarray(image, np.uint8)
-        proc = self._placed()
-        exp_rest = await asyncio.get_running_loop().run_in_executor(self._executor, self._rest)
-        await self._await(proc, proc.request("prepare", self._id, image, exp_rest), "prepare")
+        await self._send_photo(self._placed(), image)
         self._image = image
 
     def refresh_rest(self) -> None:
@@ -198,10 +196,14 @@ class ProcessRenderLane:
             why = dead.failure if dead is not None else "never placed"
             raise ModelWorkerError(f"model worker: given up after {self._moves - 1} moves ({why}); the face holds")
         proc = self._placed()
-        exp_rest = await asyncio.get_running_loop().run_in_executor(self._executor, self._rest)
-        await self._await(proc, proc.request("prepare", self._id, self._image, exp_rest), "prepare")
+        await self._send_photo(proc, self._image)
         log.info("session lane %d moved to model worker %d", self._id, proc.pid)
         return proc
+
+    async def _send_photo(self, proc: ModelProcess, image: np.ndarray) -> None:
+        """Prepare ``image`` as this lane's avatar on ``proc``, with the current rest (computed on the model thread)."""
+        exp_rest = await asyncio.get_running_loop().run_in_executor(self._executor, self._rest)
+        await self._await(proc, proc.request("prepare", self._id, image, exp_rest), "prepare")
 
     async def _await(self, proc: ModelProcess, future: Future[int], what: str) -> int:
         """The answer, without blocking the loop; a worker silent past the timeout is killed (never a hang)."""

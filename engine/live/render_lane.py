@@ -54,9 +54,7 @@ class ThreadRenderLane:
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.stream.work, job, pose, blink,
                                                              submitted)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # not a cancellation (a BaseException): the job itself failed
             self.stream.restart()  # the renderer stream starts over on the next job
             raise
 
