@@ -26,6 +26,7 @@ import numpy as np
 from engine.config import Config
 from engine.live.render_stream import RenderSink
 from engine.model_process import ANSWER_TIMEOUT_S, START_TIMEOUT_S, ModelProcess, ModelWorkerError
+from engine.model_template import ModelTemplate
 from engine.stream import DecodeJob
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,13 @@ MAX_MOVES = 3  # a session moves to a new worker at most this often; then it hol
 class ModelWorkers:
     """A fixed number of model worker processes (see module docstring). Thread-safe."""
 
-    def __init__(self, config: Config, count: int) -> None:
+    def __init__(self, config: Config, count: int, template: ModelTemplate | None = None) -> None:
+        """``template``: the template process the workers are forked from (owned by the pool from here; one is
+        started when not given: start it early, its torch import overlaps the caller's own loading)."""
         if count < 1:
             raise ValueError(f"model workers: count must be >= 1, got {count}")
         self.config = config
+        self.template = template if template is not None else ModelTemplate()
         self._lock = threading.Lock()
         self._closed = False
         self._ids = itertools.count(1)
@@ -47,7 +51,7 @@ class ModelWorkers:
         self._procs: list[ModelProcess | None] = [self._start() for _ in range(count)]
 
     def _start(self) -> ModelProcess:
-        return ModelProcess(self.config, on_exit=self._exited)
+        return ModelProcess(self.config, template=self.template, on_exit=self._exited)
 
     @property
     def processes(self) -> Sequence[ModelProcess | None]:
@@ -101,6 +105,7 @@ class ModelWorkers:
         for p in procs:
             if p is not None:
                 p.close()
+        self.template.close()
 
 
 class ProcessRenderLane:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from engine.live.render_stream import RenderSink
     from engine.live.session import LiveSession
     from engine.model_pool import ModelWorkers
+    from engine.model_template import ModelTemplate
     from engine.recognizer.process import WarmProcessRecognizers
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,22 @@ class EngineRuntime:
         config.validate()
         limit_blas_threads()
         torch.set_num_threads(config.decoder.threads)
-        decoder = build_decoder(config)
-        styles = build_styles(config, decoder)
-        renderer = build_renderer(config)
-        avatar = load_avatar(config)
-        runtime = cls(config, decoder, renderer, styles, avatar, recognizer_factory=None)
-        runtime.start_model_workers(wait=False)  # their start-up overlaps the warm-up here
+        template = None
+        if config.decoder.workers > 0:  # the workers' template imports torch while the models load here
+            from engine.model_template import ModelTemplate
+
+            template = ModelTemplate()
+        try:
+            decoder = build_decoder(config)
+            styles = build_styles(config, decoder)
+            renderer = build_renderer(config)
+            avatar = load_avatar(config)
+            runtime = cls(config, decoder, renderer, styles, avatar, recognizer_factory=None)
+        except BaseException:
+            if template is not None:
+                template.close()
+            raise
+        runtime.start_model_workers(wait=False, template=template)  # their start-up overlaps the warm-up here
         try:
             runtime.warmup()
             runtime.start_recognizers()
@@ -125,10 +136,14 @@ class EngineRuntime:
             raise
         return runtime
 
-    def start_model_workers(self, wait: bool = True) -> None:
+    def start_model_workers(self, wait: bool = True, template: ModelTemplate | None = None) -> None:
         """With ``decoder.workers > 0``: start the model worker processes (each loads the models in seconds) and,
         with ``wait``, wait until they are ready: the server then listens with its workers warm, and a setup on
-        which a worker cannot start fails here (``RuntimeErrorConfig`` with the child's error), not per session."""
+        which a worker cannot start fails here (``RuntimeErrorConfig`` with the child's error), not per session.
+        ``template``: a started :class:`~engine.model_template.ModelTemplate` for the new pool (owned from here)."""
+        if self.config.decoder.workers <= 0 or self.model_workers is not None:
+            if template is not None:
+                template.close()
         if self.config.decoder.workers <= 0:
             return
         from engine.model_process import START_TIMEOUT_S
@@ -136,7 +151,7 @@ class EngineRuntime:
         if self.model_workers is None:
             from engine.model_pool import ModelWorkers
 
-            self.model_workers = ModelWorkers(self.config, self.config.decoder.workers)
+            self.model_workers = ModelWorkers(self.config, self.config.decoder.workers, template)
         pool = self.model_workers
         if wait:
             for proc in pool.processes:
