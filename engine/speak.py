@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,8 @@ def main(argv: list[str]) -> int:
     from engine.runtime import EngineRuntime
     from engine.sources import AudioFormatError, MicrophoneError
 
+    # one session: a second model worker would never be placed on (each session stays on one worker)
+    config = replace(config, decoder=replace(config.decoder, workers=min(config.decoder.workers, 1)))
     try:
         runtime = EngineRuntime.load(config)
     except (ConfigError, OSError, ValueError, RuntimeError) as exc:
