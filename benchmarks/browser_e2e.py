@@ -68,6 +68,11 @@ MOUTH_BOX = (0.33, 0.58, 0.67, 0.82)
 FACE_BOX = (0.2, 0.2, 0.8, 0.9)
 LEAD_S, BURST_S, GAP_S = 2.5, 1.0, 2.0
 ONSET_LEVEL = 1000 / 32768  # peak |sample| (full scale 1) above this = sound
+# audioLevel of a played packet above this = sound: the sender's RTP audio-level extension is the packet's RMS
+# (dBov, linear 0..1 here), ~10-15 dB below its peak for speech, so -45 dBov stands for the peak rule's -30 dBFS
+PLAYED_LEVEL = 10 ** (-45 / 20)
+OPUS_KHZ = 48.0  # RTP clock of the returned audio (Opus), ticks per ms
+PACKET_MS = 20.0  # the server's Opus packets
 QUIET_S = 0.5  # an onset needs this much quiet before it
 HORIZON_S = 2.5  # a mouth/audio onset must follow its speech onset within this (bursts are 3 s apart)
 CHROMIUM_BASE_FLAGS = [  # headless, fake camera/mic, no background traffic: the tests' page launch uses these too
@@ -136,6 +141,34 @@ def audio_onsets(blocks: list[list[float]], level: float = ONSET_LEVEL, quiet_s:
     return onsets
 
 
+def played_onsets(rows: list[list[float | None]], time_origin: float | None, level: float = PLAYED_LEVEL,
+                  quiet_s: float = QUIET_S) -> list[float]:
+    """Times (ms, page clock) at which the audio receiver delivered a loud packet for playout after >= ``quiet_s``
+    of quiet ones (by RTP time), from the probe's ``getSynchronizationSources`` rows ``[poll, timestamp,
+    rtpTimestamp, audioLevel]``. The source's timestamp is the delivery time; Chromium gives it on the wall clock
+    (epoch ms), which ``time_origin`` (``performance.timeOrigin``) maps to the page clock.
+    """
+    good = [r for r in rows if r[1] is not None and r[2] is not None and r[3] is not None]
+    if not good:
+        return []
+    arr = np.asarray(good, np.float64)
+    stamp = arr[:, 1]
+    if time_origin is not None and np.median(stamp - arr[:, 0]) > 1e9:  # epoch ms -> page clock
+        stamp = stamp - time_origin
+    onsets: list[float] = []
+    last_loud: float | None = None
+    rtp_ms = np.unwrap(arr[:, 2], period=2**32) / OPUS_KHZ
+    for k, (t, r, lvl) in enumerate(zip(stamp, rtp_ms, arr[:, 3], strict=True)):
+        if lvl > level:
+            if last_loud is None or r - last_loud >= 1000 * quiet_s:
+                # polls that missed packets (a busy page) leave the onset between the last quiet packet seen and
+                # this one: take the middle, played as audio plays, in real time (exact when none was missed)
+                skipped = max(0.0, r - rtp_ms[k - 1] - PACKET_MS) if k else 0.0
+                onsets.append(float(t - skipped / 2))
+            last_loud = float(r)
+    return onsets
+
+
 def first_after(times: list[float], t0: float, horizon_ms: float = 1000 * HORIZON_S) -> float | None:
     later = [t for t in times if t0 <= t <= t0 + horizon_ms]
     return min(later) if later else None
@@ -148,6 +181,7 @@ class Frames:
     t: np.ndarray  # rVFC callback time
     shown: np.ndarray  # expected display time
     received: np.ndarray  # receive time of the frame's last packet (NaN if not given)
+    captured: np.ndarray  # the sender's time of the frame (rVFC captureTime, via RTCP sender reports; NaN if not)
     rtp: np.ndarray
     mouth: np.ndarray
     face: np.ndarray
@@ -157,7 +191,7 @@ class Frames:
         def col(k: str) -> np.ndarray:
             return np.array([np.nan if r.get(k) is None else r[k] for r in rows], np.float64)
 
-        return cls(col("t"), col("e"), col("r"), col("rtp"),
+        return cls(col("t"), col("e"), col("r"), col("c"), col("rtp"),
                    np.array([r["mouth"] for r in rows], np.float32).reshape(len(rows), -1),
                    np.array([r["face"] for r in rows], np.float32).reshape(len(rows), -1))
 
@@ -242,24 +276,29 @@ def analyse_speech(raw: dict[str, Any]) -> dict[str, Any]:
     """Per burst: sent onset -> arrived / visible mouth motion and -> remote audio; the A/V offset as seen."""
     frames = Frames.of(raw["frames"])
     sent = audio_onsets(raw["sent"])
-    remote = audio_onsets(raw["remote"])
+    tapped = audio_onsets(raw["remote"])
+    played = played_onsets(raw.get("played", []), raw.get("timeOrigin"))
     trials = []
     for onset in sent:
         i = departure(frames.t, frames.mouth, onset, received=frames.received)
-        audio = first_after(remote, onset)
+        audio = first_after(played, onset)
+        tap = first_after(tapped, onset)
         trials.append({
             "onset_ms": onset,
+            "sent_by_server_ms": None if i is None or np.isnan(frames.captured[i]) else frames.captured[i] - onset,
             "arrived_ms": None if i is None or np.isnan(frames.received[i]) else frames.received[i] - onset,
             "visible_ms": None if i is None else frames.shown[i] - onset,
             "presented_ms": None if i is None else frames.t[i] - onset,
             "remote_audio_ms": None if audio is None else audio - onset,
+            "remote_audio_tap_ms": None if tap is None else tap - onset,
         })
     for tr in trials:
         tr["av_seen_ms"] = (tr["visible_ms"] - tr["remote_audio_ms"]
                             if tr["visible_ms"] is not None and tr["remote_audio_ms"] is not None else None)
     return {
         "sent_onsets": len(sent),
-        "remote_onsets": len(remote),
+        "remote_onsets": len(played),
+        "remote_tap_onsets": len(tapped),
         "mouth_events": len(motion_events(frames.t, frames.mouth)),
         "playout_skew_ms": playout_skew(raw.get("playout", [])),
         "trials": trials,
@@ -301,7 +340,8 @@ def analyse_silence(raw: dict[str, Any]) -> dict[str, Any]:
                          "visible_ms": None if first is None else frames.shown[first] - c["t"]})
     return {
         "sent_onsets": len(audio_onsets(raw["sent"])),
-        "remote_onsets": len(audio_onsets(raw["remote"])),
+        "remote_onsets": len(played_onsets(raw.get("played", []), raw.get("timeOrigin"))),
+        "remote_tap_onsets": len(audio_onsets(raw["remote"])),
         "mouth_events": len(motion_events(frames.t[quiet], frames.mouth[quiet])),
         "control_seconds": float((min(until, frames.t[-1]) - frames.t[0]) / 1000) if len(frames.t) else 0.0,
         "style_switches": switches,
@@ -466,6 +506,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         return [t[key] for t in trials if t[key] is not None]
 
     visible, arrived, audio, seen = col("visible_ms"), col("arrived_ms"), col("remote_audio_ms"), col("av_seen_ms")
+    sent_by_server, tap = col("sent_by_server_ms"), col("remote_audio_tap_ms")
     ref = data.get("reference") or {}
     sent_offset = ref.get("p50_ms")
     switches = [s["visible_ms"] for s in data["silence"]["style_switches"] if s["visible_ms"] is not None]
@@ -473,8 +514,11 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     return {
         "onset_to_visible_mouth_ms": {"p50": pct(visible, 50), "p95": pct(visible, 95), "n": len(visible),
                                       "of": len(trials)},
+        "onset_to_server_sent_mouth_ms": {"p50": pct(sent_by_server, 50), "p95": pct(sent_by_server, 95),
+                                          "n": len(sent_by_server)},
         "onset_to_arrived_mouth_ms": {"p50": pct(arrived, 50), "p95": pct(arrived, 95), "n": len(arrived)},
         "onset_to_remote_audio_ms": {"p50": pct(audio, 50), "p95": pct(audio, 95), "n": len(audio)},
+        "onset_to_remote_audio_tap_ms": {"p50": pct(tap, 50), "p95": pct(tap, 95), "n": len(tap)},
         "av_offset_seen_ms": {"p50": pct(seen, 50), "n": len(seen)},
         "av_offset_sent_ms": sent_offset,
         "av_skew_added_by_browser_ms": (pct(seen, 50) - sent_offset) if seen and sent_offset is not None else None,
@@ -489,9 +533,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "audio_jitter_buffer_ms": sp["audio"].get("jitterBufferDelay_ms"),
         "audio_jitter_target_ms": sp["audio"].get("jitterBufferTargetDelay_ms"),
         "codec": video.get("codec"),
-        "control": {k: data["silence"][k] for k in ("sent_onsets", "remote_onsets", "mouth_events",
+        "control": {k: data["silence"][k] for k in ("sent_onsets", "remote_onsets", "remote_tap_onsets", "mouth_events",
                                                       "control_seconds")},
-        "speech_detections": {k: sp[k] for k in ("sent_onsets", "remote_onsets", "mouth_events")},
+        "speech_detections": {k: sp[k] for k in ("sent_onsets", "remote_onsets", "remote_tap_onsets", "mouth_events")},
     }
 
 
@@ -501,8 +545,10 @@ def print_table(s: dict[str, Any]) -> None:
 
     rows = [
         ("speech onset -> visible mouth (ms)", s["onset_to_visible_mouth_ms"]),
+        ("speech onset -> mouth frame sent by the server (rVFC captureTime, ms)", s["onset_to_server_sent_mouth_ms"]),
         ("speech onset -> mouth frame arrived (ms)", s["onset_to_arrived_mouth_ms"]),
-        ("speech onset -> remote audio (ms)", s["onset_to_remote_audio_ms"]),
+        ("speech onset -> remote audio played (getSynchronizationSources, ms)", s["onset_to_remote_audio_ms"]),
+        ("speech onset -> remote audio read by the track tap (ms)", s["onset_to_remote_audio_tap_ms"]),
     ]
     print("| metric | p50 | p95 | n |")
     print("|---|---|---|---|")

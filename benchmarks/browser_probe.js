@@ -9,7 +9,8 @@
   const GRID = { mouth: [32, 20], face: [24, 24] }; // grey samples per region (w, h)
   const probe = {
     sent: [], // [t_ms, peak, ts_ms]  local microphone (the track sent to the server), per AudioData block
-    remote: [], // [t_ms, peak, ts_ms] the avatar's audio as the page renders it
+    remote: [], // [t_ms, peak, ts_ms] the avatar's audio track read through MediaStreamTrackProcessor (the "tap")
+    played: [], // [t_ms, timestamp, rtpTimestamp, audioLevel] the audio receiver's synchronization source as it plays
     frames: [], // {t, p, e, r, rtp, n, mouth: [...grey], face: [...grey]} per presented video frame
     clicks: [], // {t, style, ack}
     playout: [], // [t_ms, audio, video] getStats estimatedPlayoutTimestamp (sender NTP ms of the media playing now)
@@ -54,6 +55,22 @@
     }
   }
 
+  // What the listener hears, when: getSynchronizationSources() names the RTP packet whose audio the receiver
+  // most recently delivered for playout, when it did so, and its level (the sender's RTP audio-level extension).
+  // Polled every few ms, a row per new packet; the tap above reads a copy of the track that runs behind it.
+  async function played(receiver) {
+    let last = null;
+    while (probe.running) {
+      for (const s of receiver.getSynchronizationSources()) {
+        if (s.rtpTimestamp !== last) {
+          last = s.rtpTimestamp;
+          probe.played.push([performance.now(), s.timestamp, s.rtpTimestamp, s.audioLevel ?? null]);
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+  }
+
   function greyOf(ctx, video, box, grid) {
     const w = video.videoWidth;
     const h = video.videoHeight;
@@ -78,6 +95,7 @@
           p: meta.presentationTime,
           e: meta.expectedDisplayTime,
           r: meta.receiveTime ?? null,
+          c: meta.captureTime ?? null, // the sender's time of the frame (RTCP sender reports), on the page clock
           rtp: meta.rtpTimestamp ?? null,
           n: meta.presentedFrames,
           mouth: greyOf(ctx, video, box, GRID.mouth),
@@ -114,6 +132,8 @@
     levels(sentTrack, probe.sent).catch((e) => probe.errors.push(`sent: ${e}`));
     if (remoteTrack) levels(remoteTrack, probe.remote).catch((e) => probe.errors.push(`remote: ${e}`));
     else probe.errors.push("no remote audio track");
+    const audioReceiver = st.pc.getReceivers().find((r) => r.track && r.track.kind === "audio");
+    if (audioReceiver) played(audioReceiver).catch((e) => probe.errors.push(`played: ${e}`));
     watchVideo(video, box, faceBox);
     playout().catch((e) => probe.errors.push(`playout: ${e}`));
     return true;
@@ -147,6 +167,8 @@
   probe.collect = () => ({
     sent: probe.sent,
     remote: probe.remote,
+    played: probe.played,
+    timeOrigin: performance.timeOrigin,
     frames: probe.frames,
     clicks: probe.clicks,
     playout: probe.playout,

@@ -147,6 +147,12 @@ class ServerConfig:
     # (a node behind a proxy, or presenters on loopback and viewers on other machines)
     public_url: str = ""
     max_rooms: int = 8
+    # Microphone packets the WebRTC receiver holds back before the engine gets one: 0 = each one as it arrives
+    # (the engine places audio on its own clock, so waiting smooths nothing); aiortc's own buffer holds 4 (80 ms)
+    mic_prefetch_packets: int = 0
+    # RTP playout-delay header extension on the video sent to browsers, "MIN,MAX" in ms (multiples of 10):
+    # the receiver's bounds on how long it holds a frame before showing it; "" = not sent (the browser decides)
+    playout_delay_ms: str = ""
 
 
 @dataclass
@@ -209,6 +215,9 @@ class Config:
         _check(not v.rtmp or v.rtmp.startswith(("rtmp://", "rtmps://")), "server.rtmp", "must be an rtmp:// URL")
         _check(not v.public_url or (v.public_url.startswith(("http://", "https://")) and "?" not in v.public_url),
                "server.public_url", "must be an http:// or https:// base URL without a query")
+        _check(0 <= v.mic_prefetch_packets <= 15, "server.mic_prefetch_packets", "must be in 0..15")
+        _check(parse_playout_delay(v.playout_delay_ms) is not None or not v.playout_delay_ms.strip(),
+               "server.playout_delay_ms", "must be \"\" or \"MIN,MAX\": ms, 0 <= MIN <= MAX <= 40950")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -329,6 +338,8 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--lookahead", "decoder.lookahead", int, "decoder lookahead in frames (0..5): latency vs lip accuracy"),
     ("--accelerator", "decoder.accelerator", str, f"decoder accelerator: {' | '.join(ACCELERATORS)}"),
     ("--threads", "decoder.threads", int, "torch threads of the model worker"),
+    ("--workers", "decoder.workers", int, "model worker processes for decode + render (0 = one model thread in "
+     "the server process)"),
     ("--checkpoint", "decoder.checkpoint", str, "StyleTalk checkpoint (official or own format)"),
     ("--recognizer", "recognizer.backend", str, f"phoneme recognizer: {' | '.join(RECOGNIZER_BACKENDS)}"),
     ("--labels", "recognizer.labels", str, "phoneme label file for --recognizer labels"),
@@ -427,3 +438,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if value is not None:
             overrides[key] = value
     return load_config(getattr(args, "config", None), overrides)
+
+
+def parse_playout_delay(text: str) -> tuple[int, int] | None:
+    """``"MIN,MAX"`` (ms) -> (min, max); None when empty or malformed (``validate`` names the key)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    lo, hi = int(parts[0]), int(parts[1])
+    return (lo, hi) if 0 <= lo <= hi <= 40950 else None

@@ -133,6 +133,11 @@ class RenderLane(Protocol):
         """Renders skipped because a still face repeated exactly (stats)."""
         ...
 
+    def stats(self) -> dict[str, Any]:
+        """Where this lane decodes and renders (``runs_in``: ``model_thread`` | ``model_worker``) and its
+        counters: the session's ``stats()["decoder"]``."""
+        ...
+
     async def prepare(self, image: np.ndarray) -> None:
         """Prepare ``image`` (uint8 (H, W, 3)) as the avatar, with the current style's rest; the stream restarts.
         Raises if the photo cannot be prepared (the old avatar stays)."""

@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,13 @@ class ModelWorkers:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p is not None and p.alive]
+
+    def health(self) -> dict[str, Any]:
+        """For ``/healthz``: how many workers are configured and alive, their sessions, replacements so far."""
+        procs = self.processes
+        live = [p for p in procs if p is not None and p.alive]
+        return {"count": len(procs), "alive": len(live), "sessions": [p.lanes for p in live],
+                "pids": [p.pid for p in live], "replaced": self.replaced}
 
     def lane_id(self) -> int:
         return next(self._ids)
@@ -134,6 +142,19 @@ class ProcessRenderLane:
     @property
     def reused(self) -> int:
         return self._reused
+
+    def stats(self) -> dict[str, Any]:
+        """The worker this session runs on (decoder counters stay in the worker process, so none here)."""
+        proc = self._proc
+        return {
+            "runs_in": "model_worker",
+            "worker_pid": proc.pid if proc is not None else None,
+            "workers": len(self._pool.processes),
+            "workers_replaced": self._pool.replaced,
+            "moves": self._moves,
+            "given_up": self._given_up,
+            "accelerator": self._pool.config.decoder.accelerator,
+        }
 
     @property
     def process(self) -> ModelProcess | None:

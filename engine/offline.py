@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pose", metavar="CLIP.mat", help="head pose sequence (.mat with coeff/transform_params "
                         "or (T, 9) .npy/.txt); default: the avatar's own pose with idle motion")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_arguments(parser)
+    add_config_arguments(parser, exclude=("--workers",))  # offline rendering runs on one model thread
     parser.epilog = "--style takes a built-in style name (see `styletalk-live styles`) or a style clip .mat/.npy/.txt"
     return parser
 

@@ -253,7 +253,15 @@ class EngineRuntime:
         from engine.live.render_lane import ThreadRenderLane
 
         return ThreadRenderLane(self.worker, self.decoder.decode, self.renderer, sink, clock, rest,
-                                max_batch=self.config.decoder.max_batch)
+                                max_batch=self.config.decoder.max_batch, decoder_stats=self.decoder.stats)
+
+    def workers_health(self) -> dict[str, Any]:
+        """Where sessions decode and render, for ``/healthz``: ``{"mode": "model_thread"}`` or
+        ``{"mode": "model_workers", "count", "alive", "sessions" (per live worker), "pids", "replaced"}``."""
+        pool = self.model_workers
+        if pool is None:
+            return {"mode": "model_thread"}
+        return {"mode": "model_workers", **pool.health()}
 
     def new_session(self, session_id: str, max_sessions: int | None = None, **kwargs: Any) -> LiveSession:
         """Admit (:class:`engine.live.registry.SessionRegistry`, atomic) and build a session;

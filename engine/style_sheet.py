@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw every style at each of these intensities side by side (e.g. 0,1,2)")
     p.add_argument("--silence", action="store_true", help="start each group with a tile of the style's silence")
     # a sheet decodes given phonemes in every style: no recognizer, no starting style
-    add_config_arguments(p, exclude=("--style", "--recognizer", "--labels", "--recognizer-lookahead"))
+    add_config_arguments(p, exclude=("--style", "--recognizer", "--labels", "--recognizer-lookahead", "--workers"))
     return p
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from engine.config import parse_playout_delay
 from streaming import protocol as P
 from streaming.contracts import ServedSession
 from streaming.uploads import (
@@ -479,7 +480,10 @@ class ClientHandler:
             if self.avatar is not None:  # chosen before media started
                 session.set_avatar(self.avatar)
         # the peer pulls through the presenter's broadcast: a room's audience sees the same frames
-        peer = MediaPeer(self.server.rooms.broadcast_for(self.id).tap(session), on_state=self._on_peer_state)
+        settings = self.server.settings
+        peer = MediaPeer(self.server.rooms.broadcast_for(self.id).tap(session), on_state=self._on_peer_state,
+                         mic_prefetch=settings.mic_prefetch_packets,
+                         playout_delay=parse_playout_delay(settings.playout_delay_ms))
         try:
             answer = await peer.accept_offer(req.sdp)
         except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for unusable SDP

@@ -114,6 +114,8 @@ class ServerSettings:
     max_rooms: int = ServerConfig.max_rooms
     rtmp: str = ServerConfig.rtmp  # each opened room is also pushed to this RTMP URL ("" = none)
     public_url: str = ServerConfig.public_url  # the base of rooms' watch links ("" = the presenter's Host)
+    mic_prefetch_packets: int = ServerConfig.mic_prefetch_packets  # see ServerConfig (streaming/rtp_latency.py)
+    playout_delay_ms: str = ServerConfig.playout_delay_ms
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -322,7 +324,8 @@ class PresenterServer:
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` body: liveness plus the load a room placement reads (``streaming/placement.py``):
-        presenter and room slots, viewers, and how many of this node's Janus instances are up."""
+        presenter and room slots, viewers, how many of this node's Janus instances are up, and its model workers
+        (``workers``: a node whose workers are not all alive is rendering on fewer processes than configured)."""
         rooms = self.rooms
         nodes = rooms.fanout.nodes if rooms.fanout is not None else []
         return {
@@ -336,6 +339,7 @@ class PresenterServer:
             "fanout": rooms.mode,
             "janus_up": sum(1 for n in nodes if n.up),
             "janus_nodes": len(nodes),
+            "workers": self.runtime.workers_health(),
         }
 
     # ---------------------------------------------------------------------------------------------- clients

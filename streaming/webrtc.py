@@ -31,6 +31,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
 from streaming.contracts import MediaSession
+from streaming.rtp_latency import enable_playout_delay, install_mic_buffer, install_playout_delay
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,16 @@ async def pump_microphone(track: MediaStreamTrack, session: MediaSession, stats:
 class MediaPeer:
     """The WebRTC side of one client: peer connection, outgoing tracks, microphone pump."""
 
-    def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None) -> None:
+    def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None, *,
+                 mic_prefetch: int = 0, playout_delay: tuple[int, int] | None = None) -> None:
+        """``mic_prefetch``: microphone packets held back before the session gets one (0 = none; aiortc's own
+        buffer holds 4, 80 ms); ``playout_delay``: (min, max) ms written into the video's RTP playout-delay
+        extension, None = not sent (see ``streaming/rtp_latency.py``)."""
         self.session = session
+        self.mic_prefetch = int(mic_prefetch)
+        self.playout_delay = playout_delay
+        if playout_delay is not None:
+            enable_playout_delay()  # before the offer is read: the answer keeps only extensions aiortc knows
         self.pc = RTCPeerConnection()
         self.video = SessionVideoTrack(session)
         self.audio = SessionAudioTrack(session)
@@ -218,7 +227,12 @@ class MediaPeer:
         kinds = {t.kind for t in self.pc.getTransceivers()}
         if "video" not in kinds:
             raise ValueError("the offer has no video section: add a recvonly video transceiver")
-        self.pc.addTrack(self.video)
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio":
+                install_mic_buffer(transceiver.receiver, self.mic_prefetch)
+        sender = self.pc.addTrack(self.video)
+        if self.playout_delay is not None:
+            install_playout_delay(sender, *self.playout_delay)
         if "audio" in kinds:
             self.pc.addTrack(self.audio)
         answer = await self.pc.createAnswer()

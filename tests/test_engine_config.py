@@ -45,6 +45,9 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
         ({"recognizer.lookahead_ms": "-10"}, "multiple of 10"),
         ({"server.public_url": "node7:8080"}, "server.public_url"),
         ({"server.public_url": "http://node7:8080/?x=1"}, "without a query"),
+        ({"server.playout_delay_ms": "0"}, "server.playout_delay_ms"),
+        ({"server.playout_delay_ms": "200,100"}, "server.playout_delay_ms"),
+        ({"server.mic_prefetch_packets": "16"}, "0..15"),
     ],
 )
 def test_errors_name_the_key(overrides: dict[str, str], message: str) -> None:
@@ -70,9 +73,10 @@ def test_command_line_precedence(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     args = parser.parse_args(["--config", str(f), "--set", "decoder.lookahead=3", "--set", "style.default=happy",
-                              "--lookahead", "5", "--renderer", "pirenderer"])
+                              "--lookahead", "5", "--renderer", "pirenderer", "--workers", "0"])
     cfg = config_from_args(args)
     assert cfg.decoder.lookahead == 5  # dedicated flag > --set > file
+    assert cfg.decoder.workers == 0
     assert cfg.decoder.threads == 2
     assert cfg.style.default == "happy"
     assert cfg.renderer.kind == "pirenderer"

@@ -67,7 +67,8 @@ def test_a_job_renders_the_same_moving_mouth_in_a_worker_process_as_on_the_model
     async def both() -> tuple[_Sink, _Sink, int]:
         here, there = _Sink(), _Sink()
         thread_lane = ThreadRenderLane(runtime.worker, runtime.decoder.decode, runtime.renderer, here,
-                                       time.monotonic, lambda: current[0], max_batch=16)
+                                       time.monotonic, lambda: current[0], max_batch=16,
+                                       decoder_stats=runtime.decoder.stats)
         process_lane = runtime.render_lane(there, time.monotonic, lambda: current[0])
         assert isinstance(process_lane, ProcessRenderLane)
         await thread_lane.prepare(runtime.avatar)
@@ -86,6 +87,12 @@ def test_a_job_renders_the_same_moving_mouth_in_a_worker_process_as_on_the_model
                 await asyncio.get_running_loop().run_in_executor(runtime.worker, lambda: None)
         assert jobs > 3
         pid = process_lane.process.pid if process_lane.process else -1
+        # what each lane reports as the session's stats()["decoder"]: where it runs (the server's decoder
+        # counters only for the thread, whose decoder they are)
+        placed, local = process_lane.stats(), thread_lane.stats()
+        assert placed["runs_in"] == "model_worker" and placed["worker_pid"] == pid, placed
+        assert placed["workers"] == runtime.config.decoder.workers and "calls" not in placed, placed
+        assert local["runs_in"] == "model_thread" and local["calls"] >= jobs, local
         process_lane.close()
         await asyncio.sleep(0.1)  # the reader thread's last hand-overs
         return here, there, pid

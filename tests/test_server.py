@@ -62,7 +62,12 @@ def test_http_serves_only_the_page_files(live_runtime, tmp_path) -> None:  # noq
                 assert status == 404, (evil, status)
                 assert b"[project]" not in body
             status, headers, body = await http_get(server.port, "/healthz")
-            assert status == 200 and json.loads(body) == {
+            health = json.loads(body)
+            workers = health.pop("workers")  # the model worker processes the sessions render on
+            assert workers["mode"] == "model_workers", workers
+            assert workers["count"] == workers["alive"] == live_runtime.config.decoder.workers, workers
+            assert sorted(workers["pids"]) == sorted(live_runtime.model_workers.pids()), workers
+            assert status == 200 and health == {
                 "ok": True,
                 "sessions": 0,
                 "max_sessions": 4,
@@ -176,6 +181,10 @@ def test_control_requests_against_the_real_engine(live_runtime) -> None:  # noqa
                     assert (await c.call(rtype))["type"] == "result", rtype
                 stats = (await c.call("stats"))["result"]
                 assert stats["session"] == welcome["session"] and isinstance(stats["engine"], dict)
+                # the session decodes on a model worker: the stats say which, not the server's idle decoder
+                decoder = stats["engine"]["decoder"]
+                assert decoder["runs_in"] == "model_worker", decoder
+                assert decoder["worker_pid"] in [None, *live_runtime.model_workers.pids()], decoder  # placed at start
                 assert stats["transport"] is None  # no media yet
                 assert (await c.call("ice", candidate="", sdpMid="0", sdpMLineIndex=0))["code"] == "no_media"
                 bad_offer = await c.call("offer", sdp="v=0\r\nthis is not an offer\r\n")

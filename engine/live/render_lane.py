@@ -30,8 +30,9 @@ class ThreadRenderLane:
 
     def __init__(self, executor: Executor, decode: Callable[[np.ndarray, np.ndarray], np.ndarray],
                  renderer: Renderer, sink: RenderSink, clock: Callable[[], float], rest: RestFn, *,
-                 max_batch: int) -> None:
+                 max_batch: int, decoder_stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self._executor = executor
+        self._decoder_stats = decoder_stats  # the runtime's decoder counters (the one this thread decodes with)
         self._renderer = renderer
         self._rest = rest
         self.stream = RenderStream(decode, renderer, sink, clock, max_batch=max_batch)
@@ -43,6 +44,9 @@ class ThreadRenderLane:
     @property
     def reused(self) -> int:
         return self.stream.reused
+
+    def stats(self) -> dict[str, Any]:
+        return {"runs_in": "model_thread", **(self._decoder_stats() if self._decoder_stats is not None else {})}
 
     async def prepare(self, image: np.ndarray) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._prepare, image)

@@ -461,7 +461,7 @@ class LiveSession:
             control={"style": self._style_name, "intensity": self._intensity, "paused": self._paused},
             errors=self.channel.errors, recognizer_restarts=self.recognition.restarts,
             jobs=self.producer_counters.jobs, renders_reused=self.render.reused,
-            decoder=self.runtime.decoder.stats(),
+            decoder=self.render.stats(),
         )
 
 

@@ -1,0 +1,139 @@
+"""Two waits aiortc adds on the wire, and how a media peer removes them.
+
+**Microphone in (uplink).** aiortc gives every audio receiver a jitter buffer that releases a packet only once
+four later ones have arrived (``JitterBuffer(capacity=16, prefetch=4)``): each 20 ms Opus packet of the
+presenter's microphone reached the engine 80 ms after it arrived, and that wait adds to everything the presenter
+sees and hears back (the engine's output delay is counted from when the audio reaches it). The engine needs no
+smoothing there: it places each block on its own media clock as it comes (``engine.pacing.AudioTimeline``:
+a stall becomes inserted silence), and a smoother stream does not make phonemes earlier. So
+:class:`ArrivalAudioBuffer` hands every packet on when it arrives and drops only duplicates and packets older than
+one already handed on (a reordered 20 ms of speech is lost rather than the whole stream held back for it).
+
+**Video out (downlink).** The receiver decides how long a frame waits before it is shown (its jitter buffer,
+lengthened by A/V sync); the sender may bound that with the RTP *playout-delay* header extension
+(``http://www.webrtc.org/experiments/rtp-hdrext/playout-delay``: 3 bytes, 12-bit minimum and maximum in 10 ms
+units). aiortc neither negotiates nor writes it; :func:`enable_playout_delay` adds it to aiortc's list of video
+header extensions (so an answer keeps it when the browser offers it) and :class:`PlayoutDelayExtensionsMap`
+writes it into every video packet of one sender.
+
+Both reach into aiortc's private state (name-mangled attributes) because aiortc has no setting for either;
+:func:`install_mic_buffer` and :func:`install_playout_delay` check that the attribute they replace exists and
+report False (logged) when an aiortc upgrade moved it, and ``tests/test_rtp_latency.py`` fails then.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiortc.codecs import HEADER_EXTENSIONS
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import (
+    HeaderExtensions,
+    HeaderExtensionsMap,
+    RtpPacket,
+    pack_header_extensions,
+    unpack_header_extensions,
+)
+
+log = logging.getLogger(__name__)
+
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+PLAYOUT_DELAY_OFFER_ID = 5  # the id aiortc offers it under (as an answerer it takes the offer's id)
+PLAYOUT_DELAY_UNIT_MS = 10
+PLAYOUT_DELAY_MAX_MS = 0xFFF * PLAYOUT_DELAY_UNIT_MS
+_RECEIVER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_SENDER_MAP = "_RTCRtpSender__rtp_header_extensions_map"
+_MAX_MISORDER = 100  # as aiortc's buffer: a packet this far behind the last one means the stream restarted
+
+
+class ArrivalAudioBuffer(JitterBuffer):
+    """Audio "jitter buffer" that waits for nothing: each RTP packet is one complete audio frame, handed on at once.
+
+    Keeps aiortc's ``add(packet) -> (pli_flag, frame)`` contract; never asks for a picture loss indication.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None  # sequence number of the last packet handed on
+        self.late = 0  # packets dropped: duplicates or older than one handed on (stats, tests)
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None:
+            ahead = (seq - self._last) % 65536
+            behind = (self._last - seq) % 65536
+            if ahead == 0 or (ahead >= 0x8000 and behind < _MAX_MISORDER):
+                self.late += 1
+                return False, None
+        self._last = seq
+        return False, JitterFrame(data=getattr(packet, "_data", b""), timestamp=packet.timestamp)
+
+
+def install_mic_buffer(receiver: Any, prefetch: int = 0) -> bool:
+    """Give an aiortc audio ``RTCRtpReceiver`` its buffer (before its first packet): ``prefetch`` 0 = an
+    :class:`ArrivalAudioBuffer`, else aiortc's own buffer holding ``prefetch`` packets back (aiortc's default: 4).
+
+    False (and a warning) when the receiver has no such private buffer (an aiortc that changed): it keeps its own.
+    """
+    if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
+        log.warning("aiortc's receiver has no %s: the microphone keeps aiortc's 80 ms buffer", _RECEIVER_BUFFER)
+        return False
+    buffer = ArrivalAudioBuffer() if prefetch == 0 else JitterBuffer(capacity=16, prefetch=prefetch)
+    setattr(receiver, _RECEIVER_BUFFER, buffer)
+    return True
+
+
+def playout_delay_bytes(min_ms: int, max_ms: int) -> bytes:
+    """The extension's 3 bytes: 12-bit minimum, 12-bit maximum, in 10 ms units (values rounded up)."""
+    if not 0 <= min_ms <= max_ms <= PLAYOUT_DELAY_MAX_MS:
+        raise ValueError(f"playout delay needs 0 <= min <= max <= {PLAYOUT_DELAY_MAX_MS} ms, got {min_ms}, {max_ms}")
+    lo = -(-min_ms // PLAYOUT_DELAY_UNIT_MS)
+    hi = -(-max_ms // PLAYOUT_DELAY_UNIT_MS)
+    return ((lo << 12) | hi).to_bytes(3, "big")
+
+
+def enable_playout_delay() -> None:
+    """Let aiortc negotiate the playout-delay extension on video (idempotent; process-wide: aiortc keeps one list).
+
+    A peer that negotiates it but writes nothing (every peer without :func:`install_playout_delay`) sends the same
+    packets as before.
+    """
+    video = HEADER_EXTENSIONS["video"]
+    if not any(x.uri == PLAYOUT_DELAY_URI for x in video):
+        video.append(RTCRtpHeaderExtensionParameters(id=PLAYOUT_DELAY_OFFER_ID, uri=PLAYOUT_DELAY_URI))
+
+
+class PlayoutDelayExtensionsMap(HeaderExtensionsMap):
+    """aiortc's header-extension map of one sender, plus the playout-delay extension in every packet it writes
+    (when the remote side negotiated it)."""
+
+    def __init__(self, min_ms: int, max_ms: int) -> None:
+        super().__init__()
+        self.value = playout_delay_bytes(min_ms, max_ms)
+        self.extension_id: int | None = None  # negotiated id; None = not negotiated, nothing written
+
+    def configure(self, parameters: RTCRtpParameters) -> None:
+        super().configure(parameters)
+        self.extension_id = next((x.id for x in parameters.headerExtensions if x.uri == PLAYOUT_DELAY_URI), None)
+
+    def set(self, values: HeaderExtensions) -> tuple[int, bytes]:
+        profile, data = super().set(values)
+        if self.extension_id is None:
+            return profile, data
+        extensions = unpack_header_extensions(profile, data) if data else []
+        return pack_header_extensions([*extensions, (self.extension_id, self.value)])
+
+
+def install_playout_delay(sender: Any, min_ms: int, max_ms: int) -> bool:
+    """Make an aiortc video ``RTCRtpSender`` write playout delay ``min_ms..max_ms`` (before it starts sending).
+
+    False (and a warning) when the sender has no such private map (an aiortc that changed).
+    """
+    if not isinstance(getattr(sender, _SENDER_MAP, None), HeaderExtensionsMap):
+        log.warning("aiortc's sender has no %s: no playout-delay extension sent", _SENDER_MAP)
+        return False
+    enable_playout_delay()
+    setattr(sender, _SENDER_MAP, PlayoutDelayExtensionsMap(min_ms, max_ms))
+    return True

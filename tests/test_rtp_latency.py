@@ -1,0 +1,112 @@
+"""streaming/rtp_latency.py on aiortc's own packets and on a real loopback peer.
+
+The microphone buffer hands each packet on as it arrives (drops only duplicates and late packets); the
+playout-delay extension is written into the video packets with the negotiated id and decodes to the bounds
+asked for; against the real server, the answer keeps the extension the offer carries, the microphone's receiver
+has the arrival buffer, and speech still reaches the session through it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import RtpPacket, unpack_header_extensions
+
+from clients.client import MicrophoneTrack, StyleTalkClient
+from streaming.rtp_latency import (
+    PLAYOUT_DELAY_URI,
+    ArrivalAudioBuffer,
+    PlayoutDelayExtensionsMap,
+    enable_playout_delay,
+    playout_delay_bytes,
+)
+from streaming.server import PresenterServer
+from tests.streaming_fixtures import live_runtime, run, server_settings, speech_16k, wait_for  # noqa: F401
+
+
+def packet(seq: int, payload: bytes = b"x") -> RtpPacket:
+    p = RtpPacket(payload_type=111, sequence_number=seq % 65536, timestamp=960 * seq % 2**32)
+    p._data = payload  # type: ignore[attr-defined] # what aiortc's receiver sets after depayloading
+    return p
+
+
+def test_arrival_buffer_hands_on_every_packet_at_once_and_drops_late_ones() -> None:
+    buf = ArrivalAudioBuffer()
+    stock = JitterBuffer(capacity=16, prefetch=4)  # aiortc's own audio buffer, for comparison
+    out = [buf.add(packet(s, bytes([s % 256])))[1] for s in range(65530, 65540)]  # across the wrap-around
+    stock_out = [stock.add(packet(s))[1] for s in range(65530, 65540)]
+    assert all(f is not None for f in out)
+    assert [f.data for f in out if f is not None] == [bytes([s % 256]) for s in range(65530, 65540)]
+    # the stock buffer hands the first packet on with the fifth (80 ms of 20 ms packets later), and so on
+    assert [f is not None for f in stock_out] == [False] * 4 + [True] * 6
+    assert buf.add(packet(65539))[1] is None  # duplicate
+    assert buf.add(packet(65535))[1] is None  # reordered: older than one already handed on
+    assert buf.late == 2
+    assert buf.add(packet(65541))[1] is not None  # a gap (lost 65540) waits for nothing
+    restart = packet(65541 - 500)  # far behind: the stream restarted, not a late packet
+    assert buf.add(restart)[1] is not None
+    assert all(not buf.add(packet(s))[0] for s in range(100, 103))  # never asks for a picture loss indication
+
+
+def extensions_of(data: bytes) -> dict[int, bytes]:
+    """Header extensions of a serialized RTP packet (no CSRCs), by id."""
+    assert data[0] & 0x10, "no header extension"
+    profile, words = struct.unpack("!HH", data[12:16])
+    return dict(unpack_header_extensions(profile, data[16 : 16 + 4 * words]))
+
+
+def test_playout_delay_written_with_the_negotiated_id() -> None:
+    assert playout_delay_bytes(0, 0) == b"\x00\x00\x00"
+    assert playout_delay_bytes(100, 400) == bytes([0x00, 0xA0, 0x28])  # 10 and 40 units of 10 ms
+    assert playout_delay_bytes(5, 15) == playout_delay_bytes(10, 20)  # rounded up to 10 ms units
+    for bad in ((-10, 0), (20, 10), (0, 50_000)):
+        try:
+            playout_delay_bytes(*bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+
+    mapping = PlayoutDelayExtensionsMap(20, 200)
+    p = RtpPacket(payload_type=96, sequence_number=1, timestamp=3000)
+    p.extensions.mid = "0"
+    assert not p.serialize(mapping)[0] & 0x10  # nothing negotiated yet: no extension at all
+    mapping.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=9, uri=PLAYOUT_DELAY_URI),
+    ]))
+    ext = extensions_of(p.serialize(mapping))
+    assert ext == {1: b"0", 9: playout_delay_bytes(20, 200)}
+    value = int.from_bytes(ext[9], "big")
+    assert (value >> 12, value & 0xFFF) == (2, 20)
+
+
+def test_served_peer_negotiates_playout_delay_and_hears_the_microphone_at_once(live_runtime) -> None:  # noqa: F811
+    async def main() -> None:
+        enable_playout_delay()  # the aiortc client then offers it, as Chromium does
+        settings = server_settings(playout_delay_ms="0,100", mic_prefetch_packets=0)
+        async with PresenterServer(live_runtime, settings) as server:
+            mic = MicrophoneTrack()
+            mic.feed(np.zeros(16_000 // 2, np.int16))
+            mic.feed(speech_16k()[:16_000])
+            client = StyleTalkClient(f"ws://127.0.0.1:{server.port}/ws")
+            welcome = await client.connect()
+            try:
+                await client.start_media(mic)
+                await client.wait_frames(5, timeout=60)
+                assert client.pc is not None
+                answer = client.pc.remoteDescription.sdp
+                assert PLAYOUT_DELAY_URI in answer, answer
+                peer = server.clients[welcome["session"]].peer
+                assert peer is not None and peer.playout_delay == (0, 100)
+                (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
+                buffer = audio.receiver._RTCRtpReceiver__jitter_buffer
+                assert isinstance(buffer, ArrivalAudioBuffer)
+                await wait_for(lambda: peer.mic.samples_16k > 16_000, timeout=30, what="microphone audio")
+                assert buffer.late == 0
+            finally:
+                await client.close()
+
+    run(main(), 240)
