@@ -265,3 +265,57 @@ def test_no_bright_fangs_at_the_mouth_corners_of_a_sample_photo(
     frames = bank_renderer.render(state, np.stack([open_exp, *round_and_spread, 0.5 * open_exp]))
     for frame in frames:
         assert corner_glare(frame, detect_landmarks(frame), state.image, state.landmarks) == 0
+
+
+def closing_teeth(renderer: WarpRenderer, photo: np.ndarray, gap_weights: np.ndarray) -> tuple[int, np.ndarray]:
+    """A photo's lips closed by a bilabial-sized drop of the gap: the teeth-like pixels (bright, unsaturated) inside
+    the rendered outer-lip outline, and the rendered frame."""
+    from skimage.draw import polygon
+
+    state = renderer.prepare(photo)
+    close = -0.08 * gap_weights / float(gap_weights @ gap_weights)
+    shut = renderer.render(state, close[None].astype(np.float32))[0]
+    lmk = detect_landmarks(shut)
+    rr, cc = polygon(lmk[48:60, 1], lmk[48:60, 0], shut.shape[:2])
+    px = shut[rr, cc].astype(np.float64)
+    luma = px @ LUMA
+    sat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0)
+    lip = np.median(luma)
+    return int(((luma > lip + 30) & (sat < 0.2)).sum()), shut
+
+
+def test_closed_lips_on_a_wide_smile_show_no_teeth(
+    bank_renderer: WarpRenderer, samples_dir: Path, gap_weights: np.ndarray
+) -> None:
+    """andrew_clip_1's first frame (a wide smile, 18 px of teeth and cavity) with its lips closed: no teeth left
+    between or above the closed lips (the spline dragged the rows above the upper lip into the teeth, and the seam
+    between the lips sampled the opening: a jagged line of teeth fragments), and the lips do meet."""
+    from engine.landmark_fit import read_video_rgb
+
+    photo = read_video_rgb(samples_dir / "source" / "video" / "andrew_clip_1.mp4")[0]
+    teeth, shut = closing_teeth(bank_renderer, photo, gap_weights)
+    lmk = detect_landmarks(shut)
+    assert float((lmk[[67, 66, 65], 1] - lmk[[61, 62, 63], 1]).mean()) <= 1.5
+    assert teeth <= 5, teeth
+
+
+def test_closing_a_laugh_lifts_the_chin_only_so_far(bank_renderer: WarpRenderer, samples_dir: Path,
+                                                    gap_weights: np.ndarray) -> None:
+    """happyenglish_clip1's first frame (a laugh, inner-lip gap ~0.37 IOD) closed: the lips meet, but the chin and
+    the jaw beside it rise at most ``jaw_lift_cap`` (lifted with the lips, the chin's shadow smeared into the neck)."""
+    import torch
+
+    from engine.landmark_fit import read_video_rgb
+
+    photo = read_video_rgb(samples_dir / "style" / "video" / "happyenglish_clip1.mp4")[0]
+    state = bank_renderer.prepare(photo)
+    assert state.warp is not None
+    close = torch.from_numpy(-0.08 * gap_weights / float(gap_weights @ gap_weights)).float()[None]
+    tgt, _ = bank_renderer.core.target_local(state.warp, close)
+    src = state.warp.src_local
+    assert float((tgt[0, [67, 66, 65], 1] - tgt[0, [61, 62, 63], 1]).abs().max()) < 1e-4  # the lips meet
+    jaw = [6, 7, 8, 9, 10]
+    own = -(close @ bank_renderer.core.weights).reshape(68, 2)[jaw, 1]  # the expression's own lift of the jaw
+    lift = src[jaw, 1] - tgt[0, jaw, 1]
+    assert float((lift - own).max()) <= bank_renderer.core.config.jaw_lift_cap + 1e-4, (lift, own)
+    assert float(src[57, 1] - tgt[0, 57, 1]) > 0.3  # while the lower lip rose by most of the gap

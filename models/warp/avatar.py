@@ -131,6 +131,7 @@ class WarpAvatar:
     side_room: tuple[float, float] = (0.0, 0.0)  # IOD of background left / right of the face (jaw) in the photo
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
+    lip_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # lip body median
     photo_teeth: bool = False
     skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
     interior: Interior | None = None  # colour-matched real mouth interiors (None: painted)
@@ -186,7 +187,8 @@ def prepare_avatar(
                           float(src[list(lo), 1].max()) + cfg.under_eye_band + 0.03))
     mouth = src[48:68]
     mouth_box = (float(mouth[:, 0].min()) - 0.03, float(mouth[:, 0].max()) + 0.03,
-                 float(src[_IDX["lip_up_in"], 1].min()) - 0.06 - cfg.mouth_margin,
+                 float(src[_IDX["lip_up_in"], 1].min()) - 0.06 - cfg.mouth_margin - cfg.close_reach * float(
+                     (src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0).max()),
                  float(src[_IDX["lip_lo_out"], 1].max()) + cfg.lip_gap_cap + 0.03)
     eyes = _regions(cfg, eye_boxes, A, t, size, iod)
     (mouth_region,) = _regions(cfg, [mouth_box], A, t, size, iod)
@@ -316,6 +318,7 @@ def mouth_colours(avatar: WarpAvatar) -> None:
     lip = sample((lm[_IDX["lip_outer"]] + lm[_IDX["lip_inner"]]) / 2).median(0).values
     skin = sample(torch.stack([(lm[31] + lm[3]) / 2, (lm[35] + lm[13]) / 2, lm[29], lm[28]])).median(0).values
     avatar.cavity_rgb = lip * torch.tensor([0.30, 0.20, 0.20])
+    avatar.lip_rgb = lip
     avatar.skin_rgb = skin
 
     m, s = avatar.mouth, avatar.src_local  # pixels of the photo's own mouth opening

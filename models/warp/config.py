@@ -24,6 +24,7 @@ class WarpConfig:
     # 0.82×, r 0.85, bilabial closure unchanged: benchmarks/renderer.py)
     lip_close_drop: float = 0.04  # a predicted gap drop this large (a bilabial's, relative to rest) closes the lips
     # (0.05 closed 66 % of the held-out P/B/M frames over the 17 built-in styles, 0.04 more; see benchmarks)
+    jaw_lift_cap: float = 0.08  # closing the photo's opening lifts the chin at most this much (more smears the chin)
     lip_min_thickness: float = 0.5  # a lip keeps at least this fraction of its thickness in the photo
     tps_lip_min_gap: float = 0.15  # inner-lip gap given to the spline, fraction of the photo's
     lid_band: float = 0.11  # eyelid skin above the upper lid that stretches over a closing eye
@@ -34,6 +35,10 @@ class WarpConfig:
     eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there
     lip_close_inset: float = 0.04  # closed lips are drawn from this far outside dlib's inner-lip points
+    lip_touch: float = 0.02  # an inner-lip gap narrower than this (about 1.5 px at 256²) shows no interior
+    seam_alpha: float = 0.9  # ... and the seam where they meet is painted in the lip's colour × seam_shade
+    seam_shade: float = 0.75
+    close_reach: float = 0.6  # closing the photo's opening, the upper lip rides rigidly this share of it further up
     lip_edge_inset: float = 0.015  # the lower lip's edge lies this much below dlib's inner-lip points
     slit_release: float = 0.04  # a photo's dark slit is fully replaced by the real interior this much wider
     teeth_upper: float = 0.095  # visible length of the upper incisors below the upper lip

@@ -99,8 +99,14 @@ class WarpCore(torch.nn.Module):
         for k, (i, o) in enumerate(zip(_IDX["pairs_in_l"], _IDX["lo_out_mid"], strict=True)):
             carry[k, i] = carry[k, o] = 1.0
         carry[:, _IDX["lo_out_side"]] = 0.6 / 3
-        carry[:, 8] = 0.8 / 3
         self.register_buffer("lip_carry", carry, persistent=False)
+        # the chin and the jaw beside it take part of the mean correction, a lift capped at jaw_lift_cap (a laughing
+        # photo's lips closed by lifting the chin ~25 px stretched the chin's shadow into the neck: a smear); the
+        # skin between lip and chin stretches instead
+        jaw = torch.zeros(68)
+        for i, w in ((8, 0.8), (7, 0.5), (9, 0.5), (6, 0.2), (10, 0.2)):
+            jaw[i] = w
+        self.register_buffer("jaw_carry", jaw, persistent=False)
         # the upper lids ride with their eye: the mean of that eye's corners' offsets (corners → upper lids)
         ride = torch.zeros(4, 4)
         ride[0:2, 0:2] = ride[2:4, 2:4] = 0.5
@@ -168,7 +174,8 @@ class WarpCore(torch.nn.Module):
         g_p = avatar.lip_gap
         gap = torch.where(dg >= 0, g_p + cfg.lip_open_gain * dg, g_p * (1.0 + dg / cfg.lip_close_drop).clamp_min(0.0))
         corr = gap - (ty[:, il] - ty[:, iu])  # (N, 3)
-        ty += corr @ self.lip_carry  # the lower lip (and its body, and the chin) carries the correction
+        ty += corr @ self.lip_carry  # the lower lip (and its body) carries the correction ...
+        ty += corr.mean(1, keepdim=True).clamp_min(-cfg.jaw_lift_cap) * self.jaw_carry  # ... and the jaw part of it
         # inner lips may touch but not cross (crossed: both go to the middle); the gap is capped
         up, lo = ty[:, iu], ty[:, il]
         mid = (up + lo) / 2

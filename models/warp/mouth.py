@@ -69,7 +69,8 @@ def mouth_model(
     ls_lip = ls + torch.where(gs > 2 * inset, ((gt - gs) / inset).clamp(0.0, 1.0) * inset, 0.0)
     # closing below the photo's opening: the lips' true edges lie a little outside dlib's inner points (which
     # sit on the teeth in a smile), so the meeting lips are drawn from there (else a line of teeth stays)
-    closing = ((gs - gt) / gs.clamp_min(1e-6)).clamp(0.0, 1.0) * cfg.lip_close_inset
+    shut = ((gs - gt) / gs.clamp_min(1e-6)).clamp(0.0, 1.0)  # how much of the photo's opening is closed
+    closing = shut * cfg.lip_close_inset
     ls_lip = ls_lip + closing
     lip_body = ls_lip + (v_t - lt) * (os_ - ls_lip) / (ot - lt).clamp_min(1e-6)
     # under the painted area, nearer the lower lip, show the lower jaw's edge (or the lip): the antialiased
@@ -77,26 +78,43 @@ def mouth_model(
     exposed = torch.where(upper, a > keep_up, b > keep_lo)
     lower_edge = torch.where(keep_lo > 0, ls - keep_lo, ls_lip)
     interior = torch.where(exposed & (b < a), lower_edge, interior)
+    # a column whose lips (nearly) touch shows no interior: its sub-pixel gap sampled the photo's teeth rows (bright
+    # specks along closed lips); it is lip meeting lip, each from its edge
+    touch = (gt < cfg.lip_touch) & (gt < 0.5 * gs)  # (closed to under half the photo's gap there)
+    interior = torch.where(touch, torch.where(a < 0.5 * gt, us - closing, ls_lip), interior)
     want = torch.where(v_t < lt, interior, lip_body)
     # Just above the upper lip's edge the upper lip rides rigidly (the smooth spline, compressing the photo's
     # opening between lips kept apart, pulls teeth rows up into view: a closed mouth kept a strip of teeth).
+    # Closing a wide photo opening (a laugh, a toothy smile), the spline compresses the opening and drags the rows
+    # above the upper lip down into the photo's teeth (a jagged line of teeth over closed lips): the rigid ride
+    # then reaches further up, by a share of the closed part of the photo's opening.
     m = cfg.mouth_margin
-    top_fade = ramp01((a + m) / m)
-    want = torch.where(a < 0, us - closing * top_fade + a, want)
+    m_top = m + cfg.close_reach * shut * gs
+    top_fade = ramp01((a + m_top) / m_top)
+    lip_edge = us - closing * top_fade
+    want = torch.where(a < 0, lip_edge + a, want)
     # the correction replaces the spline's actual sampling position inside the band, faded to zero over a
     # margin at its top, bottom and corners (continuous: no seams, no torn corners)
     r = cfg.ramp
     side = torch.minimum(h_t - h0, h1 - h_t)  # (N, 1, Qh) inside the corners
     fade = top_fade * ramp01((ot - v_t) / m) * smoothstep(side / r + 1.0)
     dv = fade * (want - v_spline)
+    # and above the upper lip nothing is sampled from inside the photo's opening, however the spline bends there
+    dv = torch.where((a < 0) & (side > 0), torch.minimum(dv, lip_edge - v_spline), dv)
     # antialiased: distance (in samples) to the nearest lip / corner / hidden-area edge
     edge = torch.minimum(torch.minimum(a, b), torch.where(upper, a - keep_up, b - keep_lo))
     alpha = ramp01(torch.minimum(edge, side) / px)
+    # Where the lips touch, the sampling position jumps from the upper lip's edge to the lower lip's across the
+    # photo's opening, and a pixel on the seam (its position interpolated) sampled teeth or cavity in between:
+    # jagged specks along closed lips. The seam is painted instead: the shaded line where real lips meet.
+    seam = ramp01(1.0 - (a - 0.5 * gt).abs() / px) * ramp01(side / px) * touch
+    alpha = torch.where(touch, seam * cfg.seam_alpha, alpha)
 
     if avatar.interior is not None:
         fill = exemplar_fill(cfg, avatar, tgt, ut, lt, h0, h1, v_t, h_t)
     else:
         fill = painted_fill(cfg, avatar, a, b, gt, h0, h1, h_t)
+    fill = torch.where(touch.unsqueeze(1), avatar.lip_rgb[None, :, None, None] * cfg.seam_shade, fill)
     return torch.cat([dv.unsqueeze(1), alpha.unsqueeze(1), fill], 1)
 
 
