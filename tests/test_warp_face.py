@@ -207,6 +207,25 @@ def test_a_batch_places_each_frames_mouth_where_that_frame_has_it(
     assert moved > 5.0, moved  # the head did move far within the batch
 
 
+def test_a_frame_renders_the_same_alone_as_in_a_moving_batch(
+    bank_renderer: WarpRenderer, open_exp: np.ndarray
+) -> None:
+    """One path: a frame at the reference pose renders the same through the still-head path (alone) as inside a
+    batch whose other frames move (the head mask confines the expression warp in both; when only the moving
+    path masked it, the chest under a wide-open jaw differed by ~200 grey levels)."""
+    state = bank_renderer.prepare(builtin_avatar(SIZE))
+    pose = np.zeros((3, 9), np.float32)
+    pose[1, :3], pose[2, 7:9] = [0.05, 0.1, 0.06], [20.0, -10.0]
+    exp = np.stack([open_exp, open_exp, 0.5 * open_exp])
+    bank_renderer.reset(state)
+    batch = bank_renderer.render(state, exp, pose)  # frame 0 is the reference: it does not move
+    alone = bank_renderer.render(state, exp[:1], pose[:1])[0]  # pose == reference: the still path
+    np.testing.assert_array_equal(alone, bank_renderer.render(state, exp[:1], None)[0])
+    diff = np.abs(batch[0].astype(np.int16) - alone.astype(np.int16))
+    assert diff.max() <= 2 and diff.mean() < 0.01, (diff.max(), diff.mean())  # float rounding only
+    assert np.abs(batch[1].astype(np.int16) - alone.astype(np.int16)).mean() > 3.0  # the batch did move
+
+
 @pytest.fixture(scope="module")
 def round_and_spread(samples_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Two open-mouth expressions of a real clip: the roundest and the most spread mouth (inner-lip width /

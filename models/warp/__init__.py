@@ -16,8 +16,9 @@ Pipeline per frame (all batched over N frames, float32, fixed shapes once an ava
    no further than the photo has background beside the face to uncover.
 4. Backward thin-plate spline from target → source positions at the landmarks, forehead points and fixed
    border points, fitted for the still head; evaluated on a coarse grid (with head motion: at each grid point
-   taken back through the motion, so the head moves rigidly, inside a soft head mask whose band widens with the
-   motion and which holds the photo's edges), bilinearly upsampled, then ``grid_sample``.
+   taken back through the motion, so the head moves rigidly), confined to a soft head mask that holds the
+   background and the photo's edges (its band widens with the motion; a still head uses the same mask, so a
+   frame renders alike in a still and a moving batch), bilinearly upsampled, then ``grid_sample``.
 5. Region models for what a smooth spline cannot express, each a 1-D remap along the face's vertical axis,
    computed on a small face-aligned lattice and resampled into the frame: the eyes (a closing lid slides *over*
    the eyeball instead of squashing it) and the mouth (teeth ride rigidly with their jaw; only area hidden in

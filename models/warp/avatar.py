@@ -93,7 +93,10 @@ class WarpAvatar:
     src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
     border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
     grid_norm: torch.Tensor  # (G*G, 2) coarse evaluation grid, normalised
-    head_mask: torch.Tensor  # (G*G,) 1 on the head, 0 on the background: head motion is confined to it
+    # (G*G,) 1 on the head, 0 on the background and at the photo's edges (edge_fade folded in): the still head's
+    # mask, the moving head's at zero motion. Every displacement of the coarse grid, expression or head motion,
+    # is confined to it, so a frame renders the same whether its batch moves or not
+    head_mask: torch.Tensor
     grid_face: torch.Tensor  # (G*G, 2) the coarse grid's points in the face frame (before head motion)
     head_ellipse: tuple[float, float, float, float]  # face frame: centre h, v and radii of the head mask
     exp_ref: torch.Tensor  # (64,)
@@ -174,7 +177,8 @@ def prepare_avatar(
     grid_norm = px_to_norm(grid_px, size)
     grid_face = affine2(grid_px - t, torch.linalg.inv(A))
     ellipse = _head_ellipse(cfg, src)
-    head_mask = head_mask_at(cfg, grid_face, ellipse)
+    edge_fade = smoothstep((1.0 - grid_norm.abs().amax(1)) / cfg.head_edge_band)
+    head_mask = head_mask_at(cfg, grid_face, ellipse) * edge_fade
     cx, cy, rx, ry = ellipse
     reach_pts = torch.tensor([[cx - rx, cy], [cx + rx, cy], [cx, cy - ry], [cx, cy + ry]])
 
@@ -216,7 +220,7 @@ def prepare_avatar(
         lattice_pts=torch.cat([r.pts for r in regions]), lattice_still=torch.cat([r.still_coarse for r in regions]),
         upsample=upsample, upsample_t=upsample.T.contiguous(),
         grid_px=(grid_norm + 1.0) * (size / 2) - 0.5, grid_face_r=head_radius(grid_face, ellipse),
-        edge_fade=smoothstep((1.0 - grid_norm.abs().amax(1)) / cfg.head_edge_band),
+        edge_fade=edge_fade,
         reach_pts=reach_pts, reach_still=affine2(reach_pts, A, t),
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=img.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),

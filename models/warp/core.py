@@ -261,7 +261,9 @@ class WarpCore(torch.nn.Module):
         tgt_ctrl = torch.cat([ctrl_norm, avatar.border_norm.unsqueeze(0).expand(n, -1, -1)], 1)
         coef = tps_fit(tgt_ctrl, avatar.src_ctrl_norm.unsqueeze(0) - tgt_ctrl, cfg.tps_reg)
         if move is None:
-            disp = tps_eval(coef, tgt_ctrl, avatar.grid_norm)  # (N, 2, G*G)
+            # confined to the head like a moving head's (below, at zero motion): the expression warp stops at the
+            # neck instead of dragging the chest and the background with a wide-open jaw
+            disp = tps_eval(coef, tgt_ctrl, avatar.grid_norm) * avatar.head_mask  # (N, 2, G*G)
         else:  # a moving head leaves the background where it is
             # each grid point taken back through the head motion (face frame, then the still head's pixels),
             # where the still spline gives its source
