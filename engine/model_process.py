@@ -438,15 +438,9 @@ class ModelProcess:
         with self._lock:
             self._closing = True
             self._dead = self._dead or "closed"
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reader and gives the child EOF
-        except OSError:
-            pass
-        try:
-            self._proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=2.0)
+        from engine.model_template import end_child
+
+        end_child(self._sock, self._proc)  # also wakes the reader
         if self._reader is not threading.current_thread():
             self._reader.join(timeout=5.0)
         self._conn.close()

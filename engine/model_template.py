@@ -27,11 +27,29 @@ import subprocess
 import sys
 import threading
 import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.model_process import ChildProcess
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 90.0  # interpreter + torch import on a loaded machine (as engine.model_process.START_TIMEOUT_S)
 FORK_TIMEOUT_S = 10.0  # one fork answered (the template is idle between requests)
+
+
+def end_child(sock: socket.socket, proc: ChildProcess, grace_s: float = 1.0) -> None:
+    """End a child that serves one socket: shut the socket (the child reads EOF and returns), wait ``grace_s``,
+    then kill it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already shut or closed
+        pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=2.0)
 
 
 class TemplateError(RuntimeError):
@@ -131,15 +149,7 @@ class ModelTemplate:
         """End the template (EOF on its socket; killed after a second). Workers it forked go on; idempotent."""
         with self._lock:
             self._broken = self._broken or "closed"
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self._proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=2.0)
+        end_child(self._sock, self._proc)
         self._replies.close()
         self._sock.close()
 
