@@ -508,13 +508,15 @@ SPEECH_INDEPENDENT: Motion = (0.5, 0.5, 0.0, 1.0)  # the same path at one consta
 def _old_motion(seed: int, labels: np.ndarray) -> np.ndarray:
     """The previous generator (speech gain on the amplitude of the bands from 0.25 Hz, tempo 0.5, gains 0.0 /
     0.9 / 0.5), kept here only to show before / after on the same clips: pose (T, 9), angles in radians."""
-    from engine.motion import HEAD_BAND_SHARE, HEAD_BANDS_HZ, HEAD_GAIN, HEAD_STD, speech_activity
+    from engine.motion import HEAD_BAND_SHARE, HEAD_BANDS_HZ, HEAD_STD, speech_activity
     from models.phonemes import phoneme_windows
+
+    gains = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])  # its gains (the angles at 1.0)
 
     rng = np.random.default_rng([seed, 1])
     freq = 0.5 * np.stack([rng.uniform(lo, hi, size=9) for lo, hi in HEAD_BANDS_HZ])
     phase = rng.uniform(0, 2 * np.pi, size=freq.shape)
-    amp = np.sqrt(2.0 * HEAD_BAND_SHARE / HEAD_BAND_SHARE.sum())[:, None] * (HEAD_STD * HEAD_GAIN)[None, :]
+    amp = np.sqrt(2.0 * HEAD_BAND_SHARE / HEAD_BAND_SHARE.sum())[:, None] * (HEAD_STD * gains)[None, :]
     t = np.arange(len(labels))[:, None, None] / 30.0
     wave = np.sin(2 * np.pi * freq[None] * t + phase[None]) * amp[None]
     fast = np.array([lo >= 0.25 for lo, _ in HEAD_BANDS_HZ])
