@@ -480,86 +480,133 @@ def onset_frames(labels: np.ndarray, pause: int = 8) -> np.ndarray:
                      if speech[i] and not speech[i - pause:i].any()], np.int64)
 
 
-def sample_speakers() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The 8 source clips with reference phoneme labels: angles (T, 3) in degrees and labels (T,)."""
+def sample_speakers() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The 8 source clips with reference phoneme labels: angles (T, 3) in degrees, 3DMM translation (T, 3) and
+    labels (T,)."""
     import scipy.io
 
     out = {}
     for mat in sorted((DATA / "source" / "3dmm").glob("*.mat")):
         seq = DATA / "source" / "phoneme" / f"{mat.stem}_seq.json"
-        ang = np.degrees(scipy.io.loadmat(str(mat))["coeff"][:, 224:227].astype(np.float64))
+        coeff = scipy.io.loadmat(str(mat))["coeff"].astype(np.float64)
         labels = np.asarray(json.loads(seq.read_text()), np.int64)
-        n = min(len(ang), len(labels))
-        out[mat.stem] = (ang[:n], labels[:n])
+        n = min(len(coeff), len(labels))
+        out[mat.stem] = (np.degrees(coeff[:n, 224:227]), coeff[:n, 254:257], labels[:n])
     return out
 
 
-GAIN_GRID = (np.array([1.0, 0.8, 0.65, 0.5]), np.round(np.arange(0.0, 1.01, 0.1), 2),
-             np.round(np.arange(0.2, 1.61, 0.1), 2), np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
+# (rate in silence, in speech, added at onsets: engine.motion.HEAD_RATE) × a gain on the angles' amplitude
+RATE_GRID = (np.round(np.arange(0.1, 0.61, 0.05), 2), np.round(np.arange(0.3, 1.01, 0.1), 2),
+             np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]))
+AMP_GRID = np.round(np.arange(0.7, 1.21, 0.1), 2)
 MOTION_SEEDS = (0, 1, 2)  # generated motion is scored over three seeds (its rhythm is random)
-Motion = tuple[float, float, float, float]  # (tempo, gain in silence, in speech, at onsets): engine.motion
-SPEECH_INDEPENDENT: Motion = (1.0, 1.0, 1.0, 0.0)  # the motion before it followed speech
+Motion = tuple[float, float, float, float]  # (rate in silence, in speech, at onsets, angle gain)
+OLD_MOTION = "amplitude gain 0.0 / 0.9 / 0.5 on the fast bands, tempo 0.5"  # the motion this replaced
+SPEECH_INDEPENDENT: Motion = (0.5, 0.5, 0.0, 1.0)  # the same path at one constant rate
+
+
+def _old_motion(seed: int, labels: np.ndarray) -> np.ndarray:
+    """The previous generator (speech gain on the amplitude of the bands from 0.25 Hz, tempo 0.5, gains 0.0 /
+    0.9 / 0.5), kept here only to show before / after on the same clips: pose (T, 9), angles in radians."""
+    from engine.motion import HEAD_BAND_SHARE, HEAD_BANDS_HZ, HEAD_STD, speech_activity
+    from models.phonemes import phoneme_windows
+
+    gains = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])  # its gains (the angles at 1.0)
+
+    rng = np.random.default_rng([seed, 1])
+    freq = 0.5 * np.stack([rng.uniform(lo, hi, size=9) for lo, hi in HEAD_BANDS_HZ])
+    phase = rng.uniform(0, 2 * np.pi, size=freq.shape)
+    amp = np.sqrt(2.0 * HEAD_BAND_SHARE / HEAD_BAND_SHARE.sum())[:, None] * (HEAD_STD * gains)[None, :]
+    t = np.arange(len(labels))[:, None, None] / 30.0
+    wave = np.sin(2 * np.pi * freq[None] * t + phase[None]) * amp[None]
+    fast = np.array([lo >= 0.25 for lo, _ in HEAD_BANDS_HZ])
+    activity, onset = speech_activity(phoneme_windows(labels))
+    gain = 0.0 + 0.9 * activity + 0.5 * onset
+    return wave[:, ~fast].sum(1) + gain[:, None] * wave[:, fast].sum(1)
 
 
 class SpeakerSpeeds:
-    """Per clip the angular speeds of speech, silence and near-onset frames and the angles' spread, real and
-    generated for every (tempo, gains) of ``GAIN_GRID`` (per tempo the generated angles are slow + gain(t) ·
-    modulated, linear in the gain: generated once)."""
+    """Per clip the angular speeds of speech, silence and near-onset frames and the angles' and translation's
+    spread, real and generated (engine.motion.IdleMotion as a session drives it, the clip's labels as its
+    phoneme windows) for every (rates, angle gain) of ``RATE_GRID`` × ``AMP_GRID`` (the gain scales speed and
+    spread alike: generated once per rates)."""
 
     def __init__(self) -> None:
-        from engine.motion import IdleMotion, speech_activity
+        from engine.motion import IdleMotion
         from models.phonemes import phoneme_windows
 
         self.real: dict[str, list[np.ndarray]] = {}
         self.gen: dict[Motion, dict[str, list[np.ndarray]]] = {}
-        self.grid: list[Motion] = [(float(t), float(a), float(b), float(c)) for t in GAIN_GRID[0]
-                                   for a in GAIN_GRID[1] for b in GAIN_GRID[2] for c in GAIN_GRID[3]]
-        for name, (ang, labels) in sample_speakers().items():
+        self.old: dict[str, list[np.ndarray]] = {}
+        rates = [(float(a), float(b), float(c)) for a in RATE_GRID[0] for b in RATE_GRID[1] for c in RATE_GRID[2]]
+        if SPEECH_INDEPENDENT[:3] not in rates:
+            rates.append(SPEECH_INDEPENDENT[:3])  # type: ignore[arg-type]
+        self.grid: list[Motion] = [(*r, float(g)) for r in rates for g in AMP_GRID]
+        for name, (ang, trans, labels) in sample_speakers().items():
             sp = speaking_mask(labels)
             near = np.unique(np.concatenate([np.arange(max(o - 3, 0), min(o + 2, len(labels)))
                                              for o in onset_frames(labels)] or [np.zeros(0, np.int64)]))
 
-            def split(a: np.ndarray, sp: np.ndarray = sp, near: np.ndarray = near) -> list[np.ndarray]:
+            def split(a: np.ndarray, tr: np.ndarray, sp: np.ndarray = sp, near: np.ndarray = near
+                      ) -> list[np.ndarray]:
                 v = angle_speed(a)
-                return [v[sp], v[~sp], v[near], a.std(0)[None]]
+                return [v[sp], v[~sp], v[near], a.std(0)[None], tr.std(0)[None]]
 
-            self.real[name] = split(ang)
+            self.real[name] = split(ang, trans)
             frames, win = np.arange(len(labels)), phoneme_windows(labels)
-            activity, onset = speech_activity(win)
             for seed in MOTION_SEEDS:
-                for tempo in GAIN_GRID[0]:
-                    slow, mod = (np.degrees(p[:, :3].astype(np.float64))
-                                 for p in IdleMotion(seed=seed, tempo=float(tempo)).head_parts(frames))
-                    for g in [m for m in self.grid + [SPEECH_INDEPENDENT] if m[0] == tempo]:
-                        gain = g[1] + (g[2] - g[1]) * activity + g[3] * onset
-                        parts = split(slow + gain[:, None] * mod)
-                        acc = self.gen.setdefault(g, {}).get(name)
-                        self.gen[g][name] = parts if acc is None else \
+                before = _old_motion(seed, labels)
+                old = split(np.degrees(before[:, :3]), before[:, 3:6])
+                acc = self.old.get(name)
+                self.old[name] = old if acc is None else [np.concatenate([x, y]) for x, y in zip(acc, old, strict=True)]
+                for r in rates:
+                    pose = IdleMotion(seed=seed, rates=r).poses(frames, win).astype(np.float64)
+                    base = split(np.degrees(pose[:, :3]), pose[:, 3:6])
+                    for g in AMP_GRID:
+                        parts = [base[0] * g, base[1] * g, base[2] * g, base[3] * g, base[4]]
+                        key = (*r, float(g))
+                        acc = self.gen.setdefault(key, {}).get(name)
+                        self.gen[key][name] = parts if acc is None else \
                             [np.concatenate([x, y]) for x, y in zip(acc, parts, strict=True)]
 
     @staticmethod
     def stats(per_clip: list[list[np.ndarray]]) -> dict[str, float]:
         """Pooled median speed in speech and silence (°/s), their ratio, the mean speed near phrase onsets
-        (3 frames before to 1 after) over the speech median, and the mean per-clip spread (std, °) of pitch, yaw
-        and roll."""
-        sp, si, near, spread = (np.concatenate([c[k] for c in per_clip]) for k in range(4))
+        (3 frames before to 1 after) over the speech median, and the mean per-clip spread (std) of pitch, yaw
+        and roll (°) and of the 3DMM translation x, y, z."""
+        sp, si, near, spread, trans = (np.concatenate([c[k] for c in per_clip]) for k in range(5))
         out = {"speech_deg_s": float(np.median(sp)), "silence_deg_s": float(np.median(si)) if si.size else np.nan}
         out["speech_over_silence"] = out["speech_deg_s"] / out["silence_deg_s"]
         out["onset_over_speech"] = float(np.mean(near)) / out["speech_deg_s"] if near.size else np.nan
         for k, v in zip(("pitch", "yaw", "roll"), spread.mean(0), strict=True):
             out[f"{k}_std_deg"] = float(v)
+        for k, v in zip("xyz", trans.mean(0), strict=True):
+            out[f"trans_{k}_std"] = float(v)
         return out
 
+    def clip_stats(self, key: Motion | None, clip: str) -> dict[str, float]:
+        """``stats`` of one clip, real (key None) or generated; cached (the leave-one-out fits reuse them)."""
+        cache = self.__dict__.setdefault("_stats", {})
+        if (key, clip) not in cache:
+            cache[key, clip] = self.stats([self.real[clip] if key is None else self.gen[key][clip]])
+        return cache[key, clip]
+
     def fit(self, clips: list[str]) -> Motion:
-        """The (tempo, gains) whose generated motion best matches these clips' pooled real speed in speech, in
-        silence and near onsets and their angles' spread (sum of squared log ratios; the spread's averaged over
-        the three angles)."""
-        target = self.stats([self.real[c] for c in clips])
-        keys = ("speech_deg_s", "silence_deg_s", "onset_over_speech")
+        """The (rates, angle gain) whose generated motion best matches these clips' real speed in speech, in
+        silence and near onsets and their angles' spread, as the median over the clips of each clip's figure
+        (the clips differ widely: one pool is dominated by the long ones); error: sum of squared log ratios,
+        the spread's averaged over the three angles."""
+        keys = ("speech_deg_s", "silence_deg_s", "onset_over_speech", "speech_over_silence")
         spread = ("pitch_std_deg", "yaw_std_deg", "roll_std_deg")
 
+        def med(key: Motion | None) -> dict[str, float]:
+            per = [self.clip_stats(key, c) for c in clips]
+            return {k: float(np.nanmedian([p[k] for p in per])) for k in keys + spread}
+
+        target = med(None)
+
         def err(g: Motion) -> float:
-            st = self.stats([self.gen[g][c] for c in clips])
+            st = med(g)
             return float(sum(np.log(st[k] / target[k]) ** 2 for k in keys)
                          + np.mean([np.log(st[k] / target[k]) ** 2 for k in spread]))
 
@@ -568,40 +615,40 @@ class SpeakerSpeeds:
 
 def speech_driven_motion() -> dict:
     """How the sample speakers' head speed follows speech, and the generated motion's, leave-one-clip-out:
-    tempo and gains are fitted on 7 clips and the 8th clip's labels drive the motion scored against its real one."""
-    from engine.motion import HEAD_TEMPO, SPEECH_GAIN
+    the head clock's rates and the angle gain are fitted on 7 clips and the 8th clip's labels drive the motion
+    scored against its real one. Also the shipped motion (engine.motion.HEAD_RATE, fitted on all 8) and the
+    amplitude-gain generator it replaced, on every clip."""
+    from engine.motion import HEAD_RATE
 
     data = SpeakerSpeeds()
     names = sorted(data.real)
+    shipped: Motion = (*HEAD_RATE, 1.0)
     per_clip = {}
     for name in names:
         fitted = data.fit([c for c in names if c != name])
         r, g = data.stats([data.real[name]]), data.stats([data.gen[fitted][name]])
+        s, o = data.stats([data.gen[shipped][name]]), data.stats([data.old[name]])
         u = data.stats([data.gen[SPEECH_INDEPENDENT][name]])
-        per_clip[name] = {"tempo_gains_fitted_without": fitted, "real": r, "generated": g, "speech_independent": u}
-        print(f"  {name:22s} fitted {fitted}  speech/silence speed real {r['speech_over_silence']:.2f} "
-              f"generated {g['speech_over_silence']:.2f} (speech-independent {u['speech_over_silence']:.2f}); "
-              f"°/s speech {r['speech_deg_s']:.1f}/{g['speech_deg_s']:.1f}/{u['speech_deg_s']:.1f}, silence "
-              f"{r['silence_deg_s']:.1f}/{g['silence_deg_s']:.1f}/{u['silence_deg_s']:.1f}; onset surge "
-              f"{r['onset_over_speech']:.2f}/{g['onset_over_speech']:.2f}/{u['onset_over_speech']:.2f}; yaw std "
-              f"{r['yaw_std_deg']:.1f}/{g['yaw_std_deg']:.1f}/{u['yaw_std_deg']:.1f}", flush=True)
+        per_clip[name] = {"rates_gain_fitted_without": fitted, "real": r, "generated": g, "shipped": s,
+                          "before": o, "speech_independent": u}
+        print(f"  {name:22s} fitted {fitted}  speech/silence speed real {r['speech_over_silence']:.2f} held-out "
+              f"{g['speech_over_silence']:.2f} shipped {s['speech_over_silence']:.2f} before "
+              f"{o['speech_over_silence']:.2f}; °/s speech {r['speech_deg_s']:.1f}/{g['speech_deg_s']:.1f}/"
+              f"{o['speech_deg_s']:.1f}, silence {r['silence_deg_s']:.1f}/{g['silence_deg_s']:.1f}/"
+              f"{o['silence_deg_s']:.1f}; onset surge {r['onset_over_speech']:.2f}/{g['onset_over_speech']:.2f}/"
+              f"{o['onset_over_speech']:.2f}; yaw std {r['yaw_std_deg']:.1f}/{g['yaw_std_deg']:.1f}/"
+              f"{o['yaw_std_deg']:.1f}", flush=True)
     keys = ("speech_over_silence", "speech_deg_s", "silence_deg_s", "onset_over_speech", "pitch_std_deg",
-            "yaw_std_deg", "roll_std_deg")
-    out = {"per_clip": per_clip, "shipped": [HEAD_TEMPO, *SPEECH_GAIN], "fitted_on_all": list(data.fit(names)),
+            "yaw_std_deg", "roll_std_deg", "trans_x_std", "trans_y_std", "trans_z_std")
+    whos = ("real", "generated", "shipped", "before", "speech_independent")
+    out = {"per_clip": per_clip, "shipped": list(shipped), "fitted_on_all": list(data.fit(names)),
+           "before": OLD_MOTION, "generated_means": "leave-one-clip-out: rates and angle gain fitted without the clip",
            "median_over_clips": {w: {k: float(np.nanmedian([c[w][k] for c in per_clip.values()])) for k in keys}
-                                 for w in ("real", "generated", "speech_independent")}}
+                                 for w in whos}}
     m = out["median_over_clips"]
-    print(f"head motion, median over the 8 held-out clips (real / generated / speech-independent): speech/silence "
-          f"speed {m['real']['speech_over_silence']:.2f} / {m['generated']['speech_over_silence']:.2f} / "
-          f"{m['speech_independent']['speech_over_silence']:.2f}; speech "
-          f"{m['real']['speech_deg_s']:.1f} / {m['generated']['speech_deg_s']:.1f} / "
-          f"{m['speech_independent']['speech_deg_s']:.1f} °/s; silence {m['real']['silence_deg_s']:.1f} / "
-          f"{m['generated']['silence_deg_s']:.1f} / {m['speech_independent']['silence_deg_s']:.1f} °/s; onset surge "
-          f"{m['real']['onset_over_speech']:.2f} / {m['generated']['onset_over_speech']:.2f} / "
-          f"{m['speech_independent']['onset_over_speech']:.2f}; std pitch/yaw/roll "
-          + " / ".join(f"{m[w]['pitch_std_deg']:.1f},{m[w]['yaw_std_deg']:.1f},{m[w]['roll_std_deg']:.1f}"
-                       for w in ("real", "generated", "speech_independent"))
-          + f" °; fitted on all clips {out['fitted_on_all']} (shipped {out['shipped']})", flush=True)
+    print("head motion, median over the 8 clips (real / held-out fit / shipped / before / speech-independent): "
+          + "; ".join(f"{k} " + " / ".join(f"{m[w][k]:.2f}" for w in whos) for k in keys[:7])
+          + f"; fitted on all clips {out['fitted_on_all']} (shipped {out['shipped']})", flush=True)
     return out
 
 

@@ -2,9 +2,9 @@
 
 StyleTalk drives the mouth and brows from phonemes; the head pose and the eyelids are left to us, and a face
 whose head and lids never move looks frozen. A person blinks every 2-6 s (about 200 ms per blink) and moves
-the head, more while talking than in pauses. Both are generated here per frame index from a seeded schedule,
-the head's speed scaled by the speech in the frame's own phoneme window (the labels a session already has), so:
-- the same frame always gets the same value (a re-rendered or rewound frame does not jump),
+the head, faster while talking than in pauses. Both are generated here per frame index from a seeded schedule,
+the head's speed set by the speech in each frame's own phoneme window (the labels a session already has), so:
+- the same frame always gets the same value within a session (a re-rendered or rewound frame does not jump),
 - nothing depends on wall time (no jitter when the machine is busy),
 - tests can predict exactly which frames blink and how the head moves.
 
@@ -29,69 +29,97 @@ _PROFILE = np.array([0.35, 0.75, 1.0, 1.0, 0.7, 0.35, 0.1], np.float32)
 # Head motion of the sample speakers (data/styletalk-samples, all 25 .mat files; benchmarks/renderer.py
 # `head_motion` re-measures it): per-clip standard deviation of the 9 pose parameters, averaged over clips —
 # angles (pitch, yaw, roll; here in radians from 2.99°, 4.60°, 2.89°), 3DMM translation, crop scale/tx/ty — and
-# how the angle power spreads over frequency bands (pooled spectrum of the 8 source clips; generated at
-# HEAD_TEMPO times these frequencies). These amplitudes hold at unit gain; the speech gain below scales the bands
-# from FAST_FROM_HZ (48 % of the variance), so a silent head moves about 0.7x as far as the speakers' and a
-# talking one about 0.95x.
+# how the angle power spreads over frequency bands (pooled spectrum of the 8 source clips). The motion is a fixed
+# path through these (a sum of sinusoids); speech sets how fast the head travels along it (HEAD_RATE), so the
+# spread holds whatever the speech and only the speed follows it.
 HEAD_STD = np.array([np.radians(2.99), np.radians(4.60), np.radians(2.89), 0.012, 0.016, 0.149, 0.029, 10.13, 6.54],
                     np.float64)
 # The crop shift (tx, ty) is generated at 0.6 of the speakers' spread: their crops also follow camera motion,
 # and a single-photo warp can only uncover as much background beside the face as the photo has
 # (models/warp/config.py head_max_shift, head_room_factor).
-HEAD_GAIN = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])
+# The angles at 0.8: the fit below (angle spread of the 8 labelled clips, the median clip's) asks for 0.8 of the
+# 25-clip mean.
+HEAD_GAIN = np.array([0.8, 0.8, 0.8, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])
 HEAD_BANDS_HZ = ((0.08, 0.25), (0.25, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 4.0))
 HEAD_BAND_SHARE = np.array([0.52, 0.26, 0.15, 0.05, 0.02])
-# Gain of the bands from FAST_FROM_HZ in silence, in speech and at a phrase onset, and a scale of all band
-# frequencies (HEAD_TEMPO: the measured spectrum's fast bands hold part of the 3DMM fits' frame-to-frame jitter,
-# which a generated head turned into real, too fast, motion), fitted together on a grid (benchmarks/renderer.py
-# speech_driven_motion) to the 8 labelled source clips: median head speed 7-15 °/s while speaking and 4-8 in pauses
-# on 7 of them (KristiNoem: 4 and 13), highest around phrase onsets, and the clips' angle spread. At unit gain and
-# tempo the generated head moved ~18 °/s, talking or not.
-SPEECH_GAIN = (0.0, 0.9, 0.5)
-HEAD_TEMPO = 0.5
-FAST_FROM_HZ = 0.25
-_HANN = np.hanning(13)[1:-1] / np.hanning(13)[1:-1].sum()  # (11,) weights of a phoneme window
+# The head's clock: seconds of motion (along the path above) per second, in silence, in speech, and added at a
+# phrase onset (per frame from :func:`head_rates`). Fitted on a grid (benchmarks/renderer.py
+# speech_driven_motion) to the 8 labelled source clips: the median clip's head speed in speech and in pauses,
+# their ratio, the speed around phrase onsets and the angle spread; leave-one-clip-out there, the held-out
+# clips' median speech/pause speed ratio is 1.61 (real 1.52; the amplitude-gain motion this replaced: 1.20).
+# Rates below 1 also slow the measured spectrum, whose fast bands hold part of the 3DMM fits' frame-to-frame
+# jitter (at rate 1 the head moved ~18 °/s, talking or not; the speakers ~5-6 in pauses and ~10 talking).
+HEAD_RATE = (0.3, 0.6, 2.0)
+HEAD_RATE_WIDTH = 2
+HEAD_ONSET_WIDTH = 3
 
 
-def speech_activity(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _hann(width: int) -> np.ndarray:
+    """(2·width + 1,) Hann weights summing to 1 (width 0: the frame's own label)."""
+    w = np.hanning(2 * width + 3)[1:-1]
+    return w / w.sum()
+
+
+CLOCK_MEMORY = 30 * 60 * 10  # frames of head clock a session keeps (10 min at 30 fps) for re-rendered frames
+
+
+def speech_activity(windows: np.ndarray, width: int = WINDOW_LENGTH // 2, onset_width: int = WINDOW_LENGTH // 2
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Per frame, from its phoneme window (N, 11) (the frame's label in the middle, 5 before and 5 after):
-    ``activity`` (N,) in [0, 1], the Hann-weighted share of speech labels (not SIL/NSN), and ``onset`` (N,) in
-    [0, 1], large where the window's past is silent and its future speech (a phrase starts within ±5 frames).
-
-    Both change by at most a fraction per frame (the window slides by one label), so motion driven by them
-    stays smooth; both depend only on the frame's own window, so a frame renders the same whenever it is
-    rendered.
+    ``activity`` (N,) in [0, 1], the Hann-weighted share of speech labels (not SIL/NSN) within ±``width``
+    frames, and ``onset`` (N,) in [0, 1], large where the window's past ``onset_width`` frames are silent and its
+    next ``onset_width`` frames speech (a phrase starts within ±onset_width frames). Both depend only on the
+    frame's own window.
     """
     w = np.asarray(windows)
     if w.ndim != 2 or w.shape[1] != WINDOW_LENGTH:
         raise ValueError(f"phoneme windows must be (N, {WINDOW_LENGTH}), got {w.shape}")
     speech = ~np.isin(w, (SIL, NSN))
-    activity = speech @ _HANN
     half = WINDOW_LENGTH // 2
-    onset = speech[:, half + 1:].mean(1) * (1.0 - speech[:, :half].mean(1))
+    activity = speech[:, half - width:half + width + 1] @ _hann(width)
+    onset = speech[:, half + 1:half + 1 + onset_width].mean(1) * (1.0 - speech[:, half - onset_width:half].mean(1))
     return activity.astype(np.float64), onset.astype(np.float64)
+
+
+def head_rates(windows: np.ndarray | None, n: int, rates: tuple[float, float, float] = HEAD_RATE) -> np.ndarray:
+    """Per frame the head clock's rate (N,) (seconds of motion per second) from the frames' phoneme windows
+    (N, 11): ``rates`` = (silence, speech, added at a phrase onset); None = silence. The speech share is taken
+    over ±``HEAD_RATE_WIDTH`` frames: the clock can change its rate from one frame to the next without a jump in
+    the pose, and a wider share ran pause frames next to speech at nearly the speech rate."""
+    r_sil, r_speech, r_onset = rates
+    if windows is None:
+        return np.full(n, r_sil)
+    activity, onset = speech_activity(windows, HEAD_RATE_WIDTH, HEAD_ONSET_WIDTH)
+    return r_sil + (r_speech - r_sil) * activity + r_onset * onset
 
 
 class IdleMotion:
     """Blink schedule and head motion for one session (deterministic in the frame index and its phonemes).
 
     ``head`` scales a natural head motion whose spread (per pose parameter) and rhythm (power per frequency
-    band) match the sample speakers' (1.0 = theirs; 0 = a still head): a sum of one sinusoid per band and
-    parameter, with seeded frequencies (``tempo`` times the band's) and phases. The bands from
-    ``FAST_FROM_HZ``, which carry most of the angular speed, are scaled per frame by the speech around it
-    (:func:`speech_activity`): ``SPEECH_GAIN`` = (silence, speech, phrase onset), so the head moves faster while
-    talking and most at the start of a phrase, as the sample speakers' do (benchmarks/renderer.py
-    ``speech_driven_motion`` fits and scores it leave-one-clip-out). Without phoneme windows a frame counts as
-    silence. ``sway`` adds the older slow sinusoidal sway of the angles.
+    band) match the sample speakers' (1.0 = theirs; 0 = a still head): a fixed path, a sum of one sinusoid per
+    band and parameter with seeded frequencies and phases, travelled at a speed the speech sets. The head has
+    its own clock: each frame advances it by ``rates`` (silence, speech, phrase onset; :func:`head_rates`) over
+    one frame period, so the head moves faster while talking and most at the start of a phrase, as the sample
+    speakers' do (benchmarks/renderer.py ``speech_driven_motion`` fits and scores it leave-one-clip-out), and
+    its spread is the same talking or not. A faster clock only speeds the travel along the path: no pose jumps
+    when speech starts or stops (an amplitude gain on the fast bands did: the gain's own change moved the head
+    at each pause's edges, and the pauses came out nearly as lively as the speech).
+
+    The clock integrates over the frames, so a session's poses depend on its frames in the order it asks for
+    them: each frame's clock is kept (``CLOCK_MEMORY`` frames), and a frame asked for again (re-rendered,
+    rewound) gets the same pose. Frames skipped between two requests advance the clock at the later frame's
+    rate; frames before the first request count as silence. Without phoneme windows every frame is silence and
+    the pose is a pure function of the frame index. ``sway`` adds the older slow sinusoidal sway of the angles.
     """
 
     def __init__(self, seed: int = 0, min_gap_s: float = 2.0, max_gap_s: float = 6.0, fps: int = 30,
                  sway: float = 0.0, base_pose: np.ndarray | None = None, head: float = 1.0,
-                 speech_gain: tuple[float, float, float] | None = None, tempo: float = HEAD_TEMPO) -> None:
+                 rates: tuple[float, float, float] | None = None) -> None:
         self.fps = fps
         self.sway = float(sway)
         self.head = float(head)
-        self.speech_gain = SPEECH_GAIN if speech_gain is None else tuple(float(g) for g in speech_gain)
+        self.rates = HEAD_RATE if rates is None else (float(rates[0]), float(rates[1]), float(rates[2]))
         self.base_pose = np.zeros(9, np.float32) if base_pose is None else np.asarray(base_pose, np.float32)
         rng = np.random.default_rng(seed)
         self._min_gap = int(min_gap_s * fps)
@@ -100,11 +128,13 @@ class IdleMotion:
         self._starts: list[int] = [int(1.0 * fps)]  # first blink ~1 s in; later ones drawn on demand
         self._phase = rng.uniform(0, 2 * np.pi, size=3)
         head_rng = np.random.default_rng([seed, 1])  # its own stream: the blink schedule stays as it was
-        self._freq = tempo * np.stack([head_rng.uniform(lo, hi, size=9) for lo, hi in HEAD_BANDS_HZ])  # (bands, 9)
+        self._freq = np.stack([head_rng.uniform(lo, hi, size=9) for lo, hi in HEAD_BANDS_HZ])  # (bands, 9)
         self._head_phase = head_rng.uniform(0, 2 * np.pi, size=self._freq.shape)
         # amplitude per band: a sinusoid of amplitude a has variance a²/2
         self._amp = np.sqrt(2.0 * HEAD_BAND_SHARE / HEAD_BAND_SHARE.sum())[:, None] * (HEAD_STD * HEAD_GAIN)[None, :]
-        self._fast = np.array([lo >= FAST_FROM_HZ for lo, _ in HEAD_BANDS_HZ])
+        self._clock: dict[int, float] = {}  # frame index → head clock (s of motion) of the frames seen
+        self._last = -1  # newest frame with a clock ...
+        self._next = 0.0  # ... and the clock of the frame after it (its own rate applied)
 
     def _starts_until(self, frame: int) -> list[int]:
         while self._starts[-1] <= frame:
@@ -127,12 +157,42 @@ class IdleMotion:
         out[inside] = _PROFILE[offset[inside]]
         return out
 
-    def head_parts(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The head motion's two parts (N, 9) at unit gain: the slow drift (bands below ``FAST_FROM_HZ``) and
-        the bands the speech modulates."""
-        t = np.asarray(frames, np.float64)[:, None, None] / self.fps  # (N, 1, 1)
-        wave = np.sin(2 * np.pi * self._freq[None] * t + self._head_phase[None]) * self._amp[None]  # (N, bands, 9)
-        return wave[:, ~self._fast].sum(1), wave[:, self._fast].sum(1)
+    def head_path(self, clock: np.ndarray) -> np.ndarray:
+        """The head motion (N, 9) at unit gain at clock times (N,) (seconds of motion)."""
+        t = np.asarray(clock, np.float64)[:, None, None]  # (N, 1, 1)
+        return (np.sin(2 * np.pi * self._freq[None] * t + self._head_phase[None]) * self._amp[None]).sum(1)
+
+    def head_clock(self, frames: np.ndarray, rates: np.ndarray) -> np.ndarray:
+        """The head clock (N,) at frames (N,) whose own rates are ``rates`` (N,): a frame's clock is the previous
+        frame's plus that frame's rate over one frame period (frames before the first request: silence)."""
+        frames = np.asarray(frames, np.int64)
+        rates = np.asarray(rates, np.float64)
+        n, dt = frames.shape[0], 1.0 / self.fps
+        if n and frames[0] > self._last and np.all(np.diff(frames) == 1):  # the usual case: the next frames
+            start = frames[0] * self.rates[0] * dt if self._last < 0 else \
+                self._next + (frames[0] - self._last - 1) * rates[0] * dt
+            out = start + np.concatenate([[0.0], np.cumsum(rates[:-1])]) * dt
+            self._clock.update(zip(frames.tolist(), out.tolist(), strict=True))
+            self._last, self._next = int(frames[-1]), float(out[-1] + rates[-1] * dt)
+        else:
+            out = np.empty(n)
+            for i, (f, r) in enumerate(zip(frames.tolist(), rates.tolist(), strict=True)):
+                c = self._clock.get(f)
+                if c is None:
+                    if self._last < 0:
+                        c = f * self.rates[0] * dt
+                    elif f > self._last:
+                        c = self._next + (f - self._last - 1) * r * dt
+                    else:  # a frame older than those seen, or one skipped before: from its nearest known one
+                        k = min(self._clock, key=lambda j: abs(j - f))
+                        c = self._clock[k] + (f - k) * r * dt
+                    self._clock[f] = c
+                    if f > self._last:
+                        self._last, self._next = f, c + r * dt
+                out[i] = c
+        if len(self._clock) > 2 * CLOCK_MEMORY:
+            self._clock = {f: c for f, c in self._clock.items() if f > self._last - CLOCK_MEMORY}
+        return out
 
     def poses(self, frames: np.ndarray, windows: np.ndarray | None = None) -> np.ndarray:
         """Head pose ``(N, 9)`` per frame: the base pose plus the natural head motion (and sway).
@@ -143,14 +203,11 @@ class IdleMotion:
         frames = np.asarray(frames, np.float64)
         pose = np.repeat(self.base_pose[None], frames.shape[0], axis=0).astype(np.float64)
         if self.head:
-            slow, modulated = self.head_parts(frames)
-            g_sil, g_speech, g_onset = self.speech_gain
-            if windows is None:
-                gain = np.full(frames.shape[0], g_sil)
+            if windows is None:  # silence: a pure function of the frame index (no clock kept)
+                clock = frames * (self.rates[0] / self.fps)
             else:
-                activity, onset = speech_activity(windows)
-                gain = g_sil + (g_speech - g_sil) * activity + g_onset * onset  # (N,)
-            pose += self.head * (slow + gain[:, None] * modulated)
+                clock = self.head_clock(frames.astype(np.int64), head_rates(windows, frames.shape[0], self.rates))
+            pose += self.head * self.head_path(clock)
         if self.sway:
             t = frames / self.fps
             periods = np.array([7.3, 9.1, 11.7])

@@ -147,9 +147,9 @@ def test_natural_head_motion_matches_the_sample_speakers() -> None:
 
 
 def test_the_head_moves_faster_while_speaking(samples_dir: Path) -> None:
-    """Head speed follows speech (engine.motion.SPEECH_GAIN): a sentence between pauses moves the head faster
-    than the pauses, most around the phrase onset, and each frame's pose depends only on its index and its own
-    phoneme window (a job of a few frames gets the same poses as the whole clip)."""
+    """Head speed follows speech (engine.motion.HEAD_RATE, the head clock): a sentence between pauses moves the
+    head faster than the pauses, most around the phrase onset; a session's poses are the same whether its frames
+    come in one job or in jobs of a few frames, and a frame asked for again gets the same pose."""
     import json
 
     from benchmarks.renderer import angle_speed
@@ -169,9 +169,37 @@ def test_the_head_moves_faster_while_speaking(samples_dir: Path) -> None:
         talking, quiet = np.median(v[165:435]), np.median(np.r_[v[:135], v[465:]])
         assert talking > 1.3 * quiet, (seed, talking, quiet)  # 1.0 when the speed ignored speech
         assert v[145:155].mean() > talking, (seed, v[145:155].mean(), talking)  # the phrase onset
-        np.testing.assert_array_equal(pose[140:147], IdleMotion(seed=seed).poses(frames[140:147], windows[140:147]))
+        jobs = IdleMotion(seed=seed)
+        in_jobs = np.concatenate([jobs.poses(frames[i:i + 3], windows[i:i + 3]) for i in range(0, len(frames), 3)])
+        np.testing.assert_array_equal(in_jobs, pose)
+        np.testing.assert_array_equal(jobs.poses(frames[140:147], windows[140:147]), pose[140:147])  # rewound
         silent = phoneme_windows(np.full(len(labels), SIL))
-        np.testing.assert_array_equal(motion.poses(frames[:50]), motion.poses(frames[:50], silent[:50]))
+        np.testing.assert_array_equal(IdleMotion(seed=seed).poses(frames[:50]),
+                                      IdleMotion(seed=seed).poses(frames[:50], silent[:50]))
+
+
+def test_short_pauses_are_calmer_than_speech_and_long_ones_not_frozen(samples_dir: Path) -> None:
+    """The speakers' heads move ~1.5x faster in speech than in pauses, short or long (benchmarks/renderer.py
+    speech_driven_motion). A speech gain on the motion's amplitude got neither: its own change at each pause's
+    edges moved the head, so 12-frame pauses were as lively as speech (ratio 0.8-1.0), and a 30-frame pause
+    nearly froze (ratio 2.7-4.1). The head clock keeps the ratio near its rates' whatever the pause length."""
+    import json
+
+    from benchmarks.renderer import angle_speed, speaking_mask
+    from models.phonemes import SIL, phoneme_windows
+
+    seq = samples_dir / "source" / "phoneme" / "andrew_clip_2_seq.json"
+    if not seq.is_file():
+        pytest.skip(f"{seq} not found")
+    words = np.asarray(json.loads(seq.read_text()), np.int64)
+    words = words[words != SIL]
+    for pause in (12, 30):
+        labels = np.concatenate([np.r_[words[i * 45:(i + 1) * 45], np.full(pause, SIL)] for i in range(12)])
+        talking, windows = speaking_mask(labels), phoneme_windows(labels)
+        v = np.concatenate([angle_speed(np.degrees(IdleMotion(seed=seed).poses(np.arange(len(labels)), windows)
+                                                   [:, :3].astype(np.float64))) for seed in range(4)])
+        ratio = np.median(v[np.tile(talking, 4)]) / np.median(v[~np.tile(talking, 4)])
+        assert 1.15 < ratio < 2.2, (pause, ratio)
 
 
 @pytest.mark.parametrize("size", [256, 512])

@@ -386,18 +386,19 @@ def to_box(avatar: WarpAvatar, group: BoxGroup, fields: torch.Tensor, move: Move
         q = group.still_box.unsqueeze(1).expand(-1, n, -1, -1)
     else:
         lin, off, lin_inv = move
-        # the lattice centres' shift per frame (R, N, 2): one host read for all boxes and frames
-        moved = (lin.unsqueeze(0) @ group.centre[:, None, :, None]).squeeze(-1) + off  # (R, N, 2)
-        d = (moved - group.home[:, None]).round().tolist()
-        origins = [tuple((min(max(y0 + int(dy), 0), size - group.bh), min(max(x0 + int(dx), 0), size - group.bw))
-                         for dx, dy in dr) for y0, x0, dr in zip(group.y0, group.x0, d, strict=True)]
-        # pixel → face frame before head motion → lattice: (S·lin⁻¹) p + S·lin⁻¹(Δ − off) + o
-        k = lin_inv.unsqueeze(0) * group.scale[:, None, :, None]  # (R, N, 2, 2)
+        # the lattice centres' shift per frame (N, R, 2): one host read for all boxes and frames
+        d = (torch.matmul(group.centre, lin.transpose(1, 2)) + (off.unsqueeze(1) - group.home)).round_().tolist()
+        origins = [tuple((min(max(y0 + int(df[i][1]), 0), size - group.bh),
+                          min(max(x0 + int(df[i][0]), 0), size - group.bw)) for df in d)
+                   for i, (y0, x0) in enumerate(zip(group.y0, group.x0, strict=True))]
+        # pixel p of the box placed at Δ from home → face frame before head motion → lattice:
+        # S·lin⁻¹ (p + Δ − off) + o, with the box's pixels shifted first (one pass over them saves a dozen ops
+        # on the tiny per-frame matrices, which cost more)
         delta = lin.new_tensor([[[float(x - x0), float(y - y0)] for y, x in orr]
                                 for orr, y0, x0 in zip(origins, group.y0, group.x0, strict=True)])  # (R, N, 2)
-        bias = (k @ (delta.unsqueeze(-1) - off[None, :, :, None])).squeeze(-1) + group.offset[:, None]
-        box_px = group.box_px.unsqueeze(1).expand(-1, n, -1, -1).reshape(r * n, -1, 2)
-        q = torch.baddbmm(bias.reshape(r * n, 1, 2), box_px, k.reshape(r * n, 2, 2).transpose(1, 2))
+        box_px = (group.box_px.unsqueeze(1) + (delta - off).unsqueeze(2)).reshape(r * n, -1, 2)  # (R·N, P, 2)
+        k_t = (lin_inv.transpose(1, 2).unsqueeze(0) * group.scale[:, None, None, :]).reshape(r * n, 2, 2)
+        q = torch.baddbmm(group.offset.repeat_interleave(n, 0).unsqueeze(1), box_px, k_t)
     out = F.grid_sample(fields, q.reshape(r * n, group.bh, group.bw, 2), mode="bilinear", padding_mode="zeros",
                         align_corners=True)
     return origins, out

@@ -16,7 +16,7 @@ from models.warp.avatar import (
     WarpAvatar,
     box_runs,
     head_falloff,
-    head_mask_at,
+    head_radius,
     lattice_sources,
     prepare_avatar,
     to_box,
@@ -247,10 +247,11 @@ class WarpCore(torch.nn.Module):
             # uncovers what lay right of the face (beyond that the band folds or samples outside the photo)
             left, right = (max(cfg.head_max_shift_min, r / cfg.head_room_factor) for r in avatar.side_room)
             shift_img = torch.stack([shift_img[:, 0].clamp(-right, left), shift_img[:, 1]], 1)
-            shift = affine2(shift_img, A.T / avatar.iod_px)  # image axes → face frame (R^T · shift)
+            # A is a similarity (A·Aᵀ = iod²·I): the shift in pixels is iod · shift, and lin⁻¹ = rotᵀ·Aᵀ/(s·iod²)
+            # in closed form (a batched LU inverse of 2×2 matrices cost more than the rest of this block)
             lin = A @ (rot * scale[:, None, None])
-            off = affine2(shift, A) + t
-            move = (lin, off, torch.linalg.inv(lin))
+            off = shift_img * avatar.iod_px + t
+            move = (lin, off, rot.transpose(1, 2) @ (A.T / avatar.iod_px**2) / scale[:, None, None])
 
         # ---- spline: target control points → source control points (backward map), normalised coordinates.
         # It is fitted for the still head only: head motion is composed rigidly after it (below), so a large
@@ -276,8 +277,9 @@ class WarpCore(torch.nn.Module):
             reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
             rmin = min(avatar.head_ellipse[2], avatar.head_ellipse[3])
             outer = torch.clamp(1.0 + cfg.head_band_per_shift * reach / rmin, min=cfg.head_mask_outer).unsqueeze(1)
-            mask = torch.maximum(head_falloff(cfg, avatar.grid_face_r, outer),
-                                 head_mask_at(cfg, moved, avatar.head_ellipse, outer))  # (N, G*G)
+            # (the fall-off decreases with the radius: the larger of the two masks is the one at the smaller radius)
+            mask = head_falloff(cfg, torch.minimum(avatar.grid_face_r, head_radius(moved, avatar.head_ellipse)),
+                                outer)  # (N, G*G)
             # and the photo's edges stay put (avatar.edge_fade): a head moving away from an edge stretches the
             # background beside it rather than sampling beyond the photo (edge streaks)
             disp = disp * (mask * avatar.edge_fade).unsqueeze(1)
