@@ -375,7 +375,7 @@ def sheet(path: Path, names: list[str], mat_out: np.ndarray, per_method: dict, n
     canvas.paste(Image.fromarray(grid), (pad, 0))
     draw = ImageDraw.Draw(canvas)
     for k, text in enumerate(labels):
-        draw.text((4, k * cell + cell // 2 - 6), text, fill="black")
+        draw.text((4, k * cell + cell // 2 - 6), text.replace("×", "x"), fill="black")  # the default font has no ×
     canvas.save(path)
 
 

@@ -22,7 +22,8 @@ aligned shapes (linear, so it commutes with the solve).
 What 2-D landmarks cannot give: a person's face shape and their *average* expression move the same points.
 ``solve(..., neutral=...)`` takes rest frames of the same person and reads their rest face as the model's
 neutral expression (the clip becomes their deviation from rest); without it the sample population's average
-face stands in for theirs.
+face stands in for theirs. Over a whole clip :meth:`ExpressionInverse.solve_clip` models the face shape as an
+unknown constant of the clip, with a covariance learned from the sample speakers (the style-extraction solve).
 
 Shapes: landmarks (T, 68, 2) in pixels or any similarity-transformed frame (the alignment removes it);
 outputs exp (T, 64) float32, residual (T,) float32 in inter-ocular units (IOD, outer eye corners = 1).
@@ -45,8 +46,10 @@ INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
 REST_FRACTION = 0.1  # share of a clip's frames taken as its rest frames
 # A clip's solved average expression is pushed this far from the average over clips (see solve_clip: a posterior
 # mean is shrunk towards the population, whose own style code matches no real style). Leave-one-speaker-out on
-# the 25 sample clips (benchmarks/style_from_video.py): own-clip identification 36 / 44 / 48 / 52 % at 1 / 1.5 /
-# 2 / 2.5, decoded output closer to the .mat style's than the neutral style's 96-100 % throughout.
+# the 25 sample clips (benchmarks/style_from_video.py): own-clip identification 36 / 44 / 48 / 52 / 52 % at 1 / 1.5 /
+# 2 / 2.5 / 3 (48 % when the gain is itself chosen on the other speakers), decoded output closer to the .mat
+# style's than the neutral style's 96-100 % throughout. The error of the average grows with the gain (the
+# estimate overshoots), but the style code, not the average, is what the decoder uses.
 STATIC_GAIN = 2.5
 FRAMES_PER_SAMPLE = 5  # consecutive frames are correlated: a clip's average counts one sample per this many
 
