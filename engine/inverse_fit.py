@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from models.expression_inverse import (
     mouth_opening_from_exp,
     rest_frames,
     side_features,
+    smooth_time,
 )
 from models.styletalk import LOWER_FACE3D_INDICES, UPPER_FACE3D_INDICES
 
@@ -40,6 +42,9 @@ LAMBDA = 0.001  # the forward map's ridge λ (exp2lmk.md)
 # residual covariance shrunk this far towards its diagonal; leave-one-clip-out (lower r, upper r, mouth-opening r):
 # 1.0 (diagonal) 0.648/0.244/0.911, 0.5 0.658/0.261/0.915, 0.2 0.654/0.267/0.916, 0.05 0.644/0.274/0.914
 NOISE_SHRINK = 0.2
+# the face-shape covariance (solve_clip) comes from ~14 speakers' average shapes, so it is low-rank: this share of
+# its diagonal keeps other directions possible (leave-one-speaker-out identification 36 % at 0.05, 28 % at 0.2)
+SHAPE_SHRINK = 0.05
 HELDOUT_KEPT = ("KristiNoem", "sadgirl_clip1")  # variants fitted without these clips ship for honest tests
 
 
@@ -67,9 +72,15 @@ def sample_clips(cache: Path | None = None, data: Path | None = None) -> list[Fi
     return [FitClip(c.name, c.group, c.landmarks, c.coeff) for c in clips]
 
 
-def fit_params(clips: list[FitClip], exclude: str | None = None) -> InverseParams:
-    """The inverse's parameters fitted on ``clips`` minus ``exclude`` (mean shape, map, prior, noise, rest)."""
-    train = [c for c in clips if c.name != exclude]
+def shrink(cov: np.ndarray, share: float) -> np.ndarray:
+    """``cov`` with ``share`` of it replaced by its diagonal."""
+    return (1.0 - share) * cov + share * np.diag(np.diag(cov))
+
+
+def fit_params(clips: list[FitClip], exclude: str | Collection[str] | None = None) -> InverseParams:
+    """The inverse's parameters fitted on ``clips`` minus ``exclude`` (one clip name or several: a speaker's)."""
+    skip = {exclude} if isinstance(exclude, str) else set(exclude or ())
+    train = [c for c in clips if c.name not in skip]
     frames_all = np.concatenate([c.landmarks[c.paired()[1]] for c in train])
     ref = procrustes_mean(frames_all)
     xs, ys, zs, yabs, rest_exp = [], [], [], [], []
@@ -91,11 +102,23 @@ def fit_params(clips: list[FitClip], exclude: str | None = None) -> InverseParam
     cov = np.cov(z, rowvar=False)
     # what the map does not explain in absolute (uncentred) offsets: landmark noise + people's face shapes
     resid = np.concatenate(yabs) - (z - mu) @ w
-    full = np.cov(resid, rowvar=False)
-    noise = (1.0 - NOISE_SHRINK) * full + NOISE_SHRINK * np.diag(np.diag(full))
+    noise = shrink(np.cov(resid, rowvar=False), NOISE_SHRINK)
+    # two-level statistics (ExpressionInverse.solve_clip): clip averages, and frames about their clip's average
+    x_clip = np.array([x.mean(0) for x in zs])  # (clips, K)
+    y_clip, y_motion = [], []
+    for y in yabs:
+        y = smooth_time(y, 1)  # as the solve sees it
+        y_clip.append(y.mean(0))
+        y_motion.append(y - y.mean(0))
+    shape = np.array(y_clip) - (x_clip - mu) @ w  # what the .mat averages leave unexplained: face shapes
+    x_motion = np.concatenate(xs)
+    motion_resid = np.concatenate(y_motion) - x_motion @ w
     return InverseParams(
         exp_weights=w[:64], side_weights=w[64:], mean_shape=ref, prior_mean=mu, prior_cov=cov,
         noise_cov=noise, neutral_exp=np.mean(rest_exp, axis=0),
+        clip_mean=x_clip.mean(0), clip_var=x_clip.var(0, ddof=1), shape_mean=shape.mean(0),
+        shape_cov=shrink(np.cov(shape, rowvar=False), SHAPE_SHRINK), motion_cov=np.cov(x_motion, rowvar=False),
+        motion_noise=shrink(np.cov(motion_resid, rowvar=False), NOISE_SHRINK),
     )
 
 

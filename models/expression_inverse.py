@@ -22,7 +22,8 @@ aligned shapes (linear, so it commutes with the solve).
 What 2-D landmarks cannot give: a person's face shape and their *average* expression move the same points.
 ``solve(..., neutral=...)`` takes rest frames of the same person and reads their rest face as the model's
 neutral expression (the clip becomes their deviation from rest); without it the sample population's average
-face stands in for theirs.
+face stands in for theirs. Over a whole clip :meth:`ExpressionInverse.solve_clip` models the face shape as an
+unknown constant of the clip, with a covariance learned from the sample speakers (the style-extraction solve).
 
 Shapes: landmarks (T, 68, 2) in pixels or any similarity-transformed frame (the alignment removes it);
 outputs exp (T, 64) float32, residual (T,) float32 in inter-ocular units (IOD, outer eye corners = 1).
@@ -43,6 +44,14 @@ STABLE = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)  # barely move wit
 EXP_DIM = 64
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
 REST_FRACTION = 0.1  # share of a clip's frames taken as its rest frames
+# A clip's solved average expression is pushed this far from the average over clips (see solve_clip: a posterior
+# mean is shrunk towards the population, whose own style code matches no real style). Leave-one-speaker-out on
+# the 25 sample clips (benchmarks/style_from_video.py): own-clip identification 36 / 44 / 48 / 52 / 52 % at 1 / 1.5 /
+# 2 / 2.5 / 3 (48 % when the gain is itself chosen on the other speakers), decoded output closer to the .mat
+# style's than the neutral style's 96-100 % throughout. The error of the average grows with the gain (the
+# estimate overshoots), but the style code, not the average, is what the decoder uses.
+STATIC_GAIN = 2.5
+FRAMES_PER_SAMPLE = 5  # consecutive frames are correlated: a clip's average counts one sample per this many
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,13 @@ class InverseParams:
     prior_cov: np.ndarray  # (64 + S, 64 + S) their covariance
     noise_cov: np.ndarray  # (136, 136) offset covariance the map leaves unexplained
     neutral_exp: np.ndarray  # (64,) the expression a rest face is read as (see exp_inverse.md)
+    # two-level model of a whole clip (solve_clip): the clip's average and its motion about that average
+    clip_mean: np.ndarray  # (64 + S,) mean over clips of a clip's average [exp, side features]
+    clip_var: np.ndarray  # (64 + S,) their variance over clips (diagonal prior: few speakers)
+    shape_mean: np.ndarray  # (136,) mean over clips of what a clip's average offsets leave unexplained ...
+    shape_cov: np.ndarray  # (136, 136) ... and its covariance: the person's face shape (+ landmark bias)
+    motion_cov: np.ndarray  # (64 + S, 64 + S) covariance of [exp, side] about each clip's own average
+    motion_noise: np.ndarray  # (136, 136) offset covariance about each clip's average left unexplained
 
     def __post_init__(self) -> None:
         k = EXP_DIM + self.side_weights.shape[0]
@@ -67,6 +83,12 @@ class InverseParams:
             "prior_cov": (self.prior_cov.shape, (k, k)),
             "noise_cov": (self.noise_cov.shape, (136, 136)),
             "neutral_exp": (self.neutral_exp.shape, (EXP_DIM,)),
+            "clip_mean": (self.clip_mean.shape, (k,)),
+            "clip_var": (self.clip_var.shape, (k,)),
+            "shape_mean": (self.shape_mean.shape, (136,)),
+            "shape_cov": (self.shape_cov.shape, (136, 136)),
+            "motion_cov": (self.motion_cov.shape, (k, k)),
+            "motion_noise": (self.motion_noise.shape, (136, 136)),
         }
         for name, (got, want) in shapes.items():
             if tuple(got) != want:
@@ -95,7 +117,8 @@ class InverseParams:
                 if full or f not in ("exp_weights", "mean_shape")}
 
 
-_FIELDS = ("exp_weights", "side_weights", "mean_shape", "prior_mean", "prior_cov", "noise_cov", "neutral_exp")
+_FIELDS = ("exp_weights", "side_weights", "mean_shape", "prior_mean", "prior_cov", "noise_cov", "neutral_exp",
+           "clip_mean", "clip_var", "shape_mean", "shape_cov", "motion_cov", "motion_noise")
 
 
 @dataclass(frozen=True)
@@ -196,6 +219,10 @@ class ExpressionInverse:
         self.post_cov = np.linalg.inv(post_prec)
         self._solve_matrix = noise_prec @ b.T @ self.post_cov  # (136, K)
         self._basis = b
+        # solve_clip: motion about the clip's average under the within-clip prior, (136, K)
+        mcov = params.motion_cov + 1e-6 * np.trace(params.motion_cov) / len(b) * np.eye(len(b))
+        self._motion_matrix = np.linalg.solve(b.T @ mcov @ b + params.motion_noise, b.T @ mcov)
+        self._clip_gain = b.T * params.clip_var  # (136, K): Σ_clip B (Σ_clip diagonal)
 
     @classmethod
     def from_assets(cls, map_path: str | Path | None = None, prior_path: str | Path | None = None,
@@ -240,3 +267,37 @@ class ExpressionInverse:
         rms = np.sqrt((resid.reshape(len(y), 68, 2) ** 2).sum(-1).mean(-1))
         return InverseResult(exp.astype(np.float32), rms.astype(np.float32), side.astype(np.float32),
                              aligned.astype(np.float32))
+
+    def solve_clip(self, landmarks: np.ndarray, smooth: int | None = None,
+                   static_gain: float = STATIC_GAIN) -> InverseResult:
+        """Expression per frame of a whole clip of one person (T, 68, 2), the style-extraction solve.
+
+        Why not :meth:`solve` frame by frame: a style code depends almost only on the clip's *average*
+        expression (the sample clips' .mat averages with the solved motion identify every clip; the solved
+        average with the .mat motion, 12 %), and a person's face shape is constant over the clip. So the clip
+        is solved at two levels:
+
+            mean offsets  ȳ = (x̄ − μ) B + s + n̄,  x̄ ~ N(clip_mean, diag clip_var),  s ~ N(shape_mean, shape_cov)
+            per frame     y_t − ȳ = (x_t − x̄) B + n_t,  x_t − x̄ ~ N(0, motion_cov),  n_t ~ N(0, motion_noise)
+
+        where ``s`` is what the sample speakers' average shapes leave unexplained by their .mat averages (their
+        face shapes, learned across people), so the part of ȳ that looks like a face-shape difference is not
+        read as expression. The posterior average is then pushed ``static_gain`` times as far from
+        ``clip_mean`` (a posterior mean is shrunk towards the average over clips, whose style code is unlike
+        every real style's; see :data:`STATIC_GAIN`). ``residual`` is the per-frame misfit about the average.
+        """
+        aligned, y = self.aligned_offsets(landmarks)
+        y = smooth_time(y, self.smooth if smooth is None else int(smooth))
+        p = self.params
+        b = self._basis
+        ybar = y.mean(0)
+        t_eff = max(1.0, len(y) / FRAMES_PER_SAMPLE)
+        cov_y = b.T @ self._clip_gain.T + p.shape_cov + p.motion_noise / t_eff  # (136, 136)
+        expected = p.shape_mean + (p.clip_mean - p.prior_mean) @ b
+        xbar_dev = np.linalg.solve(cov_y, ybar - expected) @ self._clip_gain  # (K,) x̄ − clip_mean
+        motion = (y - ybar) @ self._motion_matrix  # (T, K)
+        x = p.clip_mean + float(static_gain) * xbar_dev + motion
+        resid = (y - ybar) - motion @ b
+        rms = np.sqrt((resid.reshape(len(y), 68, 2) ** 2).sum(-1).mean(-1))
+        return InverseResult(x[:, :EXP_DIM].astype(np.float32), rms.astype(np.float32),
+                             x[:, EXP_DIM:].astype(np.float32), aligned.astype(np.float32))
