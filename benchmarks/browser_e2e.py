@@ -301,6 +301,7 @@ def analyse_speech(raw: dict[str, Any]) -> dict[str, Any]:
         "remote_tap_onsets": len(tapped),
         "mouth_events": len(motion_events(frames.t, frames.mouth)),
         "playout_skew_ms": playout_skew(raw.get("playout", [])),
+        "answer_extmaps": sorted(set(raw.get("extmaps", []))),
         "trials": trials,
         **frame_rate(frames, raw),
     }
@@ -488,6 +489,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         out["speech"] = analyse_speech(speech)
         out["speech"]["page_errors"] = speech["page_errors"] + speech["errors"]
         out["speech"]["server_engine"] = (speech.get("server_stats") or {}).get("engine")
+        out["speech"]["server_transport"] = (speech.get("server_stats") or {}).get("transport")
         silence = await drive_page(page_url, silent_wav, args.control_seconds, args.clicks, args.hints)
         out["silence"] = analyse_silence(silence)
         out["silence"]["page_errors"] = silence["page_errors"] + silence["errors"]
@@ -533,6 +535,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "audio_jitter_buffer_ms": sp["audio"].get("jitterBufferDelay_ms"),
         "audio_jitter_target_ms": sp["audio"].get("jitterBufferTargetDelay_ms"),
         "codec": video.get("codec"),
+        "server_mic_hold_ms": (sp.get("server_transport") or {}).get("mic_hold_ms"),
+        "playout_delay_negotiated": any("playout-delay" in x for x in sp.get("answer_extmaps", [])),
         "control": {k: data["silence"][k] for k in ("sent_onsets", "remote_onsets", "remote_tap_onsets", "mouth_events",
                                                       "control_seconds")},
         "speech_detections": {k: sp[k] for k in ("sent_onsets", "remote_onsets", "remote_tap_onsets", "mouth_events")},
