@@ -12,7 +12,17 @@ probe injected into the page (``benchmarks/browser_probe.js``) times everything 
 - **visible mouth motion**: per onset, the first presented frame whose mouth box departs from the preceding
   second of silence by more than that silence's own jitter (the rule of ``benchmarks/e2e.py``); "visible" =
   the frame's expected display time, "arrived" = its receive time (what the browser then adds in between).
-- **remote-audio onsets**: the same level probe on the avatar's audio track as the page renders it.
+- **remote-audio onsets, as heard**: the audio receiver's ``getSynchronizationSources()``, polled every few ms,
+  names the RTP packet whose audio was last delivered for playout, when, and its level (the server's RTP
+  audio-level extension, RMS in dBov); onset = the first loud packet after >= 0.5 s of quiet ones, at its
+  delivery time. What follows is the output device's own buffer (not visible to a page). The earlier reading, the
+  same level probe as the sent track on the avatar's audio track (``MediaStreamTrackProcessor``, "the tap"), is
+  kept beside it: it runs behind the delivery for playout (a copy of the track, buffered on its way to the
+  probe; ``onset_to_remote_audio_tap_ms`` beside ``onset_to_remote_audio_ms`` says by how much).
+- **per stage**: the mouth frame's ``captureTime`` (rVFC: the server's send time of that RTP timestamp, mapped
+  through its RTCP sender reports onto the page clock; approximate, as that mapping is), ``receiveTime`` (last
+  packet arrived) and expected display time; on the server, how long microphone packets waited in its receive
+  buffer (``server_mic_hold_ms``, ``streaming/rtp_latency.py``).
 - **getStats**: fps, freezes, video/audio jitter-buffer delay (delay / emitted count), target and minimum.
 - **A/V offset**: as seen (visible mouth onset - remote audio onset, per burst) against as sent: the same
   bursts through ``styletalk-live speak``, which records the live session's output with its audio on the
