@@ -33,6 +33,7 @@ METRICS = [  # (summary key, field) compared across variants
     ("onset_to_server_sent_mouth_ms", "p50"), ("onset_to_arrived_mouth_ms", "p50"),
     ("onset_to_remote_audio_ms", "p50"), ("onset_to_remote_audio_ms", "p95"),
     ("onset_to_remote_audio_tap_ms", "p50"), ("av_offset_seen_ms", "p50"), ("av_playout_skew_ms", "p50"),
+    ("server_mic_hold_ms", "p50"),
     ("fps_presented", None), ("freezes", None), ("video_jitter_buffer_ms", None), ("audio_jitter_buffer_ms", None),
 ]
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 data = json.loads(out.read_text())
                 runs[name].append({"round": r, "load_at_start": load, "load_at_end": os.getloadavg()[0],
                                    "date": data["date"], "summary": data["summary"],
+                                   "answer_extmaps": data["speech"].get("answer_extmaps"),
                                    "server_engine_late_frames": (data["speech"].get("server_engine") or {})
                                    .get("late_frames")})
     table = {name: medians(rs) for name, rs in runs.items()}

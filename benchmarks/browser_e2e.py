@@ -12,7 +12,17 @@ probe injected into the page (``benchmarks/browser_probe.js``) times everything 
 - **visible mouth motion**: per onset, the first presented frame whose mouth box departs from the preceding
   second of silence by more than that silence's own jitter (the rule of ``benchmarks/e2e.py``); "visible" =
   the frame's expected display time, "arrived" = its receive time (what the browser then adds in between).
-- **remote-audio onsets**: the same level probe on the avatar's audio track as the page renders it.
+- **remote-audio onsets, as heard**: the audio receiver's ``getSynchronizationSources()``, polled every few ms,
+  names the RTP packet whose audio was last delivered for playout, when, and its level (the server's RTP
+  audio-level extension, RMS in dBov); onset = the first loud packet after >= 0.5 s of quiet ones, at its
+  delivery time. What follows is the output device's own buffer (not visible to a page). The earlier reading, the
+  same level probe as the sent track on the avatar's audio track (``MediaStreamTrackProcessor``, "the tap"), is
+  kept beside it: it runs behind the delivery for playout (a copy of the track, buffered on its way to the
+  probe; ``onset_to_remote_audio_tap_ms`` beside ``onset_to_remote_audio_ms`` says by how much).
+- **per stage**: the mouth frame's ``captureTime`` (rVFC: the server's send time of that RTP timestamp, mapped
+  through its RTCP sender reports onto the page clock; approximate, as that mapping is), ``receiveTime`` (last
+  packet arrived) and expected display time; on the server, how long microphone packets waited in its receive
+  buffer (``server_mic_hold_ms``, ``streaming/rtp_latency.py``).
 - **getStats**: fps, freezes, video/audio jitter-buffer delay (delay / emitted count), target and minimum.
 - **A/V offset**: as seen (visible mouth onset - remote audio onset, per burst) against as sent: the same
   bursts through ``styletalk-live speak``, which records the live session's output with its audio on the
@@ -301,6 +311,7 @@ def analyse_speech(raw: dict[str, Any]) -> dict[str, Any]:
         "remote_tap_onsets": len(tapped),
         "mouth_events": len(motion_events(frames.t, frames.mouth)),
         "playout_skew_ms": playout_skew(raw.get("playout", [])),
+        "answer_extmaps": sorted(set(raw.get("extmaps", []))),
         "trials": trials,
         **frame_rate(frames, raw),
     }
@@ -488,6 +499,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         out["speech"] = analyse_speech(speech)
         out["speech"]["page_errors"] = speech["page_errors"] + speech["errors"]
         out["speech"]["server_engine"] = (speech.get("server_stats") or {}).get("engine")
+        out["speech"]["server_transport"] = (speech.get("server_stats") or {}).get("transport")
         silence = await drive_page(page_url, silent_wav, args.control_seconds, args.clicks, args.hints)
         out["silence"] = analyse_silence(silence)
         out["silence"]["page_errors"] = silence["page_errors"] + silence["errors"]
@@ -533,6 +545,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "audio_jitter_buffer_ms": sp["audio"].get("jitterBufferDelay_ms"),
         "audio_jitter_target_ms": sp["audio"].get("jitterBufferTargetDelay_ms"),
         "codec": video.get("codec"),
+        "server_mic_hold_ms": (sp.get("server_transport") or {}).get("mic_hold_ms"),
+        "playout_delay_negotiated": any("playout-delay" in x for x in sp.get("answer_extmaps", [])),
         "control": {k: data["silence"][k] for k in ("sent_onsets", "remote_onsets", "remote_tap_onsets", "mouth_events",
                                                       "control_seconds")},
         "speech_detections": {k: sp[k] for k in ("sent_onsets", "remote_onsets", "remote_tap_onsets", "mouth_events")},

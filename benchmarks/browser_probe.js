@@ -169,6 +169,8 @@
     remote: probe.remote,
     played: probe.played,
     timeOrigin: performance.timeOrigin,
+    // the server's answer: which RTP header extensions it agreed to (e.g. playout-delay)
+    extmaps: (window.styletalk.pc?.remoteDescription?.sdp || "").split("\r\n").filter((l) => l.startsWith("a=extmap")),
     frames: probe.frames,
     clicks: probe.clicks,
     playout: probe.playout,

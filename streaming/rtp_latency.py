@@ -18,12 +18,14 @@ writes it into every video packet of one sender.
 
 Both reach into aiortc's private state (name-mangled attributes) because aiortc has no setting for either;
 :func:`install_mic_buffer` and :func:`install_playout_delay` check that the attribute they replace exists and
-report False (logged) when an aiortc upgrade moved it, and ``tests/test_rtp_latency.py`` fails then.
+report it (logged) when an aiortc upgrade moved it, and ``tests/test_rtp_latency.py`` fails then.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from typing import Any
 
 from aiortc.codecs import HEADER_EXTENSIONS
@@ -71,18 +73,50 @@ class ArrivalAudioBuffer(JitterBuffer):
         return False, JitterFrame(data=getattr(packet, "_data", b""), timestamp=packet.timestamp)
 
 
-def install_mic_buffer(receiver: Any, prefetch: int = 0) -> bool:
+class TimedBuffer:
+    """A receiver's buffer, timed: how long each packet waited in it (arrival -> handed to the decoder).
+
+    aiortc only calls ``add`` on its buffer. The wait is the wire's first stage on the server; the stats report
+    its p50/p95 (``mic_hold_ms``): ~0 with :class:`ArrivalAudioBuffer`, ~80 ms with aiortc's own.
+    """
+
+    def __init__(self, inner: JitterBuffer, keep: int = 1500) -> None:
+        self.inner = inner
+        self._arrived: dict[int, float] = {}  # RTP timestamp -> first arrival (monotonic s), in arrival order
+        self.holds: deque[float] = deque(maxlen=keep)  # seconds, the newest ``keep`` packets (30 s of 20 ms)
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        now = time.monotonic()
+        self._arrived.setdefault(packet.timestamp, now)
+        pli, frame = self.inner.add(packet)
+        if frame is not None:
+            arrived = self._arrived.pop(frame.timestamp, None)
+            if arrived is not None:
+                self.holds.append(now - arrived)
+        while len(self._arrived) > 64:  # packets the buffer dropped or never handed on
+            self._arrived.pop(next(iter(self._arrived)))
+        return pli, frame
+
+    def hold_ms(self) -> dict[str, float | int] | None:
+        if not self.holds:
+            return None
+        ms = sorted(1000 * h for h in self.holds)
+        return {"p50": round(ms[len(ms) // 2], 2), "p95": round(ms[int(0.95 * (len(ms) - 1))], 2), "n": len(ms)}
+
+
+def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
     """Give an aiortc audio ``RTCRtpReceiver`` its buffer (before its first packet): ``prefetch`` 0 = an
     :class:`ArrivalAudioBuffer`, else aiortc's own buffer holding ``prefetch`` packets back (aiortc's default: 4).
 
-    False (and a warning) when the receiver has no such private buffer (an aiortc that changed): it keeps its own.
+    Returns the installed buffer, timed (:class:`TimedBuffer`); None (and a warning) when the receiver has no
+    such private buffer (an aiortc that changed): it keeps its own.
     """
     if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
         log.warning("aiortc's receiver has no %s: the microphone keeps aiortc's 80 ms buffer", _RECEIVER_BUFFER)
-        return False
-    buffer = ArrivalAudioBuffer() if prefetch == 0 else JitterBuffer(capacity=16, prefetch=prefetch)
+        return None
+    buffer = TimedBuffer(ArrivalAudioBuffer() if prefetch == 0 else JitterBuffer(capacity=16, prefetch=prefetch))
     setattr(receiver, _RECEIVER_BUFFER, buffer)
-    return True
+    return buffer
 
 
 def playout_delay_bytes(min_ms: int, max_ms: int) -> bytes:

@@ -31,7 +31,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
 from streaming.contracts import MediaSession
-from streaming.rtp_latency import enable_playout_delay, install_mic_buffer, install_playout_delay
+from streaming.rtp_latency import TimedBuffer, enable_playout_delay, install_mic_buffer, install_playout_delay
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ class MediaPeer:
         self.video = SessionVideoTrack(session)
         self.audio = SessionAudioTrack(session)
         self.mic = MicStats()
+        self.mic_buffer: TimedBuffer | None = None  # the microphone receiver's buffer (accept_offer)
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_state = on_state
         self._closed = False
@@ -229,7 +230,7 @@ class MediaPeer:
             raise ValueError("the offer has no video section: add a recvonly video transceiver")
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
-                install_mic_buffer(transceiver.receiver, self.mic_prefetch)
+                self.mic_buffer = install_mic_buffer(transceiver.receiver, self.mic_prefetch)
         sender = self.pc.addTrack(self.video)
         if self.playout_delay is not None:
             install_playout_delay(sender, *self.playout_delay)
@@ -265,6 +266,9 @@ class MediaPeer:
             "mic_frames_received": self.mic.frames,
             "mic_seconds_received": round(self.mic.samples_16k / ENGINE_RATE, 3),
             "mic_last_error": self.mic.last_error,
+            # how long microphone packets waited in the receiver before decoding (streaming/rtp_latency.py)
+            "mic_hold_ms": self.mic_buffer.hold_ms() if self.mic_buffer is not None else None,
+            "playout_delay_ms": list(self.playout_delay) if self.playout_delay is not None else None,
         }
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ from streaming.rtp_latency import (
     PLAYOUT_DELAY_URI,
     ArrivalAudioBuffer,
     PlayoutDelayExtensionsMap,
+    TimedBuffer,
     enable_playout_delay,
     playout_delay_bytes,
 )
@@ -102,10 +103,12 @@ def test_served_peer_negotiates_playout_delay_and_hears_the_microphone_at_once(l
                 peer = server.clients[welcome["session"]].peer
                 assert peer is not None and peer.playout_delay == (0, 100)
                 (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
-                buffer = audio.receiver._RTCRtpReceiver__jitter_buffer
-                assert isinstance(buffer, ArrivalAudioBuffer)
+                timed = audio.receiver._RTCRtpReceiver__jitter_buffer
+                assert isinstance(timed, TimedBuffer) and isinstance(timed.inner, ArrivalAudioBuffer)
                 await wait_for(lambda: peer.mic.samples_16k > 16_000, timeout=30, what="microphone audio")
-                assert buffer.late == 0
+                assert timed.inner.late == 0
+                hold = peer.stats()["mic_hold_ms"]  # handed on as they arrive: no packet waits for another
+                assert hold is not None and hold["n"] > 40 and hold["p95"] < 5.0, hold
             finally:
                 await client.close()
 
