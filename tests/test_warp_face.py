@@ -346,3 +346,24 @@ def test_a_reframed_photos_real_frames_are_scored_through_the_same_crop(samples_
     np.testing.assert_array_equal(crop_like(first, crop), state.image)
     later = crop_like(video[40], crop)
     assert later.shape == state.image.shape and np.abs(later.astype(np.int16) - state.image).mean() > 3
+
+
+def test_a_laughing_photos_upper_teeth_open_whole(bank_renderer: WarpRenderer, samples_dir: Path,
+                                                  gap_weights: np.ndarray) -> None:
+    """happyenglish_clip1's first frame (a laugh: incisors ~0.17 IOD long, past the model's default 0.095) opening
+    further: its upper teeth ride whole with the upper lip (split at the default length, a dark crack ran through
+    them)."""
+    from engine.landmark_fit import read_video_rgb
+
+    photo = read_video_rgb(samples_dir / "style" / "video" / "happyenglish_clip1.mp4")[0]
+    state = bank_renderer.prepare(photo)
+    assert state.warp is not None and state.warp.upper_teeth > 0.13, state.warp.upper_teeth
+    wider = (0.05 * gap_weights / float(gap_weights @ gap_weights)).astype(np.float32)  # to the gap's cap
+    out = bank_renderer.render(state, wider[None])[0]
+    lmk = detect_landmarks(out)
+    x0, x1 = int(lmk[61, 0]) + 1, int(lmk[63, 0])
+    y0 = int(lmk[61:64, 1].max()) + 2
+    y1 = y0 + int(0.7 * state.warp.upper_teeth * state.warp.iod_px)
+    rows = np.median(out[y0:y1, x0:x1].astype(np.float64) @ LUMA, axis=1)  # (rows,) across the front teeth
+    teeth = float(state.warp.teeth_rgb.numpy() @ LUMA)
+    assert rows.min() > 0.7 * teeth, (rows.round(), teeth)
