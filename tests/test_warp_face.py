@@ -64,6 +64,16 @@ def test_bank_loads_and_leaves_a_speaker_out() -> None:
         MouthBank.load(exclude=("nobody",))
 
 
+def test_the_interior_donor_can_be_chosen(bank_renderer: WarpRenderer) -> None:
+    """``WarpConfig.donor`` picks the bank speaker whose interiors are used (benchmarks/renderer.py scores every
+    candidate's teeth share that way); by default the clearest one."""
+    chosen = WarpRenderer(size=SIZE, config=WarpConfig(donor="Obama")).prepare(builtin_avatar(SIZE))
+    default = bank_renderer.prepare(builtin_avatar(SIZE))
+    assert chosen.warp is not None and chosen.warp.interior is not None and chosen.warp.interior.donor == "Obama"
+    assert default.warp is not None and default.warp.interior is not None
+    assert default.warp.interior.donor == MouthBank.load().speakers[MouthBank.load().donor()] != "Obama"
+
+
 def test_open_mouth_shows_a_real_interior_not_painted_bands(
     bank_renderer: WarpRenderer, painted_renderer: WarpRenderer, open_exp: np.ndarray
 ) -> None:
@@ -370,3 +380,41 @@ def test_closing_a_laugh_lifts_the_chin_only_so_far(bank_renderer: WarpRenderer,
     lift = src[jaw, 1] - tgt[0, jaw, 1]
     assert float((lift - own).max()) <= bank_renderer.core.config.jaw_lift_cap + 1e-4, (lift, own)
     assert float(src[57, 1] - tgt[0, 57, 1]) > 0.3  # while the lower lip rose by most of the gap
+
+
+def test_a_reframed_photos_real_frames_are_scored_through_the_same_crop(samples_dir: Path) -> None:
+    """feifeili_clip2_short's first frame has its face at the right edge: the renderer re-frames it, so the benchmark
+    compares its real frames through the same crop (they were compared uncropped, ~9 px and 4 % off)."""
+    from benchmarks.renderer import crop_like
+    from engine.avatar import crop_face
+    from engine.landmark_fit import read_video_rgb
+
+    video = read_video_rgb(samples_dir / "source" / "video" / "feifeili_clip2_short.mp4")
+    first = video[2]
+    state = WarpRenderer(size=SIZE, config=WarpConfig(interior="painted")).prepare(first)
+    assert not np.array_equal(state.image, first)  # re-framed
+    crop = crop_face(first, SIZE, landmarks=detect_landmarks(first))
+    np.testing.assert_array_equal(crop_like(first, crop), state.image)
+    later = crop_like(video[40], crop)
+    assert later.shape == state.image.shape and np.abs(later.astype(np.int16) - state.image).mean() > 3
+
+
+def test_a_laughing_photos_upper_teeth_open_whole(bank_renderer: WarpRenderer, samples_dir: Path,
+                                                  gap_weights: np.ndarray) -> None:
+    """happyenglish_clip1's first frame (a laugh: incisors ~0.17 IOD long, past the model's default 0.095) opening
+    further: its upper teeth ride whole with the upper lip (split at the default length, a dark crack ran through
+    them)."""
+    from engine.landmark_fit import read_video_rgb
+
+    photo = read_video_rgb(samples_dir / "style" / "video" / "happyenglish_clip1.mp4")[0]
+    state = bank_renderer.prepare(photo)
+    assert state.warp is not None and state.warp.upper_teeth > 0.13, state.warp.upper_teeth
+    wider = (0.05 * gap_weights / float(gap_weights @ gap_weights)).astype(np.float32)  # to the gap's cap
+    out = bank_renderer.render(state, wider[None])[0]
+    lmk = detect_landmarks(out)
+    x0, x1 = int(lmk[61, 0]) + 1, int(lmk[63, 0])
+    y0 = int(lmk[61:64, 1].max()) + 2
+    y1 = y0 + int(0.7 * state.warp.upper_teeth * state.warp.iod_px)
+    rows = np.median(out[y0:y1, x0:x1].astype(np.float64) @ LUMA, axis=1)  # (rows,) across the front teeth
+    teeth = float(state.warp.teeth_rgb.numpy() @ LUMA)
+    assert rows.min() > 0.7 * teeth, (rows.round(), teeth)

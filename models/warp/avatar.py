@@ -136,6 +136,7 @@ class WarpAvatar:
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     lip_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # lip body median
     photo_teeth: bool = False
+    upper_teeth: float = 0.0  # IOD: how far the photo's upper teeth reach below its upper inner lip (0: not seen)
     skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
     interior: Interior | None = None  # colour-matched real mouth interiors (None: painted)
     # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
@@ -339,6 +340,24 @@ def mouth_colours(avatar: WarpAvatar) -> None:
         teeth = rgb[(luma >= torch.maximum(luma.quantile(0.6), 0.6 * skin.mean())) & (sat < 0.45)]
         if len(teeth) >= 4:
             avatar.teeth_rgb, avatar.photo_teeth = teeth.median(0).values, True
+            avatar.upper_teeth = upper_teeth_length(f[inner], (f[inner, 1] - up[inner]), luma, sat, s, avatar.teeth_rgb)
+
+
+def upper_teeth_length(f: torch.Tensor, depth: torch.Tensor, luma: torch.Tensor, sat: torch.Tensor, s: torch.Tensor,
+                       teeth_rgb: torch.Tensor) -> float:
+    """How far (IOD) the photo's upper teeth reach below the upper inner lip, between the middle points 61 and 63:
+    the depth at which the rows stop being mostly teeth (bright, unsaturated). A laughing photo's incisors are
+    longer than the mouth model's default (WarpConfig.teeth_upper): split there, the teeth cracked as it opened."""
+    mid = (f[:, 0] > s[61, 0]) & (f[:, 0] < s[63, 0])
+    bright = (luma >= 0.75 * float(teeth_rgb @ torch.tensor([0.299, 0.587, 0.114]))) & (sat < 0.45)
+    step = 0.01
+    length = 0.0
+    for k in range(1, 60):  # (the opening's pixels start 0.01 below the lip: ``inner`` in mouth_colours)
+        band = mid & (depth >= k * step) & (depth < (k + 1) * step)
+        if int(band.sum()) < 3 or float(bright[band].float().mean()) < 0.5:
+            break
+        length = (k + 1) * step
+    return length
 
 
 def lattice_sources(avatar: WarpAvatar, coarse: torch.Tensor, move: Move) -> torch.Tensor:

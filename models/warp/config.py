@@ -49,6 +49,7 @@ class WarpConfig:
     border_points: int = 5  # fixed points per image side (corners included)
     interior_jaws: bool = True  # exemplar rows keep their size below / above each lip (see mouth.exemplar_fill)
     interior_split: float = 0.5  # ... the exemplar's upper part down to this fraction of its height rides the upper lip
+    donor: str | None = None  # mouth-interior donor speaker of the bank; None: the clearest (MouthBank.donor)
     interior: str = "bank"  # mouth interior: "bank" (real exemplars, assets/mouth_bank.npz) | "painted"
     head_max_rotation: float = math.radians(25.0)  # wide enough for the sample clips' own pose sequences
     head_max_shift: float = 0.9  # ≈ 75 px at 256²: a sample speaker's head travels up to 0.8 (feifeili_clip2_short) ...

@@ -3,11 +3,11 @@
 The bank (built by ``python -m engine.mouth_bank``, data card models/assets/mouth_bank.md) holds mouth
 interiors cut from the sample videos in *lip-normalised coordinates*: s from the left inner-lip corner to the
 right one, t from the upper inner lip to the lower one. Per avatar one donor speaker is chosen (one person's
-teeth every frame: switching donors would flicker) and the donor's colours are matched *teeth to teeth*: to the
-photo's own teeth when it shows them, else to the teeth the donor's skin-to-teeth ratio predicts for the
-photo's skin. (Matching to the lips turned teeth mauve.) Per frame the k exemplars whose inner-lip shape is
-nearest to the target's are blended with smooth weights, so a held shape gives the same interior (no flicker)
-and a changing one cross-fades.
+teeth every frame: switching donors would flicker) and the donor's
+colours are matched *teeth to teeth*: to the photo's own teeth when it shows them, else to the teeth the
+donor's skin-to-teeth ratio predicts for the photo's skin. (Matching to the lips turned teeth mauve.) Per frame
+the k exemplars whose inner-lip shape is nearest to the target's are blended with smooth weights, so a held
+shape gives the same interior (no flicker) and a changing one cross-fades.
 """
 
 from __future__ import annotations

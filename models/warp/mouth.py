@@ -51,7 +51,8 @@ def mouth_model(
     a, b = v_t - ut, lt - v_t
     gt, gs = lt - ut, (ls - us).clamp_min(0.0)
     # a smile's opening is all upper teeth; only a wide-open photo shows the lower jaw's side too
-    keep_up = torch.where(gs < 1.6 * cfg.teeth_upper, gs, gs.clamp(max=cfg.teeth_upper))
+    tu = max(cfg.teeth_upper, avatar.upper_teeth)  # the photo's own upper teeth when it shows longer ones
+    keep_up = torch.where(gs < 1.6 * tu, gs, gs.clamp(max=tu))
     keep_lo = gs - keep_up
     if avatar.interior is not None and not avatar.opening_teeth:
         # A dark slit in the photo is cavity, not teeth: riding with the upper lip it stayed a dark band under the
