@@ -4,6 +4,7 @@ the same frames as the model thread, sessions placed and moved, clean failures, 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import threading
@@ -165,12 +166,15 @@ def test_a_killed_worker_fails_its_session_with_an_event_and_the_session_moves_t
         stop = asyncio.Event()
 
         async def push() -> None:
+            # speech until the test ends: on a loaded machine the move to a fresh worker can outlast any fixed
+            # length of audio, and frames after the move must still have speech to move the mouth
             step, t0 = 320, time.monotonic()
-            for k, i in enumerate(range(0, len(pcm) * 4, step)):
+            for k in itertools.count():
                 if stop.is_set():
                     return
                 await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.02 - time.monotonic()))
-                session.push_audio(np.resize(pcm, len(pcm) * 4)[i : i + step], 16000)
+                i = (k * step) % (len(pcm) - step)
+                session.push_audio(pcm[i : i + step], 16000)
 
         async def pull() -> None:
             while not stop.is_set():
