@@ -51,6 +51,13 @@ def live_runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
     runtime.close()
 
 
+@pytest.fixture
+def shared_runtime(live_runtime):  # noqa: ANN001, ANN201 - engine.runtime.EngineRuntime
+    """``live_runtime`` under the name ``runtime``-using modules expect: for modules whose tests need no engine of
+    their own (an engine load is ~8 s of the suite per module). Use ``runtime = shared_runtime`` at module level."""
+    return live_runtime
+
+
 def runtime_fixture(max_sessions: int = 8, **overrides: str) -> Any:
     """A module-scoped ``runtime`` fixture: the real engine on built-in defaults, its own ``max_sessions``.
 

@@ -26,7 +26,7 @@ import pytest
 
 from streaming import protocol as P
 from streaming.server import PresenterServer
-from tests.streaming_fixtures import Raw, run, runtime_fixture, server_settings
+from tests.streaming_fixtures import Raw, live_runtime, run, server_settings, shared_runtime  # noqa: F401
 
 MAX_EXTRA_MB = 200
 MAX_CPU_S = 2.0
@@ -201,7 +201,7 @@ def test_a_large_real_photo_is_cropped_within_budget() -> None:
 # --- the server --------------------------------------------------------------------------------------------
 
 
-runtime = runtime_fixture(8)
+runtime = shared_runtime
 settings = functools.partial(server_settings, max_sessions=8)
 
 

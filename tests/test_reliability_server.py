@@ -24,12 +24,12 @@ from websockets.exceptions import ConnectionClosed
 from benchmarks.soak import Footprint, churn, settle, speech, webrtc_cycle, ws_cycle
 from streaming import protocol as P
 from streaming.server import PresenterServer, ServerSettings
-from tests.streaming_fixtures import Raw, run, runtime_fixture, server_settings
+from tests.streaming_fixtures import Raw, live_runtime, run, server_settings, shared_runtime  # noqa: F401
 
 LEAKS = ("/tmp", "/work", "/home", "Traceback", "Error:", "Exception", ".py")
 
 
-runtime = runtime_fixture(8)
+runtime = shared_runtime
 settings = functools.partial(server_settings, max_sessions=8)
 
 
