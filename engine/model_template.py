@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         import engine.live.render_stream  # noqa: F401
         import engine.model_process  # noqa: F401
         import engine.runtime  # noqa: F401
+        from engine.avatar import preload
+
+        preload()  # dlib's models: each worker prepares its avatar with them
 
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped as they end
         sock.sendall(b"ready\n")
