@@ -306,8 +306,10 @@ def test_rounding_and_spreading_change_the_mouths_proportions(
     assert ratio > 1.15, ratio  # the spread mouth is relatively wider than the rounded one
     # The gain moves the lip corners by 1-2 px here, dlib's own step: the ratio between the two renderers flips
     # with a pixel of landmark noise, so only the width difference (never narrower than the map's) is asserted;
-    # benchmarks/renderer.py scores the width amplitude against real speakers over whole clips.
-    assert spread_px >= plain_px, (spread_px, plain_px)
+    # benchmarks/renderer.py scores the width amplitude against real speakers over whole clips. dlib's landmarks
+    # are whole pixels, and the interior's look inside the corners moves its corner reading by one (interior_split
+    # 0.5 → 0.8: 72/70 px vs the map's 70/69): one step of slack.
+    assert spread_px >= plain_px - 1.0, (spread_px, plain_px)
 
 
 def test_no_bright_fangs_at_the_mouth_corners_of_a_sample_photo(
@@ -418,3 +420,38 @@ def test_a_laughing_photos_upper_teeth_open_whole(bank_renderer: WarpRenderer, s
     rows = np.median(out[y0:y1, x0:x1].astype(np.float64) @ LUMA, axis=1)  # (rows,) across the front teeth
     teeth = float(state.warp.teeth_rgb.numpy() @ LUMA)
     assert rows.min() > 0.7 * teeth, (rows.round(), teeth)
+
+
+def test_the_chin_follows_its_target_as_the_jaw_opens(samples_dir: Path, open_exp: np.ndarray) -> None:
+    """A green marker painted at the chin (landmark 8) lands where the target landmarks put it: the chin sits in
+    the photo's bottom edge band, whose head-motion fade used to hold its expression motion at 0.3-0.7 (a jaw that
+    barely drops; dlib then read the opening thinner). Still head and moving batch alike."""
+    import torch
+
+    from engine.landmark_fit import read_video_rgb
+
+    video = samples_dir / "source" / "video" / "KristiNoem.mp4"
+    if not video.is_file():
+        pytest.skip(f"{video} not found")
+    r = WarpRenderer(size=SIZE, config=WarpConfig(interior="painted"))
+    photo = read_video_rgb(video)[2]
+    lm = detect_landmarks(photo)
+    x, y = np.round(lm[8]).astype(int)
+    marked = photo.copy()
+    marked[y - 1 : y + 2, x - 1 : x + 2] = (0, 255, 0)
+    st = r.prepare(marked)
+    exp = np.stack([np.zeros(64, np.float32), open_exp]).astype(np.float32)
+    with torch.no_grad():
+        tgt, _ = r.core.target_local(st.warp, torch.from_numpy(exp))
+    want = (tgt[1, 8] - tgt[0, 8]) @ st.warp.frame_a.T  # the chin's target motion (px) between the two frames
+    assert float(want[1]) > 2.0  # the opening drops the chin a few pixels
+
+    def chin(frames: np.ndarray) -> np.ndarray:
+        f = frames.astype(np.float32)
+        w = np.clip(f[..., 1] - np.maximum(f[..., 0], f[..., 2]) - 40.0, 0, None)  # only the marker is this green
+        yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+        return np.stack([(w * xx).sum((1, 2)) / w.sum((1, 2)), (w * yy).sum((1, 2)) / w.sum((1, 2))], 1)
+
+    for pose in (None, np.zeros((2, 9), np.float32)):
+        got = np.diff(chin(r.render(st, exp, pose)), axis=0)[0]
+        assert abs(got[1] - float(want[1])) < 0.2 * float(want[1]) + 0.3, (pose is None, got, want)

@@ -93,9 +93,11 @@ class WarpAvatar:
     src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
     border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
     grid_norm: torch.Tensor  # (G*G, 2) coarse evaluation grid, normalised
-    # (G*G,) 1 on the head, 0 on the background and at the photo's edges (edge_fade folded in): the still head's
-    # mask, the moving head's at zero motion. Every displacement of the coarse grid, expression or head motion,
-    # is confined to it, so a frame renders the same whether its batch moves or not
+    # (G*G,) 1 on the head, 0 on the background: the still head's mask, the moving head's at zero motion. Every
+    # displacement of the coarse grid, expression or head motion, is confined to it, so a frame renders the same
+    # whether its batch moves or not. (The photo-edge fade, ``edge_fade``, applies to head motion only: folded in
+    # here it also held the chin, which sits in the bottom edge band, at 0.3-0.7 of its expression motion, and a
+    # jaw that barely drops reads as a thinner opening.)
     head_mask: torch.Tensor
     grid_face: torch.Tensor  # (G*G, 2) the coarse grid's points in the face frame (before head motion)
     head_ellipse: tuple[float, float, float, float]  # face frame: centre h, v and radii of the head mask
@@ -179,7 +181,7 @@ def prepare_avatar(
     grid_face = affine2(grid_px - t, torch.linalg.inv(A))
     ellipse = _head_ellipse(cfg, src)
     edge_fade = smoothstep((1.0 - grid_norm.abs().amax(1)) / cfg.head_edge_band)
-    head_mask = head_mask_at(cfg, grid_face, ellipse) * edge_fade
+    head_mask = head_mask_at(cfg, grid_face, ellipse)
     cx, cy, rx, ry = ellipse
     reach_pts = torch.tensor([[cx - rx, cy], [cx + rx, cy], [cx, cy - ry], [cx, cy + ry]])
 

@@ -271,7 +271,7 @@ class WarpCore(torch.nn.Module):
             to_face = (avatar.grid_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)
             moved = torch.bmm(move[2], to_face).transpose(1, 2)
             home = affine2(moved, avatar.frame_a_norm, avatar.frame_t_norm)  # (N, G*G, 2) normalised
-            disp = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2) + tps_eval_at(coef, tgt_ctrl, home)
+            rigid = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2)
             # active where the head was and where it is now; the soft band widens with the motion's reach so
             # that it stretches and compresses but never folds (its steepest slope is 1.5 / width)
             reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
@@ -282,7 +282,9 @@ class WarpCore(torch.nn.Module):
                                 outer)  # (N, G*G)
             # and the photo's edges stay put (avatar.edge_fade): a head moving away from an edge stretches the
             # background beside it rather than sampling beyond the photo (edge streaks)
-            disp = disp * (mask * avatar.edge_fade).unsqueeze(1)
+            # (the expression part is not edge-faded: the spline is already fixed at the photo's border points, and
+            # fading it held the chin, in the bottom edge band, at a fraction of its motion)
+            disp = (rigid * avatar.edge_fade + tps_eval_at(coef, tgt_ctrl, home)) * mask.unsqueeze(1)
         coarse = avatar.grid_norm.T.unsqueeze(0) + disp
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
 
