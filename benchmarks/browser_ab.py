@@ -33,7 +33,7 @@ METRICS = [  # (summary key, field) compared across variants
     ("onset_to_server_sent_mouth_ms", "p50"), ("onset_to_arrived_mouth_ms", "p50"),
     ("onset_to_remote_audio_ms", "p50"), ("onset_to_remote_audio_ms", "p95"),
     ("onset_to_remote_audio_tap_ms", "p50"), ("av_offset_seen_ms", "p50"), ("av_playout_skew_ms", "p50"),
-    ("server_mic_hold_ms", "p50"),
+    ("server_mic_hold_ms", "p50"), ("server_audio_send_hold_ms", "p50"), ("mic_packet_ms", None),
     ("fps_presented", None), ("freezes", None), ("video_jitter_buffer_ms", None), ("audio_jitter_buffer_ms", None),
 ]
 

@@ -196,6 +196,7 @@ class StyleTalkClient:
         self.url = url if token is None else with_token(url, token)
         self.ws: ClientConnection | None = None
         self.pc: RTCPeerConnection | None = None
+        self.answer_sdp: str | None = None
         self.mic: MicrophoneTrack | None = None
         self.recording = Recording(max_frames=keep_frames)
         self.events: list[dict[str, Any]] = []
@@ -281,6 +282,7 @@ class StyleTalkClient:
             self.counted = count_receivers(self.pc)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         answer = await self.request("offer", timeout=timeout, sdp=self.pc.localDescription.sdp)
+        self.answer_sdp = str(answer["sdp"])  # as the server wrote it (aiortc's remoteDescription drops a=ptime)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
     def _on_track(self, track: MediaStreamTrack) -> None:

@@ -153,6 +153,12 @@ class ServerConfig:
     # RTP playout-delay header extension on the video sent to browsers, "MIN,MAX" in ms (multiples of 10):
     # the receiver's bounds on how long it holds a frame before showing it; "" = not sent (the browser decides)
     playout_delay_ms: str = ""
+    # Opus packet length of the presenter's audio sent to it, ms (10 or 20; aiortc's own is 20): a receiver's
+    # audio jitter buffer counts in packets, so 10 ms packets let the browser hold less (twice the packets to send)
+    audio_frame_ms: int = 10
+    # microphone packet length the server's answer asks the browser for (a=ptime), ms: 0 = the browser's choice
+    # (Chromium: 20); 10 = a packet leaves the browser 10 ms sooner after its first sample
+    mic_ptime_ms: int = 10
 
 
 @dataclass
@@ -216,6 +222,9 @@ class Config:
         _check(not v.public_url or (v.public_url.startswith(("http://", "https://")) and "?" not in v.public_url),
                "server.public_url", "must be an http:// or https:// base URL without a query")
         _check(0 <= v.mic_prefetch_packets <= 15, "server.mic_prefetch_packets", "must be in 0..15")
+        _check(v.audio_frame_ms in (10, 20), "server.audio_frame_ms", "must be 10 or 20")
+        _check(v.mic_ptime_ms in (0, 10, 20, 40, 60), "server.mic_ptime_ms",
+               "must be 0 (the browser's choice), 10, 20, 40 or 60")
         _check(parse_playout_delay(v.playout_delay_ms) is not None or not v.playout_delay_ms.strip(),
                "server.playout_delay_ms", "must be \"\" or \"MIN,MAX\": ms, 0 <= MIN <= MAX <= 40950")
         return self

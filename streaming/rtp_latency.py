@@ -16,7 +16,14 @@ units). aiortc neither negotiates nor writes it; :func:`enable_playout_delay` ad
 header extensions (so an answer keeps it when the browser offers it) and :class:`PlayoutDelayExtensionsMap`
 writes it into every video packet of one sender.
 
-Both reach into aiortc's private state (name-mangled attributes) because aiortc has no setting for either;
+**Audio packet length.** aiortc's Opus encoder cuts the outgoing audio into 20 ms packets, and a browser sends its
+microphone in 20 ms packets unless the answer asks for shorter ones. A packet leaves only once its last sample
+exists, and a receiver's jitter buffer counts in packets: 10 ms packets halve both waits (at twice the packets,
+each with its RTP/SRTP overhead). :class:`ShortFrameOpusEncoder` is aiortc's encoder with 10 ms frames
+(:func:`install_audio_encoder` gives it to one sender); :func:`answer_with_ptime` writes ``a=ptime`` into the
+audio sections of an answer, which Chromium's Opus encoder takes as its frame length.
+
+All of these reach into aiortc's private state (name-mangled attributes) because aiortc has no setting for either;
 :func:`install_mic_buffer` and :func:`install_playout_delay` check that the attribute they replace exists and
 report it (logged) when an aiortc upgrade moved it, and ``tests/test_rtp_latency.py`` fails then.
 """
@@ -26,9 +33,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
+import av
 from aiortc.codecs import HEADER_EXTENSIONS
+from aiortc.codecs.opus import SAMPLE_RATE as OPUS_RATE
+from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (
@@ -47,6 +58,8 @@ PLAYOUT_DELAY_UNIT_MS = 10
 PLAYOUT_DELAY_MAX_MS = 0xFFF * PLAYOUT_DELAY_UNIT_MS
 _RECEIVER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 _SENDER_MAP = "_RTCRtpSender__rtp_header_extensions_map"
+_SENDER_ENCODER = "_RTCRtpSender__encoder"
+OPUS_FRAME_MS = (10, 20)  # frame lengths both ends of our links handle (Opus allows 2.5..60)
 _MAX_MISORDER = 100  # as aiortc's buffer: a packet this far behind the last one means the stream restarted
 
 
@@ -98,10 +111,15 @@ class TimedBuffer:
         return pli, frame
 
     def hold_ms(self) -> dict[str, float | int] | None:
-        if not self.holds:
-            return None
-        ms = sorted(1000 * h for h in self.holds)
-        return {"p50": round(ms[len(ms) // 2], 2), "p95": round(ms[int(0.95 * (len(ms) - 1))], 2), "n": len(ms)}
+        return percentiles_ms(self.holds)
+
+
+def percentiles_ms(seconds: Iterable[float]) -> dict[str, float | int] | None:
+    """p50/p95 (ms) and count of waits in seconds; None for none (the transport stats' hold figures)."""
+    ms = sorted(1000 * s for s in seconds)
+    if not ms:
+        return None
+    return {"p50": round(ms[len(ms) // 2], 2), "p95": round(ms[int(0.95 * (len(ms) - 1))], 2), "n": len(ms)}
 
 
 def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
@@ -171,3 +189,50 @@ def install_playout_delay(sender: Any, min_ms: int, max_ms: int) -> bool:
     enable_playout_delay()
     setattr(sender, _SENDER_MAP, PlayoutDelayExtensionsMap(min_ms, max_ms))
     return True
+
+
+class ShortFrameOpusEncoder(OpusEncoder):
+    """aiortc's Opus encoder (same bitrate, channels, ``voip`` application) cutting ``frame_ms`` frames, not 20."""
+
+    def __init__(self, frame_ms: int = 10) -> None:
+        if frame_ms not in OPUS_FRAME_MS:
+            raise ValueError(f"Opus frame length must be one of {OPUS_FRAME_MS} ms, got {frame_ms}")
+        super().__init__()
+        self.frame_ms = frame_ms
+        # libopus (through FFmpeg) takes its frame length from this option; the resampler hands it frames of
+        # exactly that many samples (the codec refuses any other size)
+        self.codec.options = {**dict(self.codec.options), "frame_duration": str(frame_ms)}
+        self.resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE,
+                                           frame_size=OPUS_RATE * frame_ms // 1000)
+
+
+def install_audio_encoder(sender: Any, frame_ms: int) -> bool:
+    """Make an aiortc audio ``RTCRtpSender`` send ``frame_ms`` Opus packets (before it starts sending; 20 = aiortc's
+    own encoder, nothing installed). False (and a warning) when the sender has no such private slot."""
+    if frame_ms == 20:
+        return True
+    if not hasattr(sender, _SENDER_ENCODER):
+        log.warning("aiortc's sender has no %s: audio keeps aiortc's 20 ms packets", _SENDER_ENCODER)
+        return False
+    setattr(sender, _SENDER_ENCODER, ShortFrameOpusEncoder(frame_ms))  # aiortc creates one only when None
+    return True
+
+
+def answer_with_ptime(sdp: str, ptime_ms: int) -> str:
+    """``sdp`` with ``a=ptime:ptime_ms`` in every audio section (replacing one already there): the packet length
+    the answerer wants to receive (RFC 4566). 0 = unchanged."""
+    if ptime_ms <= 0:
+        return sdp
+    out: list[str] = []
+    audio = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            if audio:
+                out.append(f"a=ptime:{ptime_ms}")
+            audio = line.startswith("m=audio")
+        elif audio and line.startswith("a=ptime:"):
+            continue
+        out.append(line)
+    if audio:
+        out.append(f"a=ptime:{ptime_ms}")
+    return "\r\n".join(out) + "\r\n"

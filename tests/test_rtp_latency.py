@@ -8,23 +8,32 @@ has the arrival buffer, and speech still reaches the session through it.
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
+from fractions import Fraction
+from typing import Any, cast
 
+import av
 import numpy as np
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import RtpPacket, unpack_header_extensions
 
 from clients.client import MicrophoneTrack, StyleTalkClient
+from engine.live.frames import OutputAudioChunk
 from streaming.rtp_latency import (
     PLAYOUT_DELAY_URI,
     ArrivalAudioBuffer,
     PlayoutDelayExtensionsMap,
+    ShortFrameOpusEncoder,
     TimedBuffer,
+    answer_with_ptime,
     enable_playout_delay,
     playout_delay_bytes,
 )
 from streaming.server import PresenterServer
+from streaming.webrtc import SessionAudioTrack
 from tests.streaming_fixtures import live_runtime, run, server_settings, speech_16k, wait_for  # noqa: F401
 
 
@@ -109,6 +118,85 @@ def test_served_peer_negotiates_playout_delay_and_hears_the_microphone_at_once(l
                 assert timed.inner.late == 0
                 hold = peer.stats()["mic_hold_ms"]  # handed on as they arrive: no packet waits for another
                 assert hold is not None and hold["n"] > 40 and hold["p95"] < 5.0, hold
+            finally:
+                await client.close()
+
+    run(main(), 240)
+
+
+class ClockedAudio:
+    """The session's audio side as ``SessionOutput`` releases it: 20 ms chunks (a ramp), each at its own pts."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.k = 0
+
+    async def next_audio_chunk(self) -> OutputAudioChunk:
+        await asyncio.sleep(max(0.0, self.start + 0.02 * self.k - time.monotonic()))
+        pcm = (np.arange(320 * self.k, 320 * (self.k + 1)) % 2000).astype(np.int16)
+        self.k += 1
+        return OutputAudioChunk(Fraction(self.k - 1, 50), pcm)
+
+
+def test_sent_audio_frames_leave_when_their_chunk_is_released() -> None:
+    """No frame waits for the next chunk (the resampler's filter tail used to make each wait 20 ms)."""
+    async def main(frame_ms: int) -> tuple[list[av.AudioFrame], SessionAudioTrack]:
+        track = SessionAudioTrack(cast(Any, ClockedAudio()), frame_ms)
+        return [await track.recv() for _ in range(40 * 20 // frame_ms)], track
+
+    for frame_ms in (10, 20):
+        frames, track = run(main(frame_ms), 30)
+        assert {f.samples for f in frames} == {48 * frame_ms}
+        assert [f.pts for f in frames] == [48 * frame_ms * i for i in range(len(frames))]
+        hold = track.hold_ms()
+        assert hold is not None and hold["n"] == len(frames) and hold["p95"] < 5.0, (frame_ms, hold)
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+        assert np.all(pcm[:40] == 0) and np.abs(pcm[200:]).max() > 1000  # ~1 ms of silence, then the ramp
+
+
+def test_answer_asks_for_the_microphone_packet_length() -> None:
+    offer_like = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ptime:20\r\na=mid:0\r\n"
+                  "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n")
+    out = answer_with_ptime(offer_like, 10)
+    audio, video = out.split("m=video")
+    assert "a=ptime:10" in audio and "a=ptime:20" not in audio and "ptime" not in video
+    assert answer_with_ptime(offer_like, 0) == offer_like
+    only_audio = answer_with_ptime("v=0\r\nm=audio 9 RTP/AVP 111\r\n", 10)
+    assert only_audio.endswith("a=ptime:10\r\n")
+
+
+def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:  # noqa: F811
+    async def main() -> None:
+        settings = server_settings(audio_frame_ms=10, mic_ptime_ms=10)
+        async with PresenterServer(live_runtime, settings) as server:
+            mic = MicrophoneTrack()
+            mic.feed(speech_16k()[:16_000])
+            client = StyleTalkClient(f"ws://127.0.0.1:{server.port}/ws")
+            welcome = await client.connect()
+            try:
+                await client.start_media(mic)
+                await client.wait_frames(5, timeout=60)
+                assert client.pc is not None
+                answer = client.answer_sdp or ""
+                assert "a=ptime:10" in answer.split("m=audio", 1)[1].split("m=video", 1)[0]
+                peer = server.clients[welcome["session"]].peer
+                assert peer is not None
+                (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
+                assert isinstance(audio.sender._RTCRtpSender__encoder, ShortFrameOpusEncoder)
+                (receiver,) = [r for r in client.pc.getReceivers() if r.track.kind == "audio"]
+
+                async def received() -> tuple[float, int]:
+                    stats = await receiver.getStats()
+                    (inbound,) = [s for s in stats.values() if s.type == "inbound-rtp"]
+                    return time.monotonic(), int(inbound.packetsReceived)
+
+                t0, n0 = await received()
+                await asyncio.sleep(2.0)
+                t1, n1 = await received()
+                rate = (n1 - n0) / (t1 - t0)
+                assert 85 < rate < 115, rate  # 100 packets/s of 10 ms (50 of 20 ms before)
+                hold = peer.stats()["audio_send_hold_ms"]
+                assert hold is not None and hold["n"] > 100 and hold["p50"] < 5.0, hold
             finally:
                 await client.close()
 
