@@ -53,6 +53,24 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def frame_accounting(speech: dict[str, Any]) -> dict[str, Any]:
+    """Where frames went in one run: the server's output (sent, repeated late, never rendered in time, skipped by
+    a lagging consumer, send lateness) and the page's (decoded, dropped, presented, gaps between presentations)."""
+    eng = speech.get("server_engine") or {}
+    video = speech.get("video") or {}
+    core_skipped = (eng.get("core") or {}).get("skipped_frames")
+    dropped = eng.get("dropped_frames")
+    return {
+        "server_sent": eng.get("frames_sent"), "server_late": eng.get("late_frames"),
+        "server_not_rendered": core_skipped,
+        "server_output_skipped": dropped - core_skipped if dropped is not None and core_skipped is not None else None,
+        "server_send_error_ms": eng.get("send_error_ms"),
+        "page_decoded": video.get("framesDecoded"), "page_dropped": video.get("framesDropped"),
+        "page_presented": speech.get("frames_presented"), "page_frame_gap_ms": speech.get("frame_gap_ms"),
+        "page_keyframes": video.get("keyFramesDecoded"), "page_freezes": video.get("freezeCount"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.browser_ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", required=True, metavar="NAME=ARGS",
@@ -86,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "date": data["date"], "summary": data["summary"],
                                    "answer_extmaps": data["speech"].get("answer_extmaps"),
                                    "server_engine_late_frames": (data["speech"].get("server_engine") or {})
-                                   .get("late_frames")})
+                                   .get("late_frames"),
+                                   "frames": frame_accounting(data["speech"])})
     table = {name: medians(rs) for name, rs in runs.items()}
     base = table[variants[0][0]]
     print(f"\nmedians over {args.rounds} rounds (each run's p50/p95); ratio to {variants[0][0]}")

@@ -9,6 +9,11 @@ a stall becomes inserted silence), and a smoother stream does not make phonemes 
 :class:`ArrivalAudioBuffer` hands every packet on when it arrives and drops only duplicates and packets older than
 one already handed on (a reordered 20 ms of speech is lost rather than the whole stream held back for it).
 
+**Received video (a Python client).** aiortc's video buffer knows a frame is complete only when a packet of the
+*next* frame arrives: every frame waited one frame interval (33 ms at 30 fps) before decoding.
+:class:`MarkerVideoBuffer` also closes a frame on its RTP marker bit (set on a frame's last packet by aiortc and
+by browsers). :func:`install_receive_buffers` gives a client's receivers both arrival buffers.
+
 **Video out (downlink).** The receiver decides how long a frame waits before it is shown (its jitter buffer,
 lengthened by A/V sync); the sender may bound that with the RTP *playout-delay* header extension
 (``http://www.webrtc.org/experiments/rtp-hdrext/playout-delay``: 3 bytes, 12-bit minimum and maximum in 10 ms
@@ -86,6 +91,35 @@ class ArrivalAudioBuffer(JitterBuffer):
         return False, JitterFrame(data=getattr(packet, "_data", b""), timestamp=packet.timestamp)
 
 
+class MarkerVideoBuffer(JitterBuffer):
+    """aiortc's video jitter buffer (same capacity, loss handling and PLI), handing a frame on as soon as its packets
+    from the first to the one with the marker bit are all here, not when the next frame's first packet comes."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        """The oldest complete frame at the buffer's origin, removed; None while a packet of it is missing."""
+        assert self._origin is not None
+        packets: list[RtpPacket] = []
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self.capacity]
+            if packet is None:
+                return None
+            if packets and packet.timestamp != packets[0].timestamp:  # the next frame began: no marker was set
+                self.remove(count)
+                return _joined(packets)
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return _joined(packets)
+        return None
+
+
+def _joined(packets: list[RtpPacket]) -> JitterFrame:
+    return JitterFrame(data=b"".join(getattr(p, "_data", b"") for p in packets), timestamp=packets[0].timestamp)
+
+
 class TimedBuffer:
     """A receiver's buffer, timed: how long each packet waited in it (arrival -> handed to the decoder).
 
@@ -135,6 +169,29 @@ def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
     buffer = TimedBuffer(ArrivalAudioBuffer() if prefetch == 0 else JitterBuffer(capacity=16, prefetch=prefetch))
     setattr(receiver, _RECEIVER_BUFFER, buffer)
     return buffer
+
+
+def install_video_buffer(receiver: Any) -> bool:
+    """Give an aiortc video ``RTCRtpReceiver`` a :class:`MarkerVideoBuffer` (before its first packet); False (and a
+    warning) when the receiver has no such private buffer."""
+    if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
+        log.warning("aiortc's receiver has no %s: video keeps aiortc's one-frame wait", _RECEIVER_BUFFER)
+        return False
+    setattr(receiver, _RECEIVER_BUFFER, MarkerVideoBuffer())
+    return True
+
+
+def install_receive_buffers(transceivers: Iterable[Any]) -> dict[str, TimedBuffer | bool | None]:
+    """Arrival buffers for every receiver of a peer (a client recording what it receives, not playing it out):
+    audio packets to the decoder as they arrive, video frames on their marker packet. By kind, what was installed
+    (audio: its :class:`TimedBuffer`; video: True)."""
+    out: dict[str, TimedBuffer | bool | None] = {}
+    for transceiver in transceivers:
+        if transceiver.kind == "audio":
+            out["audio"] = install_mic_buffer(transceiver.receiver, 0)
+        elif transceiver.kind == "video":
+            out["video"] = install_video_buffer(transceiver.receiver)
+    return out
 
 
 def playout_delay_bytes(min_ms: int, max_ms: int) -> bytes:
