@@ -58,6 +58,7 @@ def frame_accounting(speech: dict[str, Any]) -> dict[str, Any]:
     a lagging consumer, send lateness) and the page's (decoded, dropped, presented, gaps between presentations)."""
     eng = speech.get("server_engine") or {}
     video = speech.get("video") or {}
+    transport = speech.get("server_transport") or {}
     core_skipped = (eng.get("core") or {}).get("skipped_frames")
     dropped = eng.get("dropped_frames")
     return {
@@ -65,6 +66,8 @@ def frame_accounting(speech: dict[str, Any]) -> dict[str, Any]:
         "server_not_rendered": core_skipped,
         "server_output_skipped": dropped - core_skipped if dropped is not None and core_skipped is not None else None,
         "server_send_error_ms": eng.get("send_error_ms"),
+        "server_video_send": transport.get("video_send"),
+        "server_video_rate_changes": transport.get("video_rate_changes"),
         "page_decoded": video.get("framesDecoded"), "page_dropped": video.get("framesDropped"),
         "page_presented": speech.get("frames_presented"), "page_frame_gap_ms": speech.get("frame_gap_ms"),
         "page_keyframes": video.get("keyFramesDecoded"), "page_freezes": video.get("freezeCount"),

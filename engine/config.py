@@ -159,6 +159,10 @@ class ServerConfig:
     # microphone packet length the server's answer asks the browser for (a=ptime), ms: 0 = the browser's choice
     # (Chromium: 20); 10 = a packet leaves the browser 10 ms sooner after its first sample
     mic_ptime_ms: int = 10
+    # VP8 bitrate sent to presenters, kbit/s: held steady (changed only when the receiver's estimate halves or,
+    # after that, doubles again); 0 = aiortc's encoder, which starts a new encoder, with a keyframe, at every
+    # > 10 % move of the estimate (10-15 a minute while a browser's estimate climbs)
+    video_bitrate_kbps: int = 800
 
 
 @dataclass
@@ -223,6 +227,8 @@ class Config:
                "server.public_url", "must be an http:// or https:// base URL without a query")
         _check(0 <= v.mic_prefetch_packets <= 15, "server.mic_prefetch_packets", "must be in 0..15")
         _check(v.audio_frame_ms in (10, 20), "server.audio_frame_ms", "must be 10 or 20")
+        _check(v.video_bitrate_kbps == 0 or 250 <= v.video_bitrate_kbps <= 20_000, "server.video_bitrate_kbps",
+               "must be 0 (aiortc's) or in 250..20000")
         _check(v.mic_ptime_ms in (0, 10, 20, 40, 60), "server.mic_ptime_ms",
                "must be 0 (the browser's choice), 10, 20, 40 or 60")
         _check(parse_playout_delay(v.playout_delay_ms) is not None or not v.playout_delay_ms.strip(),

@@ -28,6 +28,13 @@ each with its RTP/SRTP overhead). :class:`ShortFrameOpusEncoder` is aiortc's enc
 (:func:`install_audio_encoder` gives it to one sender); :func:`answer_with_ptime` writes ``a=ptime`` into the
 audio sections of an answer, which Chromium's Opus encoder takes as its frame length.
 
+**Video bitrate steps.** aiortc's VP8 encoder follows the receiver's bandwidth estimate (REMB) and, whenever it
+moves by more than 10 %, throws its libvpx encoder away and starts a new one: a keyframe (several times a normal
+frame's bytes and encode time) each time. A browser's estimate climbs in such steps for the first tens of seconds:
+10-15 keyframes a minute in Chromium, each a frame that comes late and a presented-frame gap of 67 ms.
+:class:`SteadyVp8Encoder` starts at a fixed rate and re-creates its encoder only when the estimate falls below half
+of it (a congested link) or, after such a fall, has doubled again.
+
 All of these reach into aiortc's private state (name-mangled attributes) because aiortc has no setting for either;
 :func:`install_mic_buffer` and :func:`install_playout_delay` check that the attribute they replace exists and
 report it (logged) when an aiortc upgrade moved it, and ``tests/test_rtp_latency.py`` fails then.
@@ -45,6 +52,7 @@ import av
 from aiortc.codecs import HEADER_EXTENSIONS
 from aiortc.codecs.opus import SAMPLE_RATE as OPUS_RATE
 from aiortc.codecs.opus import OpusEncoder
+from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (
@@ -263,11 +271,22 @@ class ShortFrameOpusEncoder(OpusEncoder):
                                            frame_size=OPUS_RATE * frame_ms // 1000)
 
 
-def install_audio_encoder(sender: Any, frame_ms: int) -> bool:
-    """Make an aiortc audio ``RTCRtpSender`` send ``frame_ms`` Opus packets (before it starts sending; 20 = aiortc's
-    own encoder, nothing installed). False (and a warning) when the sender has no such private slot."""
+def negotiated_codec(transceiver: Any) -> str:
+    """The codec a transceiver sends with, lower-case (``audio/opus``, ``video/vp8``), "" before negotiation."""
+    codecs = getattr(transceiver, "_codecs", None) or []
+    return str(codecs[0].mimeType).lower() if codecs else ""
+
+
+def install_audio_encoder(transceiver: Any, frame_ms: int) -> bool:
+    """Make an aiortc audio transceiver's sender send ``frame_ms`` Opus packets (after the local description is set,
+    before the sender starts; 20 = aiortc's own encoder, nothing installed). False (and a warning) when Opus was
+    not negotiated or the sender has no such private slot."""
     if frame_ms == 20:
         return True
+    sender = transceiver.sender
+    if negotiated_codec(transceiver) != "audio/opus":
+        log.warning("audio codec %r is not Opus: its packets stay as aiortc makes them", negotiated_codec(transceiver))
+        return False
     if not hasattr(sender, _SENDER_ENCODER):
         log.warning("aiortc's sender has no %s: audio keeps aiortc's 20 ms packets", _SENDER_ENCODER)
         return False
@@ -293,3 +312,45 @@ def answer_with_ptime(sdp: str, ptime_ms: int) -> str:
     if audio:
         out.append(f"a=ptime:{ptime_ms}")
     return "\r\n".join(out) + "\r\n"
+
+
+class SteadyVp8Encoder(Vp8Encoder):
+    """aiortc's VP8 encoder whose bitrate (and so its libvpx encoder) changes only by factors of two.
+
+    ``bitrate``: the rate it starts at and never exceeds (bit/s). aiortc's sender writes every REMB estimate into
+    ``target_bitrate``; the encoder re-creates its codec when that moves by > 10 %, so this setter keeps the
+    current value unless the estimate is below half of it or (after a fall) at least twice it.
+    """
+
+    def __init__(self, bitrate: int) -> None:
+        super().__init__()
+        self.max_bitrate = max(MIN_BITRATE, int(bitrate))
+        self._rate = self.max_bitrate
+        self.rate_changes = 0  # times the rate (and so the libvpx encoder, with a keyframe) changed
+
+    @property
+    def target_bitrate(self) -> int:
+        return self._rate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        estimate = max(MIN_BITRATE, min(int(bitrate), self.max_bitrate))
+        if estimate < self._rate / 2 or estimate >= min(2 * self._rate, self.max_bitrate) > self._rate:
+            self._rate = estimate
+            self.rate_changes += 1
+
+
+def install_video_encoder(transceiver: Any, bitrate: int) -> SteadyVp8Encoder | None:
+    """Give an aiortc video transceiver's sender a :class:`SteadyVp8Encoder` at ``bitrate`` bit/s (after the local
+    description is set, before the sender starts: aiortc creates an encoder for the negotiated codec only when the
+    slot is empty). 0 = aiortc's own; None when VP8 was not negotiated (another codec keeps aiortc's encoder) or
+    (with a warning) the sender has no such private slot."""
+    if bitrate <= 0 or negotiated_codec(transceiver) != "video/vp8":
+        return None
+    sender = transceiver.sender
+    if not hasattr(sender, _SENDER_ENCODER):
+        log.warning("aiortc's sender has no %s: VP8 follows every bandwidth estimate", _SENDER_ENCODER)
+        return None
+    encoder = SteadyVp8Encoder(bitrate)
+    setattr(sender, _SENDER_ENCODER, encoder)
+    return encoder

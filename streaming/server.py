@@ -118,6 +118,7 @@ class ServerSettings:
     playout_delay_ms: str = ServerConfig.playout_delay_ms
     audio_frame_ms: int = ServerConfig.audio_frame_ms
     mic_ptime_ms: int = ServerConfig.mic_ptime_ms
+    video_bitrate_kbps: int = ServerConfig.video_bitrate_kbps
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:

@@ -33,12 +33,14 @@ from aiortc.sdp import candidate_from_sdp
 from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
 from streaming.contracts import MediaSession
 from streaming.rtp_latency import (
+    SteadyVp8Encoder,
     TimedBuffer,
     answer_with_ptime,
     enable_playout_delay,
     install_audio_encoder,
     install_mic_buffer,
     install_playout_delay,
+    install_video_encoder,
     percentiles_ms,
 )
 
@@ -84,10 +86,17 @@ class SessionVideoTrack(MediaStreamTrack):
         self.first_index: int | None = None  # session frame index of the first frame handed to the encoder
         self.last_index: int | None = None
         self.meter = _RateMeter()
+        # the send loop's timing (s): a frame handed on after its due time; aiortc's work on the previous frame
+        # (conversion, encode in its executor, packetisation, SRTP, socket) between our return and its next call
+        self.lateness: deque[float] = deque(maxlen=900)
+        self.encode_send: deque[float] = deque(maxlen=900)
+        self._returned: float | None = None
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._returned is not None:
+            self.encode_send.append(time.monotonic() - self._returned)
         try:
             out = await self._session.next_video_frame()
         except Exception as exc:  # noqa: BLE001 - session closed or failed: end this track only
@@ -101,8 +110,17 @@ class SessionVideoTrack(MediaStreamTrack):
             self.first_index = int(out.index)
         self.last_index = int(out.index)
         self.frames_sent += 1
-        self.meter.tick(time.monotonic())
+        now = time.monotonic()
+        self.meter.tick(now)
+        due = out.stamps.get("due")
+        if due is not None:
+            self.lateness.append(now - due)
+        self._returned = time.monotonic()
         return frame
+
+    def timing_ms(self) -> dict[str, Any]:
+        """p50/p95 of ``lateness`` and ``encode_send`` in ms (the stats' ``video_send``)."""
+        return {"late_ms": percentiles_ms(self.lateness), "encode_send_ms": percentiles_ms(self.encode_send)}
 
 
 class SessionAudioTrack(MediaStreamTrack):
@@ -228,16 +246,19 @@ class MediaPeer:
 
     def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None, *,
                  mic_prefetch: int = 0, playout_delay: tuple[int, int] | None = None,
-                 audio_frame_ms: int = 20, mic_ptime_ms: int = 0) -> None:
+                 audio_frame_ms: int = 20, mic_ptime_ms: int = 0, video_bitrate: int = 0) -> None:
         """``mic_prefetch``: microphone packets held back before the session gets one (0 = none; aiortc's own
         buffer holds 4, 80 ms); ``playout_delay``: (min, max) ms written into the video's RTP playout-delay
         extension, None = not sent; ``audio_frame_ms``: length of the Opus packets sent (10 or 20);
         ``mic_ptime_ms``: the microphone packet length the answer asks for (0 = the offerer's choice; see
-        ``streaming/rtp_latency.py``)."""
+        ``streaming/rtp_latency.py``); ``video_bitrate``: VP8 rate (bit/s) changed only by halving or doubling
+        (0 = aiortc's encoder, re-created with a keyframe at every > 10 % move of the receiver's estimate)."""
         self.session = session
         self.mic_prefetch = int(mic_prefetch)
         self.audio_frame_ms = int(audio_frame_ms)
         self.mic_ptime_ms = int(mic_ptime_ms)
+        self.video_bitrate = int(video_bitrate)
+        self.video_encoder: SteadyVp8Encoder | None = None
         self.playout_delay = playout_delay
         if playout_delay is not None:
             enable_playout_delay()  # before the offer is read: the answer keeps only extensions aiortc knows
@@ -278,9 +299,14 @@ class MediaPeer:
         if self.playout_delay is not None:
             install_playout_delay(sender, *self.playout_delay)
         if "audio" in kinds:
-            install_audio_encoder(self.pc.addTrack(self.audio), self.audio_frame_ms)
+            self.pc.addTrack(self.audio)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        for transceiver in self.pc.getTransceivers():  # codecs are known now; the senders start after DTLS
+            if transceiver.sender.track is self.audio:
+                install_audio_encoder(transceiver, self.audio_frame_ms)
+            elif transceiver.sender.track is self.video:
+                self.video_encoder = install_video_encoder(transceiver, self.video_bitrate)
         return answer_with_ptime(self.pc.localDescription.sdp, self.mic_ptime_ms)
 
     async def add_ice_candidate(self, candidate: str, sdp_mid: str | None, mline_index: int | None) -> None:
@@ -303,6 +329,10 @@ class MediaPeer:
             "ice_state": self.pc.iceConnectionState,
             "video_frames_sent": self.video.frames_sent,
             "video_send_fps": round(self.video.meter.rate(now), 2),
+            "video_send": self.video.timing_ms(),
+            # SteadyVp8Encoder's rate (bit/s) and how often it changed (each change: a new encoder, a keyframe)
+            "video_bitrate": self.video_encoder.target_bitrate if self.video_encoder is not None else None,
+            "video_rate_changes": self.video_encoder.rate_changes if self.video_encoder is not None else None,
             "first_video_index": self.video.first_index,
             "last_video_index": self.video.last_index,
             "audio_frames_sent": self.audio.frames_sent,

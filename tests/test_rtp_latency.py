@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import av
 import numpy as np
+from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import RtpPacket, unpack_header_extensions
@@ -28,6 +29,7 @@ from streaming.rtp_latency import (
     MarkerVideoBuffer,
     PlayoutDelayExtensionsMap,
     ShortFrameOpusEncoder,
+    SteadyVp8Encoder,
     TimedBuffer,
     answer_with_ptime,
     enable_playout_delay,
@@ -184,6 +186,8 @@ def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:  #
                 assert peer is not None
                 (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
                 assert isinstance(audio.sender._RTCRtpSender__encoder, ShortFrameOpusEncoder)
+                (video,) = [t for t in peer.pc.getTransceivers() if t.kind == "video"]
+                assert isinstance(video.sender._RTCRtpSender__encoder, SteadyVp8Encoder)
                 (receiver,) = [r for r in client.pc.getReceivers() if r.track.kind == "audio"]
 
                 async def received() -> tuple[float, int]:
@@ -257,3 +261,33 @@ def test_client_receives_through_arrival_buffers(live_runtime) -> None:  # noqa:
                 await client.close()
 
     run(main(), 240)
+
+
+def keyframes_on_a_climbing_estimate(encoder: Vp8Encoder) -> int:
+    """Encode 60 frames (256², real libvpx) while the receiver's estimate climbs as a browser's does, 8 % a step
+    from 300 kbit/s; count the keyframes in the payloads."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 255, (256, 256, 3), np.uint8)
+    keyframes = 0
+    for i in range(60):
+        encoder.target_bitrate = int(300_000 * 1.08**i)  # what aiortc's sender does with each REMB
+        image = np.roll(base, i, axis=1)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = 3000 * i, Fraction(1, 90_000)
+        payloads, _ = encoder.encode(frame)
+        _, vp8 = VpxPayloadDescriptor.parse(payloads[0])
+        keyframes += int(vp8[0] & 1 == 0)  # VP8 frame tag: bit 0 clear = keyframe
+    return keyframes
+
+
+def test_steady_vp8_encoder_keeps_its_encoder_while_the_estimate_climbs() -> None:
+    assert keyframes_on_a_climbing_estimate(Vp8Encoder()) > 10  # aiortc's: a new encoder every > 10 % move
+    steady = SteadyVp8Encoder(800_000)
+    assert keyframes_on_a_climbing_estimate(steady) <= 3, steady.rate_changes  # the first, the fall, a doubling
+    assert steady.target_bitrate == 800_000
+    steady.target_bitrate = 350_000  # a congested link: below half, followed at once
+    assert steady.target_bitrate == 350_000
+    steady.target_bitrate = 600_000  # not yet twice
+    assert steady.target_bitrate == 350_000
+    steady.target_bitrate = 5_000_000  # recovered: back to the configured rate, never above it
+    assert steady.target_bitrate == 800_000
