@@ -153,12 +153,16 @@ class ServerConfig:
     # RTP playout-delay header extension on the video sent to browsers, "MIN,MAX" in ms (multiples of 10):
     # the receiver's bounds on how long it holds a frame before showing it; "" = not sent (the browser decides)
     playout_delay_ms: str = ""
-    # Opus packet length of the presenter's audio sent to it, ms (10 or 20; aiortc's own is 20): a receiver's
-    # audio jitter buffer counts in packets, so 10 ms packets let the browser hold less (twice the packets to send)
+    # Opus packet length of the presenter's audio sent to it, ms (10 or 20; aiortc's own is 20): a packet leaves
+    # once its last sample exists and a receiver's audio jitter buffer counts in packets, so 10 ms packets let the
+    # browser hold less; twice the packets cost +0.011 to +0.029 CPU s per audio second over 0.021 (encode +
+    # aiortc's per-packet path; benchmarks.served_costs, two runs at load 8-10), 1-3 % of a served session
     audio_frame_ms: int = 10
     # microphone packet length the server's answer asks the browser for (a=ptime), ms: 0 = the browser's choice
-    # (Chromium: 20); 10 = a packet leaves the browser 10 ms sooner after its first sample
-    mic_ptime_ms: int = 10
+    # (Chromium: 20; it honours 10). 10 sends a sound ~5 ms sooner on average but feeds the recognizer twice as
+    # many blocks: allphone costs 0.197 instead of 0.138 CPU s per audio second (benchmarks.served_costs), the
+    # price of a served session rises ~7 %; so off by default
+    mic_ptime_ms: int = 0
     # VP8 bitrate sent to presenters, kbit/s: held steady (changed only when the receiver's estimate halves or,
     # after that, doubles again); 0 = aiortc's encoder, which starts a new encoder, with a keyframe, at every
     # > 10 % move of the estimate (10-15 a minute while a browser's estimate climbs)
