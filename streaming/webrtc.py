@@ -142,9 +142,11 @@ class SessionAudioTrack(MediaStreamTrack):
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
         self._fifo = av.AudioFifo()
         self._next_pts: int | None = None
-        self._written = 0  # 48 kHz samples written to the fifo so far
-        self._read = 0
-        self._released: deque[tuple[int, float]] = deque()  # (fifo sample count after a chunk, its release time)
+        self._pad = 0  # 48 kHz samples of silence put in front of the first chunk
+        self._read = 0  # 48 kHz samples read from the fifo so far (pad included)
+        self._content = 0  # 48 kHz samples of session audio released so far (chunk lengths x 3)
+        # (session audio released up to, in 48 kHz samples; when), per chunk
+        self._released: deque[tuple[int, float]] = deque()
         self.holds: deque[float] = deque(maxlen=1500)  # s: last sample released -> frame handed on
         self.chunks_received = 0
         self.frames_sent = 0
@@ -168,19 +170,21 @@ class SessionAudioTrack(MediaStreamTrack):
                 self._next_pts = round(Fraction(chunk.pts) * OPUS_RATE)
                 short = pcm.shape[1] * OPUS_RATE // ENGINE_RATE - sum(f.samples for f in parts)
                 if short > 0:  # the resampler's filter tail (see the class docstring)
+                    self._pad = short
                     pad = av.AudioFrame.from_ndarray(np.zeros((1, short), np.int16), format="s16", layout="mono")
                     pad.sample_rate = OPUS_RATE
                     parts.insert(0, pad)
             for resampled in parts:
                 resampled.pts = None  # the fifo checks pts continuity; we stamp on the way out instead
                 self._fifo.write(resampled)
-                self._written += resampled.samples
-            self._released.append((self._written, released))
+            self._content += pcm.shape[1] * OPUS_RATE // ENGINE_RATE
+            self._released.append((self._content, released))
             self.chunks_received += 1
         frame = self._fifo.read(self.frame_samples)
         assert frame is not None and self._next_pts is not None
         self._read += self.frame_samples
-        while self._released and self._released[0][0] < self._read:  # chunks wholly before the frame's end
+        end = self._read - self._pad  # the frame's last session sample (48 kHz count), wherever the resampler is
+        while self._released and self._released[0][0] < end:  # chunks wholly before it
             self._released.popleft()
         if self._released:
             self.holds.append(time.monotonic() - self._released[0][1])
