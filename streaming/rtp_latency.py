@@ -172,7 +172,7 @@ def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
     such private buffer (an aiortc that changed): it keeps its own.
     """
     if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
-        log.warning("aiortc's receiver has no %s: the microphone keeps aiortc's 80 ms buffer", _RECEIVER_BUFFER)
+        log.warning("aiortc's receiver has no %s: its audio keeps aiortc's 80 ms buffer", _RECEIVER_BUFFER)
         return None
     buffer = TimedBuffer(ArrivalAudioBuffer() if prefetch == 0 else JitterBuffer(capacity=16, prefetch=prefetch))
     setattr(receiver, _RECEIVER_BUFFER, buffer)
