@@ -158,6 +158,9 @@ class ServerConfig:
     # browser hold less; twice the packets cost +0.011 to +0.029 CPU s per audio second over 0.021 (encode +
     # aiortc's per-packet path; benchmarks.served_costs, two runs at load 8-10), 1-3 % of a served session
     audio_frame_ms: int = 10
+    # libopus mode of that audio: "lowdelay" (CELT only: 2.5 ms of encoder lookahead) or aiortc's "voip" (6.5 ms);
+    # at aiortc's 96 kbit/s CELT carries speech well
+    opus_application: str = "lowdelay"
     # microphone packet length the server's answer asks the browser for (a=ptime), ms: 0 = the browser's choice
     # (Chromium: 20; it honours 10). 10 sends a sound ~5 ms sooner on average but feeds the recognizer twice as
     # many blocks: allphone costs 0.197 instead of 0.138 CPU s per audio second (benchmarks.served_costs), the
@@ -231,6 +234,7 @@ class Config:
                "server.public_url", "must be an http:// or https:// base URL without a query")
         _check(0 <= v.mic_prefetch_packets <= 15, "server.mic_prefetch_packets", "must be in 0..15")
         _check(v.audio_frame_ms in (10, 20), "server.audio_frame_ms", "must be 10 or 20")
+        _choice(v.opus_application, ("voip", "lowdelay"), "server.opus_application")
         _check(v.video_bitrate_kbps == 0 or 250 <= v.video_bitrate_kbps <= 20_000, "server.video_bitrate_kbps",
                "must be 0 (aiortc's) or in 250..20000")
         _check(v.mic_ptime_ms in (0, 10, 20, 40, 60), "server.mic_ptime_ms",

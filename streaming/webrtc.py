@@ -250,16 +250,19 @@ class MediaPeer:
 
     def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None, *,
                  mic_prefetch: int = 0, playout_delay: tuple[int, int] | None = None,
-                 audio_frame_ms: int = 20, mic_ptime_ms: int = 0, video_bitrate: int = 0) -> None:
+                 audio_frame_ms: int = 20, opus_application: str = "voip", mic_ptime_ms: int = 0,
+                 video_bitrate: int = 0) -> None:
         """``mic_prefetch``: microphone packets held back before the session gets one (0 = none; aiortc's own
         buffer holds 4, 80 ms); ``playout_delay``: (min, max) ms written into the video's RTP playout-delay
-        extension, None = not sent; ``audio_frame_ms``: length of the Opus packets sent (10 or 20);
+        extension, None = not sent; ``audio_frame_ms``: length of the Opus packets sent (10 or 20), in libopus mode
+        ``opus_application`` (``voip``: aiortc's, ``lowdelay``);
         ``mic_ptime_ms``: the microphone packet length the answer asks for (0 = the offerer's choice; see
         ``streaming/rtp_latency.py``); ``video_bitrate``: VP8 rate (bit/s) changed only by halving or doubling
         (0 = aiortc's encoder, re-created with a keyframe at every > 10 % move of the receiver's estimate)."""
         self.session = session
         self.mic_prefetch = int(mic_prefetch)
         self.audio_frame_ms = int(audio_frame_ms)
+        self.opus_application = opus_application
         self.mic_ptime_ms = int(mic_ptime_ms)
         self.video_bitrate = int(video_bitrate)
         self.video_encoder: SteadyVp8Encoder | None = None
@@ -308,7 +311,7 @@ class MediaPeer:
         await self.pc.setLocalDescription(answer)
         for transceiver in self.pc.getTransceivers():  # codecs are known now; the senders start after DTLS
             if transceiver.sender.track is self.audio:
-                install_audio_encoder(transceiver, self.audio_frame_ms)
+                install_audio_encoder(transceiver, self.audio_frame_ms, self.opus_application)
             elif transceiver.sender.track is self.video:
                 self.video_encoder = install_video_encoder(transceiver, self.video_bitrate)
         return answer_with_ptime(self.pc.localDescription.sdp, self.mic_ptime_ms)
@@ -341,6 +344,7 @@ class MediaPeer:
             "last_video_index": self.video.last_index,
             "audio_frames_sent": self.audio.frames_sent,
             "audio_frame_ms": self.audio_frame_ms,
+            "opus_application": self.opus_application,
             # how long sent audio waited in this track: its last sample released by the session -> to the encoder
             "audio_send_hold_ms": self.audio.hold_ms(),
             "mic_frames_received": self.mic.frames,

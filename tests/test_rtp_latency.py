@@ -26,9 +26,9 @@ from engine.live.frames import OutputAudioChunk
 from streaming.rtp_latency import (
     PLAYOUT_DELAY_URI,
     ArrivalAudioBuffer,
+    LowDelayOpusEncoder,
     MarkerVideoBuffer,
     PlayoutDelayExtensionsMap,
-    ShortFrameOpusEncoder,
     SteadyVp8Encoder,
     TimedBuffer,
     answer_with_ptime,
@@ -170,7 +170,7 @@ def test_answer_asks_for_the_microphone_packet_length() -> None:
 
 def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:  # noqa: F811
     async def main() -> None:
-        settings = server_settings(audio_frame_ms=10, mic_ptime_ms=10)
+        settings = server_settings(audio_frame_ms=10, opus_application="lowdelay", mic_ptime_ms=10)
         async with PresenterServer(live_runtime, settings) as server:
             mic = MicrophoneTrack()
             mic.feed(speech_16k()[:16_000])
@@ -185,7 +185,8 @@ def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:  #
                 peer = server.clients[welcome["session"]].peer
                 assert peer is not None
                 (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
-                assert isinstance(audio.sender._RTCRtpSender__encoder, ShortFrameOpusEncoder)
+                encoder = audio.sender._RTCRtpSender__encoder
+                assert isinstance(encoder, LowDelayOpusEncoder) and encoder.application == "lowdelay"
                 (video,) = [t for t in peer.pc.getTransceivers() if t.kind == "video"]
                 assert isinstance(video.sender._RTCRtpSender__encoder, SteadyVp8Encoder)
                 # each received packet decodes to one frame: 480 samples at 48 kHz is 10 ms (960 before)
@@ -282,3 +283,21 @@ def test_steady_vp8_encoder_keeps_its_encoder_while_the_estimate_climbs() -> Non
     assert steady.target_bitrate == 350_000
     steady.target_bitrate = 5_000_000  # recovered: back to the configured rate, never above it
     assert steady.target_bitrate == 800_000
+
+
+def test_low_delay_opus_encoder_looks_ahead_less_in_shorter_packets() -> None:
+    """libopus's lookahead is the encoder's initial padding: the decoded sound starts that much later."""
+    from aiortc.codecs.opus import OpusEncoder
+
+    def first_packet(encoder: OpusEncoder) -> tuple[int, int]:
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48_000, 0, Fraction(1, 48_000)
+        for resampled in encoder.resampler.resample(frame):
+            packets = encoder.codec.encode(resampled)
+            if packets:
+                return int(packets[0].pts), int(packets[0].duration)
+        raise AssertionError("no packet")
+
+    assert first_packet(OpusEncoder()) == (-312, 960)  # aiortc's: voip, 6.5 ms ahead, 20 ms packets
+    assert first_packet(LowDelayOpusEncoder(10)) == (-120, 480)  # 2.5 ms ahead, 10 ms packets
+    assert first_packet(LowDelayOpusEncoder(20, "voip")) == (-312, 960)
