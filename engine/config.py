@@ -154,10 +154,12 @@ class ServerConfig:
     # the receiver's bounds on how long it holds a frame before showing it; "" = not sent (the browser decides)
     playout_delay_ms: str = ""
     # Opus packet length of the presenter's audio sent to it, ms (10 or 20; aiortc's own is 20): a packet leaves
-    # once its last sample exists and a receiver's audio jitter buffer counts in packets, so 10 ms packets let the
-    # browser hold less; twice the packets cost +0.011 to +0.029 CPU s per audio second over 0.021 (encode +
-    # aiortc's per-packet path; benchmarks.served_costs, two runs at load 8-10), 1-3 % of a served session
-    audio_frame_ms: int = 10
+    # once its last sample exists and a receiver's audio jitter buffer counts in packets, so 10 ms packets may let
+    # the browser hold less; but twice the packets cost +0.011 to +0.029 CPU s per audio second over 0.021 (encode
+    # + aiortc's per-packet path; benchmarks.served_costs, two runs at load 8-10), 1-3 % of a served session, and
+    # in-process server+client tests at load 12-14 lost the mouth motion with 10 (3 of 3 runs) and not with 20:
+    # 20 until a quiet A/B shows the gain
+    audio_frame_ms: int = 20
     # libopus mode of that audio: "lowdelay" (CELT only: 2.5 ms of encoder lookahead) or aiortc's "voip" (6.5 ms);
     # at aiortc's 96 kbit/s CELT carries speech well
     opus_application: str = "lowdelay"
