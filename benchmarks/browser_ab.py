@@ -33,7 +33,7 @@ METRICS = [  # (summary key, field) compared across variants
     ("onset_to_server_sent_mouth_ms", "p50"), ("onset_to_arrived_mouth_ms", "p50"),
     ("onset_to_remote_audio_ms", "p50"), ("onset_to_remote_audio_ms", "p95"),
     ("onset_to_remote_audio_tap_ms", "p50"), ("av_offset_seen_ms", "p50"), ("av_playout_skew_ms", "p50"),
-    ("server_mic_hold_ms", "p50"),
+    ("server_mic_hold_ms", "p50"), ("server_audio_send_hold_ms", "p50"), ("mic_packet_ms", None),
     ("fps_presented", None), ("freezes", None), ("video_jitter_buffer_ms", None), ("audio_jitter_buffer_ms", None),
 ]
 
@@ -51,6 +51,27 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
         vals = [v for r in runs if (v := value(r["summary"], key, field)) is not None]
         out[f"{key}.{field}" if field else key] = statistics.median(vals) if vals else None
     return out
+
+
+def frame_accounting(speech: dict[str, Any]) -> dict[str, Any]:
+    """Where frames went in one run: the server's output (sent, repeated late, never rendered in time, skipped by
+    a lagging consumer, send lateness) and the page's (decoded, dropped, presented, gaps between presentations)."""
+    eng = speech.get("server_engine") or {}
+    video = speech.get("video") or {}
+    transport = speech.get("server_transport") or {}
+    core_skipped = (eng.get("core") or {}).get("skipped_frames")
+    dropped = eng.get("dropped_frames")
+    return {
+        "server_sent": eng.get("frames_sent"), "server_late": eng.get("late_frames"),
+        "server_not_rendered": core_skipped,
+        "server_output_skipped": dropped - core_skipped if dropped is not None and core_skipped is not None else None,
+        "server_send_error_ms": eng.get("send_error_ms"),
+        "server_video_send": transport.get("video_send"),
+        "server_video_rate_changes": transport.get("video_rate_changes"),
+        "page_decoded": video.get("framesDecoded"), "page_dropped": video.get("framesDropped"),
+        "page_presented": speech.get("frames_presented"), "page_frame_gap_ms": speech.get("frame_gap_ms"),
+        "page_keyframes": video.get("keyFramesDecoded"), "page_freezes": video.get("freezeCount"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "date": data["date"], "summary": data["summary"],
                                    "answer_extmaps": data["speech"].get("answer_extmaps"),
                                    "server_engine_late_frames": (data["speech"].get("server_engine") or {})
-                                   .get("late_frames")})
+                                   .get("late_frames"),
+                                   "frames": frame_accounting(data["speech"])})
     table = {name: medians(rs) for name, rs in runs.items()}
     base = table[variants[0][0]]
     print(f"\nmedians over {args.rounds} rounds (each run's p50/p95); ratio to {variants[0][0]}")

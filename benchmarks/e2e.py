@@ -155,7 +155,8 @@ def motion_onset(frames: list[Any], onset: float, horizon: float = 1.5) -> float
 
 
 # ------------------------------------------------------------------------------------------------- measures
-async def measure_latency(url: str, speech: np.ndarray, trials: int, styles_trials: int) -> dict[str, Any]:
+async def measure_latency(url: str, speech: np.ndarray, trials: int, styles_trials: int,
+                          arrival_buffers: bool = True) -> dict[str, Any]:
     """Speech onset -> mouth motion over ``trials`` bursts, then style-switch latency in silence."""
     burst = speech[: int(1.2 * RATE)]
     gap = np.zeros(int(1.6 * RATE), np.int16)
@@ -167,7 +168,7 @@ async def measure_latency(url: str, speech: np.ndarray, trials: int, styles_tria
         loud = np.nonzero(np.abs(burst.astype(np.int32)) > ONSET_LEVEL)[0]
         onsets.append(first + int(loud[0]))
         mic.feed(gap)
-    client = StyleTalkClient(url, keep_frames=100_000)
+    client = StyleTalkClient(url, keep_frames=100_000, arrival_buffers=arrival_buffers)
     welcome = await client.connect()
     await client.start_media(mic)
     total = mic.pending_samples
@@ -310,7 +311,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"server: {server.url}", flush=True)
         out["latency"] = (
             {"onset_to_motion_s": [], "onset_trials": 0, "style_switch_s": [], "engine_delay_ms": None}
-            if args.sessions_only else await measure_latency(server.url, speech, args.trials, args.style_trials)
+            if args.sessions_only else await measure_latency(server.url, speech, args.trials, args.style_trials,
+                                                             not args.aiortc_buffers)
         )
         levels = []
         for n in range(1, args.max_sessions + 1):
@@ -361,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for the server, e.g. --serve-arg=--event-loop=asyncio (repeatable)")
+    parser.add_argument("--aiortc-buffers", action="store_true",
+                        help="the latency client receives through aiortc's own jitter buffers (one video frame and "
+                             "4 audio packets behind; default: arrival buffers, streaming/rtp_latency.py)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.quick:
@@ -419,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_overrides": args.set_args_raw,
         "model_workers": model_workers(args.set_args_raw),  # {"workers": 2, "worker_nice": 5}
         "server_args": args.serve_arg,
+        "client_buffers": "aiortc" if args.aiortc_buffers else "arrival",
         "summary": summary,
         **data,
     }

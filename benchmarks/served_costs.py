@@ -146,6 +146,60 @@ def opus_costs(speech: np.ndarray, seconds: float) -> tuple[float, float, list[b
     return enc_cost, cpu_per_media_second(decode), encoded
 
 
+def audio_send_costs(speech: np.ndarray, seconds: float) -> dict[str, dict[str, float]]:
+    """The avatar's audio sent in 10 or 20 ms packets (``server.audio_frame_ms``), CPU s per audio second: Opus
+    encode (aiortc's encoder / ``LowDelayOpusEncoder``) and the per-packet path around it in aiortc's sender: the
+    encode handed to the loop's executor and awaited, the RTP packet built and serialized, SRTP."""
+    out: dict[str, dict[str, float]] = {}
+    for frame_ms in (20, 10):
+        enc, path = _audio_send_cost(speech, seconds, frame_ms)
+        name = "20 ms voip (aiortc's)" if frame_ms == 20 else f"{frame_ms} ms lowdelay"
+        out[name] = {"packets_per_s": 1000 / frame_ms, "opus_encode": enc, "send_path": path, "total": enc + path}
+    return out
+
+
+def _audio_send_cost(speech: np.ndarray, seconds: float, frame_ms: int) -> tuple[float, float]:
+    import asyncio
+
+    import av
+    from aiortc.codecs.opus import OpusEncoder
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+    from pylibsrtp import Policy, Session
+
+    from streaming.rtp_latency import LowDelayOpusEncoder
+
+    size = 48 * frame_ms
+    n = int(seconds * 1000 / frame_ms)
+    pcm48 = np.repeat(np.tile(speech, 1 + int(seconds * 16_000) // len(speech)), 3)[: n * size]
+    frames = []
+    for i in range(n):
+        frame = av.AudioFrame.from_ndarray(pcm48[None, i * size : (i + 1) * size], format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48_000, i * size, Fraction(1, 48_000)
+        frames.append(frame)
+
+    def encode() -> float:
+        enc = OpusEncoder() if frame_ms == 20 else LowDelayOpusEncoder(frame_ms)
+        for frame in frames:
+            enc.encode(frame)
+        return seconds
+
+    async def packets() -> None:
+        loop = asyncio.get_running_loop()
+        session = Session(policy=Policy(key=bytes(range(30)), ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+        extensions = HeaderExtensionsMap()
+        for i in range(n):
+            await loop.run_in_executor(None, len, b"")  # the hop alone: the encode is charged above
+            packet = RtpPacket(payload_type=111, sequence_number=i % 65536, timestamp=i * size)
+            packet.ssrc, packet.payload = 1, bytes(60)
+            session.protect(packet.serialize(extensions))
+
+    def send_path() -> float:
+        asyncio.run(packets())
+        return seconds
+
+    return cpu_per_media_second(encode), cpu_per_media_second(send_path)
+
+
 def srtp_cost(video: list[bytes], audio: list[bytes], video_seconds: float) -> float:
     """Protect one RTP packet per payload (12-byte header), both directions' worth of the session's media."""
     from pylibsrtp import Policy, Session
@@ -186,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     costs["Opus encode (avatar audio)"], costs["Opus decode + resample (microphone)"], audio_packets = opus_costs(
         speech, args.seconds)
     costs["SRTP protect"] = srtp_cost(video_packets, audio_packets, len(frames) / FPS)
+    audio_send = audio_send_costs(speech, args.seconds)
     total = sum(costs.values())
 
     print("| part | CPU s per session-second |")
@@ -195,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| **sum** | **{total:.3f}** |")
     print(f"-> at most {args.cores / total:.1f} sessions on {args.cores} cores (parts only; no event loop, "
           "RTP/RTCP bookkeeping or browser)")
+    print("avatar audio sent by packet length (CPU s per audio second: Opus encode + aiortc's per-packet path):")
+    for name, row in audio_send.items():
+        print(f"  {name}: {row['total']:.4f} ({row['opus_encode']:.4f} + {row['send_path']:.4f})")
     print("recognizer by feed size and BLAS threads (CPU s per audio second):")
     for name, c in recognizer.items():
         print(f"  {name}: {c:.3f}")
@@ -204,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "sum": total,
         "sessions_bound": args.cores / total,
         "recognizer_by_feed_and_blas_threads": recognizer,
+        "audio_send_by_packet_ms": audio_send,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from clients.count_only import FrameLog
 from clients.count_only import count_only as count_receivers
 from engine.timing import SAMPLE_RATE
 from streaming import protocol as P
+from streaming.rtp_latency import install_receive_buffers
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +192,18 @@ class StyleTalkClient:
     """One connection to ``styletalk-live serve``: ``connect()``, ``start_media(mic)``, ``request(...)``."""
 
     def __init__(
-        self, url: str = "ws://127.0.0.1:8080/ws", token: str | None = None, keep_frames: int = 10_000
+        self, url: str = "ws://127.0.0.1:8080/ws", token: str | None = None, keep_frames: int = 10_000,
+        arrival_buffers: bool = True,
     ):
+        """``arrival_buffers``: received audio and video reach the decoder as they arrive (audio packet by packet,
+        a video frame on its last packet; ``streaming/rtp_latency.py``) instead of after aiortc's waits (4 audio
+        packets; one video frame interval): this client records, it does not play out, so it smooths nothing."""
         self.url = url if token is None else with_token(url, token)
+        self.arrival_buffers = arrival_buffers
+        self.receive_buffers: dict[str, Any] = {}  # what start_media installed, by kind
         self.ws: ClientConnection | None = None
         self.pc: RTCPeerConnection | None = None
+        self.answer_sdp: str | None = None
         self.mic: MicrophoneTrack | None = None
         self.recording = Recording(max_frames=keep_frames)
         self.events: list[dict[str, Any]] = []
@@ -276,11 +284,14 @@ class StyleTalkClient:
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
         self.pc.addTransceiver("video", direction="recvonly")
+        if self.arrival_buffers:
+            self.receive_buffers = install_receive_buffers(self.pc.getTransceivers())
         self.pc.on("track", self._on_track)
         if count_only:
             self.counted = count_receivers(self.pc)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         answer = await self.request("offer", timeout=timeout, sdp=self.pc.localDescription.sdp)
+        self.answer_sdp = str(answer["sdp"])  # as the server wrote it (aiortc's remoteDescription drops a=ptime)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -387,7 +398,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.wav:
         pcm, rate = read_wav(args.wav)
         mic = MicrophoneTrack(to_16k(pcm, rate), loop=args.loop)
-    client = StyleTalkClient(args.url, token=args.token)
+    client = StyleTalkClient(args.url, token=args.token, arrival_buffers=not args.aiortc_buffers)
     welcome = await client.connect()
     print(f"session {welcome['session']}; styles: {', '.join(welcome['styles'])}")
     await client.start_media(mic)
@@ -453,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", default=None, help="switch to this style after connecting")
     parser.add_argument("--transition-ms", type=int, default=250)
     parser.add_argument("--out", default=None, help="write the received video to this MP4")
+    parser.add_argument("--aiortc-buffers", action="store_true",
+                        help="receive through aiortc's own jitter buffers (4 audio packets, one video frame behind)")
     parser.add_argument("--json", action="store_true", help="print the full stats as JSON instead of a summary")
     args = parser.parse_args(argv)
     if urlsplit(args.url).scheme not in ("ws", "wss"):

@@ -153,6 +153,25 @@ class ServerConfig:
     # RTP playout-delay header extension on the video sent to browsers, "MIN,MAX" in ms (multiples of 10):
     # the receiver's bounds on how long it holds a frame before showing it; "" = not sent (the browser decides)
     playout_delay_ms: str = ""
+    # Opus packet length of the presenter's audio sent to it, ms (10 or 20; aiortc's own is 20): a packet leaves
+    # once its last sample exists and a receiver's audio jitter buffer counts in packets, so 10 ms packets may let
+    # the browser hold less; but twice the packets cost +0.011 to +0.029 CPU s per audio second over 0.021 (encode
+    # + aiortc's per-packet path; benchmarks.served_costs, two runs at load 8-10), 1-3 % of a served session, and
+    # in-process server+client tests at load 12-14 lost the mouth motion with 10 (3 of 3 runs) and not with 20:
+    # 20 until a quiet A/B shows the gain
+    audio_frame_ms: int = 20
+    # libopus mode of that audio: "lowdelay" (CELT only: 2.5 ms of encoder lookahead) or aiortc's "voip" (6.5 ms);
+    # at aiortc's 96 kbit/s CELT carries speech well
+    opus_application: str = "lowdelay"
+    # microphone packet length the server's answer asks the browser for (a=ptime), ms: 0 = the browser's choice
+    # (Chromium: 20; it honours 10). 10 sends a sound ~5 ms sooner on average but feeds the recognizer twice as
+    # many blocks: allphone costs 0.197 instead of 0.138 CPU s per audio second (benchmarks.served_costs), the
+    # price of a served session rises ~7 %; so off by default
+    mic_ptime_ms: int = 0
+    # VP8 bitrate sent to presenters, kbit/s: held steady (changed only when the receiver's estimate halves or,
+    # after that, doubles again); 0 = aiortc's encoder, which starts a new encoder, with a keyframe, at every
+    # > 10 % move of the estimate (10-15 a minute while a browser's estimate climbs)
+    video_bitrate_kbps: int = 800
 
 
 @dataclass
@@ -216,6 +235,12 @@ class Config:
         _check(not v.public_url or (v.public_url.startswith(("http://", "https://")) and "?" not in v.public_url),
                "server.public_url", "must be an http:// or https:// base URL without a query")
         _check(0 <= v.mic_prefetch_packets <= 15, "server.mic_prefetch_packets", "must be in 0..15")
+        _check(v.audio_frame_ms in (10, 20), "server.audio_frame_ms", "must be 10 or 20")
+        _choice(v.opus_application, ("voip", "lowdelay"), "server.opus_application")
+        _check(v.video_bitrate_kbps == 0 or 250 <= v.video_bitrate_kbps <= 20_000, "server.video_bitrate_kbps",
+               "must be 0 (aiortc's) or in 250..20000")
+        _check(v.mic_ptime_ms in (0, 10, 20, 40, 60), "server.mic_ptime_ms",
+               "must be 0 (the browser's choice), 10, 20, 40 or 60")
         _check(parse_playout_delay(v.playout_delay_ms) is not None or not v.playout_delay_ms.strip(),
                "server.playout_delay_ms", "must be \"\" or \"MIN,MAX\": ms, 0 <= MIN <= MAX <= 40950")
         return self

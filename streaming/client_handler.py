@@ -483,7 +483,10 @@ class ClientHandler:
         settings = self.server.settings
         peer = MediaPeer(self.server.rooms.broadcast_for(self.id).tap(session), on_state=self._on_peer_state,
                          mic_prefetch=settings.mic_prefetch_packets,
-                         playout_delay=parse_playout_delay(settings.playout_delay_ms))
+                         playout_delay=parse_playout_delay(settings.playout_delay_ms),
+                         audio_frame_ms=settings.audio_frame_ms, opus_application=settings.opus_application,
+                         mic_ptime_ms=settings.mic_ptime_ms,
+                         video_bitrate=1000 * settings.video_bitrate_kbps)
         try:
             answer = await peer.accept_offer(req.sdp)
         except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors for unusable SDP

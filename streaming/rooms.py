@@ -33,6 +33,7 @@ from streaming.broadcast import Broadcast, Subscriber
 from streaming.janus import JanusUnavailable
 from streaming.janus_fanout import JanusFanout, JanusNode
 from streaming.rtmp_out import RtmpPush
+from streaming.rtp_latency import install_video_encoder
 from streaming.webrtc import PC_CLOSE_TIMEOUT_S, SessionAudioTrack, SessionVideoTrack
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,13 @@ class Room:
 class DirectViewerPeer:
     """Without Janus: one aiortc peer per viewer reading the broadcast (its own encoder: hence the small cap)."""
 
-    def __init__(self, subscriber: Subscriber, on_state: Callable[[str], None]) -> None:
+    def __init__(self, subscriber: Subscriber, on_state: Callable[[str], None], video_bitrate: int = 0) -> None:
+        """``video_bitrate``: VP8 at a steady rate, bit/s (``streaming/rtp_latency.py``; 0 = aiortc's encoder)."""
         self.subscriber = subscriber
+        self.video_bitrate = video_bitrate
         self.pc = RTCPeerConnection()
-        self.pc.addTrack(SessionVideoTrack(subscriber))
+        self.video = SessionVideoTrack(subscriber)
+        self.pc.addTrack(self.video)
         self.pc.addTrack(SessionAudioTrack(subscriber))
 
         @self.pc.on("connectionstatechange")
@@ -91,6 +95,9 @@ class DirectViewerPeer:
 
     async def answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        for transceiver in self.pc.getTransceivers():  # the codec is known now; the sender starts after DTLS
+            if transceiver.sender.track is self.video:
+                install_video_encoder(transceiver, self.video_bitrate)
 
     async def close(self) -> None:
         self.subscriber.close()

@@ -9,6 +9,11 @@ a stall becomes inserted silence), and a smoother stream does not make phonemes 
 :class:`ArrivalAudioBuffer` hands every packet on when it arrives and drops only duplicates and packets older than
 one already handed on (a reordered 20 ms of speech is lost rather than the whole stream held back for it).
 
+**Received video (a Python client).** aiortc's video buffer knows a frame is complete only when a packet of the
+*next* frame arrives: every frame waited one frame interval (33 ms at 30 fps) before decoding.
+:class:`MarkerVideoBuffer` also closes a frame on its RTP marker bit (set on a frame's last packet by aiortc and
+by browsers). :func:`install_receive_buffers` gives a client's receivers both arrival buffers.
+
 **Video out (downlink).** The receiver decides how long a frame waits before it is shown (its jitter buffer,
 lengthened by A/V sync); the sender may bound that with the RTP *playout-delay* header extension
 (``http://www.webrtc.org/experiments/rtp-hdrext/playout-delay``: 3 bytes, 12-bit minimum and maximum in 10 ms
@@ -16,7 +21,22 @@ units). aiortc neither negotiates nor writes it; :func:`enable_playout_delay` ad
 header extensions (so an answer keeps it when the browser offers it) and :class:`PlayoutDelayExtensionsMap`
 writes it into every video packet of one sender.
 
-Both reach into aiortc's private state (name-mangled attributes) because aiortc has no setting for either;
+**Audio packet length.** aiortc's Opus encoder cuts the outgoing audio into 20 ms packets, and a browser sends its
+microphone in 20 ms packets unless the answer asks for shorter ones. A packet leaves only once its last sample
+exists, and a receiver's jitter buffer counts in packets: 10 ms packets halve both waits (at twice the packets,
+each with its RTP/SRTP overhead). :class:`LowDelayOpusEncoder` is aiortc's encoder with 10 ms frames (and 2.5 ms
+instead of 6.5 ms of lookahead)
+(:func:`install_audio_encoder` gives it to one sender); :func:`answer_with_ptime` writes ``a=ptime`` into the
+audio sections of an answer, which Chromium's Opus encoder takes as its frame length.
+
+**Video bitrate steps.** aiortc's VP8 encoder follows the receiver's bandwidth estimate (REMB) and, whenever it
+moves by more than 10 %, throws its libvpx encoder away and starts a new one: a keyframe (several times a normal
+frame's bytes and encode time) each time. A browser's estimate climbs in such steps for the first tens of seconds:
+10-15 keyframes a minute in Chromium, each a frame that comes late and a presented-frame gap of 67 ms.
+:class:`SteadyVp8Encoder` starts at a fixed rate and re-creates its encoder only when the estimate falls below half
+of it (a congested link) or, after such a fall, has doubled again.
+
+All of these reach into aiortc's private state (name-mangled attributes) because aiortc has no setting for either;
 :func:`install_mic_buffer` and :func:`install_playout_delay` check that the attribute they replace exists and
 report it (logged) when an aiortc upgrade moved it, and ``tests/test_rtp_latency.py`` fails then.
 """
@@ -26,9 +46,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
+import av
 from aiortc.codecs import HEADER_EXTENSIONS
+from aiortc.codecs.opus import SAMPLE_RATE as OPUS_RATE
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (
@@ -47,6 +72,9 @@ PLAYOUT_DELAY_UNIT_MS = 10
 PLAYOUT_DELAY_MAX_MS = 0xFFF * PLAYOUT_DELAY_UNIT_MS
 _RECEIVER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 _SENDER_MAP = "_RTCRtpSender__rtp_header_extensions_map"
+_SENDER_ENCODER = "_RTCRtpSender__encoder"
+OPUS_FRAME_MS = (10, 20)  # frame lengths both ends of our links handle (Opus allows 2.5..60)
+OPUS_APPLICATIONS = ("voip", "lowdelay")  # libopus modes: aiortc's (6.5 ms lookahead), CELT only (2.5 ms)
 _MAX_MISORDER = 100  # as aiortc's buffer: a packet this far behind the last one means the stream restarted
 
 
@@ -71,6 +99,35 @@ class ArrivalAudioBuffer(JitterBuffer):
                 return False, None
         self._last = seq
         return False, JitterFrame(data=getattr(packet, "_data", b""), timestamp=packet.timestamp)
+
+
+class MarkerVideoBuffer(JitterBuffer):
+    """aiortc's video jitter buffer (same capacity, loss handling and PLI), handing a frame on as soon as its packets
+    from the first to the one with the marker bit are all here, not when the next frame's first packet comes."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        """The oldest complete frame at the buffer's origin, removed; None while a packet of it is missing."""
+        assert self._origin is not None
+        packets: list[RtpPacket] = []
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self.capacity]
+            if packet is None:
+                return None
+            if packets and packet.timestamp != packets[0].timestamp:  # the next frame began: no marker was set
+                self.remove(count)
+                return _joined(packets)
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return _joined(packets)
+        return None
+
+
+def _joined(packets: list[RtpPacket]) -> JitterFrame:
+    return JitterFrame(data=b"".join(getattr(p, "_data", b"") for p in packets), timestamp=packets[0].timestamp)
 
 
 class TimedBuffer:
@@ -98,10 +155,15 @@ class TimedBuffer:
         return pli, frame
 
     def hold_ms(self) -> dict[str, float | int] | None:
-        if not self.holds:
-            return None
-        ms = sorted(1000 * h for h in self.holds)
-        return {"p50": round(ms[len(ms) // 2], 2), "p95": round(ms[int(0.95 * (len(ms) - 1))], 2), "n": len(ms)}
+        return percentiles_ms(self.holds)
+
+
+def percentiles_ms(seconds: Iterable[float]) -> dict[str, float | int] | None:
+    """p50/p95 (ms) and count of waits in seconds; None for none (the transport stats' hold figures)."""
+    ms = sorted(1000 * s for s in seconds)
+    if not ms:
+        return None
+    return {"p50": round(ms[len(ms) // 2], 2), "p95": round(ms[int(0.95 * (len(ms) - 1))], 2), "n": len(ms)}
 
 
 def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
@@ -112,11 +174,34 @@ def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
     such private buffer (an aiortc that changed): it keeps its own.
     """
     if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
-        log.warning("aiortc's receiver has no %s: the microphone keeps aiortc's 80 ms buffer", _RECEIVER_BUFFER)
+        log.warning("aiortc's receiver has no %s: its audio keeps aiortc's 80 ms buffer", _RECEIVER_BUFFER)
         return None
     buffer = TimedBuffer(ArrivalAudioBuffer() if prefetch == 0 else JitterBuffer(capacity=16, prefetch=prefetch))
     setattr(receiver, _RECEIVER_BUFFER, buffer)
     return buffer
+
+
+def install_video_buffer(receiver: Any) -> bool:
+    """Give an aiortc video ``RTCRtpReceiver`` a :class:`MarkerVideoBuffer` (before its first packet); False (and a
+    warning) when the receiver has no such private buffer."""
+    if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
+        log.warning("aiortc's receiver has no %s: video keeps aiortc's one-frame wait", _RECEIVER_BUFFER)
+        return False
+    setattr(receiver, _RECEIVER_BUFFER, MarkerVideoBuffer())
+    return True
+
+
+def install_receive_buffers(transceivers: Iterable[Any]) -> dict[str, TimedBuffer | bool | None]:
+    """Arrival buffers for every receiver of a peer (a client recording what it receives, not playing it out):
+    audio packets to the decoder as they arrive, video frames on their marker packet. By kind, what was installed
+    (audio: its :class:`TimedBuffer`; video: True)."""
+    out: dict[str, TimedBuffer | bool | None] = {}
+    for transceiver in transceivers:
+        if transceiver.kind == "audio":
+            out["audio"] = install_mic_buffer(transceiver.receiver, 0)
+        elif transceiver.kind == "video":
+            out["video"] = install_video_buffer(transceiver.receiver)
+    return out
 
 
 def playout_delay_bytes(min_ms: int, max_ms: int) -> bytes:
@@ -171,3 +256,109 @@ def install_playout_delay(sender: Any, min_ms: int, max_ms: int) -> bool:
     enable_playout_delay()
     setattr(sender, _SENDER_MAP, PlayoutDelayExtensionsMap(min_ms, max_ms))
     return True
+
+
+class LowDelayOpusEncoder(OpusEncoder):
+    """aiortc's Opus encoder (same bitrate and channels) cutting ``frame_ms`` frames, not 20, in libopus's
+    ``application`` mode: ``lowdelay`` (CELT only) looks 2.5 ms ahead where aiortc's ``voip`` looks 6.5 ms ahead
+    (the encoder's initial padding: 120 vs 312 samples), and at aiortc's 96 kbit/s CELT carries speech well."""
+
+    def __init__(self, frame_ms: int = 10, application: str = "lowdelay") -> None:
+        if frame_ms not in OPUS_FRAME_MS:
+            raise ValueError(f"Opus frame length must be one of {OPUS_FRAME_MS} ms, got {frame_ms}")
+        if application not in OPUS_APPLICATIONS:
+            raise ValueError(f"Opus application must be one of {OPUS_APPLICATIONS}, got {application!r}")
+        super().__init__()
+        self.frame_ms = frame_ms
+        self.application = application
+        # libopus (through FFmpeg) takes its frame length from this option; the resampler hands it frames of
+        # exactly that many samples (the codec refuses any other size)
+        self.codec.options = {**dict(self.codec.options), "frame_duration": str(frame_ms), "application": application}
+        self.resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE,
+                                           frame_size=OPUS_RATE * frame_ms // 1000)
+
+
+def negotiated_codec(transceiver: Any) -> str:
+    """The codec a transceiver sends with, lower-case (``audio/opus``, ``video/vp8``), "" before negotiation."""
+    codecs = getattr(transceiver, "_codecs", None) or []
+    return str(codecs[0].mimeType).lower() if codecs else ""
+
+
+def install_audio_encoder(transceiver: Any, frame_ms: int, application: str = "voip") -> bool:
+    """Make an aiortc audio transceiver's sender send ``frame_ms`` Opus packets in libopus mode ``application``
+    (after the local description is set, before the sender starts; 20 ms ``voip`` = aiortc's own encoder, nothing
+    installed). False (and a warning) when Opus was not negotiated or the sender has no such private slot."""
+    if frame_ms == 20 and application == "voip":
+        return True
+    sender = transceiver.sender
+    if negotiated_codec(transceiver) != "audio/opus":
+        log.warning("audio codec %r is not Opus: its packets stay as aiortc makes them", negotiated_codec(transceiver))
+        return False
+    if not hasattr(sender, _SENDER_ENCODER):
+        log.warning("aiortc's sender has no %s: audio keeps aiortc's 20 ms packets", _SENDER_ENCODER)
+        return False
+    # aiortc creates an encoder only when this slot is empty
+    setattr(sender, _SENDER_ENCODER, LowDelayOpusEncoder(frame_ms, application))
+    return True
+
+
+def answer_with_ptime(sdp: str, ptime_ms: int) -> str:
+    """``sdp`` with ``a=ptime:ptime_ms`` in every audio section (replacing one already there): the packet length
+    the answerer wants to receive (RFC 4566). 0 = unchanged."""
+    if ptime_ms <= 0:
+        return sdp
+    out: list[str] = []
+    audio = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            if audio:
+                out.append(f"a=ptime:{ptime_ms}")
+            audio = line.startswith("m=audio")
+        elif audio and line.startswith("a=ptime:"):
+            continue
+        out.append(line)
+    if audio:
+        out.append(f"a=ptime:{ptime_ms}")
+    return "\r\n".join(out) + "\r\n"
+
+
+class SteadyVp8Encoder(Vp8Encoder):
+    """aiortc's VP8 encoder whose bitrate (and so its libvpx encoder) changes only by factors of two.
+
+    ``bitrate``: the rate it starts at and never exceeds (bit/s). aiortc's sender writes every REMB estimate into
+    ``target_bitrate``; the encoder re-creates its codec when that moves by > 10 %, so this setter keeps the
+    current value unless the estimate is below half of it or (after a fall) at least twice it.
+    """
+
+    def __init__(self, bitrate: int) -> None:
+        super().__init__()
+        self.max_bitrate = max(MIN_BITRATE, int(bitrate))
+        self._rate = self.max_bitrate
+        self.rate_changes = 0  # times the rate (and so the libvpx encoder, with a keyframe) changed
+
+    @property
+    def target_bitrate(self) -> int:
+        return self._rate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        estimate = max(MIN_BITRATE, min(int(bitrate), self.max_bitrate))
+        if estimate < self._rate / 2 or estimate >= min(2 * self._rate, self.max_bitrate) > self._rate:
+            self._rate = estimate
+            self.rate_changes += 1
+
+
+def install_video_encoder(transceiver: Any, bitrate: int) -> SteadyVp8Encoder | None:
+    """Give an aiortc video transceiver's sender a :class:`SteadyVp8Encoder` at ``bitrate`` bit/s (after the local
+    description is set, before the sender starts: aiortc creates an encoder for the negotiated codec only when the
+    slot is empty). 0 = aiortc's own; None when VP8 was not negotiated (another codec keeps aiortc's encoder) or
+    (with a warning) the sender has no such private slot."""
+    if bitrate <= 0 or negotiated_codec(transceiver) != "video/vp8":
+        return None
+    sender = transceiver.sender
+    if not hasattr(sender, _SENDER_ENCODER):
+        log.warning("aiortc's sender has no %s: VP8 follows every bandwidth estimate", _SENDER_ENCODER)
+        return None
+    encoder = SteadyVp8Encoder(bitrate)
+    setattr(sender, _SENDER_ENCODER, encoder)
+    return encoder

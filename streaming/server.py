@@ -116,6 +116,10 @@ class ServerSettings:
     public_url: str = ServerConfig.public_url  # the base of rooms' watch links ("" = the presenter's Host)
     mic_prefetch_packets: int = ServerConfig.mic_prefetch_packets  # see ServerConfig (streaming/rtp_latency.py)
     playout_delay_ms: str = ServerConfig.playout_delay_ms
+    audio_frame_ms: int = ServerConfig.audio_frame_ms
+    opus_application: str = ServerConfig.opus_application
+    mic_ptime_ms: int = ServerConfig.mic_ptime_ms
+    video_bitrate_kbps: int = ServerConfig.video_bitrate_kbps
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:

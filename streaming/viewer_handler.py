@@ -131,7 +131,8 @@ class ViewerHandler:
                 node, handle, offer = await rooms.janus_watch(room, self._janus_event)
                 self.janus_node, self.janus_handle = node, handle
             else:
-                self.direct = DirectViewerPeer(room.broadcast.subscribe(), self._direct_state)
+                self.direct = DirectViewerPeer(room.broadcast.subscribe(), self._direct_state,
+                                               1000 * self.server.settings.video_bitrate_kbps)
                 offer = await self.direct.offer()
         except BaseException:
             await self._leave()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,13 +32,22 @@ from aiortc.sdp import candidate_from_sdp
 
 from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
 from streaming.contracts import MediaSession
-from streaming.rtp_latency import TimedBuffer, enable_playout_delay, install_mic_buffer, install_playout_delay
+from streaming.rtp_latency import (
+    SteadyVp8Encoder,
+    TimedBuffer,
+    answer_with_ptime,
+    enable_playout_delay,
+    install_audio_encoder,
+    install_mic_buffer,
+    install_playout_delay,
+    install_video_encoder,
+    percentiles_ms,
+)
 
 log = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
-OPUS_FRAME_SAMPLES = OPUS_RATE // 50  # 20 ms
 ENGINE_RATE = SAMPLE_RATE
 PC_CLOSE_TIMEOUT_S = 5.0  # aiortc's close stops the senders/receivers and transports: well under a second
 
@@ -76,10 +86,17 @@ class SessionVideoTrack(MediaStreamTrack):
         self.first_index: int | None = None  # session frame index of the first frame handed to the encoder
         self.last_index: int | None = None
         self.meter = _RateMeter()
+        # the send loop's timing (s): a frame handed on after its due time; aiortc's work on the previous frame
+        # (conversion, encode in its executor, packetisation, SRTP, socket) between our return and its next call
+        self.lateness: deque[float] = deque(maxlen=900)
+        self.encode_send: deque[float] = deque(maxlen=900)
+        self._returned: float | None = None
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._returned is not None:
+            self.encode_send.append(time.monotonic() - self._returned)
         try:
             out = await self._session.next_video_frame()
         except Exception as exc:  # noqa: BLE001 - session closed or failed: end this track only
@@ -93,21 +110,44 @@ class SessionVideoTrack(MediaStreamTrack):
             self.first_index = int(out.index)
         self.last_index = int(out.index)
         self.frames_sent += 1
-        self.meter.tick(time.monotonic())
+        now = time.monotonic()
+        self.meter.tick(now)
+        due = out.stamps.get("due")
+        if due is not None:
+            self.lateness.append(now - due)
+        self._returned = time.monotonic()
         return frame
+
+    def timing_ms(self) -> dict[str, Any]:
+        """p50/p95 of ``lateness`` and ``encode_send`` in ms (the stats' ``video_send``)."""
+        return {"late_ms": percentiles_ms(self.lateness), "encode_send_ms": percentiles_ms(self.encode_send)}
 
 
 class SessionAudioTrack(MediaStreamTrack):
-    """Audio out: the session's 16 kHz chunks resampled to 48 kHz and cut into exact 20 ms frames."""
+    """Audio out: the session's 16 kHz chunks resampled to 48 kHz and cut into exact ``frame_ms`` frames.
+
+    The session releases a chunk at its own pts, all of its samples at once; a frame goes to the encoder as soon
+    as its last sample is here. The 16 -> 48 kHz resampler keeps its filter's tail (~1 ms) until the next chunk
+    comes, so a chunk alone never fills a frame of its length: every frame waited for the next chunk (one chunk,
+    20 ms, per packet). The first chunk is front-padded with that many samples of silence instead (audio 1 ms
+    later, once), and ``holds`` times each frame from the release of its last sample to its hand-off.
+    """
 
     kind = "audio"
 
-    def __init__(self, session: MediaSession) -> None:
+    def __init__(self, session: MediaSession, frame_ms: int = 20) -> None:
         super().__init__()
         self._session = session
+        self.frame_samples = OPUS_RATE * frame_ms // 1000  # 48 kHz samples per frame
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE)
         self._fifo = av.AudioFifo()
         self._next_pts: int | None = None
+        self._pad = 0  # 48 kHz samples of silence put in front of the first chunk
+        self._read = 0  # 48 kHz samples read from the fifo so far (pad included)
+        self._content = 0  # 48 kHz samples of session audio released so far (chunk lengths x 3)
+        # (session audio released up to, in 48 kHz samples; when), per chunk
+        self._released: deque[tuple[int, float]] = deque()
+        self.holds: deque[float] = deque(maxlen=1500)  # s: last sample released -> frame handed on
         self.chunks_received = 0
         self.frames_sent = 0
         self.failure: BaseException | None = None
@@ -115,29 +155,49 @@ class SessionAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        while self._fifo.samples < OPUS_FRAME_SAMPLES:
+        while self._fifo.samples < self.frame_samples:
             try:
                 chunk = await self._session.next_audio_chunk()
             except Exception as exc:  # noqa: BLE001 - session closed or failed: end this track only
                 self.failure = exc
                 raise MediaStreamError from exc
+            released = time.monotonic()
             pcm = np.ascontiguousarray(np.asarray(chunk.pcm, dtype=np.int16).reshape(1, -1))  # (1, n) s16
-            if self._next_pts is None:  # anchor the 48 kHz timeline on the media clock once
-                self._next_pts = round(Fraction(chunk.pts) * OPUS_RATE)
             source = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
             source.sample_rate = ENGINE_RATE
-            for resampled in self._resampler.resample(source):
+            parts = self._resampler.resample(source)
+            if self._next_pts is None:  # anchor the 48 kHz timeline on the media clock once
+                self._next_pts = round(Fraction(chunk.pts) * OPUS_RATE)
+                short = pcm.shape[1] * OPUS_RATE // ENGINE_RATE - sum(f.samples for f in parts)
+                if short > 0:  # the resampler's filter tail (see the class docstring)
+                    self._pad = short
+                    pad = av.AudioFrame.from_ndarray(np.zeros((1, short), np.int16), format="s16", layout="mono")
+                    pad.sample_rate = OPUS_RATE
+                    parts.insert(0, pad)
+            for resampled in parts:
                 resampled.pts = None  # the fifo checks pts continuity; we stamp on the way out instead
                 self._fifo.write(resampled)
+            self._content += pcm.shape[1] * OPUS_RATE // ENGINE_RATE
+            self._released.append((self._content, released))
             self.chunks_received += 1
-        frame = self._fifo.read(OPUS_FRAME_SAMPLES)
+        frame = self._fifo.read(self.frame_samples)
         assert frame is not None and self._next_pts is not None
+        self._read += self.frame_samples
+        end = self._read - self._pad  # the frame's last session sample (48 kHz count), wherever the resampler is
+        while self._released and self._released[0][0] < end:  # chunks wholly before it
+            self._released.popleft()
+        if self._released:
+            self.holds.append(time.monotonic() - self._released[0][1])
         frame.pts = self._next_pts
         frame.time_base = Fraction(1, OPUS_RATE)
         frame.sample_rate = OPUS_RATE
-        self._next_pts += OPUS_FRAME_SAMPLES
+        self._next_pts += self.frame_samples
         self.frames_sent += 1
         return frame
+
+    def hold_ms(self) -> dict[str, float | int] | None:
+        """p50/p95 of ``holds`` in ms (None before the first frame)."""
+        return percentiles_ms(self.holds)
 
 
 @dataclass
@@ -189,18 +249,29 @@ class MediaPeer:
     """The WebRTC side of one client: peer connection, outgoing tracks, microphone pump."""
 
     def __init__(self, session: MediaSession, on_state: Callable[[str], None] | None = None, *,
-                 mic_prefetch: int = 0, playout_delay: tuple[int, int] | None = None) -> None:
+                 mic_prefetch: int = 0, playout_delay: tuple[int, int] | None = None,
+                 audio_frame_ms: int = 20, opus_application: str = "voip", mic_ptime_ms: int = 0,
+                 video_bitrate: int = 0) -> None:
         """``mic_prefetch``: microphone packets held back before the session gets one (0 = none; aiortc's own
         buffer holds 4, 80 ms); ``playout_delay``: (min, max) ms written into the video's RTP playout-delay
-        extension, None = not sent (see ``streaming/rtp_latency.py``)."""
+        extension, None = not sent; ``audio_frame_ms``: length of the Opus packets sent (10 or 20), in libopus mode
+        ``opus_application`` (``voip``: aiortc's, ``lowdelay``);
+        ``mic_ptime_ms``: the microphone packet length the answer asks for (0 = the offerer's choice; see
+        ``streaming/rtp_latency.py``); ``video_bitrate``: VP8 rate (bit/s) changed only by halving or doubling
+        (0 = aiortc's encoder, re-created with a keyframe at every > 10 % move of the receiver's estimate)."""
         self.session = session
         self.mic_prefetch = int(mic_prefetch)
+        self.audio_frame_ms = int(audio_frame_ms)
+        self.opus_application = opus_application
+        self.mic_ptime_ms = int(mic_ptime_ms)
+        self.video_bitrate = int(video_bitrate)
+        self.video_encoder: SteadyVp8Encoder | None = None
         self.playout_delay = playout_delay
         if playout_delay is not None:
             enable_playout_delay()  # before the offer is read: the answer keeps only extensions aiortc knows
         self.pc = RTCPeerConnection()
         self.video = SessionVideoTrack(session)
-        self.audio = SessionAudioTrack(session)
+        self.audio = SessionAudioTrack(session, self.audio_frame_ms)
         self.mic = MicStats()
         self.mic_buffer: TimedBuffer | None = None  # the microphone receiver's buffer (accept_offer)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -238,7 +309,12 @@ class MediaPeer:
             self.pc.addTrack(self.audio)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
-        return self.pc.localDescription.sdp
+        for transceiver in self.pc.getTransceivers():  # codecs are known now; the senders start after DTLS
+            if transceiver.sender.track is self.audio:
+                install_audio_encoder(transceiver, self.audio_frame_ms, self.opus_application)
+            elif transceiver.sender.track is self.video:
+                self.video_encoder = install_video_encoder(transceiver, self.video_bitrate)
+        return answer_with_ptime(self.pc.localDescription.sdp, self.mic_ptime_ms)
 
     async def add_ice_candidate(self, candidate: str, sdp_mid: str | None, mline_index: int | None) -> None:
         """A trickled remote candidate (``candidate:...`` line as the browser gives it); empty = end."""
@@ -260,11 +336,22 @@ class MediaPeer:
             "ice_state": self.pc.iceConnectionState,
             "video_frames_sent": self.video.frames_sent,
             "video_send_fps": round(self.video.meter.rate(now), 2),
+            "video_send": self.video.timing_ms(),
+            # SteadyVp8Encoder's rate (bit/s) and how often it changed (each change: a new encoder, a keyframe)
+            "video_bitrate": self.video_encoder.target_bitrate if self.video_encoder is not None else None,
+            "video_rate_changes": self.video_encoder.rate_changes if self.video_encoder is not None else None,
             "first_video_index": self.video.first_index,
             "last_video_index": self.video.last_index,
             "audio_frames_sent": self.audio.frames_sent,
+            "audio_frame_ms": self.audio_frame_ms,
+            "opus_application": self.opus_application,
+            # how long sent audio waited in this track: its last sample released by the session -> to the encoder
+            "audio_send_hold_ms": self.audio.hold_ms(),
             "mic_frames_received": self.mic.frames,
             "mic_seconds_received": round(self.mic.samples_16k / ENGINE_RATE, 3),
+            # the microphone's packet length as it arrives (decoded frames are one packet each)
+            "mic_packet_ms": round(1000 * self.mic.samples_16k / ENGINE_RATE / self.mic.frames, 1)
+            if self.mic.frames else None,
             "mic_last_error": self.mic.last_error,
             # how long microphone packets waited in the receiver before decoding (streaming/rtp_latency.py)
             "mic_hold_ms": self.mic_buffer.hold_ms() if self.mic_buffer is not None else None,

@@ -8,23 +8,35 @@ has the arrival buffer, and speech still reaches the session through it.
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
+from fractions import Fraction
+from typing import Any, cast
 
+import av
 import numpy as np
+from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import RtpPacket, unpack_header_extensions
 
 from clients.client import MicrophoneTrack, StyleTalkClient
+from engine.live.frames import OutputAudioChunk
 from streaming.rtp_latency import (
     PLAYOUT_DELAY_URI,
     ArrivalAudioBuffer,
+    LowDelayOpusEncoder,
+    MarkerVideoBuffer,
     PlayoutDelayExtensionsMap,
+    SteadyVp8Encoder,
     TimedBuffer,
+    answer_with_ptime,
     enable_playout_delay,
     playout_delay_bytes,
 )
 from streaming.server import PresenterServer
+from streaming.webrtc import SessionAudioTrack
 from tests.streaming_fixtures import live_runtime, run, server_settings, speech_16k, wait_for  # noqa: F401
 
 
@@ -113,3 +125,179 @@ def test_served_peer_negotiates_playout_delay_and_hears_the_microphone_at_once(l
                 await client.close()
 
     run(main(), 240)
+
+
+class ClockedAudio:
+    """The session's audio side as ``SessionOutput`` releases it: 20 ms chunks (a ramp), each at its own pts."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.k = 0
+
+    async def next_audio_chunk(self) -> OutputAudioChunk:
+        await asyncio.sleep(max(0.0, self.start + 0.02 * self.k - time.monotonic()))
+        pcm = (np.arange(320 * self.k, 320 * (self.k + 1)) % 2000).astype(np.int16)
+        self.k += 1
+        return OutputAudioChunk(Fraction(self.k - 1, 50), pcm)
+
+
+def test_sent_audio_frames_leave_when_their_chunk_is_released() -> None:
+    """No frame waits for the next chunk (the resampler's filter tail used to make each wait 20 ms)."""
+    async def main(frame_ms: int) -> tuple[list[av.AudioFrame], SessionAudioTrack]:
+        track = SessionAudioTrack(cast(Any, ClockedAudio()), frame_ms)
+        return [await track.recv() for _ in range(40 * 20 // frame_ms)], track
+
+    for frame_ms in (10, 20):
+        frames, track = run(main(frame_ms), 30)
+        assert {f.samples for f in frames} == {48 * frame_ms}
+        assert [f.pts for f in frames] == [48 * frame_ms * i for i in range(len(frames))]
+        hold = track.hold_ms()
+        assert hold is not None and hold["n"] == len(frames) and hold["p95"] < 5.0, (frame_ms, hold)
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+        assert np.all(pcm[:40] == 0) and np.abs(pcm[200:]).max() > 1000  # ~1 ms of silence, then the ramp
+
+
+def test_answer_asks_for_the_microphone_packet_length() -> None:
+    offer_like = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ptime:20\r\na=mid:0\r\n"
+                  "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n")
+    out = answer_with_ptime(offer_like, 10)
+    audio, video = out.split("m=video")
+    assert "a=ptime:10" in audio and "a=ptime:20" not in audio and "ptime" not in video
+    assert answer_with_ptime(offer_like, 0) == offer_like
+    only_audio = answer_with_ptime("v=0\r\nm=audio 9 RTP/AVP 111\r\n", 10)
+    assert only_audio.endswith("a=ptime:10\r\n")
+
+
+def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:  # noqa: F811
+    async def main() -> None:
+        settings = server_settings(audio_frame_ms=10, opus_application="lowdelay", mic_ptime_ms=10)
+        async with PresenterServer(live_runtime, settings) as server:
+            mic = MicrophoneTrack()
+            mic.feed(speech_16k()[:16_000])
+            client = StyleTalkClient(f"ws://127.0.0.1:{server.port}/ws")
+            welcome = await client.connect()
+            try:
+                await client.start_media(mic)
+                await client.wait_frames(5, timeout=60)
+                assert client.pc is not None
+                answer = client.answer_sdp or ""
+                assert "a=ptime:10" in answer.split("m=audio", 1)[1].split("m=video", 1)[0]
+                peer = server.clients[welcome["session"]].peer
+                assert peer is not None
+                (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
+                encoder = audio.sender._RTCRtpSender__encoder
+                assert isinstance(encoder, LowDelayOpusEncoder) and encoder.application == "lowdelay"
+                (video,) = [t for t in peer.pc.getTransceivers() if t.kind == "video"]
+                assert isinstance(video.sender._RTCRtpSender__encoder, SteadyVp8Encoder)
+                # each received packet decodes to one frame: 480 samples at 48 kHz is 10 ms (960 before)
+                await wait_for(lambda: len(client.recording.audio) > 60, timeout=60, what="received audio")
+                assert {len(a) for a in client.recording.audio[10:60]} == {480}
+                hold = peer.stats()["audio_send_hold_ms"]
+                assert hold is not None and hold["n"] > 50 and hold["p50"] < 10.0, hold
+            finally:
+                await client.close()
+
+    run(main(), 240)
+
+
+def video_packet(seq: int, frame: int, marker: bool, payload: bytes) -> RtpPacket:
+    p = RtpPacket(payload_type=96, sequence_number=seq, timestamp=3000 * frame, marker=int(marker))
+    p._data = payload  # type: ignore[attr-defined]
+    return p
+
+
+def test_video_frame_handed_on_with_its_last_packet() -> None:
+    marker, stock = MarkerVideoBuffer(), JitterBuffer(capacity=512, is_video=True)
+    # frame 0 in two packets, frame 1 in one, frame 2's first packet
+    packets = [video_packet(10, 0, False, b"a"), video_packet(11, 0, True, b"b"), video_packet(12, 1, True, b"c"),
+               video_packet(13, 2, False, b"d")]
+    got = [marker.add(p)[1] for p in packets]
+    stock_got = [stock.add(p)[1] for p in packets]
+    assert [None if f is None else (f.timestamp, f.data) for f in got] == [None, (0, b"ab"), (3000, b"c"), None]
+    # aiortc's own buffer: each frame only when the next one's first packet is here
+    assert [None if f is None else (f.timestamp, f.data) for f in stock_got] == [None, None, (0, b"ab"), (3000, b"c")]
+    # a lost packet holds its frame back (never a partial frame to the decoder) until it comes
+    gap = MarkerVideoBuffer()
+    assert gap.add(video_packet(20, 5, False, b"x"))[1] is None
+    assert gap.add(video_packet(22, 5, True, b"z"))[1] is None
+    frame = gap.add(video_packet(21, 5, False, b"y"))[1]
+    assert frame is not None and frame.data == b"xyz"
+    # a sender without marker bits: the next frame's first packet closes the frame, as before
+    plain = MarkerVideoBuffer()
+    assert plain.add(video_packet(30, 7, False, b"p"))[1] is None
+    frame = plain.add(video_packet(31, 8, False, b"q"))[1]
+    assert frame is not None and (frame.timestamp, frame.data) == (21000, b"p")
+
+
+def test_client_receives_through_arrival_buffers(live_runtime) -> None:  # noqa: F811
+    """The client's receivers get the arrival buffers and decode real VP8 / Opus through them."""
+    async def main() -> None:
+        async with PresenterServer(live_runtime, server_settings()) as server:
+            mic = MicrophoneTrack()
+            mic.feed(speech_16k()[:16_000])
+            client = StyleTalkClient(f"ws://127.0.0.1:{server.port}/ws")
+            await client.connect()
+            try:
+                await client.start_media(mic)
+                assert isinstance(client.receive_buffers["audio"], TimedBuffer)
+                assert client.receive_buffers["video"] is True
+                assert client.pc is not None
+                kinds = {t.kind: t.receiver._RTCRtpReceiver__jitter_buffer for t in client.pc.getTransceivers()}
+                assert isinstance(kinds["video"], MarkerVideoBuffer)
+                frames = await client.wait_frames(60, timeout=60)
+                assert len({f.pts for f in frames}) == len(frames) and frames[-1].image.std() > 5
+                await wait_for(lambda: len(client.recording.audio) > 50, timeout=30, what="received audio")
+                hold = client.receive_buffers["audio"].hold_ms()
+                assert hold is not None and hold["p95"] < 5.0, hold
+            finally:
+                await client.close()
+
+    run(main(), 240)
+
+
+def keyframes_on_a_climbing_estimate(encoder: Vp8Encoder) -> int:
+    """Encode 60 frames (256², real libvpx) while the receiver's estimate climbs as a browser's does, 8 % a step
+    from 300 kbit/s; count the keyframes in the payloads."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 255, (256, 256, 3), np.uint8)
+    keyframes = 0
+    for i in range(60):
+        encoder.target_bitrate = int(300_000 * 1.08**i)  # what aiortc's sender does with each REMB
+        image = np.roll(base, i, axis=1)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = 3000 * i, Fraction(1, 90_000)
+        payloads, _ = encoder.encode(frame)
+        _, vp8 = VpxPayloadDescriptor.parse(payloads[0])
+        keyframes += int(vp8[0] & 1 == 0)  # VP8 frame tag: bit 0 clear = keyframe
+    return keyframes
+
+
+def test_steady_vp8_encoder_keeps_its_encoder_while_the_estimate_climbs() -> None:
+    assert keyframes_on_a_climbing_estimate(Vp8Encoder()) > 10  # aiortc's: a new encoder every > 10 % move
+    steady = SteadyVp8Encoder(800_000)
+    assert keyframes_on_a_climbing_estimate(steady) <= 3, steady.rate_changes  # the first, the fall, a doubling
+    assert steady.target_bitrate == 800_000
+    steady.target_bitrate = 350_000  # a congested link: below half, followed at once
+    assert steady.target_bitrate == 350_000
+    steady.target_bitrate = 600_000  # not yet twice
+    assert steady.target_bitrate == 350_000
+    steady.target_bitrate = 5_000_000  # recovered: back to the configured rate, never above it
+    assert steady.target_bitrate == 800_000
+
+
+def test_low_delay_opus_encoder_looks_ahead_less_in_shorter_packets() -> None:
+    """libopus's lookahead is the encoder's initial padding: the decoded sound starts that much later."""
+    from aiortc.codecs.opus import OpusEncoder
+
+    def first_packet(encoder: OpusEncoder) -> tuple[int, int]:
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48_000, 0, Fraction(1, 48_000)
+        for resampled in encoder.resampler.resample(frame):
+            packets = encoder.codec.encode(resampled)
+            if packets:
+                return int(packets[0].pts), int(packets[0].duration)
+        raise AssertionError("no packet")
+
+    assert first_packet(OpusEncoder()) == (-312, 960)  # aiortc's: voip, 6.5 ms ahead, 20 ms packets
+    assert first_packet(LowDelayOpusEncoder(10)) == (-120, 480)  # 2.5 ms ahead, 10 ms packets
+    assert first_packet(LowDelayOpusEncoder(20, "voip")) == (-312, 960)
