@@ -190,12 +190,14 @@ def prepare_avatar(
     edge_fade = smoothstep((1.0 - grid_norm.abs().amax(1)) / cfg.head_edge_band)
     head_mask = head_mask_at(cfg, grid_face, ellipse) * edge_fade
     # sampling stays inside the photo's outer pixel centres; the room beyond the face on each side is measured
-    # from the jaw (right, bottom, left) and the brows (top), at least edge_room_min
+    # from the jaw (right, bottom, left), at least edge_room_min. Above, the skull and hair are not background
+    # and no landmark says where they end: there only edge_room_min (a head moving down stretches the photo's
+    # top rows; with the brows as the limit it stretched the crown into a point)
     inside = 1.0 - 1.0 / size
     edge_dist = torch.cat([inside - grid_norm, inside + grid_norm], 1).T.contiguous()  # (4, G*G)
-    face_lo = torch.stack([lmk[0:17, 0].min(), lmk[BROWS, 1].min()])
-    face_hi = lmk[0:17].amax(0)
-    room = torch.cat([size - 1.0 - face_hi, face_lo]).clamp_min(cfg.edge_room_min * iod) * (2.0 / size)
+    jaw_lo, jaw_hi = lmk[0:17].amin(0), lmk[0:17].amax(0)
+    room = torch.stack([size - 1.0 - jaw_hi[0], size - 1.0 - jaw_hi[1], jaw_lo[0], torch.tensor(0.0)])
+    room = room.clamp_min(cfg.edge_room_min * iod) * (2.0 / size)
     edge_room = room[:, None].contiguous()  # (4, 1)
     edge_hold = smoothstep(edge_dist / cfg.head_edge_band)
     cx, cy, rx, ry = ellipse
