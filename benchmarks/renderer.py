@@ -429,6 +429,9 @@ def quality(args: argparse.Namespace) -> dict:
             mouth_sheet(name, real[both], pb[both], pp[both], state.image, l_real[both], lb[both], first,
                         inner_gap(l_real[both]))
         if name in args.sheets:
+            pb, lb, okb, _ = posed_by["bank"]
+            place_sheet(name, real[okb], pb[okb], l_real[okb], lb[okb])
+        if name in args.sheets:
             pick = np.linspace(0, len(rows) - 1, 8).round().astype(int)
             sheet = np.concatenate([tile([real[i] for i in pick], 128), tile([rendered[i] for i in pick], 128),
                                     tile([state.image] * len(pick), 128)], axis=0)
@@ -857,6 +860,31 @@ def mouth_sheet(name: str, real: np.ndarray, rend: np.ndarray, painted: np.ndarr
 
 SHEET_PHOTOS = (("source", "KristiNoem"), ("source", "andrew_clip_1"), ("source", "feifeili_clip2_short"),
                 ("style", "trump_clip1"), ("style", "happyenglish_clip1"))  # first video frames used as avatars
+
+
+def place_sheet(name: str, real: np.ndarray, posed: np.ndarray, l_real: np.ndarray, l_posed: np.ndarray) -> Path:
+    """Placement sheet: real frames (top) and the frames rendered with the clip's own pose (bottom), the six frames
+    whose real mouth centre lies farthest from the first frame's; dots: real mouth centre (green), rendered (red)."""
+    import skimage.io
+    from skimage.draw import disk
+
+    centre_real, centre_rend = l_real[:, 48:68].mean(1), l_posed[:, 48:68].mean(1)
+    pick = np.sort(np.argsort(-np.linalg.norm(centre_real - centre_real[0], axis=1))[:5])
+    pick = np.concatenate([[0], pick])
+    strips = []
+    for images in (real, posed):
+        row = []
+        for i in pick:
+            img = images[i].copy()
+            for c, colour in ((centre_real[i], (0, 255, 0)), (centre_rend[i], (255, 0, 0))):
+                rr, cc = disk((c[1], c[0]), 3, shape=img.shape[:2])
+                img[rr, cc] = colour
+            row.append(img)
+        strips.append(np.concatenate(row, 1))
+    path = RESULTS / f"renderer_place_{name}.png"
+    skimage.io.imsave(path, np.concatenate(strips, 0), check_contrast=False)
+    print(f"  wrote {path}: rows real / rendered with the clip's pose (dots: real / rendered mouth centre)", flush=True)
+    return path
 
 
 def corner_glare(frame: np.ndarray, lmk: np.ndarray, photo: np.ndarray, lmk_photo: np.ndarray) -> int:

@@ -27,6 +27,10 @@ EYE_MOUTH_MIDPOINT_Y = 0.53  # vertical position of the eye/mouth midpoint in th
 
 log = logging.getLogger(__name__)
 
+# what the warp renderer does at the photo's edges under head motion (models/warp/core.py), stated in the avatar log
+HEAD_MOTION_POLICY = ("head motion: the head goes where the pose asks; where it leaves an edge of the photo, the band "
+                      "it uncovers is the photo's own background beside the face stretched (no pixels from beyond the "
+                      "photo); the background away from the head and the photo's edges stay still")
 MIN_FACE_PX = 24  # smaller faces carry too little detail for a usable avatar
 SMALL_IMAGE_PX = 200  # smaller images are enlarged for detection
 SCORE_THRESHOLD = 0.25  # dlib HOG score; weaker detections are mostly textures (badges, patterns)
@@ -224,7 +228,8 @@ def crop_face(image: np.ndarray, size: int = 256, landmarks: np.ndarray | None =
     Pad/crop policy: no invented pixels. A crop that would reach outside the photo is shifted back inside, and
     when the photo is too small for the standard framing the crop is tightened to the photo's shorter side
     (the face then fills more of the frame); ``adjusted`` says what was done and it is logged. (Edge
-    replication used to fill such parts: it showed as vertical streaks below the chin.)
+    replication used to fill such parts: it showed as vertical streaks below the chin.) Under head motion the
+    same holds (``HEAD_MOTION_POLICY``, logged with the crop).
     """
     from skimage.transform import resize
 
@@ -258,8 +263,8 @@ def crop_face(image: np.ndarray, size: int = 256, landmarks: np.ndarray | None =
     scale = size / side_i
     crop_lmk = ((lmk - np.array([x0, y0], dtype=np.float32)) * scale).astype(np.float32)
     adjusted = "; ".join(notes)
-    log.info("avatar: %dx%d photo, face crop %d px at (%d, %d) → %d²%s", w, h, side_i, x0, y0, size,
-             f"; {adjusted} (no padding)" if adjusted else " (standard framing)")
+    log.info("avatar: %dx%d photo, face crop %d px at (%d, %d) → %d²%s; %s", w, h, side_i, x0, y0, size,
+             f"; {adjusted} (no padding)" if adjusted else " (standard framing)", HEAD_MOTION_POLICY)
     return CroppedFace(image=np.ascontiguousarray(patch), landmarks=crop_lmk, scale=scale, origin=(x0, y0),
                        adjusted=adjusted)
 

@@ -35,8 +35,8 @@ _PROFILE = np.array([0.35, 0.75, 1.0, 1.0, 0.7, 0.35, 0.1], np.float32)
 HEAD_STD = np.array([np.radians(2.99), np.radians(4.60), np.radians(2.89), 0.012, 0.016, 0.149, 0.029, 10.13, 6.54],
                     np.float64)
 # The crop shift (tx, ty) is generated at 0.6 of the speakers' spread: their crops also follow camera motion,
-# and a single-photo warp can only uncover as much background beside the face as the photo has
-# (models/warp/config.py head_max_shift, head_room_factor).
+# and a single-photo warp can only stretch the background the photo has beside the face over what the head
+# uncovers (models/warp/config.py head_max_shift, edge_room_min).
 # The angles at 0.8: the fit below (angle spread of the 8 labelled clips, the median clip's) asks for 0.8 of the
 # 25-clip mean.
 HEAD_GAIN = np.array([0.8, 0.8, 0.8, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6])

@@ -107,6 +107,16 @@ def test_crop_stays_inside_the_photo_when_the_face_is_near_the_border(astronaut:
     assert "tightened" in small.adjusted and small.image.shape == (128, 128, 3)
 
 
+def test_the_avatar_report_states_the_pad_crop_and_head_motion_policy(
+    astronaut: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="engine.avatar"):
+        crop_face(astronaut[60:, 150:], size=128)
+    report = " ".join(r.getMessage() for r in caplog.records if r.name == "engine.avatar")
+    assert "shifted" in report and "no padding" in report
+    assert "no pixels from beyond the photo" in report and "background away from the head" in report
+
+
 def test_builtin_avatar_is_a_face_crop() -> None:
     a = builtin_avatar()
     assert a.shape == (256, 256, 3) and a.dtype == np.uint8

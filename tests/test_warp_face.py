@@ -242,7 +242,9 @@ def test_a_batch_places_each_frames_mouth_where_that_frame_has_it(
     stream()
     single = np.concatenate([bank_renderer.render(state, exp[i : i + 1], pose[i : i + 1]) for i in range(n)])
     diff = np.abs(batch.astype(np.int16) - single.astype(np.int16))
-    assert diff.max() <= 4 and diff.mean() < 0.02, (diff.max(), diff.mean())  # rounding only (a seam: ~180)
+    # rounding only (a seam: ~180; 3 pixels differ by 6 levels where the hold at the edge it moves towards
+    # compresses the cheek)
+    assert diff.max() <= 8 and diff.mean() < 0.02, (diff.max(), diff.mean())
     moved = np.abs(single[-1].astype(np.int16) - single[0].astype(np.int16)).mean()
     assert moved > 5.0, moved  # the head did move far within the batch
 
@@ -455,3 +457,62 @@ def test_the_chin_follows_its_target_as_the_jaw_opens(samples_dir: Path, open_ex
     for pose in (None, np.zeros((2, 9), np.float32)):
         got = np.diff(chin(r.render(st, exp, pose)), axis=0)[0]
         assert abs(got[1] - float(want[1])) < 0.2 * float(want[1]) + 0.3, (pose is None, got, want)
+
+
+@pytest.fixture(scope="module")
+def far_travel(samples_dir: Path) -> tuple[WarpRenderer, WarpAvatarState, np.ndarray, np.ndarray]:
+    """feifeili_clip2_short: her face sits 14 px from the right edge of its crop and her head travels ~55 px left
+    in the clip. Renderer with the expression map held out for that clip; the clip's expression and pose."""
+    from benchmarks.renderer import SOURCE_OFFSET
+    from engine.landmark_fit import read_video_rgb
+    from models.clips import load_pose
+
+    name = "feifeili_clip2_short"
+    exp = scipy.io.loadmat(str(samples_dir / "source" / "3dmm" / f"{name}.mat"))["coeff"][:, 80:144]
+    pose = load_pose(samples_dir / "source" / "3dmm" / f"{name}.mat")
+    rnd = WarpRenderer(size=SIZE, emap=ExpressionMap.load(heldout_clip=name), config=WarpConfig(interior="painted"))
+    first = read_video_rgb(samples_dir / "source" / "video" / f"{name}.mp4")[SOURCE_OFFSET]
+    state = rnd.prepare(first, exp_ref=exp[0].astype(np.float32))
+    return rnd, state, exp.astype(np.float32), pose
+
+
+def test_a_real_pose_sequence_places_the_mouth_where_the_real_one_is(far_travel: tuple) -> None:
+    """Driven by the clip's own pose (held-out expression map), the rendered mouth centre follows the real one
+    sideways (before: the sideways travel was capped at the photo's background beside the face / 1.5, 24 px of
+    the 55 asked: 23 px mean error; the vertical part is the pose map's)."""
+    from benchmarks.renderer import clip_real, detect_all
+
+    rnd, state, exp, pose = far_travel
+    _, _, rows, _, l_real = clip_real("feifeili_clip2_short", 12)
+    rnd.reset(state)
+    out = np.concatenate([rnd.render(state, exp[rows[i : i + 16]], pose[rows[i : i + 16]])
+                          for i in range(0, len(rows), 16)])
+    l_rend = detect_all(out)
+    ok = ~(np.isnan(l_real).any((1, 2)) | np.isnan(l_rend).any((1, 2)))
+    err = l_rend[ok, 48:68].mean(1) - l_real[ok, 48:68].mean(1)
+    travel = np.abs(l_real[ok, 48:68].mean(1)[:, 0] - l_real[0, 48:68].mean(0)[0])
+    assert ok.sum() >= 0.8 * len(rows) and travel.max() > 40.0  # the real head does travel far
+    assert np.abs(err[:, 0]).mean() < 4.0, np.abs(err[:, 0]).mean()  # sideways: was ~22 px
+    assert np.linalg.norm(err, axis=1).mean() < 12.0, np.linalg.norm(err, axis=1).mean()  # was 23 px
+
+
+def test_a_head_leaving_an_edge_uncovers_the_photos_own_background(far_travel: tuple) -> None:
+    """The head goes where the pose asks even when it moves away from the photo's edge by much more than the
+    background there; the band it uncovers is that background stretched (no pixels from beyond the photo: its
+    last column, painted green, stays a few pixels wide instead of streaking across the band), and the
+    background away from the head (the left corners) stays still."""
+    rnd, state, exp, pose = far_travel
+    photo = state.image.copy()
+    marked = photo.copy()
+    marked[:, -1] = (0, 255, 0)
+    moved_state = rnd.prepare(marked, exp_ref=exp[0])
+    rnd.reset(moved_state)
+    out = rnd.render(moved_state, exp[[0, 0]], pose[[0, 92]])[1]  # row 92: ~55 px left of row 0
+    lmk0, lmk1 = detect_landmarks(photo), detect_landmarks(out)
+    moved = lmk1[48:68].mean(0) - lmk0[48:68].mean(0)
+    assert moved[0] < -45.0, moved  # before: 21 px (capped)
+    green = (out[40:200, :, 1].astype(np.int16) - out[40:200, :, 0] > 150).sum(1)
+    assert green.mean() <= 8.0, green.mean()  # beyond-the-photo sampling (border replication) streaks ~40 px
+    diff = np.abs(out.astype(np.int16) - marked.astype(np.int16)).mean(-1)
+    assert diff[:24, :24].mean() < 1.5 and diff[-24:, :24].mean() < 1.5, (diff[:24, :24].mean(),
+                                                                          diff[-24:, :24].mean())

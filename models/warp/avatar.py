@@ -128,12 +128,21 @@ class WarpAvatar:
     upsample_t: torch.Tensor  # (G, S)
     grid_face_r: torch.Tensor  # (G*G,)
     edge_fade: torch.Tensor  # (G*G,)
+    # where the head moves away from an edge of the photo, the band it uncovers is the photo's own background
+    # beside the head, stretched (core.py): per coarse-grid point its distance to the right, bottom, left and top
+    # edge (4, G*G), and per side the background the photo has beyond the face there (4, 1), both normalised
+    edge_dist: torch.Tensor
+    edge_room: torch.Tensor
+    # per side, the still edge's hold (edge_fade's smoothstep for that side alone) and its complement (4, G*G),
+    # and per axis the hold of the two edges along it (2, G*G: x by top and bottom, y by right and left)
+    edge_hold: torch.Tensor
+    edge_free: torch.Tensor
+    edge_along: torch.Tensor
     reach_pts: torch.Tensor  # (4, 2)
     reach_still: torch.Tensor  # (4, 2)
     lip_gap: torch.Tensor  # (3,) photo's inner-lip gaps (LIP_PAIRS_IN)
     lip_thickness: torch.Tensor  # (6,) photo's lip thickness (LIP_PAIRS_UP then LIP_PAIRS_LO)
     chin_drop: float  # photo's distance lower lip (57) → chin (8)
-    side_room: tuple[float, float] = (0.0, 0.0)  # IOD of background left / right of the face (jaw) in the photo
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     lip_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # lip body median
@@ -182,6 +191,17 @@ def prepare_avatar(
     ellipse = _head_ellipse(cfg, src)
     edge_fade = smoothstep((1.0 - grid_norm.abs().amax(1)) / cfg.head_edge_band)
     head_mask = head_mask_at(cfg, grid_face, ellipse)
+    # sampling stays inside the photo's outer pixel centres; the room beyond the face on each side is measured
+    # from the jaw (right, bottom, left), at least edge_room_min. Above, the skull and hair are not background
+    # and no landmark says where they end: there only edge_room_min (a head moving down stretches the photo's
+    # top rows; with the brows as the limit it stretched the crown into a point)
+    inside = 1.0 - 1.0 / size
+    edge_dist = torch.cat([inside - grid_norm, inside + grid_norm], 1).T.contiguous()  # (4, G*G)
+    jaw_lo, jaw_hi = lmk[0:17].amin(0), lmk[0:17].amax(0)
+    room = torch.stack([size - 1.0 - jaw_hi[0], size - 1.0 - jaw_hi[1], jaw_lo[0], torch.tensor(0.0)])
+    room = room.clamp_min(cfg.edge_room_min * iod) * (2.0 / size)
+    edge_room = room[:, None].contiguous()  # (4, 1)
+    edge_hold = smoothstep(edge_dist / cfg.head_edge_band)
     cx, cy, rx, ry = ellipse
     reach_pts = torch.tensor([[cx - rx, cy], [cx + rx, cy], [cx, cy - ry], [cx, cy + ry]])
 
@@ -223,7 +243,9 @@ def prepare_avatar(
         lattice_pts=torch.cat([r.pts for r in regions]), lattice_still=torch.cat([r.still_coarse for r in regions]),
         upsample=upsample, upsample_t=upsample.T.contiguous(),
         grid_px=(grid_norm + 1.0) * (size / 2) - 0.5, grid_face_r=head_radius(grid_face, ellipse),
-        edge_fade=edge_fade,
+        edge_fade=edge_fade, edge_dist=edge_dist, edge_room=edge_room,
+        edge_hold=edge_hold, edge_free=1.0 - edge_hold,
+        edge_along=torch.stack([edge_hold[1::2].amin(0), edge_hold[0::2].amin(0)]),
         reach_pts=reach_pts, reach_still=affine2(reach_pts, A, t),
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=img.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
@@ -236,7 +258,6 @@ def prepare_avatar(
         lip_gap=(src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0),
         lip_thickness=(src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs(),
         chin_drop=float(src[8, 1] - src[57, 1]),
-        side_room=(float(lmk[0:17, 0].min() + 0.5) / iod, float(size - 0.5 - lmk[0:17, 0].max()) / iod),
     )
     mouth_colours(avatar)
     return avatar

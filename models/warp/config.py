@@ -55,13 +55,18 @@ class WarpConfig:
     donor: str | None = None  # mouth-interior donor speaker of the bank; None: the clearest (MouthBank.donor)
     interior: str = "bank"  # mouth interior: "bank" (real exemplars, assets/mouth_bank.npz) | "painted"
     head_max_rotation: float = math.radians(25.0)  # wide enough for the sample clips' own pose sequences
-    head_max_shift: float = 0.9  # ≈ 75 px at 256²: a sample speaker's head travels up to 0.8 (feifeili_clip2_short) ...
-    head_room_factor: float = 1.5  # ... but sideways at most the photo's background beside the face / this ...
-    head_max_shift_min: float = 0.3  # ... or this, whichever is more
+    head_max_shift: float = 0.9  # ≈ 75 px at 256²: a sample speaker's head travels up to 0.8 (feifeili_clip2_short)
+    # wherever the pose takes it: the band it uncovers at the photo's edge is the photo's own background beyond the
+    # face on that side stretched over it (never pixels beyond the photo), at least this wide (IOD) when the face
+    # touches the edge
+    edge_room_min: float = 0.05
+    edge_band_per_travel: float = 2.0  # ... and at most this many times the travel (a short move stretches less)
+    edge_release: float = 0.02  # an edge is held (head_edge_band) unless the head travels this far away from it
     head_max_log_scale: float = 0.15
     head_mask_above: float = 0.9  # head mask: this far above the brows (hair) ...
     head_mask_below: float = 0.6  # ... below the chin (the neck follows the head) ...
     head_mask_wide: float = 1.3  # ... and this many half jaw-widths to each side; full inside, zero beyond
     head_mask_outer: float = 1.45  # this many radii (a soft band between) ...
     head_band_per_shift: float = 1.6  # ... at least this many times the head motion's reach wide (no fold)
-    head_edge_band: float = 0.45  # head motion fades out over this fraction of the half image at the photo's edges
+    head_edge_band: float = 0.45  # expression and head motion fade out over this fraction of the half image at the
+    # photo's edges (head motion: at the edges it moves along or towards; see edge_room_min)

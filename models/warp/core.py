@@ -243,10 +243,6 @@ class WarpCore(torch.nn.Module):
             lin, off = A.expand(n, 2, 2), t.expand(n, 2)
         else:  # face frame before head motion → pixels, per frame: lin · f + off
             scale, rot, shift_img = self.head_motion(pose.float(), (pose[0] if pose_ref is None else pose_ref).float())
-            # sideways, the head goes no further than the photo has background to uncover behind it: moving left
-            # uncovers what lay right of the face (beyond that the band folds or samples outside the photo)
-            left, right = (max(cfg.head_max_shift_min, r / cfg.head_room_factor) for r in avatar.side_room)
-            shift_img = torch.stack([shift_img[:, 0].clamp(-right, left), shift_img[:, 1]], 1)
             # A is a similarity (A·Aᵀ = iod²·I): the shift in pixels is iod · shift, and lin⁻¹ = rotᵀ·Aᵀ/(s·iod²)
             # in closed form (a batched LU inverse of 2×2 matrices cost more than the rest of this block)
             lin = A @ (rot * scale[:, None, None])
@@ -271,7 +267,7 @@ class WarpCore(torch.nn.Module):
             to_face = (avatar.grid_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)
             moved = torch.bmm(move[2], to_face).transpose(1, 2)
             home = affine2(moved, avatar.frame_a_norm, avatar.frame_t_norm)  # (N, G*G, 2) normalised
-            rigid = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2)
+            head = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2)  # (N, 2, G*G) the head motion's part
             # active where the head was and where it is now; the soft band widens with the motion's reach so
             # that it stretches and compresses but never folds (its steepest slope is 1.5 / width)
             reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
@@ -280,11 +276,27 @@ class WarpCore(torch.nn.Module):
             # (the fall-off decreases with the radius: the larger of the two masks is the one at the smaller radius)
             mask = head_falloff(cfg, torch.minimum(avatar.grid_face_r, head_radius(moved, avatar.head_ellipse)),
                                 outer)  # (N, G*G)
-            # and the photo's edges stay put (avatar.edge_fade): a head moving away from an edge stretches the
-            # background beside it rather than sampling beyond the photo (edge streaks)
-            # (the expression part is not edge-faded: the spline is already fixed at the photo's border points, and
-            # fading it held the chin, in the bottom edge band, at a fraction of its motion)
-            disp = (rigid * avatar.edge_fade + tps_eval_at(coef, tgt_ctrl, home)) * mask.unsqueeze(1)
+            # The head travels as the pose asks. Where it moves away from an edge of the photo, the band it
+            # uncovers there shows the photo's own background beyond the face on that side, stretched: along each
+            # side's normal the head part's weight (per axis) is at most dist / (travel + band), band = the room
+            # beyond the face on that side (avatar.edge_room) or edge_band_per_travel × the travel if less. It
+            # reaches 1 at the moved face's edge, samples no further than the photo's edge and never folds (its
+            # slope times the travel stays below 1). The background away from the head stays still (mask). The
+            # expression part keeps the still head's confinement (the head mask, not edge-faded: the spline is
+            # already fixed at the photo's border points, and fading it held the chin, in the bottom edge band, at
+            # a fraction of its motion): at zero motion a frame renders as the still path renders it.
+            toward = torch.cat([head, -head], 1).clamp_min(0.0)  # (N, 4, G*G): right, bottom, left, top
+            band = torch.minimum(toward * cfg.edge_band_per_travel, avatar.edge_room)
+            # per axis (a small approach to the top edge must not hold back a large sideways travel): (N, 2, G*G)
+            edge = ((avatar.edge_dist + 1e-3) / (toward + band + 1e-3)).unflatten(1, (2, 2)).amin(1).clamp(max=1.0)
+            # The edges stay put as before (avatar.edge_hold: the background's corners stay still) except where
+            # the head travels away from one: within edge_release of such travel that edge's hold on its own axis
+            # is released and the stretch above takes over. Along an edge (x by the top and bottom edges, y by
+            # the sides) the hold stays: motion along an edge shears the band there, it cannot fold it.
+            free = (toward / cfg.edge_release).clamp(max=1.0)
+            hold = (avatar.edge_hold + avatar.edge_free * free).unflatten(1, (2, 2)).amin(1)  # (N, 2, G*G)
+            disp = (head * torch.minimum(mask.unsqueeze(1) * torch.minimum(hold, avatar.edge_along), edge)
+                    + tps_eval_at(coef, tgt_ctrl, home) * mask.unsqueeze(1))
         coarse = avatar.grid_norm.T.unsqueeze(0) + disp
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
 
