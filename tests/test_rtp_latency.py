@@ -9,8 +9,10 @@ has the arrival buffer, and speech still reaches the session through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
+from collections.abc import AsyncIterator
 from fractions import Fraction
 from typing import Any, cast
 
@@ -96,33 +98,41 @@ def test_playout_delay_written_with_the_negotiated_id() -> None:
     assert (value >> 12, value & 0xFFF) == (2, 20)
 
 
+@contextlib.asynccontextmanager
+async def served_client(runtime, settings, mic: MicrophoneTrack) -> AsyncIterator[tuple[StyleTalkClient, Any]]:  # noqa: ANN001
+    """A served session with a real aiortc client streaming ``mic``: (client, the server's peer) once frames come."""
+    async with PresenterServer(runtime, settings) as server:
+        client = StyleTalkClient(f"ws://127.0.0.1:{server.port}/ws")
+        welcome = await client.connect()
+        try:
+            await client.start_media(mic)
+            await client.wait_frames(5, timeout=60)
+            assert client.pc is not None
+            peer = server.clients[welcome["session"]].peer
+            assert peer is not None
+            yield client, peer
+        finally:
+            await client.close()
+
+
 def test_served_peer_negotiates_playout_delay_and_hears_the_microphone_at_once(live_runtime) -> None:  # noqa: F811
     async def main() -> None:
         enable_playout_delay()  # the aiortc client then offers it, as Chromium does
         settings = server_settings(playout_delay_ms="0,100", mic_prefetch_packets=0)
-        async with PresenterServer(live_runtime, settings) as server:
-            mic = MicrophoneTrack()
-            mic.feed(np.zeros(16_000 // 2, np.int16))
-            mic.feed(speech_16k()[:16_000])
-            client = StyleTalkClient(f"ws://127.0.0.1:{server.port}/ws")
-            welcome = await client.connect()
-            try:
-                await client.start_media(mic)
-                await client.wait_frames(5, timeout=60)
-                assert client.pc is not None
-                answer = client.pc.remoteDescription.sdp
-                assert PLAYOUT_DELAY_URI in answer, answer
-                peer = server.clients[welcome["session"]].peer
-                assert peer is not None and peer.playout_delay == (0, 100)
-                (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
-                timed = audio.receiver._RTCRtpReceiver__jitter_buffer
-                assert isinstance(timed, TimedBuffer) and isinstance(timed.inner, ArrivalAudioBuffer)
-                await wait_for(lambda: peer.mic.samples_16k > 16_000, timeout=30, what="microphone audio")
-                assert timed.inner.late == 0
-                hold = peer.stats()["mic_hold_ms"]  # handed on as they arrive: no packet waits for another
-                assert hold is not None and hold["n"] > 40 and hold["p95"] < 5.0, hold
-            finally:
-                await client.close()
+        mic = MicrophoneTrack()
+        mic.feed(np.zeros(16_000 // 2, np.int16))
+        mic.feed(speech_16k()[:16_000])
+        async with served_client(live_runtime, settings, mic) as (client, peer):
+            answer = client.pc.remoteDescription.sdp
+            assert PLAYOUT_DELAY_URI in answer, answer
+            assert peer.playout_delay == (0, 100)
+            (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
+            timed = audio.receiver._RTCRtpReceiver__jitter_buffer
+            assert isinstance(timed, TimedBuffer) and isinstance(timed.inner, ArrivalAudioBuffer)
+            await wait_for(lambda: peer.mic.samples_16k > 16_000, timeout=30, what="microphone audio")
+            assert timed.inner.late == 0
+            hold = peer.stats()["mic_hold_ms"]  # handed on as they arrive: no packet waits for another
+            assert hold is not None and hold["n"] > 40 and hold["p95"] < 5.0, hold
 
     run(main(), 240)
 
@@ -171,31 +181,21 @@ def test_answer_asks_for_the_microphone_packet_length() -> None:
 def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:  # noqa: F811
     async def main() -> None:
         settings = server_settings(audio_frame_ms=10, opus_application="lowdelay", mic_ptime_ms=10)
-        async with PresenterServer(live_runtime, settings) as server:
-            mic = MicrophoneTrack()
-            mic.feed(speech_16k()[:16_000])
-            client = StyleTalkClient(f"ws://127.0.0.1:{server.port}/ws")
-            welcome = await client.connect()
-            try:
-                await client.start_media(mic)
-                await client.wait_frames(5, timeout=60)
-                assert client.pc is not None
-                answer = client.answer_sdp or ""
-                assert "a=ptime:10" in answer.split("m=audio", 1)[1].split("m=video", 1)[0]
-                peer = server.clients[welcome["session"]].peer
-                assert peer is not None
-                (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
-                encoder = audio.sender._RTCRtpSender__encoder
-                assert isinstance(encoder, LowDelayOpusEncoder) and encoder.application == "lowdelay"
-                (video,) = [t for t in peer.pc.getTransceivers() if t.kind == "video"]
-                assert isinstance(video.sender._RTCRtpSender__encoder, SteadyVp8Encoder)
-                # each received packet decodes to one frame: 480 samples at 48 kHz is 10 ms (960 before)
-                await wait_for(lambda: len(client.recording.audio) > 60, timeout=60, what="received audio")
-                assert {len(a) for a in client.recording.audio[10:60]} == {480}
-                hold = peer.stats()["audio_send_hold_ms"]
-                assert hold is not None and hold["n"] > 50 and hold["p50"] < 10.0, hold
-            finally:
-                await client.close()
+        mic = MicrophoneTrack()
+        mic.feed(speech_16k()[:16_000])
+        async with served_client(live_runtime, settings, mic) as (client, peer):
+            answer = client.answer_sdp or ""
+            assert "a=ptime:10" in answer.split("m=audio", 1)[1].split("m=video", 1)[0]
+            (audio,) = [t for t in peer.pc.getTransceivers() if t.kind == "audio"]
+            encoder = audio.sender._RTCRtpSender__encoder
+            assert isinstance(encoder, LowDelayOpusEncoder) and encoder.application == "lowdelay"
+            (video,) = [t for t in peer.pc.getTransceivers() if t.kind == "video"]
+            assert isinstance(video.sender._RTCRtpSender__encoder, SteadyVp8Encoder)
+            # each received packet decodes to one frame: 480 samples at 48 kHz is 10 ms (960 before)
+            await wait_for(lambda: len(client.recording.audio) > 60, timeout=60, what="received audio")
+            assert {len(a) for a in client.recording.audio[10:60]} == {480}
+            hold = peer.stats()["audio_send_hold_ms"]
+            assert hold is not None and hold["n"] > 50 and hold["p50"] < 10.0, hold
 
     run(main(), 240)
 
