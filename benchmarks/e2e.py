@@ -127,6 +127,21 @@ class ServerProcess:
                 self.proc.kill()
 
 
+async def sessions_freed(ws_url: str, timeout: float = 30.0) -> None:
+    """Wait until the server's ``/healthz`` reports no session: a closed client's session is freed a moment after
+    it closes, and a level that starts before would be refused (``server_full`` at ``--max-sessions 1``)."""
+    from benchmarks.nodes import healthz
+
+    url = ws_url.replace("ws://", "http://").removesuffix("/ws")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = await asyncio.to_thread(healthz, url)
+        if health is not None and health.get("sessions") == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"the server still holds a session {timeout:g} s after its clients closed")
+
+
 # ------------------------------------------------------------------------------------------------- analysis
 def mouth_grey(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
@@ -314,6 +329,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.sessions_only else await measure_latency(server.url, speech, args.trials, args.style_trials,
                                                              not args.aiortc_buffers)
         )
+        await sessions_freed(server.url)  # the latency client's session must be gone before level 1
         levels = []
         for n in range(1, args.max_sessions + 1):
             pid = server.proc.pid if server.proc is not None else None
