@@ -238,3 +238,30 @@ def test_similarity_recovers_a_known_transform() -> None:
     A_hat, t_hat = similarity(src, dst)
     np.testing.assert_allclose(A_hat.numpy(), A.numpy(), atol=1e-4)
     np.testing.assert_allclose(t_hat.numpy(), [4.0, -2.0], atol=1e-4)
+
+
+def test_the_fast_path_renders_what_the_plain_path_does(samples_dir: Path) -> None:
+    """The output-preserving shortcuts of WarpCore (``fast``) against the plain computation, on real expressions
+    (amplified to wide openings and to closings), blinks, a still and a moving head, one frame and a batch."""
+    mat = samples_dir / "source" / "3dmm" / "Obama_clip1.mat"
+    if not mat.is_file():
+        pytest.skip(f"{mat} not found")
+    coeff = scipy.io.loadmat(str(mat))["coeff"].astype(np.float32)
+    exp = np.concatenate([coeff[:24:3, 80:144], 2.5 * coeff[40:56:2, 80:144], -2.0 * coeff[60:64, 80:144]])
+    n = len(exp)
+    pose = np.zeros((n, 9), np.float32)
+    pose[:, 0:3] = 0.08 * np.sin(np.arange(n)[:, None] * np.array([0.3, 0.2, 0.1]))
+    pose[:, 6:9] = 0.5 * np.sin(np.arange(n)[:, None] * np.array([0.15, 0.25, 0.05]))
+    blink = np.clip(np.sin(np.arange(n) * 0.7), 0.0, 1.0).astype(np.float32)
+    r = WarpRenderer(size=SIZE)
+    st = r.prepare(builtin_avatar(SIZE))
+    out = {}
+    for fast in (True, False):
+        r.core.fast = fast
+        still = np.concatenate([r.render(st, exp[i : i + 1], None, blink[i : i + 1]) for i in range(n)])
+        r.reset(st)
+        moving = np.concatenate([r.render(st, exp[i : i + 1], pose[i : i + 1]) for i in range(n)])
+        r.reset(st)
+        out[fast] = (still, moving, r.render(st, exp, pose, blink))
+    for a, b in zip(out[True], out[False], strict=True):
+        np.testing.assert_array_equal(a, b)
