@@ -5,8 +5,6 @@ See the package docstring (models/warp/__init__.py) for the pipeline.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import math
 
@@ -87,9 +85,6 @@ class WarpCore(torch.nn.Module):
         # outer lips move away from the inner lip: upper outer up (−1), lower outer down (+1)
         self.register_buffer("lip_sign", torch.tensor([-1.0] * 3 + [1.0] * 3), persistent=False)
         self.ix = IndexSets()
-        # output-preserving shortcuts (e.g. the mouth model only on the lattice rows that can carry a correction,
-        # ``mouth_rows``); False takes the plain path, the reference tests/test_warp.py compares them with
-        self.fast = True
         # target_local's constants as tensors, so that each rule is one op on all points it concerns (a frame is
         # hundreds of ops on tiny tensors: their count, not their size, sets the time)
         cfg = self.config
@@ -224,22 +219,6 @@ class WarpCore(torch.nn.Module):
         rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
         return torch.exp(log_s), rot, shift
 
-    def mouth_rows(self, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor) -> int:
-        """How many rows of the mouth lattice, from the top, can carry a correction in these frames.
-
-        The lattice reaches ``lip_gap_cap`` below the photo's lower lip (room for the widest opening), but the
-        mouth model's fields (models/warp/mouth.py) vanish exactly below the lowest of its target curves: the
-        correction fades to zero at the lower outer lip (``ot``) and the fill's alpha at the lower inner lip
-        (``lt``, plus one sample for the seam of touching lips). The curves are piecewise linear through
-        landmarks of ``tgt`` and ``spline``, so their lowest point is a mouth landmark: below that (plus one
-        sample and the curves' 1e-3 offset) every row is zero, and a closed or half-open mouth computes on about
-        half the lattice. Rounded up to a multiple of 8 rows (fewer distinct shapes). One host read per batch.
-        """
-        reg = avatar.mouth
-        low = float(spline[:, 48:68, 1].amax())  # (the spline's mouth points are the target's, or lower)
-        rows = math.ceil((low + 1e-3 - float(reg.v[0])) / reg.step) + 3  # + the seam's sample and rounding
-        return min(reg.v.shape[0], max(8, 8 * math.ceil(rows / 8)))
-
     def motion_reach(self, avatar: WarpAvatar, lin: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
         """How far (IOD, per frame (N,)) the head motion moves the head ellipse's four extreme points."""
         now = torch.baddbmm(off.unsqueeze(1), avatar.reach_pts.expand(lin.shape[0], -1, -1), lin.transpose(1, 2))
@@ -320,14 +299,8 @@ class WarpCore(torch.nn.Module):
         if eyes_move:
             h_eyes = hv[0, :, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0])
             eye_dv = eye_model(cfg, avatar, tgt, spline, h_eyes, self.ix)  # (N, 2, Qv, Qh)
-        qv = m.v.shape[0]
-        mouth_hv = hv[:, :, pe:].reshape(2, n, qv, m.h.shape[0])
-        rows = qv if tgt.is_cuda or not self.fast else self.mouth_rows(avatar, tgt, spline)
-        if rows < qv:  # the rows below the lips carry no correction: computed on the rows above, zeros below
-            mouth_fields = F.pad(mouth_model(cfg, _mouth_rows_only(avatar, rows), tgt, spline, mouth_hv[:, :, :rows],
-                                             self.ix), (0, 0, 0, qv - rows))  # (N, 5, Qv, Qh)
-        else:
-            mouth_fields = mouth_model(cfg, avatar, tgt, spline, mouth_hv, self.ix)  # (N, 5, Qv, Qh)
+        mouth_fields = mouth_model(cfg, avatar, tgt, spline, hv[:, :, pe:].reshape(2, n, m.v.shape[0], m.h.shape[0]),
+                                   self.ix)  # (N, 5, Qv, Qh)
 
         # ---- full-resolution sampling grid, corrected inside the region boxes (along the face's v axis)
         grid = avatar.upsample @ coarse @ avatar.upsample_t  # (N, 2, S, S) bilinear upsampling
@@ -363,9 +336,3 @@ class WarpCore(torch.nn.Module):
             frames[..., c].copy_(out[:, c])
         return frames
 
-
-def _mouth_rows_only(avatar: WarpAvatar, rows: int) -> WarpAvatar:
-    """A shallow copy of ``avatar`` whose mouth lattice keeps its first ``rows`` rows (``WarpCore.mouth_rows``)."""
-    sub = copy.copy(avatar)
-    sub.mouth = dataclasses.replace(avatar.mouth, v=avatar.mouth.v[:rows])
-    return sub
