@@ -4,7 +4,8 @@ Speed: ms per frame of ``WarpRenderer.render`` for one frame at a time (the stre
 with 1 and 2 intra-op threads (``WarpRenderer.threads``), still head and head motion; median (and p90) of
 ``--runs`` runs, the expression cycling through real coefficients. Wall time and the thread's CPU time are
 both recorded: on a machine shared with other jobs the 1-thread CPU time is the better estimate of an
-unloaded run. ``--compile`` adds torch.compile timings.
+unloaded run; the eager rows also count the top-level ATen ops per frame (``ops_per_frame``: independent of
+the load, and what mostly sets the eager time). ``--compile`` adds torch.compile timings.
 
 Quality (self-driven): each source clip's first frame (video frame 2, the first with a coefficient row;
 ``--first png`` uses source/image/*.png where it is the same shot) is driven with the clip's own
@@ -66,11 +67,36 @@ SOURCE_OFFSET = 2  # coefficient row i ↔ source video frame i + 2
 
 
 # ------------------------------------------------------------------------------------------------ speed
+def _sway(frames: int) -> np.ndarray:
+    """The timed head motion (frames, 9): a slow sway of the three angles."""
+    sway = np.zeros((frames, 9), np.float32)
+    sway[:, 0:3] = 0.05 * np.sin(np.arange(frames)[:, None] * np.array([0.3, 0.2, 0.1]))
+    return sway
+
+
+def ops_per_frame(renderer: WarpRenderer, exp: np.ndarray, pose: bool, frames: int = 10) -> float:
+    """Top-level ATen ops per streamed frame (as ``time_render`` drives it), counted by the torch profiler.
+
+    Unlike the timings this does not depend on the machine's load, and it is what sets the eager renderer's
+    time: a frame is hundreds of ops on small tensors, most of them costing their dispatch, not arithmetic.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    state = renderer.prepare(builtin_avatar(renderer.size))
+    sway, zero_pose = _sway(frames + 1), np.zeros((1, 9), np.float32)
+    renderer.render(state, exp[:1], sway[:1] if pose else zero_pose)  # the stream's reference pose
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(1, frames + 1):
+            renderer.render(state, exp[i % len(exp)][None], sway[i : i + 1] if pose else zero_pose)
+    top = [e for e in prof.events() if e.name.startswith("aten::")
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    return len(top) / frames
+
+
 def time_render(renderer: WarpRenderer, exp: np.ndarray, runs: int, pose: bool) -> dict[str, float]:
     state = renderer.prepare(builtin_avatar(renderer.size))
     zero_pose = np.zeros((1, 9), np.float32)
-    sway = np.zeros((runs + 3, 9), np.float32)
-    sway[:, 0:3] = 0.05 * np.sin(np.arange(runs + 3)[:, None] * np.array([0.3, 0.2, 0.1]))
+    sway = _sway(runs + 3)
     wall, cpu = [], []
     for i in range(runs + 3):
         p = sway[i : i + 1] if pose else zero_pose
@@ -103,6 +129,8 @@ def speed(args: argparse.Namespace, exp: np.ndarray) -> list[dict]:
                 renderer.threads = threads
                 for pose in (False, True):
                     r = time_render(renderer, exp, args.runs, pose)
+                    if not comp and threads == args.threads[0]:
+                        r["ops_per_frame"] = ops_per_frame(renderer, exp, pose)
                     r.update(variant=name, interior=interior, size=size, threads=threads, head_motion=pose,
                              runs=args.runs, loadavg=list(os.getloadavg()))
                     if comp:
@@ -110,7 +138,8 @@ def speed(args: argparse.Namespace, exp: np.ndarray) -> list[dict]:
                     rows.append(r)
                     print(f"{name:8s} {interior:8s} {size:4d}² threads {threads} motion {str(pose):5s}: "
                           f"wall {r['wall_ms_median']:6.2f} ms (p90 {r['wall_ms_p90']:6.2f})  "
-                          f"cpu {r['cpu_ms_median']:6.2f} ms", flush=True)
+                          f"cpu {r['cpu_ms_median']:6.2f} ms" + (f"  {r['ops_per_frame']:.0f} ops/frame"
+                                                                 if "ops_per_frame" in r else ""), flush=True)
     return rows
 
 

@@ -6,7 +6,8 @@ on this 2-core machine, and a served process starts two workers beside loading i
 12.2 s with two workers vs 6.3 s without, quiet). The template is a fresh interpreter too (started with one BLAS
 thread) that imports torch and the worker's modules, and loads dlib's face models (each worker prepares its
 avatar with them: ~2.5 CPU s apiece), but never runs a torch op, so it has a single thread and no thread pool
-when it forks: the child inherits nothing half-held, builds its models and creates torch's pools itself (0.5 s). Replacing a worker that died costs the same 0.5 s instead of a full interpreter start.
+when it forks: the child inherits nothing half-held, builds its models and creates torch's pools itself (0.5 s).
+Replacing a worker that died costs the same 0.5 s instead of a full interpreter start.
 
 Wire (a Unix socket pair): the template says ``ready`` once imported; the parent sends ``fork SLOTS`` with the
 worker's socket and frame-mapping descriptors attached (``SCM_RIGHTS``), the template forks, the child runs

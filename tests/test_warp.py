@@ -11,7 +11,7 @@ import torch
 
 from engine.avatar import builtin_avatar, detect_landmarks
 from engine.renderer import AvatarState, Renderer, WarpAvatarState, WarpRenderer
-from models.warp import ExpressionMap, interp_curve, similarity, tps_eval, tps_fit
+from models.warp import ExpressionMap, WarpConfig, interp_curve, similarity, tps_eval, tps_fit
 
 SIZE = 256
 
@@ -238,3 +238,24 @@ def test_similarity_recovers_a_known_transform() -> None:
     A_hat, t_hat = similarity(src, dst)
     np.testing.assert_allclose(A_hat.numpy(), A.numpy(), atol=1e-4)
     np.testing.assert_allclose(t_hat.numpy(), [4.0, -2.0], atol=1e-4)
+
+
+@pytest.mark.parametrize("level", [0, 255])
+def test_a_saturated_photo_stays_saturated_and_frames_are_contiguous(level: int) -> None:
+    """The rounding of the sampled photo (no clamp outside the painted mouth: bilinear samples of 0..255 stay
+    there, up to a rounding error that truncation absorbs), on a flat photo (the standard face layout), with the
+    mouth open and the head moving; frames come out C-contiguous (N, S, S, 3) uint8."""
+    size = 64
+    r = WarpRenderer(size=size, config=WarpConfig(interior="painted"))
+    st = r.prepare(np.full((size, size, 3), level, np.uint8))
+    assert st.template
+    w = ExpressionMap.load().weights.numpy()
+    exp = np.stack([3.0 * (w[:, 66, 1] - w[:, 62, 1]) / np.linalg.norm(w[:, 66, 1] - w[:, 62, 1])] * 2)
+    pose = np.zeros((2, 9), np.float32)
+    pose[1, 0:3] = 0.1
+    frames = r.render(st, exp.astype(np.float32), pose)
+    assert frames.dtype == np.uint8 and frames.shape == (2, size, size, 3) and frames.flags["C_CONTIGUOUS"]
+    g = st.warp.mouth_box
+    outside = np.ones((size, size), bool)
+    outside[g.y0[0]:g.y0[0] + g.bh, g.x0[0]:g.x0[0] + g.bw] = False
+    assert (frames[0][outside] == level).all()

@@ -39,7 +39,7 @@ def eye_model(
     o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None, None]  # (N, 2, 1, 1)
     ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
-    rows = ix.eye_rows.repeat(n, 1)  # (2N, 2): eye e uses LUT rows 2e, 2e+1
+    rows = ix.eye_rows if n == 1 else ix.eye_rows.repeat(n, 1)  # (2N, 2): eye e uses LUT rows 2e, 2e+1
     s_curves = lookup(avatar, rows, h_s.reshape(2 * n, -1)).reshape(n, 2, 2, *h_s.shape[2:])
     us, ls = (s_curves - avatar.eye_level).unbind(2)
     u = v_t[None, :, :, None] - o_t  # (N, 2, Qv, 1)
