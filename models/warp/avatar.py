@@ -95,8 +95,8 @@ class WarpAvatar:
     grid_norm: torch.Tensor  # (G*G, 2) coarse evaluation grid, normalised
     # (G*G,) 1 on the head, 0 on the background: the still head's mask, the moving head's at zero motion. Every
     # displacement of the coarse grid, expression or head motion, is confined to it, so a frame renders the same
-    # whether its batch moves or not. (The photo-edge fade, ``edge_fade``, applies to head motion only: folded in
-    # here it also held the chin, which sits in the bottom edge band, at 0.3-0.7 of its expression motion, and a
+    # whether its batch moves or not. (The photo's edges hold only head motion, ``edge_hold``: an edge fade folded
+    # in here also held the chin, which sits in the bottom edge band, at 0.3-0.7 of its expression motion, and a
     # jaw that barely drops reads as a thinner opening.)
     head_mask: torch.Tensor
     grid_face: torch.Tensor  # (G*G, 2) the coarse grid's points in the face frame (before head motion)
@@ -127,13 +127,12 @@ class WarpAvatar:
     upsample: torch.Tensor  # (S, G)
     upsample_t: torch.Tensor  # (G, S)
     grid_face_r: torch.Tensor  # (G*G,)
-    edge_fade: torch.Tensor  # (G*G,)
     # where the head moves away from an edge of the photo, the band it uncovers is the photo's own background
     # beside the head, stretched (core.py): per coarse-grid point its distance to the right, bottom, left and top
     # edge (4, G*G), and per side the background the photo has beyond the face there (4, 1), both normalised
     edge_dist: torch.Tensor
     edge_room: torch.Tensor
-    # per side, the still edge's hold (edge_fade's smoothstep for that side alone) and its complement (4, G*G),
+    # per side, the still edge's hold (a smoothstep over head_edge_band from that edge) and its complement (4, G*G),
     # and per axis the hold of the two edges along it (2, G*G: x by top and bottom, y by right and left)
     edge_hold: torch.Tensor
     edge_free: torch.Tensor
@@ -189,7 +188,6 @@ def prepare_avatar(
     grid_norm = px_to_norm(grid_px, size)
     grid_face = affine2(grid_px - t, torch.linalg.inv(A))
     ellipse = _head_ellipse(cfg, src)
-    edge_fade = smoothstep((1.0 - grid_norm.abs().amax(1)) / cfg.head_edge_band)
     head_mask = head_mask_at(cfg, grid_face, ellipse)
     # sampling stays inside the photo's outer pixel centres; the room beyond the face on each side is measured
     # from the jaw (right, bottom, left), at least edge_room_min. Above, the skull and hair are not background
@@ -243,7 +241,7 @@ def prepare_avatar(
         lattice_pts=torch.cat([r.pts for r in regions]), lattice_still=torch.cat([r.still_coarse for r in regions]),
         upsample=upsample, upsample_t=upsample.T.contiguous(),
         grid_px=(grid_norm + 1.0) * (size / 2) - 0.5, grid_face_r=head_radius(grid_face, ellipse),
-        edge_fade=edge_fade, edge_dist=edge_dist, edge_room=edge_room,
+        edge_dist=edge_dist, edge_room=edge_room,
         edge_hold=edge_hold, edge_free=1.0 - edge_hold,
         edge_along=torch.stack([edge_hold[1::2].amin(0), edge_hold[0::2].amin(0)]),
         reach_pts=reach_pts, reach_still=affine2(reach_pts, A, t),

@@ -68,5 +68,5 @@ class WarpConfig:
     head_mask_wide: float = 1.3  # ... and this many half jaw-widths to each side; full inside, zero beyond
     head_mask_outer: float = 1.45  # this many radii (a soft band between) ...
     head_band_per_shift: float = 1.6  # ... at least this many times the head motion's reach wide (no fold)
-    head_edge_band: float = 0.45  # expression and head motion fade out over this fraction of the half image at the
-    # photo's edges (head motion: at the edges it moves along or towards; see edge_room_min)
+    head_edge_band: float = 0.45  # head motion fades out over this fraction of the half image at the photo's edges
+    # it moves along or towards (see edge_room_min); the expression warp is confined by the head mask alone
