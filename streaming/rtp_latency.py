@@ -51,7 +51,7 @@ from typing import Any
 
 import av
 from aiortc.codecs import HEADER_EXTENSIONS
-from aiortc.codecs.opus import SAMPLE_RATE as OPUS_RATE
+from aiortc.codecs.opus import SAMPLE_RATE as OPUS_RATE  # 48 kHz: aiortc's Opus encoder (and our audio track)
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
@@ -166,6 +166,15 @@ def percentiles_ms(seconds: Iterable[float]) -> dict[str, float | int] | None:
     return {"p50": round(ms[len(ms) // 2], 2), "p95": round(ms[int(0.95 * (len(ms) - 1))], 2), "n": len(ms)}
 
 
+def _has_private(owner: Any, attr: str, kind: type | None, otherwise: str) -> bool:
+    """Whether aiortc's ``owner`` still has the private ``attr`` we replace (an instance of ``kind`` when given);
+    when an aiortc upgrade moved it, a warning saying what stays as aiortc does it (``otherwise``)."""
+    present = hasattr(owner, attr) if kind is None else isinstance(getattr(owner, attr, None), kind)
+    if not present:
+        log.warning("aiortc's %s has no %s: %s", type(owner).__name__, attr, otherwise)
+    return present
+
+
 def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
     """Give an aiortc audio ``RTCRtpReceiver`` its buffer (before its first packet): ``prefetch`` 0 = an
     :class:`ArrivalAudioBuffer`, else aiortc's own buffer holding ``prefetch`` packets back (aiortc's default: 4).
@@ -173,8 +182,7 @@ def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
     Returns the installed buffer, timed (:class:`TimedBuffer`); None (and a warning) when the receiver has no
     such private buffer (an aiortc that changed): it keeps its own.
     """
-    if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
-        log.warning("aiortc's receiver has no %s: its audio keeps aiortc's 80 ms buffer", _RECEIVER_BUFFER)
+    if not _has_private(receiver, _RECEIVER_BUFFER, JitterBuffer, "its audio keeps aiortc's 80 ms buffer"):
         return None
     buffer = TimedBuffer(ArrivalAudioBuffer() if prefetch == 0 else JitterBuffer(capacity=16, prefetch=prefetch))
     setattr(receiver, _RECEIVER_BUFFER, buffer)
@@ -184,8 +192,7 @@ def install_mic_buffer(receiver: Any, prefetch: int = 0) -> TimedBuffer | None:
 def install_video_buffer(receiver: Any) -> bool:
     """Give an aiortc video ``RTCRtpReceiver`` a :class:`MarkerVideoBuffer` (before its first packet); False (and a
     warning) when the receiver has no such private buffer."""
-    if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
-        log.warning("aiortc's receiver has no %s: video keeps aiortc's one-frame wait", _RECEIVER_BUFFER)
+    if not _has_private(receiver, _RECEIVER_BUFFER, JitterBuffer, "video keeps aiortc's one-frame wait"):
         return False
     setattr(receiver, _RECEIVER_BUFFER, MarkerVideoBuffer())
     return True
@@ -250,8 +257,7 @@ def install_playout_delay(sender: Any, min_ms: int, max_ms: int) -> bool:
 
     False (and a warning) when the sender has no such private map (an aiortc that changed).
     """
-    if not isinstance(getattr(sender, _SENDER_MAP, None), HeaderExtensionsMap):
-        log.warning("aiortc's sender has no %s: no playout-delay extension sent", _SENDER_MAP)
+    if not _has_private(sender, _SENDER_MAP, HeaderExtensionsMap, "no playout-delay extension sent"):
         return False
     enable_playout_delay()
     setattr(sender, _SENDER_MAP, PlayoutDelayExtensionsMap(min_ms, max_ms))
@@ -294,8 +300,7 @@ def install_audio_encoder(transceiver: Any, frame_ms: int, application: str = "v
     if negotiated_codec(transceiver) != "audio/opus":
         log.warning("audio codec %r is not Opus: its packets stay as aiortc makes them", negotiated_codec(transceiver))
         return False
-    if not hasattr(sender, _SENDER_ENCODER):
-        log.warning("aiortc's sender has no %s: audio keeps aiortc's 20 ms packets", _SENDER_ENCODER)
+    if not _has_private(sender, _SENDER_ENCODER, None, "audio keeps aiortc's 20 ms packets"):
         return False
     # aiortc creates an encoder only when this slot is empty
     setattr(sender, _SENDER_ENCODER, LowDelayOpusEncoder(frame_ms, application))
@@ -356,8 +361,7 @@ def install_video_encoder(transceiver: Any, bitrate: int) -> SteadyVp8Encoder | 
     if bitrate <= 0 or negotiated_codec(transceiver) != "video/vp8":
         return None
     sender = transceiver.sender
-    if not hasattr(sender, _SENDER_ENCODER):
-        log.warning("aiortc's sender has no %s: VP8 follows every bandwidth estimate", _SENDER_ENCODER)
+    if not _has_private(sender, _SENDER_ENCODER, None, "VP8 follows every bandwidth estimate"):
         return None
     encoder = SteadyVp8Encoder(bitrate)
     setattr(sender, _SENDER_ENCODER, encoder)

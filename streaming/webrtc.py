@@ -33,6 +33,7 @@ from aiortc.sdp import candidate_from_sdp
 from engine.timing import SAMPLE_RATE, VIDEO_CLOCK_RATE
 from streaming.contracts import MediaSession
 from streaming.rtp_latency import (
+    OPUS_RATE,
     SteadyVp8Encoder,
     TimedBuffer,
     answer_with_ptime,
@@ -47,7 +48,6 @@ from streaming.rtp_latency import (
 log = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
-OPUS_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
 ENGINE_RATE = SAMPLE_RATE
 PC_CLOSE_TIMEOUT_S = 5.0  # aiortc's close stops the senders/receivers and transports: well under a second
 
