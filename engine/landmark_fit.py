@@ -248,17 +248,32 @@ def check_offsets(clips: list[Clip], lam: float, candidates: range = range(-2, 5
     return result
 
 
-def fit_pose_map(clips: list[Clip], mats: dict[str, np.ndarray]) -> tuple[np.ndarray, list[float]]:
-    """Linear map from the 9 pose parameters to the head's 2-D similarity motion in the video frame.
+def fit_pose_map(
+    clips: list[Clip], mats: dict[str, np.ndarray], heldout: list[int] | None = None,
+) -> tuple[np.ndarray, list[float], dict[str, np.ndarray]]:
+    """Linear map from the pose features (models.warp.landmarks.pose_features) to the head's 2-D similarity
+    motion in the video frame.
 
     Pose = [angles (3), translation (3), crop scale/tx/ty (3)] as the clip readers give it. Target per frame:
     the similarity taking the clip's mean shape (stable points, about their centroid) onto the frame:
     [log scale, rotation angle (rad, image axes, y down), dx / IOD, dy / IOD]. Both sides are clip-centred, so
-    the map describes motion *relative* to a reference pose, which is how the renderer uses it. Returns the
-    (9, 4) weights and the held-out (leave one clip out) R² of each output.
+    the map describes motion *relative* to a reference pose, which is how the renderer uses it. Clips whose crop
+    scale is far from the others' (sad_emotion_clip1: s ≈ 0.31, its crop was taken at another resolution, so
+    its crop translation is in other pixels) are left out of the fit. Returns the (15, 4) weights, the held-out
+    (leave one clip out) R² of each output, and the weights fitted without each clip in ``heldout`` (for the
+    renderer benchmark).
     """
+    import torch
+
+    from models.warp.landmarks import POSE_FEATURES, pose_features
+
     xs, ys, idx = [], [], []
-    for i, clip in enumerate(clips):
+    names: list[str] = []
+    for clip in clips:
+        scale = float(np.median(mats[clip.name][:, 2]))
+        if not 0.5 < scale < 2.0:
+            print(f"pose map: {clip.name} left out (crop scale {scale:.2f}, the others 0.85-1.22)")
+            continue
         rows = np.arange(len(clip.coeff))
         frames = rows + GROUP_OFFSETS[clip.group]
         keep = frames < len(clip.landmarks)
@@ -280,18 +295,26 @@ def fit_pose_map(clips: list[Clip], mats: dict[str, np.ndarray]) -> tuple[np.nda
             axis=1,
         )
         c = clip.coeff[rows]
-        x = np.concatenate([c[:, ANGLES], c[:, 254:257], mats[clip.name][rows, 2:5]], axis=1)
+        pose = np.concatenate([c[:, ANGLES], c[:, 254:257], mats[clip.name][rows, 2:5]], axis=1)
+        x = pose_features(torch.from_numpy(pose), False).numpy()
         xs.append(x - x.mean(axis=0))
         ys.append(y - y.mean(axis=0))
-        idx.append(np.full(len(x), i))
+        idx.append(np.full(len(x), len(names)))
+        names.append(clip.name)
     x, y, ci = np.concatenate(xs), np.concatenate(ys), np.concatenate(idx)
+    assert x.shape[1] == POSE_FEATURES
     scale = x.std(axis=0) + 1e-9  # pose inputs differ by 3 orders of magnitude (radians vs crop pixels)
     preds = np.zeros_like(y)
-    for i in range(len(clips)):
+    for i in range(len(names)):
         tr = ci != i
         preds[~tr] = (x[~tr] / scale) @ ridge(x[tr] / scale, y[tr], 1e-4)
     weights = ridge(x / scale, y, 1e-4) / scale[:, None]
-    return weights.astype(np.float32), [r2(preds[:, j], y[:, j]) for j in range(4)]
+    held = {}
+    for i in heldout or []:
+        if clips[i].name in names:
+            tr = ci != names.index(clips[i].name)
+            held[clips[i].name] = (ridge(x[tr] / scale, y[tr], 1e-4) / scale[:, None]).astype(np.float32)
+    return weights.astype(np.float32), [r2(preds[:, j], y[:, j]) for j in range(4)], held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         c.name: scipy.io.loadmat(str(args.data / c.group / "3dmm" / f"{c.name}.mat"))["transform_params"]
         for c in clips
     }
-    pose_weights, pose_r2 = fit_pose_map(clips, mats)
+    pose_weights, pose_r2, pose_heldout = fit_pose_map(clips, mats, sources)
     report["pose_map_held_out_r2"] = dict(zip(["log_scale", "rotation", "dx", "dy"], pose_r2, strict=True))
     print("pose → head similarity, held-out R²:", {k: round(v, 3) for k, v in report["pose_map_held_out_r2"].items()})
     # Per-coefficient spread of the training data: the renderer clamps extreme inputs to this range.
@@ -376,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         pose_weights=pose_weights,
         lam=np.float32(best),
         meta=np.array(json.dumps({k: v for k, v in report.items() if k != "lambda_scan"})),
-        **heldout,  # type: ignore[arg-type]  # numpy stubs type **kwds as the bool allow_pickle
+        **heldout, **{f"heldout_pose/{k}": v for k, v in pose_heldout.items()},  # type: ignore[arg-type]
+        # (numpy stubs type **kwds as the bool allow_pickle)
     )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -12,6 +12,7 @@ import torch
 from engine.avatar import builtin_avatar, detect_landmarks
 from engine.renderer import AvatarState, Renderer, WarpAvatarState, WarpRenderer
 from models.warp import ExpressionMap, WarpConfig, interp_curve, similarity, tps_eval, tps_fit
+from models.warp.landmarks import ASSET_PATH, POSE_FEATURES, STANDARD_CROP
 
 SIZE = 256
 
@@ -206,12 +207,37 @@ def test_any_photo_is_cropped_to_the_renderer_size() -> None:
 
 def test_expression_map_asset() -> None:
     m = ExpressionMap.load()
-    assert m.weights.shape == (64, 68, 2) and m.pose_weights.shape == (9, 4)
+    assert m.weights.shape == (64, 68, 2) and m.pose_weights.shape == (POSE_FEATURES, 4)
     assert torch.isfinite(m.weights).all() and (m.exp_std > 0).all()
     held = ExpressionMap.load(heldout_clip="Obama_clip1")
     assert held.weights.shape == (64, 68, 2) and not torch.equal(held.weights, m.weights)
+    assert not torch.equal(held.pose_weights, m.pose_weights)  # the pose map is held out too
     with pytest.raises(KeyError):
         ExpressionMap.load(heldout_clip="no-such-clip")
+
+
+def test_pose_map_reads_relative_and_absolute_poses_alike(tmp_path: Path) -> None:
+    """The engine's idle poses carry no crop (offsets around 0); a clip's poses carry the crop (s ≈ 1, t ≈ 128).
+    The same motion must move the head the same way in both, and a map fitted before the pose features (9 raw
+    rows) still loads, as the same linear map."""
+    core = WarpRenderer(size=64).core
+    g = np.random.default_rng(0)
+    rel = np.zeros((5, 9), np.float32)
+    rel[:, :3] = g.normal(0, 0.05, (5, 3))
+    rel[:, 6:9] = g.normal(0, [0.03, 8.0, 6.0], (5, 3))
+    rel[0] = 0.0
+    absolute = rel + np.array([0, 0, 0, 0, 0, 0, *STANDARD_CROP], np.float32)
+    a = core.head_motion(torch.from_numpy(rel), torch.from_numpy(rel[0]))
+    b = core.head_motion(torch.from_numpy(absolute), torch.from_numpy(absolute[0]))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-5)
+    assert float(a[2].abs().max()) > 0.02  # the crop shift moves the head
+    with np.load(ASSET_PATH) as data:
+        old = {k: data[k] for k in data.files if not k.startswith("heldout_pose/")}
+    old["pose_weights"] = old["pose_weights"][:9]
+    np.savez(tmp_path / "old.npz", **old)
+    legacy = ExpressionMap.load(tmp_path / "old.npz")
+    assert legacy.pose_weights.shape == (POSE_FEATURES, 4) and not legacy.pose_weights[9:].any()
 
 
 def test_interp_curve_matches_numpy() -> None:

@@ -136,8 +136,10 @@ def test_head_motion_moves_the_head_not_the_background(bank_renderer: WarpRender
     pose[1, 7:9] = [12.0, -8.0]  # crop shift (px in the source video)
     out = bank_renderer.render(state, np.zeros((2, 64), np.float32), pose)[1]
     diff = np.abs(out.astype(np.int16) - state.image.astype(np.int16)).mean(-1)
-    corners = np.concatenate([diff[:20, :20].ravel(), diff[:20, -20:].ravel()])
-    assert corners.mean() < 1.0, corners.mean()  # background (top corners) unmoved
+    # background (top corners) unmoved; the boxes stop short of the head band's soft tail, which reaches ~14 px
+    # from the right edge at this (large: 7° turn, 4.6° roll) motion
+    corners = np.concatenate([diff[:12, :12].ravel(), diff[:12, -12:].ravel()])
+    assert corners.mean() < 0.5, corners.mean()
     face = diff[90:190, 80:180]
     assert face.mean() > 8.0, face.mean()  # the face moved
 

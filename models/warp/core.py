@@ -24,7 +24,7 @@ from models.warp.avatar import (
 from models.warp.config import WarpConfig
 from models.warp.eyes import eye_model
 from models.warp.interior import BANK_PATH, MouthBank
-from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap
+from models.warp.landmarks import _IDX, BROWS, EYE_LO, EYE_UP, ExpressionMap, is_relative_pose, pose_features
 from models.warp.mouth import mouth_model
 from models.warp.tps import affine2, tps_eval, tps_eval_at, tps_fit
 
@@ -209,7 +209,8 @@ class WarpCore(torch.nn.Module):
     def head_motion(self, pose: torch.Tensor, pose_ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Δpose → clamped similarity: scale (N,), rotation (N, 2, 2), shift (N, 2) in IOD along image axes."""
         cfg = self.config
-        y = (pose - pose_ref) @ self.pose_weights  # (N, 4)
+        rel = is_relative_pose(pose_ref)
+        y = (pose_features(pose, rel) - pose_features(pose_ref[None], rel)) @ self.pose_weights  # (N, 4)
         log_s = y[:, 0].clamp(-cfg.head_max_log_scale, cfg.head_max_log_scale)
         ang = y[:, 1].clamp(-cfg.head_max_rotation, cfg.head_max_rotation)
         shift = y[:, 2:4]
