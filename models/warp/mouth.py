@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
-from models.warp.interior import shape_features
 from models.warp.tps import interp_curve, ramp01, smoothstep
 
 if TYPE_CHECKING:
@@ -127,7 +126,7 @@ def exemplar_fill(cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, ut: to
     to the lower one (lt) in that column; the blended exemplar is sampled there.
     """
     assert avatar.interior is not None
-    patches, g_e = avatar.interior.blend(shape_features(tgt))  # (N, 3, T, S), (N, 1, 1)
+    patches, g_e = avatar.interior.blend(tgt)  # (N, 3, T, S), (N, 1, 1)
     s = (h_t - h0) / (h1 - h0).clamp_min(1e-6)  # (N, 1, Qh)
     gt = (lt - ut).clamp_min(1e-6)
     a, b = v_t - ut, lt - v_t
