@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from models.warp.config import WarpConfig
 from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
-from models.warp.tps import affine2, cubic_curve, interp_curve, px_to_norm, similarity, smoothstep
+from models.warp.tps import (
+    SplineGrid,
+    affine2,
+    cubic_curve,
+    interp_curve,
+    px_to_norm,
+    similarity,
+    smoothstep,
+    spline_grid,
+)
 
 # per-frame face→pixel map with head motion: lin (N, 2, 2), off (N, 2) and lin's inverse (computed once per frame
 # batch: the grid, the eye boxes and the mouth box all map pixels back through it)
@@ -76,12 +85,28 @@ def box_group(regions: tuple[Region, ...], A: torch.Tensor, t: torch.Tensor) -> 
     )
 
 
+@dataclass(frozen=True)
+class TargetBounds:
+    """The per-photo bounds of ``WarpCore.target_local`` with the config applied, each one op per frame."""
+
+    lid_lo_min: torch.Tensor  # (4,) LIDS_LO: the lower lids' travel limits (v)
+    lid_lo_max: torch.Tensor
+    lid_up_min: torch.Tensor  # (4,) LIDS_UP: how high the upper lids may rise
+    lid_src: torch.Tensor  # (4, 2) the photo's upper lids (the spline's lids ride with their eye from there)
+    gap_per_drop: torch.Tensor  # (3,) the photo's inner-lip gaps / lip_close_drop (a closing scales them down)
+    lip_keep: torch.Tensor  # (6,) the least thickness of each lip, signed: upper outer above (−), lower below (+)
+    chin_keep: torch.Tensor  # () the least distance lower lip (57) → chin (8)
+    spline_gap: torch.Tensor  # (3,) the least inner-lip gap handed to the spline
+
+
 @dataclass
 class WarpAvatar:
     """Everything precomputed for one photo. Tensors are float32."""
 
     size: int
-    image: torch.Tensor  # (1, 3, S, S) 0..255
+    # (1, 3, S, S) the photo plus 0.5 (0.5..255.5): the frames are written by truncation, so the samples carry the
+    # rounding offset instead of a pass over every output pixel (core.py)
+    image: torch.Tensor
     landmarks: torch.Tensor  # (68, 2) pixels
     src_local: torch.Tensor  # (68, 2) face frame
     extra_local: torch.Tensor  # (E, 2) forehead points, face frame
@@ -89,10 +114,16 @@ class WarpAvatar:
     frame_t: torch.Tensor  # (2,)
     frame_a_norm: torch.Tensor  # (2, 2) the same map onto grid_sample's normalised coordinates: ...
     frame_t_norm: torch.Tensor  # (2,) ... q = f @ frame_a_norm.T + frame_t_norm (tps.px_to_norm folded in)
+    frame_a_norm_t: torch.Tensor  # (2, 2) frame_a_norm.T, contiguous
     iod_px: float
     src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
     border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
+    # the spline's target control points that never move (forehead, then border: normalised, (E + B, 2)) and the
+    # still head's spline evaluation on the coarse grid with them precomputed
+    fixed_norm: torch.Tensor
+    still_spline: SplineGrid
     grid_norm: torch.Tensor  # (G*G, 2) coarse evaluation grid, normalised
+    grid_norm_t: torch.Tensor  # (1, 2, G*G) the same, channel-first (the displacement field's layout)
     # (G*G,) 1 on the head, 0 on the background: the still head's mask, the moving head's at zero motion. Every
     # displacement of the coarse grid, expression or head motion, is confined to it, so a frame renders the same
     # whether its batch moves or not. (The photo's edges hold only head motion, ``edge_hold``: an edge fade folded
@@ -104,13 +135,16 @@ class WarpAvatar:
     exp_ref: torch.Tensor  # (64,)
     eyes: tuple[Region, Region]  # equal lattice sizes (both eyes run as one batch)
     mouth: Region
-    lut: torch.Tensor  # (7, L) source curves (_LUT_CURVES) sampled along h
-    lut_h0: float
-    lut_step: float
-    # face-frame (h, v) of a normalised image point q: (norm_to_face[:, :, 0] · q) + norm_to_face_c, as
-    # (2, 2, 1) and (2, 1) tensors (tensor operands: a Python scalar is wrapped into a tensor on every op)
-    norm_to_face: torch.Tensor
-    norm_to_face_c: torch.Tensor
+    # source curves (_LUT_CURVES) sampled along h from lut_h0 in steps of lut_step, each followed by its slope per
+    # step (``lookup``): the eyes' (2, 4, L: eye e's upper and lower lid) and the mouth's (1, 6, L: inner lips,
+    # lower outer lip)
+    eye_lut: torch.Tensor
+    mouth_lut: torch.Tensor
+    # a normalised image point q → (x, v): x = (h − lut_h0) / lut_step, its position in the lookup tables (the
+    # region models only look h up there), and the face-frame v; as norm_to_xv @ q + norm_to_xv_c, (2, 2) and
+    # (2, 1) (tensor operands: a Python scalar is wrapped into a tensor on every op)
+    norm_to_xv: torch.Tensor
+    norm_to_xv_c: torch.Tensor
     v_axis: torch.Tensor  # (1, 2, 1, 1) one IOD along the face-frame v axis, in normalised image units
     eye_level: torch.Tensor  # (2, 1, 1, 1) per eye the mid-height of its corners (v), where the eye model's origin is
     eye_h: torch.Tensor  # (2, Qh) the eye lattices' columns (face-frame h), both eyes stacked for the eye model
@@ -118,7 +152,7 @@ class WarpAvatar:
     eye_boxes: BoxGroup  # both eyes' boxes (one size): resampled together
     mouth_box: BoxGroup
     lattice_pts: torch.Tensor  # (P, 2) all lattice points, eyes then mouth (one coarse-grid lookup per frame)
-    lattice_still: torch.Tensor  # (P, 2) the same in the coarse grid's normalised coordinates (still head)
+    lattice_still: torch.Tensor  # (1, 1, P, 2) the same in the coarse grid's normalised coordinates (still head)
     # head motion, per-avatar parts: the coarse grid in pixels, its head-ellipse radius (face frame), the
     # photo-edge fade, and the head ellipse's four extreme points (face frame and still pixels)
     grid_px: torch.Tensor  # (G*G, 2)
@@ -142,6 +176,7 @@ class WarpAvatar:
     lip_gap: torch.Tensor  # (3,) photo's inner-lip gaps (LIP_PAIRS_IN)
     lip_thickness: torch.Tensor  # (6,) photo's lip thickness (LIP_PAIRS_UP then LIP_PAIRS_LO)
     chin_drop: float  # photo's distance lower lip (57) → chin (8)
+    bounds: TargetBounds
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     lip_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # lip body median
@@ -224,21 +259,30 @@ def prepare_avatar(
     hs = torch.arange(lut_h0, float(src[:, 0].max()) + 0.5, step)
     # (the eyelids as cubics, like the eye model's target lids: models/warp/eyes.py)
     lut = torch.stack([(cubic_curve if i < 4 else interp_curve)(src[list(c), 0], src[list(c), 1], hs)
-                       for i, c in enumerate(_LUT_CURVES)])
+                       for i, c in enumerate(_LUT_CURVES)])  # (7, L)
+    lut = torch.cat([lut, F.pad(lut[:, 1:] - lut[:, :-1], (0, 1))], 0)  # (14, L): then the slopes
 
     upsample = F.interpolate(torch.eye(cfg.grid)[None], size=size, mode="linear", align_corners=True)[0].T
+    a_norm, t_norm = A * (2.0 / size), px_to_norm(t, size)
+    fixed_norm = torch.cat([affine2(extra, a_norm, t_norm), border])
     a_inv = torch.linalg.inv(A)
-    k0, k1 = (a_inv[0] * (size / 2)).tolist()
-    j0, j1 = (a_inv[1] * (size / 2)).tolist()
-    norm_c = [float(a_inv[0] @ (size / 2 - 0.5 - t)), float(a_inv[1] @ (size / 2 - 0.5 - t))]
+    norm_to_face = a_inv * (size / 2)
+    norm_c = torch.stack([a_inv[0] @ (size / 2 - 0.5 - t), a_inv[1] @ (size / 2 - 0.5 - t)])
+    to_x = torch.tensor([[1.0 / step], [1.0]])  # h → lookup-table position, v unchanged
     regions = (eyes[0], eyes[1], mouth_region)
+    lip_gap = (src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0)
+    lip_thickness = (src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs()
+    chin_drop = float(src[8, 1] - src[57, 1])
+    lids_lo = src[_IDX["lids_lo"], 1]
     avatar = WarpAvatar(
-        norm_to_face=torch.tensor([[[k0], [k1]], [[j0], [j1]]]), norm_to_face_c=torch.tensor(norm_c)[:, None],
+        norm_to_xv=(norm_to_face * to_x).contiguous(),
+        norm_to_xv_c=(norm_c[:, None] - torch.tensor([[lut_h0], [0.0]])) * to_x,
         size=size, v_axis=torch.tensor([float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size]).reshape(1, 2, 1, 1),
         eye_level=torch.stack([(src[up[0], 1] + src[up[3], 1]) / 2 for up in EYE_UP]).reshape(2, 1, 1, 1),
         eye_h=torch.stack([eyes[0].h, eyes[1].h]), eye_v=torch.stack([eyes[0].v, eyes[1].v]),
         eye_boxes=box_group((eyes[0], eyes[1]), A, t), mouth_box=box_group((mouth_region,), A, t),
-        lattice_pts=torch.cat([r.pts for r in regions]), lattice_still=torch.cat([r.still_coarse for r in regions]),
+        lattice_pts=torch.cat([r.pts for r in regions]),
+        lattice_still=torch.cat([r.still_coarse for r in regions]).reshape(1, 1, -1, 2),
         upsample=upsample, upsample_t=upsample.T.contiguous(),
         grid_px=(grid_norm + 1.0) * (size / 2) - 0.5, grid_face_r=head_radius(grid_face, ellipse),
         edge_dist=edge_dist, edge_room=edge_room,
@@ -246,18 +290,25 @@ def prepare_avatar(
         edge_along=torch.stack([edge_hold[1::2].amin(0), edge_hold[0::2].amin(0)]),
         reach_pts=reach_pts, reach_still=affine2(reach_pts, A, t),
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
-        image=img.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
+        image=(img + 0.5).permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
         landmarks=lmk, src_local=src,
         extra_local=extra, frame_a=A, frame_t=t, iod_px=iod,
-        frame_a_norm=A * (2.0 / size), frame_t_norm=px_to_norm(t, size), src_ctrl_norm=src_ctrl, border_norm=border,
-        grid_norm=grid_norm, head_mask=head_mask, grid_face=grid_face, head_ellipse=ellipse,
+        frame_a_norm=a_norm, frame_t_norm=t_norm, frame_a_norm_t=a_norm.T.contiguous(), src_ctrl_norm=src_ctrl,
+        border_norm=border, fixed_norm=fixed_norm, still_spline=spline_grid(fixed_norm, grid_norm),
+        grid_norm=grid_norm, grid_norm_t=grid_norm.T.unsqueeze(0).contiguous(), head_mask=head_mask,
+        grid_face=grid_face, head_ellipse=ellipse,
         exp_ref=torch.zeros(64) if exp_ref is None else torch.as_tensor(np.asarray(exp_ref), dtype=torch.float32),
-        eyes=(eyes[0], eyes[1]), mouth=mouth_region, lut=lut, lut_h0=lut_h0, lut_step=step,
-        lip_gap=(src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0),
-        lip_thickness=(src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs(),
-        chin_drop=float(src[8, 1] - src[57, 1]),
+        eyes=(eyes[0], eyes[1]), mouth=mouth_region,
+        eye_lut=lut[[0, 1, 7, 8, 2, 3, 9, 10]].reshape(2, 4, -1), mouth_lut=lut[[4, 5, 6, 11, 12, 13]].unsqueeze(0),
+        lip_gap=lip_gap, lip_thickness=lip_thickness, chin_drop=chin_drop,
+        bounds=TargetBounds(
+            lid_lo_min=lids_lo - cfg.lower_lid_cap, lid_lo_max=lids_lo + cfg.lower_lid_cap,
+            lid_up_min=src[_IDX["lids_up"], 1] - cfg.eye_open_cap, lid_src=src[_IDX["lids_up"]],
+            gap_per_drop=lip_gap / cfg.lip_close_drop,
+            lip_keep=torch.tensor([-1.0] * 3 + [1.0] * 3) * cfg.lip_min_thickness * lip_thickness,
+            chin_keep=torch.tensor(0.5 * chin_drop), spline_gap=cfg.tps_lip_min_gap * lip_gap),
     )
-    mouth_colours(avatar)
+    mouth_colours(avatar, img.permute(2, 0, 1))
     return avatar
 
 def _head_ellipse(cfg: WarpConfig, src: torch.Tensor) -> tuple[float, float, float, float]:
@@ -332,9 +383,9 @@ def _regions(
         ))
     return regions
 
-def mouth_colours(avatar: WarpAvatar) -> None:
-    """Teeth and mouth-cavity colours: from the photo's teeth if it shows them, else from the lips/skin."""
-    img = avatar.image[0]  # (3, S, S)
+def mouth_colours(avatar: WarpAvatar, img: torch.Tensor) -> None:
+    """Teeth and mouth-cavity colours of the photo img (3, S, S): from its teeth if it shows them, else from the
+    lips/skin."""
     lm = avatar.landmarks
 
     def sample(points: torch.Tensor) -> torch.Tensor:  # (K, 2) px → (K, 3)
@@ -382,30 +433,29 @@ def upper_teeth_length(f: torch.Tensor, depth: torch.Tensor, luma: torch.Tensor,
 
 
 def lattice_sources(avatar: WarpAvatar, coarse: torch.Tensor, move: Move) -> torch.Tensor:
-    """Face-frame (h, v) of the spline's source for every lattice point (``avatar.lattice_pts``: eyes, then
-    mouth) → (2, N, P): one coarse-grid lookup for all regions."""
+    """Where the spline samples the photo for every lattice point (``avatar.lattice_pts``: eyes, then mouth), as
+    (x, v) (``avatar.norm_to_xv``: x the lookup-table position of the face-frame h, v face-frame) → (2, N, P):
+    one coarse-grid lookup for all regions."""
     n, size = coarse.shape[0], avatar.size
     if move is None:
-        q = avatar.lattice_still.expand(n, -1, -1)
+        q = avatar.lattice_still.expand(n, -1, -1, -1)
     else:
         lin, off, _ = move
         c = 2.0 / (size - 1)
-        q = torch.baddbmm(off.unsqueeze(1) * c - 1.0, avatar.lattice_pts.expand(n, -1, -1), lin.transpose(1, 2) * c)
-    src = F.grid_sample(coarse, q.unsqueeze(1), mode="bilinear", padding_mode="border",
+        q = torch.baddbmm(off.unsqueeze(1) * c - 1.0, avatar.lattice_pts.expand(n, -1, -1),
+                          lin.transpose(1, 2) * c).unsqueeze(1)
+    src = F.grid_sample(coarse, q, mode="bilinear", padding_mode="border",
                         align_corners=True)  # (N, 2, 1, P) normalised source positions
-    return ((src.transpose(1, 2) * avatar.norm_to_face).sum(2) + avatar.norm_to_face_c).transpose(0, 1)
+    return torch.baddbmm(avatar.norm_to_xv_c, avatar.norm_to_xv.expand(n, -1, -1), src.flatten(2)).transpose(0, 1)
 
-def lookup(avatar: WarpAvatar, rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Source curves ``rows`` (C,) or (B, C) of the lookup table at h (B, …) → (B, C, …)."""
-    b = h.shape[0]
-    lut = avatar.lut[rows] if rows.dim() == 2 else avatar.lut[rows].expand(b, -1, -1)  # (B, C, L)
-    x = ((h.reshape(b, 1, -1) - avatar.lut_h0) / avatar.lut_step).clamp(0.0, lut.shape[-1] - 1.001)
-    i0 = x.long()
-    frac = x - i0
-    i0 = i0.expand(-1, lut.shape[1], -1)
-    y0 = lut.gather(2, i0)
-    y1 = lut.gather(2, i0 + 1)
-    return (y0 + frac * (y1 - y0)).reshape((b, lut.shape[1]) + h.shape[1:])
+def lookup(lut: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Source curves at lookup-table positions x (B, …) → (B, C, …), linearly interpolated. ``lut`` (B or 1, 2C, L)
+    holds C curves, then their slopes per step (one gather fetches both)."""
+    b, c = x.shape[0], lut.shape[1] // 2
+    xf = x.reshape(b, 1, -1).clamp(0.0, lut.shape[-1] - 1.001)
+    i0 = xf.long()
+    y0, slope = lut.expand(b, -1, -1).gather(2, i0.expand(-1, 2 * c, -1)).split(c, 1)
+    return torch.addcmul(y0, xf - i0, slope).reshape((b, c) + x.shape[1:])
 
 
 Origins = list[tuple[tuple[int, int], ...]]  # per region, per frame: the pixel box's top-left (y0, x0)

@@ -17,6 +17,7 @@ ASSET_PATH = Path(__file__).resolve().parents[1] / "assets" / "exp2lmk.npz"
 # dlib 68-point indices
 STABLE = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)  # barely move with expression
 BROWS = slice(17, 27)
+LIPS = slice(48, 68)
 EYE_CORNERS = (36, 39, 42, 45)
 LIDS_UP = (37, 38, 43, 44)  # paired with LIDS_LO
 LIDS_LO = (41, 40, 47, 46)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
-from models.warp.interior import shape_features
 from models.warp.tps import interp_curve, ramp01, smoothstep
 
 if TYPE_CHECKING:
@@ -19,7 +18,7 @@ RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not inte
 
 
 def mouth_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, hv: torch.Tensor, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, xv: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Mouth correction and fill on the mouth lattice → (N, 5, Qv, Qh): dv, alpha, fill RGB.
 
@@ -32,19 +31,20 @@ def mouth_model(
     (with its lips kept apart) is applied, over the band from the upper inner lip to the lower outer lip,
     so nothing changes at the band's edges.
 
-    ``hv`` (2, N, Qv, Qh): face-frame h and v where the spline samples the photo at each lattice point.
+    ``xv`` (2, N, Qv, Qh): where the spline samples the photo at each lattice point: lookup-table position x
+    (``WarpAvatar.norm_to_xv``) and face-frame v.
     """
     n = tgt.shape[0]
     reg = avatar.mouth
     px = reg.step  # one lattice step: the antialiasing width
-    h_s, v_spline = hv[0], hv[1]  # where the spline samples the photo (face frame)
+    x_s, v_spline = xv[0], xv[1]  # where the spline samples the photo
 
     # target curves per column → (N, 1, Qh); source curves at the source columns → (N, Qv, Qh)
     knots = torch.cat([tgt, spline], 1)[:, ix.mouth_knots]  # (N, 4, 7, 2)
     curves = interp_curve(knots[..., 0], knots[..., 1], reg.h.expand(n, 4, reg.h.shape[0]))  # (N, 4, Qh)
     ut, lt, lp, outer = curves.unsqueeze(2).unbind(1)  # (N, 1, Qh)
     ot = torch.maximum(outer, lp + 1e-3)
-    us, ls, os_ = lookup(avatar, ix.mouth_rows, h_s).unbind(1)
+    us, ls, os_ = lookup(avatar.mouth_lut, x_s).unbind(1)
     v_t = reg.v[None, :, None]  # (1, Qv, 1)
     h_t = reg.h[None, None, :]  # (1, 1, Qh)
 
@@ -127,7 +127,7 @@ def exemplar_fill(cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, ut: to
     to the lower one (lt) in that column; the blended exemplar is sampled there.
     """
     assert avatar.interior is not None
-    patches, g_e = avatar.interior.blend(shape_features(tgt))  # (N, 3, T, S), (N, 1, 1)
+    patches, g_e = avatar.interior.blend(tgt)  # (N, 3, T, S), (N, 1, 1)
     s = (h_t - h0) / (h1 - h0).clamp_min(1e-6)  # (N, 1, Qh)
     gt = (lt - ut).clamp_min(1e-6)
     a, b = v_t - ut, lt - v_t
