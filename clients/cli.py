@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "styles": ("engine.user_styles:main", "list speaking styles; `styles add NAME VIDEO|CLIP`, `styles remove NAME`, "
                "`styles --sheet OUT.png`"),
     "extract-style": ("engine.style_extract:main", "a style clip (.npy) from any video of a talking face"),
-    "train": ("models.train:main", "train a StyleTalk checkpoint on StyleTalk-format data"),
+    "train": ("models.train_config:main", "train a StyleTalk checkpoint on StyleTalk-format data"),
     "fit-landmarks": ("engine.landmark_fit:main", "fit the expression->landmark map of the warp renderer"),
 }
 DEFAULT_COMMAND = "serve"

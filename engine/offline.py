@@ -19,9 +19,8 @@ import numpy as np
 from engine.config import Config, ConfigError, HelpFormatter, add_config_arguments, config_from_args
 from engine.contracts import RestAware
 from engine.motion import IdleMotion, render_with_blink
-from engine.runtime import STYLE_CLIP_SUFFIXES
 from engine.timing import Timebase
-from models.clips import ClipError, load_pose, load_style_clip
+from models.clips import STYLE_CLIP_SUFFIXES, ClipError, load_pose, load_style_clip
 from models.phonemes import PHONEME_INDEX, SIL, phoneme_windows
 
 log = logging.getLogger(__name__)
@@ -248,10 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and argument errors exit here, before torch is imported
     from engine.avatar import AvatarError
     from engine.runtime import RuntimeErrorConfig
 
-    args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
         result = render(config, Path(args.output), phonemes=args.phonemes, audio=args.audio, pose=args.pose,

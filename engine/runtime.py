@@ -31,6 +31,7 @@ from engine.decoder import ExpressionDecoder
 from engine.live.registry import SessionRegistry
 from engine.stylebank import StyleBank
 from engine.timing import Timebase
+from models.clips import STYLE_CLIP_SUFFIXES
 
 if TYPE_CHECKING:
     from engine.contracts import RenderLane
@@ -48,7 +49,6 @@ ISOLATED_BACKENDS = ("allphone", "allphone-viterbi", "words")  # pocketsphinx: h
 ASSETS = Path(__file__).resolve().parents[1] / "models" / "assets"
 BUILTIN_CHECKPOINT = ASSETS / "styletalk_default.pt"
 BUILTIN_STYLE_CODES = ASSETS / "style_codes.npz"
-STYLE_CLIP_SUFFIXES = (".mat", ".npy", ".txt")
 
 class RuntimeErrorConfig(RuntimeError):
     """The runtime cannot be built from the configuration (missing file, bad weights...)."""

@@ -164,7 +164,8 @@ def limits_from(style: StyleConfig):
 
 def builtin_names(config: Config) -> frozenset[str]:
     """Names user styles may not take: the built-in codes, ``neutral`` and the ``style.clips_dir`` clips."""
-    from engine.runtime import BUILTIN_STYLE_CODES, STYLE_CLIP_SUFFIXES
+    from engine.runtime import BUILTIN_STYLE_CODES
+    from models.clips import STYLE_CLIP_SUFFIXES
 
     names = {"neutral"}
     if BUILTIN_STYLE_CODES.is_file():

@@ -25,6 +25,11 @@ ANGLE_SLICE = slice(224, 227)
 TRANSLATION_SLICE = slice(254, 257)
 POSE_DIM = 9  # 3 angles + 3 translation + 3 crop params (scale, tx, ty)
 STYLE_CLIP_LENGTH = 256  # official style_max_len
+STYLE_CLIP_SUFFIXES = (".mat", ".npy", ".txt")  # the files load_style_clip reads
+# The official split of the 64 expression coefficients into lower face (mouth, jaw) and upper face: the decoder
+# has one head per part. Here, not in models.styletalk, so that data code and the CLIs' --help need no torch.
+LOWER_FACE3D_INDICES: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13, 14)
+UPPER_FACE3D_INDICES: tuple[int, ...] = (6, 8, *range(15, 64))
 
 
 class ClipError(ValueError):

@@ -30,13 +30,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from models.clips import STYLE_CLIP_LENGTH, load_style_clip
+from models.clips import LOWER_FACE3D_INDICES, STYLE_CLIP_LENGTH, load_style_clip
 from models.phonemes import NUM_PHONEMES, WIN_SIZE, phoneme_windows
-from models.styletalk import LOWER_FACE3D_INDICES
+
+if TYPE_CHECKING:  # torch is imported where batches are built: `train --help` and `fit-landmarks` need no torch
+    import torch
 
 PHONEME_OFFSET = 2
 """Coefficient row ``i`` of a source clip pairs with phoneme row ``i + PHONEME_OFFSET``."""
@@ -468,6 +470,8 @@ class Sampler:
             ref[b], mask[b] = pad_reference(r)
             rmean[b], rstd[b] = self.window_stats(r)
             sid[b] = self.split.style_id(style)
+        import torch
+
         return Batch(
             torch.from_numpy(win),
             torch.from_numpy(tgt),
@@ -491,4 +495,6 @@ class Sampler:
             begin = int(rng.integers(0, len(exp) - self.seq_len + 1))
             seq[b] = exp[begin : begin + self.seq_len] + self.offset(rng)
             sid[b] = self.split.style_id(st)
+        import torch
+
         return RealBatch(torch.from_numpy(seq), torch.from_numpy(sid))

@@ -40,9 +40,8 @@ from models.checkpoints import (
     save_checkpoint,
     split_prefixed,
 )
+from models.clips import LOWER_FACE3D_INDICES, UPPER_FACE3D_INDICES
 
-LOWER_FACE3D_INDICES: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13, 14)
-UPPER_FACE3D_INDICES: tuple[int, ...] = (6, 8, *range(15, 64))
 DYNAMIC_TEMPERATURE = 30.0  # fixed in the reference code (neither in the config nor in the state dict)
 SUBMODULES: tuple[str, ...] = ("content_encoder", "style_encoder", "decoder")
 CHECKPOINT_KIND = "styletalk"

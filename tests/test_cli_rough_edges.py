@@ -42,6 +42,29 @@ def test_engine_flags_help_shows_real_defaults_and_plain_metavars(command: str) 
         assert f"(default: {Config().style.default})" in text
 
 
+HELP_WITHOUT_TORCH = """
+import contextlib, io, sys
+from clients.cli import COMMANDS, main
+for argv in [[c, "--help"] for c in COMMANDS] + [["render"], ["train", "--steps", "x"], ["fit-landmarks", "--x"]]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert exc.code == (0 if argv[-1] == "--help" else 2), (argv, exc.code)
+        else:
+            raise AssertionError(argv)
+print(sorted(m for m in ("torch", "aiortc", "dlib") if m in sys.modules))
+"""
+
+
+def test_help_and_argument_errors_import_no_torch() -> None:
+    """Every command's --help and a bad argument answer before the heavy imports (start-up stays instant)."""
+    out = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_styles_refuses_engine_flags_it_would_ignore() -> None:
     for flag, value in (("--recognizer", "labels"), ("--style", "happy"), ("--recognizer-lookahead", "60")):
         out = cli("styles", flag, value)
@@ -49,11 +72,11 @@ def test_styles_refuses_engine_flags_it_would_ignore() -> None:
 
 
 def test_train_help_names_the_command_and_explains_every_flag() -> None:
-    from models.train import _parser
+    from models.train_config import build_parser
 
     out = cli("train", "--help")
     assert out.returncode == 0 and out.stdout.startswith("usage: styletalk-live train")
-    undocumented = [a.option_strings for a in _parser()._actions if a.option_strings and not a.help]
+    undocumented = [a.option_strings for a in build_parser()._actions if a.option_strings and not a.help]
     assert not undocumented
     assert "lip-sync discriminator" in " ".join(out.stdout.split())
 
