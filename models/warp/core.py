@@ -309,17 +309,16 @@ class WarpCore(torch.nn.Module):
         # ---- region models on their lattices
         # The eye model corrects exactly the lid motion the spline leaves out; below a fraction of a pixel it is
         # skipped (on CPU only: a data-dependent branch would break CUDA graph capture).
-        # one coarse-grid lookup for all lattices: where the spline samples the photo, (x, v) (lattice_sources)
-        xv = lattice_sources(avatar, coarse, move)  # (2, N, P): eyes, then mouth
+        # one coarse-grid lookup for all lattices: where the spline samples the photo, (u, v) (lattice_sources)
+        uv = lattice_sources(avatar, coarse, move)  # (N, P, 2): eyes, then mouth
         e, m = avatar.eyes[0], avatar.mouth
         pe = 2 * e.pts.shape[0]
-        lids = self._ix("lids_up")
-        eyes_move = tgt.is_cuda or bool((tgt[:, lids, 1] - spline[:, lids, 1]).abs().max() > cfg.eye_skip)
+        eyes_move = tgt.is_cuda or float((tgt - spline)[:, self._ix("lids_up"), 1].abs().max()) > cfg.eye_skip
         eye_dv = None
         if eyes_move:
-            x_eyes = xv[0, :, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0])
-            eye_dv = eye_model(cfg, avatar, tgt, spline, x_eyes, self.ix)  # (N, 2, Qv, Qh)
-        mouth_fields = mouth_model(cfg, avatar, tgt, spline, xv[:, :, pe:].reshape(2, n, m.v.shape[0], m.h.shape[0]),
+            uv_eyes = uv[:, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0], 2)
+            eye_dv = eye_model(cfg, avatar, tgt, spline, uv_eyes, self.ix)  # (N, 2, Qv, Qh)
+        mouth_fields = mouth_model(cfg, avatar, tgt, spline, uv[:, pe:].reshape(n, m.v.shape[0], m.h.shape[0], 2),
                                    self.ix)  # (N, 5, Qv, Qh)
 
         # ---- full-resolution sampling grid, corrected inside the region boxes (along the face's v axis)

@@ -15,12 +15,11 @@ if TYPE_CHECKING:
 
 
 def eye_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, x_s: torch.Tensor, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, uv: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh).
 
-    ``x_s`` (N, 2, Qv, Qh): where the spline samples the photo at each lattice point, as a lookup-table position
-    (``WarpAvatar.norm_to_xv``).
+    ``uv`` (N, 2, Qv, Qh, 2): where the spline samples the photo at each lattice point (``lattice_sources``).
 
     Per column, in coordinates relative to the mid-height of the eye corners (rigid eye motion cancels),
     the wanted map is: the lid-skin band [A, U] follows the lid down over the eye (its lash margin rigidly,
@@ -40,8 +39,8 @@ def eye_model(
     o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None, None]  # (N, 2, 1, 1)
     ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
-    lut = avatar.eye_lut if n == 1 else avatar.eye_lut.repeat(n, 1, 1)  # (2N, 4, L): eye-minor, as x_s below
-    s_curves = lookup(lut, x_s.reshape(2 * n, -1)).reshape(n, 2, 2, *x_s.shape[2:])
+    lut = avatar.eye_lut if n == 1 else avatar.eye_lut.repeat(n, 1, 1, 1)  # (2N, 2, 1, L): eye-minor, as uv
+    s_curves = lookup(lut, uv.reshape(2 * n, -1, 2)).reshape(n, 2, 2, *uv.shape[2:4])
     us, ls = (s_curves - avatar.eye_level).unbind(2)
     u = v_t[None, :, :, None] - o_t  # (N, 2, Qv, 1)
 
