@@ -147,8 +147,12 @@ class WarpAvatar:
     norm_to_uv_c: torch.Tensor
     v_axis: torch.Tensor  # (1, 2, 1, 1) one IOD along the face-frame v axis, in normalised image units
     eye_level: torch.Tensor  # (2, 1, 1, 1) per eye the mid-height of its corners (v), where the eye model's origin is
-    eye_h: torch.Tensor  # (2, Qh) the eye lattices' columns (face-frame h), both eyes stacked for the eye model
-    eye_v: torch.Tensor  # (2, Qv) and their rows (v)
+    # the region lattices' columns (face-frame h) and rows (v), shaped for the region models' broadcasts: the eyes'
+    # (1, 2, 1, Qh) and (1, 2, Qv, 1), both eyes stacked; the mouth's (1, 1, Qh) and (1, Qv, 1)
+    eye_h: torch.Tensor
+    eye_v: torch.Tensor
+    mouth_h: torch.Tensor
+    mouth_v: torch.Tensor
     eye_boxes: BoxGroup  # both eyes' boxes (one size): resampled together
     mouth_box: BoxGroup
     lattice_pts: torch.Tensor  # (P, 2) all lattice points, eyes then mouth (one coarse-grid lookup per frame)
@@ -278,7 +282,9 @@ def prepare_avatar(
         norm_to_uv_c=(norm_c[:, None] - torch.tensor([[lut_h0], [0.0]])) * to_u - torch.tensor([[1.0], [0.0]]),
         size=size, v_axis=torch.tensor([float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size]).reshape(1, 2, 1, 1),
         eye_level=torch.stack([(src[up[0], 1] + src[up[3], 1]) / 2 for up in EYE_UP]).reshape(2, 1, 1, 1),
-        eye_h=torch.stack([eyes[0].h, eyes[1].h]), eye_v=torch.stack([eyes[0].v, eyes[1].v]),
+        eye_h=torch.stack([eyes[0].h, eyes[1].h])[None, :, None, :],
+        eye_v=torch.stack([eyes[0].v, eyes[1].v])[None, :, :, None],
+        mouth_h=mouth_region.h[None, None, :], mouth_v=mouth_region.v[None, :, None],
         eye_boxes=box_group((eyes[0], eyes[1]), A, t), mouth_box=box_group((mouth_region,), A, t),
         lattice_pts=torch.cat([r.pts for r in regions]),
         lattice_still=torch.cat([r.still_coarse for r in regions]).reshape(1, 1, -1, 2),

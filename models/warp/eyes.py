@@ -30,19 +30,19 @@ def eye_model(
     corners, leaving no seams.
     """
     n = tgt.shape[0]
-    h_t, v_t = avatar.eye_h, avatar.eye_v  # (2, Qh) target columns, (2, Qv) rows of the lattices
+    h_t, v_t = avatar.eye_h, avatar.eye_v  # (1, 2, 1, Qh) target columns, (1, 2, Qv, 1) rows of the lattices
 
     # target curves per lattice column: upper lid (true and spline's) and lower lid → (N, 2, 3, Qh)
     knots = torch.cat([tgt, spline], 1)[:, ix.eye_knots]  # (N, 2, 3, 4, 2)
     up_t = knots[:, :, 0]  # (N, 2, 4, 2) upper lids, corner to corner
-    curves = cubic_curve(knots[..., 0], knots[..., 1], h_t[None, :, None, :].expand(n, -1, 3, -1))
+    curves = cubic_curve(knots[..., 0], knots[..., 1], h_t.expand(n, -1, 3, -1))
     o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None, None]  # (N, 2, 1, 1)
     ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
     lut = avatar.eye_lut if n == 1 else avatar.eye_lut.repeat(n, 1, 1, 1)  # (2N, 2, 1, L): eye-minor, as uv
     s_curves = lookup(lut, uv.reshape(2 * n, -1, 2)).reshape(n, 2, 2, *uv.shape[2:4])
     us, ls = (s_curves - avatar.eye_level).unbind(2)
-    u = v_t[None, :, :, None] - o_t  # (N, 2, Qv, 1)
+    u = v_t - o_t  # (N, 2, Qv, 1)
 
     a = us - cfg.lid_band
     z = ls + cfg.under_eye_band
@@ -83,7 +83,6 @@ def eye_model(
     r = cfg.ramp
     c0 = up_t[:, :, 0, 0, None, None]  # (N, 2, 1, 1) target eye corners
     c1 = up_t[:, :, 3, 0, None, None]
-    ht = h_t[None, :, None, :]
-    w = smoothstep(torch.minimum(ht - c0, c1 - ht) / r + 1.0)
+    w = smoothstep(torch.minimum(h_t - c0, c1 - h_t) / r + 1.0)
     return torch.where((u > a) & (u < z), w * (want - model), 0.0)
 

@@ -41,12 +41,11 @@ def mouth_model(
 
     # target curves per column → (N, 1, Qh); source curves at the source columns → (N, Qv, Qh)
     knots = torch.cat([tgt, spline], 1)[:, ix.mouth_knots]  # (N, 4, 7, 2)
-    curves = interp_curve(knots[..., 0], knots[..., 1], reg.h.expand(n, 4, reg.h.shape[0]))  # (N, 4, Qh)
+    v_t, h_t = avatar.mouth_v, avatar.mouth_h  # (1, Qv, 1), (1, 1, Qh)
+    curves = interp_curve(knots[..., 0], knots[..., 1], h_t.expand(n, 4, -1))  # (N, 4, Qh)
     ut, lt, lp, outer = curves.unsqueeze(2).unbind(1)  # (N, 1, Qh)
     ot = torch.maximum(outer, lp + 1e-3)
     us, ls, os_ = lookup(avatar.mouth_lut, uv).unbind(1)
-    v_t = reg.v[None, :, None]  # (1, Qv, 1)
-    h_t = reg.h[None, None, :]  # (1, 1, Qh)
 
     a, b = v_t - ut, lt - v_t
     gt, gs = lt - ut, (ls - us).clamp_min(0.0)
@@ -61,13 +60,13 @@ def mouth_model(
         # (rest) nothing changes. (The painted fallback keeps the slit: it is the benchmark's baseline.)
         hold = 1.0 - ramp01((gt - gs) / cfg.slit_release)
         keep_up, keep_lo = keep_up * hold, keep_lo * hold
-    h0, h1 = tgt[:, 60, 0, None, None], tgt[:, 64, 0, None, None]  # (N, 1, 1)
+    h0, h1 = tgt[:, 60:65:4, 0].reshape(n, 2, 1, 1).unbind(1)  # (N, 1, 1) the inner-lip corners 60, 64
     upper = a * keep_lo <= b * keep_up  # when the lips close in, each lip covers its share
     interior = torch.where(upper, us + torch.minimum(a, keep_up), ls - torch.minimum(b, keep_lo))
     # dlib's lower inner-lip points sit on the teeth's edge in an open photo: the lip proper starts a little
     # lower (else a rim of teeth rides along the moving lip); phased in as the mouth opens beyond the photo's
     inset = cfg.lip_edge_inset
-    ls_lip = ls + torch.where(gs > 2 * inset, ((gt - gs) / inset).clamp(0.0, 1.0) * inset, 0.0)
+    ls_lip = torch.where(gs > 2 * inset, ls + (gt - gs).clamp(0.0, inset), ls)
     # closing below the photo's opening: the lips' true edges lie a little outside dlib's inner points (which
     # sit on the teeth in a smile), so the meeting lips are drawn from there (else a line of teeth stays)
     shut = ((gs - gt) / gs.clamp_min(1e-6)).clamp(0.0, 1.0)  # how much of the photo's opening is closed
