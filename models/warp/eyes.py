@@ -36,7 +36,8 @@ def eye_model(
     knots = torch.cat([tgt, spline], 1)[:, ix.eye_knots]  # (N, 2, 3, 4, 2)
     up_t = knots[:, :, 0]  # (N, 2, 4, 2) upper lids, corner to corner
     curves = cubic_curve(knots[..., 0], knots[..., 1], h_t.expand(n, -1, 3, -1))
-    o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None, None]  # (N, 2, 1, 1)
+    ends = up_t[:, :, ::3, None, None]  # (N, 2, 2, 1, 1, 2) the eye corners (the upper lid's end knots)
+    o_t = ends[..., 1].mean(2)  # (N, 2, 1, 1) their mid-height
     ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
     lut = avatar.eye_lut if n == 1 else avatar.eye_lut.repeat(n, 1, 1, 1)  # (2N, 2, 1, L): eye-minor, as uv
@@ -81,8 +82,7 @@ def eye_model(
     v_open = torch.where(gt <= gs, u + keep_still, us + (u - ut_c) * gs / gt.clamp_min(1e-6))
     want = torch.where(u < ut_c, band_want, torch.where(u <= lt_c, v_open, v_under))
     r = cfg.ramp
-    c0 = up_t[:, :, 0, 0, None, None]  # (N, 2, 1, 1) target eye corners
-    c1 = up_t[:, :, 3, 0, None, None]
+    c0, c1 = ends[..., 0].unbind(2)  # (N, 2, 1, 1) target eye corners (h)
     w = smoothstep(torch.minimum(h_t - c0, c1 - h_t) / r + 1.0)
     return torch.where((u > a) & (u < z), w * (want - model), 0.0)
 
