@@ -37,7 +37,7 @@ def eye_model(
     up_t = knots[:, :, 0]  # (N, 2, 4, 2) upper lids, corner to corner
     curves = cubic_curve(knots[..., 0], knots[..., 1], h_t.expand(n, -1, 3, -1))
     ends = up_t[:, :, ::3, None, None]  # (N, 2, 2, 1, 1, 2) the eye corners (the upper lid's end knots)
-    o_t = ends[..., 1].mean(2)  # (N, 2, 1, 1) their mid-height
+    o_t = torch.lerp(*ends[..., 1].unbind(2), 0.5)  # (N, 2, 1, 1) their mid-height
     ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
     lut = avatar.eye_lut if n == 1 else avatar.eye_lut.repeat(n, 1, 1, 1)  # (2N, 2, 1, L): eye-minor, as uv
