@@ -109,7 +109,6 @@ class WarpAvatar:
     image: torch.Tensor
     landmarks: torch.Tensor  # (68, 2) pixels
     src_local: torch.Tensor  # (68, 2) face frame
-    extra_local: torch.Tensor  # (E, 2) forehead points, face frame
     frame_a: torch.Tensor  # (2, 2) face frame → pixels: p = f @ frame_a.T + frame_t
     frame_t: torch.Tensor  # (2,)
     frame_a_norm: torch.Tensor  # (2, 2) the same map onto grid_sample's normalised coordinates: ...
@@ -117,7 +116,6 @@ class WarpAvatar:
     frame_a_norm_t: torch.Tensor  # (2, 2) frame_a_norm.T, contiguous
     iod_px: float
     src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
-    border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
     # the spline's target control points that never move (forehead, then border: normalised, (E + B, 2)) and the
     # still head's spline evaluation on the coarse grid with them precomputed
     fixed_norm: torch.Tensor
@@ -178,8 +176,6 @@ class WarpAvatar:
     reach_pts: torch.Tensor  # (4, 2)
     reach_still: torch.Tensor  # (4, 2)
     lip_gap: torch.Tensor  # (3,) photo's inner-lip gaps (LIP_PAIRS_IN)
-    lip_thickness: torch.Tensor  # (6,) photo's lip thickness (LIP_PAIRS_UP then LIP_PAIRS_LO)
-    chin_drop: float  # photo's distance lower lip (57) → chin (8)
     bounds: TargetBounds
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
@@ -274,8 +270,8 @@ def prepare_avatar(
     to_u = torch.tensor([[2.0 / (step * (lut.shape[1] - 1))], [1.0]])  # h → lookup-table position, v unchanged
     regions = (eyes[0], eyes[1], mouth_region)
     lip_gap = (src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0)
-    lip_thickness = (src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs()
-    chin_drop = float(src[8, 1] - src[57, 1])
+    lip_thickness = (src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs()  # (6,) LIP_PAIRS_UP, LIP_PAIRS_LO
+    chin_drop = float(src[8, 1] - src[57, 1])  # lower lip (57) → chin (8)
     lids_lo = src[_IDX["lids_lo"], 1]
     avatar = WarpAvatar(
         norm_to_uv=(norm_to_face * to_u).contiguous(),
@@ -297,15 +293,15 @@ def prepare_avatar(
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=(img + 0.5).permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
         landmarks=lmk, src_local=src,
-        extra_local=extra, frame_a=A, frame_t=t, iod_px=iod,
+        frame_a=A, frame_t=t, iod_px=iod,
         frame_a_norm=a_norm, frame_t_norm=t_norm, frame_a_norm_t=a_norm.T.contiguous(), src_ctrl_norm=src_ctrl,
-        border_norm=border, fixed_norm=fixed_norm, still_spline=spline_grid(fixed_norm, grid_norm),
+        fixed_norm=fixed_norm, still_spline=spline_grid(fixed_norm, grid_norm),
         grid_norm=grid_norm, grid_norm_t=grid_norm.T.unsqueeze(0).contiguous(), head_mask=head_mask,
         grid_face=grid_face, head_ellipse=ellipse,
         exp_ref=torch.zeros(64) if exp_ref is None else torch.as_tensor(np.asarray(exp_ref), dtype=torch.float32),
         eyes=(eyes[0], eyes[1]), mouth=mouth_region,
         eye_lut=lut[:4].reshape(2, 2, 1, -1), mouth_lut=lut[4:].reshape(1, 3, 1, -1),
-        lip_gap=lip_gap, lip_thickness=lip_thickness, chin_drop=chin_drop,
+        lip_gap=lip_gap,
         bounds=TargetBounds(
             lid_lo_min=lids_lo - cfg.lower_lid_cap, lid_lo_max=lids_lo + cfg.lower_lid_cap,
             lid_up_min=src[_IDX["lids_up"], 1] - cfg.eye_open_cap, lid_src=src[_IDX["lids_up"]],
