@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -192,19 +193,17 @@ class WarpRenderer:
         if pose_t is not None:
             if state.pose_ref is None:
                 state.pose_ref = pose_t[0].clone()
-            if not bool(torch.any(pose_t != state.pose_ref)):
+            if torch.equal(pose_t, state.pose_ref.expand_as(pose_t)):  # (one op and no host read: ne/any/bool were 3)
                 pose_t = None  # a still head: skip the head-motion arithmetic
         dev = self.device
-        exp_t = exp_t.to(dev)
-        pose_t = None if pose_t is None else pose_t.to(dev)
-        ref = None if state.pose_ref is None else state.pose_ref.to(dev)
-        blink_t = None if blink_t is None else blink_t.to(dev)
+        exp_t = _on(exp_t, dev)
+        pose_t, ref, blink_t = _on(pose_t, dev), _on(state.pose_ref, dev), _on(blink_t, dev)
         with self._lock, torch.inference_mode(), _intra_op_threads(self.threads):
             if self._cuda_graphs and pose_t is None:
                 out = self._graph_run(state.warp, exp_t, blink_t)
             else:
                 out = self._forward(state.warp, exp_t, pose_t, ref, blink_t)
-        return np.ascontiguousarray(out.cpu().numpy())  # (N, S, S, 3); encoders want contiguous frames
+        return np.ascontiguousarray(_on(out, torch.device("cpu")).numpy())  # (N, S, S, 3); encoders want contiguous
 
     # -------------------------------------------------------------------------------------- CUDA graphs
     def _graph_run(self, warp: WarpAvatar, exp: torch.Tensor, blink: torch.Tensor | None) -> torch.Tensor:
@@ -271,6 +270,15 @@ def _is_framed(lmk: np.ndarray, size: int) -> bool:
     ratio = np.linalg.norm(mouth - eyes) / (EYE_MOUTH_FRACTION * size)
     off = np.abs((eyes + mouth) / 2 / size - np.array([0.5, EYE_MOUTH_MIDPOINT_Y]))
     return bool(0.75 < ratio < 1.33 and (off < 0.12).all())
+
+
+@typing.overload
+def _on(x: torch.Tensor, device: torch.device) -> torch.Tensor: ...
+@typing.overload
+def _on(x: None, device: torch.device) -> None: ...
+def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``x`` on ``device``; no op (not even a no-op ``to``) when it is there already."""
+    return x if x is None or x.device == device else x.to(device)
 
 
 def _as_frames(x: np.ndarray, dim: int, name: str, n: int | None = None) -> torch.Tensor:

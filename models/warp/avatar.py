@@ -109,7 +109,6 @@ class WarpAvatar:
     image: torch.Tensor
     landmarks: torch.Tensor  # (68, 2) pixels
     src_local: torch.Tensor  # (68, 2) face frame
-    extra_local: torch.Tensor  # (E, 2) forehead points, face frame
     frame_a: torch.Tensor  # (2, 2) face frame → pixels: p = f @ frame_a.T + frame_t
     frame_t: torch.Tensor  # (2,)
     frame_a_norm: torch.Tensor  # (2, 2) the same map onto grid_sample's normalised coordinates: ...
@@ -117,7 +116,6 @@ class WarpAvatar:
     frame_a_norm_t: torch.Tensor  # (2, 2) frame_a_norm.T, contiguous
     iod_px: float
     src_ctrl_norm: torch.Tensor  # (M, 2) spline source points, normalised [-1, 1] (grid_sample convention)
-    border_norm: torch.Tensor  # (B, 2) fixed border points, normalised
     # the spline's target control points that never move (forehead, then border: normalised, (E + B, 2)) and the
     # still head's spline evaluation on the coarse grid with them precomputed
     fixed_norm: torch.Tensor
@@ -135,20 +133,24 @@ class WarpAvatar:
     exp_ref: torch.Tensor  # (64,)
     eyes: tuple[Region, Region]  # equal lattice sizes (both eyes run as one batch)
     mouth: Region
-    # source curves (_LUT_CURVES) sampled along h from lut_h0 in steps of lut_step, each followed by its slope per
-    # step (``lookup``): the eyes' (2, 4, L: eye e's upper and lower lid) and the mouth's (1, 6, L: inner lips,
-    # lower outer lip)
+    # source curves (_LUT_CURVES) sampled at L points along h, as one-row images for ``lookup``: the eyes'
+    # (2, 2, 1, L: eye e's upper and lower lid) and the mouth's (1, 3, 1, L: inner lips, lower outer lip)
     eye_lut: torch.Tensor
     mouth_lut: torch.Tensor
-    # a normalised image point q → (x, v): x = (h − lut_h0) / lut_step, its position in the lookup tables (the
-    # region models only look h up there), and the face-frame v; as norm_to_xv @ q + norm_to_xv_c, (2, 2) and
-    # (2, 1) (tensor operands: a Python scalar is wrapped into a tensor on every op)
-    norm_to_xv: torch.Tensor
-    norm_to_xv_c: torch.Tensor
+    # a normalised image point q → (u, v): u its face-frame h as a position in the lookup tables (grid_sample's
+    # normalised coordinate, align_corners: the region models only look h up there), v its face-frame v; as
+    # norm_to_uv @ q + norm_to_uv_c, (2, 2) and (2, 1) (tensor operands: a Python scalar is wrapped into a tensor
+    # on every op)
+    norm_to_uv: torch.Tensor
+    norm_to_uv_c: torch.Tensor
     v_axis: torch.Tensor  # (1, 2, 1, 1) one IOD along the face-frame v axis, in normalised image units
     eye_level: torch.Tensor  # (2, 1, 1, 1) per eye the mid-height of its corners (v), where the eye model's origin is
-    eye_h: torch.Tensor  # (2, Qh) the eye lattices' columns (face-frame h), both eyes stacked for the eye model
-    eye_v: torch.Tensor  # (2, Qv) and their rows (v)
+    # the region lattices' columns (face-frame h) and rows (v), shaped for the region models' broadcasts: the eyes'
+    # (1, 2, 1, Qh) and (1, 2, Qv, 1), both eyes stacked; the mouth's (1, 1, Qh) and (1, Qv, 1)
+    eye_h: torch.Tensor
+    eye_v: torch.Tensor
+    mouth_h: torch.Tensor
+    mouth_v: torch.Tensor
     eye_boxes: BoxGroup  # both eyes' boxes (one size): resampled together
     mouth_box: BoxGroup
     lattice_pts: torch.Tensor  # (P, 2) all lattice points, eyes then mouth (one coarse-grid lookup per frame)
@@ -174,8 +176,6 @@ class WarpAvatar:
     reach_pts: torch.Tensor  # (4, 2)
     reach_still: torch.Tensor  # (4, 2)
     lip_gap: torch.Tensor  # (3,) photo's inner-lip gaps (LIP_PAIRS_IN)
-    lip_thickness: torch.Tensor  # (6,) photo's lip thickness (LIP_PAIRS_UP then LIP_PAIRS_LO)
-    chin_drop: float  # photo's distance lower lip (57) → chin (8)
     bounds: TargetBounds
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
@@ -260,7 +260,6 @@ def prepare_avatar(
     # (the eyelids as cubics, like the eye model's target lids: models/warp/eyes.py)
     lut = torch.stack([(cubic_curve if i < 4 else interp_curve)(src[list(c), 0], src[list(c), 1], hs)
                        for i, c in enumerate(_LUT_CURVES)])  # (7, L)
-    lut = torch.cat([lut, F.pad(lut[:, 1:] - lut[:, :-1], (0, 1))], 0)  # (14, L): then the slopes
 
     upsample = F.interpolate(torch.eye(cfg.grid)[None], size=size, mode="linear", align_corners=True)[0].T
     a_norm, t_norm = A * (2.0 / size), px_to_norm(t, size)
@@ -268,18 +267,20 @@ def prepare_avatar(
     a_inv = torch.linalg.inv(A)
     norm_to_face = a_inv * (size / 2)
     norm_c = torch.stack([a_inv[0] @ (size / 2 - 0.5 - t), a_inv[1] @ (size / 2 - 0.5 - t)])
-    to_x = torch.tensor([[1.0 / step], [1.0]])  # h → lookup-table position, v unchanged
+    to_u = torch.tensor([[2.0 / (step * (lut.shape[1] - 1))], [1.0]])  # h → lookup-table position, v unchanged
     regions = (eyes[0], eyes[1], mouth_region)
     lip_gap = (src[_IDX["pairs_in_l"], 1] - src[_IDX["pairs_in_u"], 1]).clamp_min(0.0)
-    lip_thickness = (src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs()
-    chin_drop = float(src[8, 1] - src[57, 1])
+    lip_thickness = (src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs()  # (6,) LIP_PAIRS_UP, LIP_PAIRS_LO
+    chin_drop = float(src[8, 1] - src[57, 1])  # lower lip (57) → chin (8)
     lids_lo = src[_IDX["lids_lo"], 1]
     avatar = WarpAvatar(
-        norm_to_xv=(norm_to_face * to_x).contiguous(),
-        norm_to_xv_c=(norm_c[:, None] - torch.tensor([[lut_h0], [0.0]])) * to_x,
+        norm_to_uv=(norm_to_face * to_u).contiguous(),
+        norm_to_uv_c=(norm_c[:, None] - torch.tensor([[lut_h0], [0.0]])) * to_u - torch.tensor([[1.0], [0.0]]),
         size=size, v_axis=torch.tensor([float(A[0, 1]) * 2 / size, float(A[1, 1]) * 2 / size]).reshape(1, 2, 1, 1),
         eye_level=torch.stack([(src[up[0], 1] + src[up[3], 1]) / 2 for up in EYE_UP]).reshape(2, 1, 1, 1),
-        eye_h=torch.stack([eyes[0].h, eyes[1].h]), eye_v=torch.stack([eyes[0].v, eyes[1].v]),
+        eye_h=torch.stack([eyes[0].h, eyes[1].h])[None, :, None, :],
+        eye_v=torch.stack([eyes[0].v, eyes[1].v])[None, :, :, None],
+        mouth_h=mouth_region.h[None, None, :], mouth_v=mouth_region.v[None, :, None],
         eye_boxes=box_group((eyes[0], eyes[1]), A, t), mouth_box=box_group((mouth_region,), A, t),
         lattice_pts=torch.cat([r.pts for r in regions]),
         lattice_still=torch.cat([r.still_coarse for r in regions]).reshape(1, 1, -1, 2),
@@ -292,15 +293,15 @@ def prepare_avatar(
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=(img + 0.5).permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
         landmarks=lmk, src_local=src,
-        extra_local=extra, frame_a=A, frame_t=t, iod_px=iod,
+        frame_a=A, frame_t=t, iod_px=iod,
         frame_a_norm=a_norm, frame_t_norm=t_norm, frame_a_norm_t=a_norm.T.contiguous(), src_ctrl_norm=src_ctrl,
-        border_norm=border, fixed_norm=fixed_norm, still_spline=spline_grid(fixed_norm, grid_norm),
+        fixed_norm=fixed_norm, still_spline=spline_grid(fixed_norm, grid_norm),
         grid_norm=grid_norm, grid_norm_t=grid_norm.T.unsqueeze(0).contiguous(), head_mask=head_mask,
         grid_face=grid_face, head_ellipse=ellipse,
         exp_ref=torch.zeros(64) if exp_ref is None else torch.as_tensor(np.asarray(exp_ref), dtype=torch.float32),
         eyes=(eyes[0], eyes[1]), mouth=mouth_region,
-        eye_lut=lut[[0, 1, 7, 8, 2, 3, 9, 10]].reshape(2, 4, -1), mouth_lut=lut[[4, 5, 6, 11, 12, 13]].unsqueeze(0),
-        lip_gap=lip_gap, lip_thickness=lip_thickness, chin_drop=chin_drop,
+        eye_lut=lut[:4].reshape(2, 2, 1, -1), mouth_lut=lut[4:].reshape(1, 3, 1, -1),
+        lip_gap=lip_gap,
         bounds=TargetBounds(
             lid_lo_min=lids_lo - cfg.lower_lid_cap, lid_lo_max=lids_lo + cfg.lower_lid_cap,
             lid_up_min=src[_IDX["lids_up"], 1] - cfg.eye_open_cap, lid_src=src[_IDX["lids_up"]],
@@ -434,7 +435,7 @@ def upper_teeth_length(f: torch.Tensor, depth: torch.Tensor, luma: torch.Tensor,
 
 def lattice_sources(avatar: WarpAvatar, coarse: torch.Tensor, move: Move) -> torch.Tensor:
     """Where the spline samples the photo for every lattice point (``avatar.lattice_pts``: eyes, then mouth), as
-    (x, v) (``avatar.norm_to_xv``: x the lookup-table position of the face-frame h, v face-frame) → (2, N, P):
+    (u, v) (``avatar.norm_to_uv``: u the lookup-table position of the face-frame h, v face-frame) → (N, P, 2):
     one coarse-grid lookup for all regions."""
     n, size = coarse.shape[0], avatar.size
     if move is None:
@@ -446,16 +447,16 @@ def lattice_sources(avatar: WarpAvatar, coarse: torch.Tensor, move: Move) -> tor
                           lin.transpose(1, 2) * c).unsqueeze(1)
     src = F.grid_sample(coarse, q, mode="bilinear", padding_mode="border",
                         align_corners=True)  # (N, 2, 1, P) normalised source positions
-    return torch.baddbmm(avatar.norm_to_xv_c, avatar.norm_to_xv.expand(n, -1, -1), src.flatten(2)).transpose(0, 1)
+    return torch.baddbmm(avatar.norm_to_uv_c, avatar.norm_to_uv.expand(n, -1, -1), src.flatten(2)).transpose(1, 2)
 
-def lookup(lut: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Source curves at lookup-table positions x (B, …) → (B, C, …), linearly interpolated. ``lut`` (B or 1, 2C, L)
-    holds C curves, then their slopes per step (one gather fetches both)."""
-    b, c = x.shape[0], lut.shape[1] // 2
-    xf = x.reshape(b, 1, -1).clamp(0.0, lut.shape[-1] - 1.001)
-    i0 = xf.long()
-    y0, slope = lut.expand(b, -1, -1).gather(2, i0.expand(-1, 2 * c, -1)).split(c, 1)
-    return torch.addcmul(y0, xf - i0, slope).reshape((b, c) + x.shape[1:])
+def lookup(lut: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """The C source curves of ``lut`` (B or 1, C, 1, L) at lattice points uv (B, …, 2) (``lattice_sources``)
+    → (B, C, …), linearly interpolated along u and constant beyond the table's ends: one grid_sample. Only u
+    counts: on a one-row image (align_corners) every v lands on that row."""
+    b = uv.shape[0]
+    out = F.grid_sample(lut.expand(b, -1, -1, -1), uv.reshape(b, 1, -1, 2), mode="bilinear", padding_mode="border",
+                        align_corners=True)  # (B, C, 1, P)
+    return out.reshape((b, lut.shape[1]) + uv.shape[1:-1])
 
 
 Origins = list[tuple[tuple[int, int], ...]]  # per region, per frame: the pixel box's top-left (y0, x0)

@@ -108,6 +108,7 @@ class WarpCore(torch.nn.Module):
         self.register_buffer("lip_spread", (cfg.lip_width_gain - 1.0) * (torch.eye(n_lips) - 1.0 / n_lips),
                              persistent=False)
         self.register_buffer("gap_opening", torch.full((3, 1), 1.0 / (3 * cfg.lip_close_drop)), persistent=False)
+        self.register_buffer("mean3", torch.full((3, 1), 1.0 / 3), persistent=False)  # (a product: mean() costs more)
         # an inner-lip gap correction (N, 3) → vertical offsets (N, 68): the lower inner lip and the lower outer
         # lip below it take it fully, the outer lip's sides 0.6 of the mean, the chin 0.8 of the mean
         carry = torch.zeros(3, 68)
@@ -189,8 +190,8 @@ class WarpCore(torch.nn.Module):
         gap = torch.where(torch.signbit(dg), torch.addcmul(g_p, dg, lim.gap_per_drop).clamp_min(0.0),
                           torch.add(g_p, dg, alpha=cfg.lip_open_gain))
         corr = gap - (ty[:, il] - ty[:, iu])  # (N, 3)
-        ty.addmm_(corr, self.lip_carry)  # the lower lip (and its body) carries the correction ...
-        ty.addcmul_(corr.mean(1, keepdim=True).clamp_min(-cfg.jaw_lift_cap), self.jaw_carry)  # ... the jaw part of it
+        ty += corr @ self.lip_carry  # the lower lip (and its body) carries the correction ...
+        ty.addcmul_((corr @ self.mean3).clamp_min(-cfg.jaw_lift_cap), self.jaw_carry)  # ... and the jaw part of it
         # inner lips may touch but not cross (crossed: both go to the middle); the gap is capped
         up, lo = ty[:, iu], ty[:, il]
         mid = torch.lerp(up, lo, 0.5)
@@ -319,17 +320,16 @@ class WarpCore(torch.nn.Module):
         # ---- region models on their lattices
         # The eye model corrects exactly the lid motion the spline leaves out; below a fraction of a pixel it is
         # skipped (on CPU only: a data-dependent branch would break CUDA graph capture).
-        # one coarse-grid lookup for all lattices: where the spline samples the photo, (x, v) (lattice_sources)
-        xv = lattice_sources(avatar, coarse, move)  # (2, N, P): eyes, then mouth
+        # one coarse-grid lookup for all lattices: where the spline samples the photo, (u, v) (lattice_sources)
+        uv = lattice_sources(avatar, coarse, move)  # (N, P, 2): eyes, then mouth
         e, m = avatar.eyes[0], avatar.mouth
         pe = 2 * e.pts.shape[0]
-        lids = self._ix("lids_up")
-        eyes_move = tgt.is_cuda or bool((tgt[:, lids, 1] - spline[:, lids, 1]).abs().max() > cfg.eye_skip)
+        eyes_move = tgt.is_cuda or float((tgt - spline)[:, self._ix("lids_up"), 1].abs().max()) > cfg.eye_skip
         eye_dv = None
         if eyes_move:
-            x_eyes = xv[0, :, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0])
-            eye_dv = eye_model(cfg, avatar, tgt, spline, x_eyes, self.ix)  # (N, 2, Qv, Qh)
-        mouth_fields = mouth_model(cfg, avatar, tgt, spline, xv[:, :, pe:].reshape(2, n, m.v.shape[0], m.h.shape[0]),
+            uv_eyes = uv[:, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0], 2)
+            eye_dv = eye_model(cfg, avatar, tgt, spline, uv_eyes, self.ix)  # (N, 2, Qv, Qh)
+        mouth_fields = mouth_model(cfg, avatar, tgt, spline, uv[:, pe:].reshape(n, m.v.shape[0], m.h.shape[0], 2),
                                    self.ix)  # (N, 5, Qv, Qh)
 
         # ---- full-resolution sampling grid, corrected inside the region boxes (along the face's v axis)

@@ -15,12 +15,11 @@ if TYPE_CHECKING:
 
 
 def eye_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, x_s: torch.Tensor, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, uv: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh).
 
-    ``x_s`` (N, 2, Qv, Qh): where the spline samples the photo at each lattice point, as a lookup-table position
-    (``WarpAvatar.norm_to_xv``).
+    ``uv`` (N, 2, Qv, Qh, 2): where the spline samples the photo at each lattice point (``lattice_sources``).
 
     Per column, in coordinates relative to the mid-height of the eye corners (rigid eye motion cancels),
     the wanted map is: the lid-skin band [A, U] follows the lid down over the eye (its lash margin rigidly,
@@ -31,19 +30,20 @@ def eye_model(
     corners, leaving no seams.
     """
     n = tgt.shape[0]
-    h_t, v_t = avatar.eye_h, avatar.eye_v  # (2, Qh) target columns, (2, Qv) rows of the lattices
+    h_t, v_t = avatar.eye_h, avatar.eye_v  # (1, 2, 1, Qh) target columns, (1, 2, Qv, 1) rows of the lattices
 
     # target curves per lattice column: upper lid (true and spline's) and lower lid → (N, 2, 3, Qh)
     knots = torch.cat([tgt, spline], 1)[:, ix.eye_knots]  # (N, 2, 3, 4, 2)
     up_t = knots[:, :, 0]  # (N, 2, 4, 2) upper lids, corner to corner
-    curves = cubic_curve(knots[..., 0], knots[..., 1], h_t[None, :, None, :].expand(n, -1, 3, -1))
-    o_t = ((up_t[:, :, 0, 1] + up_t[:, :, 3, 1]) / 2)[:, :, None, None]  # (N, 2, 1, 1)
+    curves = cubic_curve(knots[..., 0], knots[..., 1], h_t.expand(n, -1, 3, -1))
+    ends = up_t[:, :, ::3, None, None]  # (N, 2, 2, 1, 1, 2) the eye corners (the upper lid's end knots)
+    o_t = torch.lerp(*ends[..., 1].unbind(2), 0.5)  # (N, 2, 1, 1) their mid-height
     ut, up_, lt = (curves - o_t).unsqueeze(3).unbind(2)  # (N, 2, 1, Qh)
     # source curves at the spline's source columns → (N, 2, Qv, Qh)
-    lut = avatar.eye_lut if n == 1 else avatar.eye_lut.repeat(n, 1, 1)  # (2N, 4, L): eye-minor, as x_s below
-    s_curves = lookup(lut, x_s.reshape(2 * n, -1)).reshape(n, 2, 2, *x_s.shape[2:])
+    lut = avatar.eye_lut if n == 1 else avatar.eye_lut.repeat(n, 1, 1, 1)  # (2N, 2, 1, L): eye-minor, as uv
+    s_curves = lookup(lut, uv.reshape(2 * n, -1, 2)).reshape(n, 2, 2, *uv.shape[2:4])
     us, ls = (s_curves - avatar.eye_level).unbind(2)
-    u = v_t[None, :, :, None] - o_t  # (N, 2, Qv, 1)
+    u = v_t - o_t  # (N, 2, Qv, 1)
 
     a = us - cfg.lid_band
     z = ls + cfg.under_eye_band
@@ -82,9 +82,7 @@ def eye_model(
     v_open = torch.where(gt <= gs, u + keep_still, us + (u - ut_c) * gs / gt.clamp_min(1e-6))
     want = torch.where(u < ut_c, band_want, torch.where(u <= lt_c, v_open, v_under))
     r = cfg.ramp
-    c0 = up_t[:, :, 0, 0, None, None]  # (N, 2, 1, 1) target eye corners
-    c1 = up_t[:, :, 3, 0, None, None]
-    ht = h_t[None, :, None, :]
-    w = smoothstep(torch.minimum(ht - c0, c1 - ht) / r + 1.0)
+    c0, c1 = ends[..., 0].unbind(2)  # (N, 2, 1, 1) target eye corners (h)
+    w = smoothstep(torch.minimum(h_t - c0, c1 - h_t) / r + 1.0)
     return torch.where((u > a) & (u < z), w * (want - model), 0.0)
 

@@ -18,7 +18,7 @@ RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not inte
 
 
 def mouth_model(
-    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, xv: torch.Tensor, ix: IndexSets,
+    cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, uv: torch.Tensor, ix: IndexSets,
 ) -> torch.Tensor:
     """Mouth correction and fill on the mouth lattice → (N, 5, Qv, Qh): dv, alpha, fill RGB.
 
@@ -31,22 +31,21 @@ def mouth_model(
     (with its lips kept apart) is applied, over the band from the upper inner lip to the lower outer lip,
     so nothing changes at the band's edges.
 
-    ``xv`` (2, N, Qv, Qh): where the spline samples the photo at each lattice point: lookup-table position x
-    (``WarpAvatar.norm_to_xv``) and face-frame v.
+    ``uv`` (N, Qv, Qh, 2): where the spline samples the photo at each lattice point (``lattice_sources``: u for
+    the source-curve lookup, v face-frame).
     """
     n = tgt.shape[0]
     reg = avatar.mouth
     px = reg.step  # one lattice step: the antialiasing width
-    x_s, v_spline = xv[0], xv[1]  # where the spline samples the photo
+    v_spline = uv[..., 1]  # where the spline samples the photo
 
     # target curves per column → (N, 1, Qh); source curves at the source columns → (N, Qv, Qh)
     knots = torch.cat([tgt, spline], 1)[:, ix.mouth_knots]  # (N, 4, 7, 2)
-    curves = interp_curve(knots[..., 0], knots[..., 1], reg.h.expand(n, 4, reg.h.shape[0]))  # (N, 4, Qh)
+    v_t, h_t = avatar.mouth_v, avatar.mouth_h  # (1, Qv, 1), (1, 1, Qh)
+    curves = interp_curve(knots[..., 0], knots[..., 1], h_t.expand(n, 4, -1))  # (N, 4, Qh)
     ut, lt, lp, outer = curves.unsqueeze(2).unbind(1)  # (N, 1, Qh)
     ot = torch.maximum(outer, lp + 1e-3)
-    us, ls, os_ = lookup(avatar.mouth_lut, x_s).unbind(1)
-    v_t = reg.v[None, :, None]  # (1, Qv, 1)
-    h_t = reg.h[None, None, :]  # (1, 1, Qh)
+    us, ls, os_ = lookup(avatar.mouth_lut, uv).unbind(1)
 
     a, b = v_t - ut, lt - v_t
     gt, gs = lt - ut, (ls - us).clamp_min(0.0)
@@ -61,13 +60,13 @@ def mouth_model(
         # (rest) nothing changes. (The painted fallback keeps the slit: it is the benchmark's baseline.)
         hold = 1.0 - ramp01((gt - gs) / cfg.slit_release)
         keep_up, keep_lo = keep_up * hold, keep_lo * hold
-    h0, h1 = tgt[:, 60, 0, None, None], tgt[:, 64, 0, None, None]  # (N, 1, 1)
+    h0, h1 = tgt[:, 60:65:4, 0].reshape(n, 2, 1, 1).unbind(1)  # (N, 1, 1) the inner-lip corners 60, 64
     upper = a * keep_lo <= b * keep_up  # when the lips close in, each lip covers its share
     interior = torch.where(upper, us + torch.minimum(a, keep_up), ls - torch.minimum(b, keep_lo))
     # dlib's lower inner-lip points sit on the teeth's edge in an open photo: the lip proper starts a little
     # lower (else a rim of teeth rides along the moving lip); phased in as the mouth opens beyond the photo's
     inset = cfg.lip_edge_inset
-    ls_lip = ls + torch.where(gs > 2 * inset, ((gt - gs) / inset).clamp(0.0, 1.0) * inset, 0.0)
+    ls_lip = torch.where(gs > 2 * inset, ls + (gt - gs).clamp(0.0, inset), ls)
     # closing below the photo's opening: the lips' true edges lie a little outside dlib's inner points (which
     # sit on the teeth in a smile), so the meeting lips are drawn from there (else a line of teeth stays)
     shut = ((gs - gt) / gs.clamp_min(1e-6)).clamp(0.0, 1.0)  # how much of the photo's opening is closed
@@ -112,25 +111,25 @@ def mouth_model(
     alpha = torch.where(touch, seam * cfg.seam_alpha, alpha)
 
     if avatar.interior is not None:
-        fill = exemplar_fill(cfg, avatar, tgt, ut, lt, h0, h1, v_t, h_t)
+        fill = exemplar_fill(cfg, avatar, tgt, a, b, gt, h0, h1, h_t)
     else:
         fill = painted_fill(cfg, avatar, a, b, gt, h0, h1, h_t)
     fill = torch.where(touch.unsqueeze(1), avatar.lip_rgb[None, :, None, None] * cfg.seam_shade, fill)
     return torch.cat([dv.unsqueeze(1), alpha.unsqueeze(1), fill], 1)
 
 
-def exemplar_fill(cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, ut: torch.Tensor, lt: torch.Tensor,
-                  h0: torch.Tensor, h1: torch.Tensor, v_t: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+def exemplar_fill(cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                  gt: torch.Tensor, h0: torch.Tensor, h1: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
     """Real interiors stretched into the target inner-lip contour → (N, 3, Qv, Qh).
 
-    Lattice point (h, v) → lip-normalised (s, t): s along the corners 60 → 64, t from the upper inner lip (ut)
-    to the lower one (lt) in that column; the blended exemplar is sampled there.
+    Lattice point (h, v) → lip-normalised (s, t): s along the corners 60 → 64, t from the upper inner lip to the
+    lower one in that column (a, b: below the upper and above the lower one; gt the gap); the blended exemplar
+    is sampled there.
     """
     assert avatar.interior is not None
     patches, g_e = avatar.interior.blend(tgt)  # (N, 3, T, S), (N, 1, 1)
     s = (h_t - h0) / (h1 - h0).clamp_min(1e-6)  # (N, 1, Qh)
-    gt = (lt - ut).clamp_min(1e-6)
-    a, b = v_t - ut, lt - v_t
+    gt = gt.clamp_min(1e-6)
     if cfg.interior_jaws:
         # Rigid jaws in the exemplar too: its upper rows (upper teeth) keep their physical size below the upper
         # lip and its lower rows (lower teeth, tongue) above the lower lip; a narrower target loses the middle
@@ -141,8 +140,9 @@ def exemplar_fill(cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, ut: to
         t = torch.where(a < u * gt, torch.clamp(a / g_e, max=u), torch.clamp(1.0 - b / g_e, min=u))
     else:
         t = a / gt  # (N, Qv, Qh)
-    t = RIM + (1.0 - 2.0 * RIM) * t  # skip the exemplars' lip rims (dlib's inner-lip points sit on the lips)
-    grid = torch.stack([(2.0 * s - 1.0).expand_as(t), 2.0 * t - 1.0], -1)
+    # skip the exemplars' lip rims (dlib's inner-lip points sit on the lips): RIM + (1 − 2·RIM)·t, normalised
+    inner = 1.0 - 2.0 * RIM
+    grid = torch.stack([(2.0 * s - 1.0).expand_as(t), t * (2.0 * inner) - inner], -1)
     return F.grid_sample(patches, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
