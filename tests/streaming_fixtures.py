@@ -1,7 +1,9 @@
 """Fixtures and helpers shared by the streaming tests (server, WebRTC, browser).
 
-Import the fixtures into a test module: ``from tests.streaming_fixtures import live_runtime  # noqa``.
-The runtime is the real engine on its built-in defaults (``EngineRuntime.load``), loaded once per test run.
+The fixtures are registered for every test module by ``tests/conftest.py`` (``pytest_plugins``): name them as test
+parameters, don't import them (an imported fixture would be the importing module's own: one engine per module).
+``runtime = shared_runtime`` (imported) is fine: it only names the shared one. The runtime is the real engine on its
+built-in defaults (``EngineRuntime.load``), loaded once per test run.
 """
 
 from __future__ import annotations
