@@ -142,7 +142,6 @@ def write_mp4(path: Path, frames, n_frames: int, fps: int, audio: np.ndarray | N
 def render(config: Config, output: Path, phonemes: str | None = None, audio: str | None = None,
            pose: str | None = None, progress: bool = True, runtime=None) -> RenderResult:
     """Render one utterance to ``output``; builds the runtime from ``config`` unless one is given."""
-    from engine.runtime import EngineRuntime
     from engine.sources import decode_audio_file
 
     if (phonemes is None) == (audio is None):
@@ -159,7 +158,15 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
         if pcm16.size == 0:
             raise InputError(f"audio file {audio} holds no audio samples")
 
+    if runtime is None and config.avatar.image is not None and Path(config.avatar.image).is_file():
+        # a photo without one usable face is refused before the models load (a second, not the ~8 s of torch and
+        # the models); the runtime below crops it again (a fraction of a second)
+        from engine.avatar import detect_landmarks, load_image
+
+        detect_landmarks(load_image(config.avatar.image))
     if runtime is None:
+        from engine.runtime import EngineRuntime
+
         # load with the always-present neutral style: --style is resolved below, with a clear message; no model
         # worker processes (an offline render runs the models here, not in sessions)
         runtime = EngineRuntime.load(replace(config, style=replace(config.style, default="neutral"),
@@ -249,13 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and argument errors exit here, before torch is imported
     from engine.avatar import AvatarError
-    from engine.runtime import RuntimeErrorConfig
 
     try:
         config = config_from_args(args)
         result = render(config, Path(args.output), phonemes=args.phonemes, audio=args.audio, pose=args.pose,
                         progress=not args.no_progress)
-    except (InputError, ConfigError, ClipError, RuntimeErrorConfig, AvatarError) as exc:
+    except (InputError, ConfigError, ClipError, AvatarError, RuntimeError) as exc:
+        # engine.runtime (torch) is imported only once render() loads the models: its error class is read here
+        runtime_module = sys.modules.get("engine.runtime")
+        if isinstance(exc, RuntimeError) and not (
+            runtime_module is not None and isinstance(exc, runtime_module.RuntimeErrorConfig)
+        ):
+            raise
         print(f"styletalk-live render: error: {exc}", file=sys.stderr)
         return 2
     print(f"{result.path}: {result.frames} frames, {result.seconds:.2f} s, style {result.style}")

@@ -8,6 +8,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The streaming fixtures (``live_runtime``: the real engine, loaded once per test run) are registered here, once for
+# the whole session. Test modules name them as parameters and must not import them: a fixture imported into a
+# module is that module's own fixture, so a session-scoped engine would be loaded (and kept) once per module.
+pytest_plugins = ["tests.streaming_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:

@@ -1,7 +1,9 @@
 """Fixtures and helpers shared by the streaming tests (server, WebRTC, browser).
 
-Import the fixtures into a test module: ``from tests.streaming_fixtures import live_runtime  # noqa``.
-The runtime is the real engine on its built-in defaults (``EngineRuntime.load``), loaded once per test run.
+The fixtures are registered for every test module by ``tests/conftest.py`` (``pytest_plugins``): name them as test
+parameters, don't import them (an imported fixture would be the importing module's own: one engine per module).
+``runtime = shared_runtime`` (imported) is fine: it only names the shared one. The runtime is the real engine on its
+built-in defaults (``EngineRuntime.load``), loaded once per test run.
 """
 
 from __future__ import annotations
@@ -158,35 +160,52 @@ def serve_process(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str
     Killed on the way out if the test did not stop it. Its output (stdout + stderr) is drained by a thread
     into ``proc.output_lines`` (a list; a long-running server never blocks on a full pipe).
     """
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.serve_command", "--port", "0", *args],
-        cwd=root,
-        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        port = None
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        assert proc.stdout is not None
-        while port is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "serving on http://127.0.0.1:" in line:
-                port = int(line.split("127.0.0.1:")[1].split("/")[0])
-        assert port is not None, "".join(lines)
-        proc.output_lines = lines  # type: ignore[attr-defined]
-        threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True).start()
+    with serve_processes(1, *args, **env) as ((proc, port),):
         yield proc, port
+
+
+@contextlib.contextmanager
+def serve_processes(count: int, *args: str, **env: str) -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
+    """``count`` :func:`serve_process` children started at once: their engine loads (seconds of one core each)
+    overlap on the machine's cores instead of queueing. Yields ``(proc, port)`` per child, in start order."""
+    root = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "streaming.serve_command", "--port", "0", *args],
+            cwd=root,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        deadline = time.monotonic() + 180
+        yield [(proc, _wait_serving(proc, deadline)) for proc in procs]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_serving(proc: subprocess.Popen[str], deadline: float) -> int:
+    """Read a starting server's output until it says where it serves (its port); drain the rest meanwhile."""
+    port = None
+    lines: list[str] = []
+    assert proc.stdout is not None
+    while port is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "serving on http://127.0.0.1:" in line:
+            port = int(line.split("127.0.0.1:")[1].split("/")[0])
+    assert port is not None, "".join(lines)
+    proc.output_lines = lines  # type: ignore[attr-defined]
+    threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True).start()
+    return port
 
 
 def _drain(stream: Any, lines: list[str]) -> None:

@@ -37,10 +37,9 @@ from tests.audience_fixtures import (
 )
 from tests.browser_fixtures import CHROMIUM, CHROMIUM_FLAGS, wait_js
 from tests.janus_fixtures import free_port, require_janus, running_janus
-from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
+from tests.streaming_fixtures import (
     MOUTH_BOX,
     UNTRAINED_REASON,
-    live_runtime,
     server_settings,
     trained_weights,
     wait_for,
@@ -67,7 +66,7 @@ def run(coro) -> object:  # noqa: ANN001
     return asyncio.run(asyncio.wait_for(coro, 300))
 
 
-def test_janus_unreachable_at_start_refuses_clearly(live_runtime) -> None:  # noqa: F811
+def test_janus_unreachable_at_start_refuses_clearly(live_runtime) -> None:
     url = f"ws://127.0.0.1:{free_port()}"
 
     async def main() -> None:
@@ -83,7 +82,7 @@ def test_janus_unreachable_at_start_refuses_clearly(live_runtime) -> None:  # no
 @pytest.mark.skipif(os.environ.get("STYLETALK_CROWD_TESTS") != "1", reason=(
     "opt-in (STYLETALK_CROWD_TESTS=1): engine + Janus + 9 viewer processes + Chromium on one 2-core machine leave the "
     "engine no real-time margin (viewers' talk/rest motion indistinct in 5 of 7 runs); run on a machine with headroom"))
-def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Path) -> None:  # noqa: F811
+def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Path) -> None:
     """9 aiortc viewers (each its own ``python -m clients.viewer`` process: decoding VP8 in the engine's process
     starved the engine) and one Chromium page: the mouth moves while the presenter speaks, rests when paused."""
     playwright = pytest.importorskip("playwright.async_api")
@@ -198,7 +197,7 @@ def test_ten_viewers_through_janus_see_the_mouth_move(live_runtime, tmp_path: Pa
     assert mouth_moves(*seen["page"]), seen["page"]
 
 
-def test_janus_dying_mid_stream_viewers_told_and_back_when_janus_returns(live_runtime, tmp_path: Path) -> None:  # noqa: F811
+def test_janus_dying_mid_stream_viewers_told_and_back_when_janus_returns(live_runtime, tmp_path: Path) -> None:
     require_janus()
 
     async def main() -> None:
@@ -249,7 +248,7 @@ async def joined_viewer_error(port: int, room: dict) -> str:
     return ""
 
 
-def test_two_janus_instances_share_the_viewers_and_cover_for_each_other(live_runtime, tmp_path: Path) -> None:  # noqa: F811
+def test_two_janus_instances_share_the_viewers_and_cover_for_each_other(live_runtime, tmp_path: Path) -> None:
     """Beyond one Janus: the room is published to each instance; viewers are spread over them; when one
     dies its viewers watch again on the other."""
     require_janus()

@@ -19,11 +19,10 @@ import pytest
 
 from streaming.server import PresenterServer
 from tests.browser_fixtures import presenter_page, requires_chromium, wait_js
-from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
+from tests.streaming_fixtures import (
     MOUTH_BOX,
     SPEECH_WAV,
     UNTRAINED_REASON,
-    live_runtime,
     server_settings,
     style_clip,
     trained_weights,
@@ -41,7 +40,7 @@ async def grab_mouth(page, seconds: float, box: tuple[float, float, float, float
     return np.asarray(samples, np.float32)
 
 
-def test_page_streams_video_moves_the_mouth_and_switches_style(live_runtime) -> None:  # noqa: F811
+def test_page_streams_video_moves_the_mouth_and_switches_style(live_runtime) -> None:
     pytest.importorskip("playwright.async_api")
     shot_dir = Path(tempfile.mkdtemp(prefix="styletalk-browser-"))
     profile = shot_dir / "profile"

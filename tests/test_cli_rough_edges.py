@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from engine.config import Config
-from tests.streaming_fixtures import live_runtime  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +121,7 @@ def test_client_errors_are_one_line() -> None:
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_client_without_the_servers_token_is_told_so(live_runtime) -> None:  # noqa: F811
+def test_client_without_the_servers_token_is_told_so(live_runtime) -> None:
     from streaming.server import PresenterServer
     from tests.streaming_fixtures import server_settings
 

@@ -74,3 +74,33 @@ def test_the_recognizer_package_is_io_free() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1], check=True)
     assert out.stdout.strip() == "", f"engine.recognizer imported {out.stdout.strip()}"
+
+
+def session_fixtures(path: Path) -> set[str]:
+    """Names of the functions ``path`` decorates with ``@pytest.fixture(scope="session")``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef):
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and any(
+                    k.arg == "scope" and isinstance(k.value, ast.Constant) and k.value.value == "session"
+                    for k in deco.keywords
+                ):
+                    names.add(node.name)
+    return names
+
+
+def test_session_fixtures_of_the_plugins_are_not_imported_into_test_modules() -> None:
+    """tests/conftest.py registers the fixture modules (``pytest_plugins``) once for the run; a session fixture
+    imported into a test module would be that module's own (pytest registers it there), so the engine of
+    ``live_runtime`` would load, and stay loaded, once per importing module."""
+    from tests.conftest import pytest_plugins
+
+    shared = {m: session_fixtures((ROOT / Path(*m.split("."))).with_suffix(".py")) for m in pytest_plugins}
+    assert "live_runtime" in shared["tests.streaming_fixtures"]
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in shared:
+                offenders += [f"{path.name}: {a.name}" for a in node.names if a.name in shared[node.module]]
+    assert not offenders, offenders

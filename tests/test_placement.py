@@ -22,7 +22,7 @@ from clients.placement import connect_placed, main, place, read_load
 from streaming.placement import NodeLoad, PlacementCode, PlacementError, place_room
 from tests.audience_fixtures import joined_viewer, speak_and_open_room
 from tests.janus_fixtures import free_port, require_janus, running_janus
-from tests.streaming_fixtures import http_get, run, serve_process
+from tests.streaming_fixtures import http_get, run, serve_processes
 
 
 def node(url: str, sessions: int = 0, max_sessions: int = 4, rooms: int = 0, max_rooms: int = 8,
@@ -114,8 +114,7 @@ def test_two_engine_nodes_two_janus_rooms_placed_by_the_rule_viewers_on_both(tmp
         b = stack.enter_context(running_janus(tmp_path / "janus-b"))
         # each node takes one presenter (max_sessions 1), so the second room must go to the other node
         node_args = ("--janus", f"{a.url},{b.url}", "--max-sessions", "1")
-        p1, port1 = stack.enter_context(serve_process(*node_args))
-        p2, port2 = stack.enter_context(serve_process(*node_args))
+        (p1, port1), (p2, port2) = stack.enter_context(serve_processes(2, *node_args))
         n1, n2 = f"http://127.0.0.1:{port1}", f"http://127.0.0.1:{port2}"
         gone = f"http://127.0.0.1:{free_port()}"  # a node that is not there
         nodes = [gone, n1, n2]

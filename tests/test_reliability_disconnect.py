@@ -29,9 +29,8 @@ from benchmarks.soak import (
     speech,
 )
 from streaming.server import PresenterServer
-from tests.streaming_fixtures import (  # noqa: F401 - live_runtime: the fixture shared_runtime uses
+from tests.streaming_fixtures import (
     http_get,
-    live_runtime,
     run,
     serve_process,
     server_settings,

@@ -3,8 +3,8 @@ calls): audio of every wrong kind, recognizer crashes and hangs, renderer except
 reading, and bad style clips. The session must answer with a clear error (exception at the edge or an
 ``error`` event), keep producing frames, and free everything on close.
 
-One engine runtime (built-in defaults) for the module; faults are injected through the runtime's recognizer
-factory or by wrapping the shared renderer, always restored afterwards.
+The test session's shared engine runtime (built-in defaults, ``tests/streaming_fixtures.py``); faults are
+injected through the runtime's recognizer factory or by wrapping the shared renderer, always restored afterwards.
 """
 
 from __future__ import annotations
@@ -18,16 +18,9 @@ import numpy as np
 import pytest
 
 from engine.live import LiveSession
+from tests.streaming_fixtures import shared_runtime
 
-
-@pytest.fixture(scope="module")
-def runtime():  # noqa: ANN201 - engine.runtime.EngineRuntime
-    from engine.config import load_config
-    from engine.runtime import EngineRuntime
-
-    rt = EngineRuntime.load(load_config(None, {"server.max_sessions": "8"}))
-    yield rt
-    rt.close()
+runtime = shared_runtime  # the session's engine (built-in defaults, a still head): an engine load is ~8 s
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 
 from streaming import protocol as P
 from streaming.server import PresenterServer
-from tests.streaming_fixtures import Raw, live_runtime, run, server_settings, shared_runtime  # noqa: F401
+from tests.streaming_fixtures import Raw, run, server_settings, shared_runtime
 
 MAX_EXTRA_MB = 200
 MAX_CPU_S = 2.0

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from benchmarks.soak import Footprint, churn, settle, speech, webrtc_cycle, ws_cycle
 from streaming import protocol as P
 from streaming.server import PresenterServer, ServerSettings
-from tests.streaming_fixtures import Raw, live_runtime, run, server_settings, shared_runtime  # noqa: F401
+from tests.streaming_fixtures import Raw, run, server_settings, shared_runtime
 
 LEAKS = ("/tmp", "/work", "/home", "Traceback", "Error:", "Exception", ".py")
 

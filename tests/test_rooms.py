@@ -14,9 +14,8 @@ from clients.viewer import RoomViewer, split_watch_url
 from streaming import protocol as P
 from streaming.server import PresenterServer
 from tests.audience_fixtures import joined_viewer, mouth_moves, mouth_talk_vs_rest, speaking_presenter
-from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
+from tests.streaming_fixtures import (
     UNTRAINED_REASON,
-    live_runtime,
     server_settings,
     trained_weights,
     wait_for,
@@ -43,7 +42,7 @@ def test_watch_and_answer_parse_into_typed_requests_with_coded_errors() -> None:
     assert split_watch_url("http://h:1/watch/abcd?t=tok") == ("ws://h:1/ws/watch", "abcd", "tok")
 
 
-def test_watch_links_name_the_node_as_the_presenter_reached_it_or_its_public_url(live_runtime) -> None:  # noqa: F811
+def test_watch_links_name_the_node_as_the_presenter_reached_it_or_its_public_url(live_runtime) -> None:
     """Beyond one machine the listening address (127.0.0.1, 0.0.0.0) is not what viewers open: the links use the
     presenter's Host (here ``localhost``), or ``server.public_url`` when set."""
     from clients.client import StyleTalkClient
@@ -64,7 +63,7 @@ def test_watch_links_name_the_node_as_the_presenter_reached_it_or_its_public_url
     assert room["watch_url"] == f"https://node7.example/watch/{room['room']}?t={room['viewer_token']}"
 
 
-def test_viewers_watch_the_presenter_operator_controls_viewer_cannot(live_runtime) -> None:  # noqa: F811
+def test_viewers_watch_the_presenter_operator_controls_viewer_cannot(live_runtime) -> None:
     async def main() -> tuple[float, float]:
         settings = server_settings(max_direct_viewers=2)
         async with PresenterServer(live_runtime, settings) as server:

@@ -24,12 +24,7 @@ from streaming.server import PresenterServer
 from tests.audience_fixtures import joined_viewer, speaking_presenter
 from tests.janus_fixtures import free_port
 from tests.rtmp_fixtures import running_nginx_rtmp
-from tests.streaming_fixtures import (  # noqa: F401 - live_runtime: fixture
-    SPEECH_WAV,
-    live_runtime,
-    server_settings,
-    wait_for,
-)
+from tests.streaming_fixtures import SPEECH_WAV, server_settings, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +48,7 @@ def read_back(url: str, seconds: float, seen: dict, timeout: float | tuple[float
         seen["error"] = repr(exc)
 
 
-def test_serve_rtmp_pushes_the_room_audio_and_video_to_nginx(live_runtime, tmp_path: Path) -> None:  # noqa: F811
+def test_serve_rtmp_pushes_the_room_audio_and_video_to_nginx(live_runtime, tmp_path: Path) -> None:
     with running_nginx_rtmp(tmp_path / "nginx") as port:
         base = f"rtmp://127.0.0.1:{port}/live"
 
@@ -82,7 +77,7 @@ def test_serve_rtmp_pushes_the_room_audio_and_video_to_nginx(live_runtime, tmp_p
     assert stats["error"] is None and stats["video_frames"] > 30 and stats["audio_frames"] > 10, stats
 
 
-def test_rtmp_server_down_ends_the_push_with_an_error_and_the_room_goes_on(live_runtime) -> None:  # noqa: F811
+def test_rtmp_server_down_ends_the_push_with_an_error_and_the_room_goes_on(live_runtime) -> None:
     url = f"rtmp://127.0.0.1:{free_port()}/live/key"  # nobody listens
 
     async def main() -> None:

@@ -39,7 +39,7 @@ from streaming.rtp_latency import (
 )
 from streaming.server import PresenterServer
 from streaming.webrtc import SessionAudioTrack
-from tests.streaming_fixtures import live_runtime, run, server_settings, speech_16k, wait_for  # noqa: F401
+from tests.streaming_fixtures import run, server_settings, speech_16k, wait_for
 
 
 def packet(seq: int, payload: bytes = b"x") -> RtpPacket:
@@ -115,7 +115,7 @@ async def served_client(runtime, settings, mic: MicrophoneTrack) -> AsyncIterato
             await client.close()
 
 
-def test_served_peer_negotiates_playout_delay_and_hears_the_microphone_at_once(live_runtime) -> None:  # noqa: F811
+def test_served_peer_negotiates_playout_delay_and_hears_the_microphone_at_once(live_runtime) -> None:
     async def main() -> None:
         enable_playout_delay()  # the aiortc client then offers it, as Chromium does
         settings = server_settings(playout_delay_ms="0,100", mic_prefetch_packets=0)
@@ -178,7 +178,7 @@ def test_answer_asks_for_the_microphone_packet_length() -> None:
     assert only_audio.endswith("a=ptime:10\r\n")
 
 
-def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:  # noqa: F811
+def test_served_audio_goes_out_in_10ms_packets_at_once(live_runtime) -> None:
     async def main() -> None:
         settings = server_settings(audio_frame_ms=10, opus_application="lowdelay", mic_ptime_ms=10)
         mic = MicrophoneTrack()
@@ -229,7 +229,7 @@ def test_video_frame_handed_on_with_its_last_packet() -> None:
     assert frame is not None and (frame.timestamp, frame.data) == (21000, b"p")
 
 
-def test_client_receives_through_arrival_buffers(live_runtime) -> None:  # noqa: F811
+def test_client_receives_through_arrival_buffers(live_runtime) -> None:
     """The client's receivers get the arrival buffers and decode real VP8 / Opus through them."""
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings()) as server:

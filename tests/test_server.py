@@ -18,11 +18,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from streaming.server import PresenterServer
 from streaming.static_http import resolve_static
-from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
+from tests.streaming_fixtures import (
     Raw,
     assert_collected,
     http_get,
-    live_runtime,
     run,
     serve_process,
     server_settings,
@@ -33,7 +32,7 @@ from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
 # --- HTTP ------------------------------------------------------------------------------------------------
 
 
-def test_http_serves_only_the_page_files(live_runtime, tmp_path) -> None:  # noqa: F811
+def test_http_serves_only_the_page_files(live_runtime, tmp_path) -> None:
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings()) as server:
             status, headers, body = await http_get(server.port, "/")
@@ -94,7 +93,7 @@ def test_http_serves_only_the_page_files(live_runtime, tmp_path) -> None:  # noq
 # --- admission -------------------------------------------------------------------------------------------
 
 
-def test_token_and_origin_are_checked_before_the_websocket_opens(live_runtime) -> None:  # noqa: F811
+def test_token_and_origin_are_checked_before_the_websocket_opens(live_runtime) -> None:
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings(token="s3cret")) as server:
             base = f"ws://127.0.0.1:{server.port}/ws"
@@ -117,7 +116,7 @@ def test_token_and_origin_are_checked_before_the_websocket_opens(live_runtime) -
     run(main())
 
 
-def test_max_sessions_refuses_with_server_full_and_frees_slots(live_runtime) -> None:  # noqa: F811
+def test_max_sessions_refuses_with_server_full_and_frees_slots(live_runtime) -> None:
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings(max_sessions=2)) as server:
             url = f"ws://127.0.0.1:{server.port}/ws"
@@ -157,7 +156,7 @@ def _png(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_control_requests_against_the_real_engine(live_runtime) -> None:  # noqa: F811
+def test_control_requests_against_the_real_engine(live_runtime) -> None:
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings(upload_burst=100)) as server:
             async with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
@@ -217,7 +216,7 @@ def test_control_requests_against_the_real_engine(live_runtime) -> None:  # noqa
     run(main())
 
 
-def test_malformed_messages_get_errors_and_never_end_the_session(live_runtime) -> None:  # noqa: F811
+def test_malformed_messages_get_errors_and_never_end_the_session(live_runtime) -> None:
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings(max_message_bytes=2048)) as server:
             async with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
@@ -243,7 +242,7 @@ def test_malformed_messages_get_errors_and_never_end_the_session(live_runtime) -
     run(main())
 
 
-def test_closing_the_socket_frees_the_session(live_runtime) -> None:  # noqa: F811
+def test_closing_the_socket_frees_the_session(live_runtime) -> None:
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings()) as server:
             url = f"ws://127.0.0.1:{server.port}/ws"

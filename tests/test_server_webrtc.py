@@ -16,10 +16,9 @@ import pytest
 
 from clients.client import ClientError, MicrophoneTrack, StyleTalkClient
 from streaming.server import PresenterServer
-from tests.streaming_fixtures import (  # noqa: F401 - live_runtime is a fixture
+from tests.streaming_fixtures import (
     UNTRAINED_REASON,
     assert_collected,
-    live_runtime,
     mouth_changes,
     npy_bytes,
     server_settings,
@@ -37,7 +36,7 @@ def run(coro) -> object:  # noqa: ANN001
     return asyncio.run(asyncio.wait_for(coro, 240))
 
 
-def test_speech_moves_the_mouth_and_style_switches_mid_stream(live_runtime) -> None:  # noqa: F811
+def test_speech_moves_the_mouth_and_style_switches_mid_stream(live_runtime) -> None:
     async def main() -> tuple[np.ndarray, np.ndarray]:
         async with PresenterServer(live_runtime, server_settings()) as server:
             baseline_threads = session_threads()
@@ -124,7 +123,7 @@ def test_speech_moves_the_mouth_and_style_switches_mid_stream(live_runtime) -> N
     assert np.percentile(talking, 90) > 2.0 * np.percentile(idle, 90) + 0.3
 
 
-def test_failing_session_leaves_the_other_untouched_and_hangup_restarts(live_runtime) -> None:  # noqa: F811
+def test_failing_session_leaves_the_other_untouched_and_hangup_restarts(live_runtime) -> None:
     async def main() -> None:
         async with PresenterServer(live_runtime, server_settings()) as server:
             url = f"ws://127.0.0.1:{server.port}/ws"

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 
 from streaming.server import PresenterServer
 from tests.browser_fixtures import presenter_page, requires_chromium, wait_js
-from tests.streaming_fixtures import live_runtime, server_settings, wait_for  # noqa: F401 - fixture
+from tests.streaming_fixtures import server_settings
 from tests.test_style_extract import read_frames, write_video
 
 
@@ -34,7 +34,7 @@ async def _call(ws, n: int, rtype: str, events: list[dict], **fields: object) ->
             return msg
 
 
-def test_upload_style_video_extracts_off_the_loop_with_progress_and_coded_errors(live_runtime, samples_dir,  # noqa: F811
+def test_upload_style_video_extracts_off_the_loop_with_progress_and_coded_errors(live_runtime, samples_dir,
                                                                                   tmp_path) -> None:
     frames = read_frames(samples_dir / "source" / "video" / "KristiNoem.mp4")[:150]  # 5 s
     good = write_video(tmp_path / "me.webm", frames, codec="libvpx")
@@ -93,7 +93,7 @@ def _y4m(frames: list[np.ndarray], path: Path) -> Path:
 
 
 @requires_chromium
-def test_record_my_style_in_chromium(live_runtime, samples_dir) -> None:  # noqa: F811
+def test_record_my_style_in_chromium(live_runtime, samples_dir) -> None:
     pytest.importorskip("playwright.async_api")
     work = Path(tempfile.mkdtemp(prefix="styletalk-record-"))
     camera = _y4m(read_frames(samples_dir / "source" / "video" / "KristiNoem.mp4")[:240], work / "camera.y4m")
@@ -128,7 +128,7 @@ def test_record_my_style_in_chromium(live_runtime, samples_dir) -> None:  # noqa
 
 
 def test_video_extraction_does_not_block_the_clients_requests_and_save_style_persists(  # noqa: F811
-        live_runtime, samples_dir, tmp_path) -> None:  # noqa: F811
+        live_runtime, samples_dir, tmp_path) -> None:
     from engine.runtime import build_styles
     from engine.user_styles import UserStyles, styles_dir
 
