@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from models.warp.config import WarpConfig
 from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
+from models.warp.matte import HeadMatte, head_matte
 from models.warp.tps import affine2, cubic_curve, interp_curve, px_to_norm, similarity, smoothstep
 
 # per-frame face→pixel map with head motion: lin (N, 2, 2), off (N, 2) and lin's inverse (computed once per frame
@@ -152,6 +153,8 @@ class WarpAvatar:
     # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
     # dark slit, which the real interior takes over as the mouth opens (models/warp/mouth.py)
     opening_teeth: bool = True
+    # the moving head's head-and-hair segmentation and background plate (models/warp/matte.py); None: the ellipse
+    matte: HeadMatte | None = None
 
 
 def prepare_avatar(
@@ -257,6 +260,7 @@ def prepare_avatar(
         lip_thickness=(src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs(),
         chin_drop=float(src[8, 1] - src[57, 1]),
     )
+    avatar.matte = head_matte(cfg, img, src, torch.linalg.inv(A), t, ellipse, iod, grid_norm)
     mouth_colours(avatar)
     return avatar
 
