@@ -83,5 +83,5 @@ class WarpConfig:
     hair_band_min: float = 1.1  # the matte's soft band: at least this many radii (the ellipse's: head_mask_outer)
     # where the head uncovers a band, a sample lagging behind the rigid head by more than plate_from (IOD) shows
     # the background plate instead of the head's stretched pixels, fully from plate_full
-    plate_from: float = 0.04
-    plate_full: float = 0.15
+    plate_from: float = 0.0
+    plate_full: float = 0.25

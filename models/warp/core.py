@@ -71,10 +71,14 @@ def plate_weight(cfg: WarpConfig, avatar: WarpAvatar, maps: torch.Tensor, disp: 
     n, k = disp.shape[0], disp.shape[2]
     src = avatar.grid_norm.unsqueeze(0) + disp.transpose(1, 2)  # (N, G*G, 2)
     m = F.grid_sample(maps.expand(n, -1, -1, -1), torch.cat([src, home], 1).unsqueeze(1), mode="bilinear",
-                      padding_mode="zeros", align_corners=False)[:, :, 0]  # (N, 2, 2·G*G)
+                      padding_mode="border", align_corners=False)[:, :, 0]  # (N, 2, 2·G*G)
     lag = (src - home).norm(dim=-1) * (avatar.size / 2 / avatar.iod_px)  # (N, G*G) IOD
     ramp = ((lag - cfg.plate_from) / (cfg.plate_full - cfg.plate_from)).clamp(0.0, 1.0)
-    return (m[:, 0, :k] - m[:, 1, k:]).clamp_min(0.0) * ramp
+    # the rigid head fades out across the photo's edge, over a coarse cell either side (beyond it the head is
+    # unknown and the plate shows; a step there, rotated with the head, became a staircase on the coarse grid)
+    cells = avatar.size / (cfg.grid - 1)
+    inside = ((1.0 - home.abs().amax(-1)) * (avatar.size / 2) / cells + 1.0).clamp(0.0, 2.0) * 0.5
+    return (m[:, 0, :k] - m[:, 1, k:] * inside).clamp_min(0.0) * ramp
 
 
 class WarpCore(torch.nn.Module):
@@ -314,21 +318,23 @@ class WarpCore(torch.nn.Module):
             hold = (avatar.edge_hold + avatar.edge_free * free).unflatten(1, (2, 2)).amin(1)  # (N, 2, G*G)
             weight = mask.unsqueeze(1) * torch.minimum(hold, avatar.edge_along)
             matte = avatar.matte
-            if matte is not None:
+            far = None if matte is None else ((reach - cfg.hair_from) / (cfg.hair_full - cfg.hair_from)).clamp(0, 1)
+            if matte is not None and far is not None and (far.is_cuda or bool(far.max() > 0.0)):  # (N,); short: skip
                 # A far-travelling head (reach beyond hair_from) carries the head and hair as segmented
                 # (models/warp/matte.py) rigidly too, with a soft band as wide as the motion needs beyond them
                 # (long hair outside the ellipse stayed behind, stretched into streaks), and lets its hair go
                 # along the photo's edges (hair cut by the top edge and held there sheared into a step). A short
                 # move renders as before: the ellipse's band is enough, and the background's corners stay still.
-                far = ((reach - cfg.hair_from) / (cfg.hair_full - cfg.hair_from)).clamp(0.0, 1.0)  # (N,)
                 r_now = F.grid_sample(matte.r_map.expand(n, -1, -1, -1), home.unsqueeze(1), mode="bilinear",
                                       padding_mode="border", align_corners=False)[:, 0, 0]  # (N, G*G)
                 band = (1.0 + cfg.head_band_per_shift * reach / rmin).clamp(min=cfg.hair_band_min).unsqueeze(1)
                 hair = head_falloff(cfg, torch.minimum(matte.grid_r, r_now), band) * far[:, None]
                 along = avatar.edge_along + (1.0 - avatar.edge_along) * far[:, None, None]  # (N, 2, G*G)
                 weight = torch.maximum(weight, hair.unsqueeze(1) * torch.minimum(hold, along))
+            else:
+                matte = None
             disp = head * torch.minimum(weight, edge) + tps_eval_at(coef, tgt_ctrl, home) * mask.unsqueeze(1)
-            if matte is not None:
+            if matte is not None and far is not None:
                 plate = plate_weight(cfg, avatar, matte.maps, disp, home) * far[:, None]
         coarse = avatar.grid_norm.T.unsqueeze(0) + disp
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
@@ -370,7 +376,7 @@ class WarpCore(torch.nn.Module):
             avatar.image.expand(n, -1, -1, -1), grid.permute(0, 2, 3, 1), mode="bilinear",
             padding_mode="border", align_corners=False,
         )  # (N, 3, S, S)
-        if plate is not None and avatar.matte is not None and bool(plate.max() > 0.0):
+        if plate is not None and avatar.matte is not None:
             # the band a far-travelling head uncovers shows the photo's background (plate), not stretched hair
             beta = avatar.upsample @ plate.reshape(n, cfg.grid, cfg.grid) @ avatar.upsample_t  # (N, S, S)
             out.lerp_(avatar.matte.plate, beta.unsqueeze(1))

@@ -87,18 +87,21 @@ def head_matte(
     zone = (rz <= 1.0) & (v <= cy + ry)
     feat = _features(np.stack([ndi.gaussian_filter(img[..., c], 1.0) for c in range(3)], -1))
     # background samples: the photo's left, right and top border beyond the head ellipse, less those that look like
-    # the hair band above the forehead (hair reaching the edge; not the face: a wall may be skin-coloured)
+    # the band above the forehead (hair reaching the edge)
     re = np.sqrt(((h - cx) / rx) ** 2 + ((v - cy) / ry) ** 2)
     brow = float(src[17:27, 1].min())
-    ref = (v >= brow - 0.8) & (v <= brow - 0.4) & (np.abs(h - cx) <= 0.6 * rx)
+    # (the band's middle only: beside a short-haired head it reaches a wall, which then counted as hair)
+    ref = (v >= brow - 0.8) & (v <= brow - 0.4) & (np.abs(h - cx) <= 0.35 * rx)
     ring = np.zeros((size, size), bool)
     b = max(2, size // 64)
     ring[:b], ring[:, :b], ring[:, -b:] = True, True, True
     ring &= (re >= 1.0) & (v <= chin)
     rng = np.random.default_rng(0)
-    head_s = torch.from_numpy(feat[ref][rng.permutation(int(ref.sum()))[:1500]])
+    if not ref.any():
+        return None
+    band = torch.from_numpy(feat[ref][rng.permutation(int(ref.sum()))[:1500]])
     bg = torch.from_numpy(feat[ring])
-    bg = bg[torch.cdist(bg, head_s).amin(1) > cfg.hair_colour_distance]
+    bg = bg[torch.cdist(bg, band).amin(1) > cfg.hair_colour_distance]
     if len(bg) < cfg.hair_min_background:
         return None
     bg = bg[torch.from_numpy(rng.permutation(len(bg))[:1500])]
@@ -107,20 +110,27 @@ def head_matte(
     fg = np.zeros((size, size), bool)
     fg[zone] = dist > cfg.hair_colour_distance
     core = np.sqrt(((h - cx) / rx) ** 2 + ((v - cy) / ry) ** 2) <= 0.6  # surely the face
-    fg = ndi.binary_opening(fg, iterations=2) | core
+    # (morphology on an edge-padded copy: hair cut by the photo's edge stays in the matte up to the edge)
+    pad = 4
+    fg = np.pad(fg, pad, mode="edge")
+    fg = ndi.binary_opening(fg, iterations=2) | np.pad(core, pad)
     lab, _ = ndi.label(fg)
-    keep = np.unique(lab[core & (lab > 0)])
-    head = ndi.binary_fill_holes(ndi.binary_closing(np.isin(lab, keep), iterations=3))
-    # the neck below the chin stretches as before when the head moves (the plate has no neck to show there)
+    keep = np.unique(lab[np.pad(core, pad) & (lab > 0)])
+    head = ndi.binary_fill_holes(ndi.binary_closing(np.isin(lab, keep), iterations=3))[pad:-pad, pad:-pad]
+    # the neck below the chin stretches as before when the head moves (the plate has no neck to show there); the
+    # plate's part fades out towards the neck and towards the zone's bottom (no hard edge where it stops)
     neck = (np.abs(h - float(src[0:17, 0].mean())) <= 0.8 * jaw_half) & (v >= chin - 0.1)
-    head_no_neck = head & ~neck
-    soft = ndi.gaussian_filter(head.astype(np.float32), 1.0)
-    soft_nn = ndi.gaussian_filter(head_no_neck.astype(np.float32), 1.0)
+    # soft over about a coarse-grid cell: the per-frame code samples the mattes on the coarse grid and
+    # interpolates bilinearly, which turns a sharp outline into a staircase
+    soft = ndi.gaussian_filter(head.astype(np.float32), size / cfg.grid)
+    fade = (1.0 - ndi.gaussian_filter(neck.astype(np.float32), 0.1 * iod)) * np.clip(
+        (cy + ry - v) / max(cy + ry - chin, 1e-3), 0.0, 1.0)
+    soft_nn = soft * fade
     rmin = min(rx, ry) * iod
     r = 1.0 + ndi.distance_transform_edt(~head).astype(np.float32) / rmin
     # filled from the background only (not from the neck, the shoulders or the clothes below the chin)
     grown = ndi.binary_dilation(head, iterations=2)
-    plate = _fill(img, ~grown & (v <= chin), grown & ~neck)
+    plate = _fill(img, ~grown & (v <= chin), grown & (fade > 0.0))
     r_map = torch.from_numpy(r)[None, None]
     grid_r = torch.nn.functional.grid_sample(r_map, grid_norm[None, None], mode="bilinear", padding_mode="border",
                                              align_corners=False)[0, 0, 0]
