@@ -417,8 +417,9 @@ def quality(args: argparse.Namespace) -> dict:
         # opening with bright pink-beige that the teeth criterion counts as teeth (renderer_mouth_Obama_clip2: no
         # teeth, no cavity); by eye it is worse.
         donor = bank.speakers[bank.donor()]
-        renderer = WarpRenderer(size=256, emap=emap, bank=bank)
-        painted = WarpRenderer(size=256, emap=emap, config=WarpConfig(interior="painted"))
+        matte = not args.no_matte
+        renderer = WarpRenderer(size=256, emap=emap, bank=bank, config=WarpConfig(head_matte=matte))
+        painted = WarpRenderer(size=256, emap=emap, config=WarpConfig(interior="painted", head_matte=matte))
         image = load_image(DATA / "source" / "image" / f"{name}.png")
         # The still is video frame 0, which has no coefficient row (rows start at frame 2, and the first frames
         # can differ: Obama_clip2), and for the feifeili clips it is another shot altogether. By default the
@@ -1127,6 +1128,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the head-motion measures and the blink sheet (the rest of renderer.json is kept)")
     ap.add_argument("--clips", nargs="*", default=None, help="score only these source clips (default: all)")
     ap.add_argument("--no-photos", action="store_true", help="skip the sample-photo mouth sheet")
+    ap.add_argument("--no-matte", action="store_true",
+                    help="quality: the moving head without its head+hair matte (WarpConfig.head_matte=False), the "
+                         "path before it, for an A/B of the place sheets and the uncovered band's streaks")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.head_only:

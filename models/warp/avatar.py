@@ -260,7 +260,8 @@ def prepare_avatar(
         lip_thickness=(src[_IDX["lip_outer"], 1] - src[_IDX["lip_inner"], 1]).abs(),
         chin_drop=float(src[8, 1] - src[57, 1]),
     )
-    avatar.matte = head_matte(cfg, img, src, torch.linalg.inv(A), t, ellipse, iod, grid_norm)
+    if cfg.head_matte:
+        avatar.matte = head_matte(cfg, img, src, torch.linalg.inv(A), t, ellipse, iod, grid_norm)
     mouth_colours(avatar)
     return avatar
 

@@ -74,6 +74,7 @@ class WarpConfig:
     # by these factors, as pixels farther than hair_colour_distance (luma + weighted chroma, 0..255 scale) from
     # every background sample (pixels beyond that zone, above the chin); fewer samples than hair_min_background:
     # no matte (the ellipse alone moves the head)
+    head_matte: bool = True  # False: the ellipse alone moves the head (the behaviour before the matte)
     hair_wide: float = 1.6
     hair_tall: float = 1.2
     hair_colour_distance: float = 25.0
