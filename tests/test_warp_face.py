@@ -522,7 +522,7 @@ def test_a_far_travelling_head_takes_its_hair_and_leaves_no_streaks(far_travel: 
     """Her hair reaches the photo's right edge and her head travels ~55 px left: the hair goes with the head and the
     band it uncovers shows the photo's background (the matte's plate), not her hair stretched into horizontal
     streaks. Streak anisotropy of that band (benchmarks.renderer.band_streaks), rendered / real, on these frames:
-    1.44 with the ellipse alone (WarpConfig.head_matte=False), 0.98 with the matte."""
+    1.44 with the ellipse alone (WarpConfig.head_matte=False), ~0.95 with the matte."""
     from benchmarks.renderer import clip_real, far_band_streaks
 
     rnd, state, exp, pose = far_travel

@@ -41,26 +41,31 @@ def _features(img: np.ndarray) -> np.ndarray:
 
 def _fill(img: np.ndarray, known: np.ndarray, todo: np.ndarray) -> np.ndarray:
     """Fill the ``todo`` pixels of (S, S, 3) ``img`` from the ``known`` ones: normalised Gaussian averages, the
-    finest scale that has support (a push-pull fill; smooth, like an out-of-focus background)."""
-    out = img.copy()
-    fill = todo.copy()
-    todo = todo.copy()
-    w = known.astype(np.float32)
-    for sigma in (2.0, 4.0, 8.0, 16.0, 32.0, 64.0):
-        if not todo.any():
+    finest scale that has support (a push-pull fill; smooth, like an out-of-focus background). Computed at a
+    quarter of the resolution (a smooth fill needs no more; at full resolution it cost ~0.4 s per photo)."""
+    size = img.shape[0]
+    f = max(1, size // 64)
+    n = size // f
+    w = known[: n * f, : n * f].reshape(n, f, n, f).mean((1, 3)).astype(np.float32)  # (n, n) known share
+    small = (img[: n * f, : n * f] * known[: n * f, : n * f, None]).reshape(n, f, n, f, 3).sum((1, 3)) / np.maximum(
+        w[..., None] * f * f, 1e-6)
+    out = small.copy()
+    left = np.ones((n, n), bool)
+    for sigma in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0):
+        if not left.any():
             break
         den = ndi.gaussian_filter(w, sigma)
-        ok = todo & (den > 0.05)
+        ok = left & (den > 0.05)
         if ok.any():
             for c in range(3):
-                num = ndi.gaussian_filter(img[..., c] * w, sigma)
+                num = ndi.gaussian_filter(small[..., c] * w, sigma)
                 out[..., c][ok] = num[ok] / den[ok]
-            todo &= ~ok
-    if todo.any():
-        out[todo] = img[known].mean(0) if known.any() else img.reshape(-1, 3).mean(0)
-    # soften the seams between scales inside the filled area
-    soft = np.stack([ndi.gaussian_filter(out[..., c], 2.0) for c in range(3)], -1)
-    return np.where(fill[..., None], soft, img)
+            left &= ~ok
+    if left.any():
+        out[left] = img[known].mean(0) if known.any() else img.reshape(-1, 3).mean(0)
+    out = np.stack([ndi.gaussian_filter(out[..., c], 0.75) for c in range(3)], -1)  # the seams between scales
+    big = np.stack([ndi.zoom(out[..., c], size / n, order=1, mode="nearest", grid_mode=True) for c in range(3)], -1)
+    return np.where(todo[..., None], big[:size, :size], img)
 
 
 def head_matte(
@@ -104,11 +109,14 @@ def head_matte(
     bg = bg[torch.cdist(bg, band).amin(1) > cfg.hair_colour_distance]
     if len(bg) < cfg.hair_min_background:
         return None
-    bg = bg[torch.from_numpy(rng.permutation(len(bg))[:1500])]
-    q = torch.from_numpy(feat[zone])
-    dist = torch.cdist(q, bg).amin(1).numpy()
-    fg = np.zeros((size, size), bool)
-    fg[zone] = dist > cfg.hair_colour_distance
+    bg = bg[torch.from_numpy(rng.permutation(len(bg))[:600])]
+    # every other pixel each way, then repeated (the matte is softened over a coarse-grid cell anyway): a quarter of
+    # the colour distances (the full set cost ~0.7 s per photo)
+    z2 = zone[::2, ::2]
+    dist = torch.cdist(torch.from_numpy(feat[::2, ::2][z2]), bg).amin(1).numpy()
+    fg2 = np.zeros(z2.shape, bool)
+    fg2[z2] = dist > cfg.hair_colour_distance
+    fg = np.repeat(np.repeat(fg2, 2, 0), 2, 1)[:size, :size] & zone
     core = np.sqrt(((h - cx) / rx) ** 2 + ((v - cy) / ry) ** 2) <= 0.6  # surely the face
     # (morphology on an edge-padded copy: hair cut by the photo's edge stays in the matte up to the edge)
     pad = 4
@@ -136,5 +144,5 @@ def head_matte(
                                              align_corners=False)[0, 0, 0]
     return HeadMatte(
         r_map=r_map, grid_r=grid_r, maps=torch.from_numpy(np.stack([soft_nn, soft]))[None].float(),
-        plate=torch.from_numpy(plate).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last),
+        plate=torch.from_numpy(plate).permute(2, 0, 1)[None].contiguous(),  # (NCHW like grid_sample's output)
     )
