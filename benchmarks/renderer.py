@@ -24,6 +24,8 @@ Face measures (issue 17), on the same self-driven clips but driven with the clip
   (0–255) and the share of bright low-saturation ("teeth") pixels inside the real inner-lip outline (and inside
   the image's own outline), rendered vs real;
 - placement: rendered vs real mouth-centre distance (px, 256²);
+- the band a far-travelling head uncovers (``far_band_streaks``, frames whose real mouth moved > 25 px
+  sideways): streak anisotropy beside the face on the side it left, rendered vs real (stretched hair: > 1);
 - rest and closure (``rest_and_closure``): the built-in avatar driven by every built-in style on the decoder's
   held-out clip (andrew_clip_2's reference labels, 2 s of SIL before and after): dlib inner-lip gap over
   silent runs (≥ 10 SIL frames) minus the photo's own gap; share of P/B/M frames whose gap is within 1 px of
@@ -264,6 +266,38 @@ def face_measures(real: np.ndarray, rend: np.ndarray, static: np.ndarray, l_real
     return res
 
 
+def band_streaks(image: np.ndarray, l_first: np.ndarray, l_now: np.ndarray) -> float:
+    """Streak anisotropy of the band a travelling head uncovers: sqrt(E[∂y²] / E[∂x²]) of the grey image (σ 0.7
+    smoothed, Sobel, structure tensor σ 2) over the columns between the real face's jaw and the photo's edge on the
+    side the head moved away from (``l_now`` the real frame's landmarks, ``l_first`` the first frame's). Horizontal
+    streaks (a stretched band) raise it; compare rendered with real on the same region."""
+    import scipy.ndimage as ndi
+
+    g = ndi.gaussian_filter(image.astype(np.float32).mean(-1), 0.7)
+    jxx = ndi.gaussian_filter(ndi.sobel(g, 1) ** 2, 2.0)
+    jyy = ndi.gaussian_filter(ndi.sobel(g, 0) ** 2, 2.0)
+    if l_now[48:68, 0].mean() < l_first[48:68, 0].mean():  # moved left: the band is on the right
+        cols = slice(min(int(np.ceil(l_now[0:17, 0].max())), image.shape[1] - 4), None)
+    else:
+        cols = slice(0, max(int(np.floor(l_now[0:17, 0].min())), 4))
+    return float(np.sqrt(jyy[:, cols].mean() / max(float(jxx[:, cols].mean()), 1e-6)))
+
+
+def far_band_streaks(real: np.ndarray, posed: np.ndarray, l_real: np.ndarray, travel: float = 25.0
+                     ) -> dict[str, float | int]:
+    """``band_streaks`` on the frames whose real mouth centre travelled more than ``travel`` px sideways from the
+    first frame's: mean rendered, mean real, mean ratio rendered / real (1: as streaky as the real band)."""
+    ok = ~np.isnan(l_real).any((1, 2))
+    c = l_real[:, 48:68].mean(1)
+    far = np.flatnonzero(ok & (np.abs(c[:, 0] - c[0, 0]) > travel))
+    if len(far) == 0 or not ok[0]:
+        return {"band_frames": 0}
+    rend = np.array([band_streaks(posed[i], l_real[0], l_real[i]) for i in far])
+    true = np.array([band_streaks(real[i], l_real[0], l_real[i]) for i in far])
+    return {"band_frames": int(len(far)), "band_streak": float(rend.mean()), "band_streak_real": float(true.mean()),
+            "band_streak_ratio": float((rend / true).mean())}
+
+
 def summarise_interior(rows: np.ndarray, gaps: np.ndarray) -> dict[str, float | int]:
     """Interior figures over the open-mouth frames (top third of the real gap)."""
     open_ = gaps >= np.quantile(gaps, 2 / 3)
@@ -383,8 +417,9 @@ def quality(args: argparse.Namespace) -> dict:
         # opening with bright pink-beige that the teeth criterion counts as teeth (renderer_mouth_Obama_clip2: no
         # teeth, no cavity); by eye it is worse.
         donor = bank.speakers[bank.donor()]
-        renderer = WarpRenderer(size=256, emap=emap, bank=bank)
-        painted = WarpRenderer(size=256, emap=emap, config=WarpConfig(interior="painted"))
+        matte = not args.no_matte
+        renderer = WarpRenderer(size=256, emap=emap, bank=bank, config=WarpConfig(head_matte=matte))
+        painted = WarpRenderer(size=256, emap=emap, config=WarpConfig(interior="painted", head_matte=matte))
         image = load_image(DATA / "source" / "image" / f"{name}.png")
         # The still is video frame 0, which has no coefficient row (rows start at frame 2, and the first frames
         # can differ: Obama_clip2), and for the feifeili clips it is another shot altogether. By default the
@@ -429,6 +464,7 @@ def quality(args: argparse.Namespace) -> dict:
             face_rows.setdefault(key, []).append(fm)
         face = faces["bank"]
         face["donor"] = donor
+        face.update(far_band_streaks(real, posed_by["bank"][0], l_real))
         nose = l_real[~np.isnan(l_real).any((1, 2)), 30]
         face["real_nose_travel_px"] = float(np.linalg.norm(nose - nose.mean(0), axis=-1).max() * 2)
         per_clip[name] = {
@@ -451,6 +487,10 @@ def quality(args: argparse.Namespace) -> dict:
               f"{face['rendered_teeth']:.2f} (own {face['rendered_own_outline_teeth']:.2f}) vs real "
               f"{face['real_teeth']:.2f}  luma {face['rendered_luma_mean']:.0f}±{face['rendered_luma_std']:.0f} vs "
               f"{face['real_luma_mean']:.0f}±{face['real_luma_std']:.0f}", flush=True)
+        if face["band_frames"]:
+            print(f"{'':22s} uncovered band ({face['band_frames']} frames > 25 px travel): streak anisotropy "
+                  f"{face['band_streak']:.2f} vs real {face['band_streak_real']:.2f} (ratio "
+                  f"{face['band_streak_ratio']:.2f})", flush=True)
         if name in args.sheets:
             pb, lb, okb, _ = posed_by["bank"]
             pp, _, okq, _ = posed_by["painted"]
@@ -1088,6 +1128,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the head-motion measures and the blink sheet (the rest of renderer.json is kept)")
     ap.add_argument("--clips", nargs="*", default=None, help="score only these source clips (default: all)")
     ap.add_argument("--no-photos", action="store_true", help="skip the sample-photo mouth sheet")
+    ap.add_argument("--no-matte", action="store_true",
+                    help="quality: the moving head without its head+hair matte (WarpConfig.head_matte=False), the "
+                         "path before it, for an A/B of the place sheets and the uncovered band's streaks")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.head_only:

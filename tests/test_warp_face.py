@@ -518,3 +518,21 @@ def test_a_head_leaving_an_edge_uncovers_the_photos_own_background(far_travel: t
     diff = np.abs(out.astype(np.int16) - marked.astype(np.int16)).mean(-1)
     assert diff[:24, :24].mean() < 1.5 and diff[-24:, :24].mean() < 1.5, (diff[:24, :24].mean(),
                                                                           diff[-24:, :24].mean())
+
+
+def test_a_far_travelling_head_takes_its_hair_and_leaves_no_streaks(far_travel: tuple) -> None:
+    """Her hair reaches the photo's right edge and her head travels ~55 px left: the hair goes with the head and the
+    band it uncovers shows the photo's background (the matte's plate), not her hair stretched into horizontal
+    streaks. Streak anisotropy of that band (benchmarks.renderer.band_streaks), rendered / real, on these frames:
+    1.44 with the ellipse alone (WarpConfig.head_matte=False), ~0.95 with the matte."""
+    from benchmarks.renderer import clip_real, far_band_streaks
+
+    rnd, state, exp, pose = far_travel
+    _, _, rows, real, l_real = clip_real("feifeili_clip2_short", 12)
+    assert state.warp.matte is not None
+    rnd.reset(state)
+    out = np.concatenate([rnd.render(state, exp[rows[i : i + 16]], pose[rows[i : i + 16]])
+                          for i in range(0, len(rows), 16)])
+    band = far_band_streaks(real, out, l_real)
+    assert band["band_frames"] >= 10, band
+    assert band["band_streak_ratio"] < 1.15, band

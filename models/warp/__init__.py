@@ -26,7 +26,7 @@ Pipeline per frame (all batched over N frames, float32, fixed shapes once an ava
 
 Module map: ``landmarks`` (index sets, the fitted map), ``tps`` (geometry and spline maths), ``config``
 (tunables), ``avatar`` (per-photo preparation, lattice resampling), ``eyes`` and ``mouth`` (region models),
-``interior`` (real mouth interiors),
+``interior`` (real mouth interiors), ``matte`` (head-and-hair segmentation and background plate for far travel),
 ``core`` (the per-frame pipeline).
 """
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from models.warp.config import WarpConfig
 from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
+from models.warp.matte import HeadMatte, head_matte
 from models.warp.tps import (
     SplineGrid,
     affine2,
@@ -187,6 +188,8 @@ class WarpAvatar:
     # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
     # dark slit, which the real interior takes over as the mouth opens (models/warp/mouth.py)
     opening_teeth: bool = True
+    # the moving head's head-and-hair segmentation and background plate (models/warp/matte.py); None: the ellipse
+    matte: HeadMatte | None = None
 
 
 def prepare_avatar(
@@ -309,6 +312,8 @@ def prepare_avatar(
             lip_keep=torch.tensor([-1.0] * 3 + [1.0] * 3) * cfg.lip_min_thickness * lip_thickness,
             chin_keep=torch.tensor(0.5 * chin_drop), spline_gap=cfg.tps_lip_min_gap * lip_gap),
     )
+    if cfg.head_matte:
+        avatar.matte = head_matte(cfg, img, src, torch.linalg.inv(A), t, ellipse, iod, grid_norm)
     mouth_colours(avatar, img.permute(2, 0, 1))
     return avatar
 

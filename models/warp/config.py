@@ -70,3 +70,19 @@ class WarpConfig:
     head_band_per_shift: float = 1.6  # ... at least this many times the head motion's reach wide (no fold)
     head_edge_band: float = 0.45  # head motion fades out over this fraction of the half image at the photo's edges
     # it moves along or towards (see edge_room_min); the expression warp is confined by the head mask alone
+    # the moving head's matte (models/warp/matte.py): hair is looked for within the head ellipse widened / heightened
+    # by these factors, as pixels farther than hair_colour_distance (luma + weighted chroma, 0..255 scale) from
+    # every background sample (pixels beyond that zone, above the chin); fewer samples than hair_min_background:
+    # no matte (the ellipse alone moves the head)
+    head_matte: bool = True  # False: the ellipse alone moves the head (the behaviour before the matte)
+    hair_wide: float = 1.6
+    hair_tall: float = 1.2
+    hair_colour_distance: float = 25.0
+    hair_min_background: int = 100
+    hair_from: float = 0.45  # the matte moves the hair (and the plate fills) from this head reach (IOD) on ...
+    hair_full: float = 0.7  # ... fully from this one (a real clip's far travel: 0.8; idle motion: < 0.1)
+    hair_band_min: float = 1.1  # the matte's soft band: at least this many radii (the ellipse's: head_mask_outer)
+    # where the head uncovers a band, a sample lagging behind the rigid head by more than plate_from (IOD) shows
+    # the background plate instead of the head's stretched pixels, fully from plate_full
+    plate_from: float = 0.0
+    plate_full: float = 0.25

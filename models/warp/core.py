@@ -68,6 +68,26 @@ class IndexSets(torch.nn.Module):
         return self._buffers[f"idx_{name}"]  # type: ignore[return-value]
 
 
+def plate_weight(cfg: WarpConfig, avatar: WarpAvatar, maps: torch.Tensor, disp: torch.Tensor, home: torch.Tensor
+                 ) -> torch.Tensor:
+    """Per coarse-grid point (N, G*G), how much of the background plate to show: where the warp samples the head
+    (neck excepted) but the rigidly moved head does not cover the point, the sample is head stretched over the band
+    the head uncovered; lagging the rigid head by more than ``plate_from`` it gives way to the plate (a lag of a
+    few pixels, e.g. an idle head's, keeps the stretch: the plate is a smooth fill, and hair cut off there looks
+    cut). ``disp`` (N, 2, G*G) the coarse displacement, ``home`` (N, G*G, 2) the rigid sources, normalised."""
+    n, k = disp.shape[0], disp.shape[2]
+    src = avatar.grid_norm.unsqueeze(0) + disp.transpose(1, 2)  # (N, G*G, 2)
+    m = F.grid_sample(maps.expand(n, -1, -1, -1), torch.cat([src, home], 1).unsqueeze(1), mode="bilinear",
+                      padding_mode="border", align_corners=False)[:, :, 0]  # (N, 2, 2·G*G)
+    lag = (src - home).norm(dim=-1) * (avatar.size / 2 / avatar.iod_px)  # (N, G*G) IOD
+    ramp = ((lag - cfg.plate_from) / (cfg.plate_full - cfg.plate_from)).clamp(0.0, 1.0)
+    # the rigid head fades out across the photo's edge, over a coarse cell either side (beyond it the head is
+    # unknown and the plate shows; a step there, rotated with the head, became a staircase on the coarse grid)
+    cells = avatar.size / (cfg.grid - 1)
+    inside = ((1.0 - home.abs().amax(-1)) * (avatar.size / 2) / cells + 1.0).clamp(0.0, 2.0) * 0.5
+    return (m[:, 0, :k] - m[:, 1, k:] * inside).clamp_min(0.0) * ramp
+
+
 class WarpCore(torch.nn.Module):
     """Expression-driven warp of prepared avatars. Stateless: the caller owns the reference pose."""
 
@@ -255,6 +275,7 @@ class WarpCore(torch.nn.Module):
         n = exp.shape[0]
         tgt, spline = self.target_local(avatar, exp.float(), blink)
         A, t = avatar.frame_a, avatar.frame_t
+        plate: torch.Tensor | None = None  # (N, G*G) where the background plate replaces stretched head pixels
         if pose is None:
             move = None
         else:  # face frame before head motion → pixels, per frame: lin · f + off
@@ -312,8 +333,26 @@ class WarpCore(torch.nn.Module):
             # the sides) the hold stays: motion along an edge shears the band there, it cannot fold it.
             free = (toward / cfg.edge_release).clamp(max=1.0)
             hold = (avatar.edge_hold + avatar.edge_free * free).unflatten(1, (2, 2)).amin(1)  # (N, 2, G*G)
-            disp = (head * torch.minimum(mask.unsqueeze(1) * torch.minimum(hold, avatar.edge_along), edge)
-                    + tps_eval_at(coef, tgt_ctrl, home) * mask.unsqueeze(1))
+            weight = mask.unsqueeze(1) * torch.minimum(hold, avatar.edge_along)
+            matte = avatar.matte
+            far = None if matte is None else ((reach - cfg.hair_from) / (cfg.hair_full - cfg.hair_from)).clamp(0, 1)
+            if matte is not None and far is not None and (far.is_cuda or bool(far.max() > 0.0)):  # (N,); short: skip
+                # A far-travelling head (reach beyond hair_from) carries the head and hair as segmented
+                # (models/warp/matte.py) rigidly too, with a soft band as wide as the motion needs beyond them
+                # (long hair outside the ellipse stayed behind, stretched into streaks), and lets its hair go
+                # along the photo's edges (hair cut by the top edge and held there sheared into a step). A short
+                # move renders as before: the ellipse's band is enough, and the background's corners stay still.
+                r_now = F.grid_sample(matte.r_map.expand(n, -1, -1, -1), home.unsqueeze(1), mode="bilinear",
+                                      padding_mode="border", align_corners=False)[:, 0, 0]  # (N, G*G)
+                band = (1.0 + cfg.head_band_per_shift * reach / rmin).clamp(min=cfg.hair_band_min).unsqueeze(1)
+                hair = head_falloff(cfg, torch.minimum(matte.grid_r, r_now), band) * far[:, None]
+                along = avatar.edge_along + (1.0 - avatar.edge_along) * far[:, None, None]  # (N, 2, G*G)
+                weight = torch.maximum(weight, hair.unsqueeze(1) * torch.minimum(hold, along))
+            else:
+                matte = None
+            disp = head * torch.minimum(weight, edge) + tps_eval_at(coef, tgt_ctrl, home) * mask.unsqueeze(1)
+            if matte is not None and far is not None:
+                plate = plate_weight(cfg, avatar, matte.maps, disp, home) * far[:, None]
             coarse = avatar.grid_norm_t + disp
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
 
@@ -352,7 +391,11 @@ class WarpCore(torch.nn.Module):
         out = F.grid_sample(
             avatar.image.expand(n, -1, -1, -1), grid.permute(0, 2, 3, 1), mode="bilinear",
             padding_mode="border", align_corners=False,
-        )  # (N, 3, S, S) 0.5..255.5: the photo carries the rounding offset (WarpAvatar.image), and so does the fill
+        )  # (N, 3, S, S) 0.5..255.5: the photo carries the rounding offset (WarpAvatar.image); so do fill, plate
+        if plate is not None and avatar.matte is not None:
+            # the band a far-travelling head uncovers shows the photo's background (plate), not stretched hair
+            beta = avatar.upsample @ plate.reshape(n, cfg.grid, cfg.grid) @ avatar.upsample_t  # (N, S, S)
+            out.lerp_(avatar.matte.plate, beta.unsqueeze(1))
         for fs, y0, x0 in runs:
             patch = out[fs, :, y0:y0 + g.bh, x0:x0 + g.bw]
             # (the fill may leave 0..255; bilinear samples of the photo cannot)
