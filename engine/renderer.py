@@ -170,9 +170,12 @@ class WarpRenderer:
         return self.core.lip_gap_directions().detach().cpu().numpy().astype(np.float32)
 
     def reset(self, state: AvatarState) -> None:
-        """New stream: the next pose becomes the reference for head motion."""
+        """New stream: the next pose becomes the reference for head motion, and the mouth interior is chosen
+        afresh (it holds the last frame's while the mouth shape holds)."""
         if isinstance(state, WarpAvatarState):
             state.pose_ref = None
+            if state.warp is not None:
+                state.warp.forget()
 
     def render(
         self, state: AvatarState, exp: np.ndarray, pose: np.ndarray | None = None, blink: np.ndarray | None = None

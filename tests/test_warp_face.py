@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+import torch
 
 from engine.avatar import builtin_avatar, detect_landmarks
 from engine.config import add_config_arguments, config_from_args
 from engine.motion import HEAD_GAIN, HEAD_STD, IdleMotion
 from engine.renderer import WarpAvatarState, WarpRenderer
 from models.warp import ExpressionMap, MouthBank, WarpConfig
+from models.warp.interior import FEATURE_WEIGHTS, SIGMA, feature_matrix
 
 SIZE = 256
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -107,6 +109,64 @@ def test_interior_is_deterministic_and_does_not_flicker(bank_renderer: WarpRende
     x1, y1 = lmk[48:68].max(0).astype(int) + 1
     diff = np.abs(a[y0:y1, x0:x1].astype(np.int16) - c[y0:y1, x0:x1].astype(np.int16))
     assert diff.mean() < 1.5, diff.mean()
+
+
+def _lips(features: torch.Tensor) -> torch.Tensor:
+    """Face-frame landmarks (N, 68, 2) whose inner-lip shape features (N, 4: three gaps, the width) are these."""
+    face = torch.zeros(len(features), 68, 2)
+    face[:, [67, 66, 65], 1] = features[:, :3]
+    face[:, 64, 0] = features[:, 3]
+    return face
+
+
+def test_a_mouth_shape_that_holds_keeps_its_interior(bank_renderer: WarpRenderer) -> None:
+    """A sub-pixel wobble across the boundary between two exemplars that look different: frames blended each
+    alone swap the interiors every frame (what benchmarks/mouth_temporal.py measured as flicker); in order, with
+    the stream's memory, the first one holds. A clearly different shape still takes its own interior at once, and
+    a new stream (``reset``) starts afresh."""
+    bank = MouthBank.load()
+    inter = bank.for_avatar(bank.donor(), None, torch.tensor([180.0, 140.0, 120.0]))
+    w = torch.tensor(FEATURE_WEIGHTS)
+    shapes = torch.linalg.lstsq(feature_matrix(w), inter.lip_dot / -2.0).solution.T  # (K, 4) weighted
+    dist = torch.cdist(shapes, shapes)
+    look = torch.cdist(inter.patches, inter.patches) / inter.patches.shape[1] ** 0.5  # rms difference, 0..255
+    sigma2 = SIGMA * SIGMA
+    pairs = torch.nonzero((dist > 2.5 * SIGMA) & (dist < 5.0 * SIGMA))
+    pairs = pairs[torch.argsort(look[pairs[:, 0], pairs[:, 1]], descending=True)]
+    for a, b in pairs.tolist():
+        eps = 3.0 * sigma2 / float(dist[a, b]) ** 2  # f_a, f_b: 6σ² apart in d², either side of the midpoint
+        mid, step = (shapes[a] + shapes[b]) / 2, (shapes[a] - shapes[b]) * eps
+        f = torch.stack([mid + step, mid - step]) / w
+        near = torch.cdist(f * w, shapes).argmin(1).tolist()
+        if near == [a, b]:
+            break
+    else:
+        pytest.fail("no pair of neighbouring exemplars with distinct interiors in the bank")
+    assert float(look[a, b]) > 10.0, float(look[a, b])  # the two interiors differ visibly
+    wobble = _lips(f[[0, 1, 0, 1, 0, 1]])
+
+    alone = inter.blend(wobble)[0].flatten(1)
+    swaps = (alone[1:] - alone[:-1]).pow(2).mean(1).sqrt()
+    assert bool((swaps > 0.5 * look[a, b]).all()), swaps
+
+    memory = torch.zeros(1, len(inter.gap))
+    held = torch.cat([inter.blend(wobble[i : i + 1], memory, WarpConfig().interior_hold)[0] for i in range(6)])
+    steps = (held.flatten(1)[1:] - held.flatten(1)[:-1]).pow(2).mean(1).sqrt()
+    assert bool((steps < 0.05 * look[a, b]).all()), steps
+    batch = inter.blend(wobble, torch.zeros(1, len(inter.gap)), WarpConfig().interior_hold)[0]
+    torch.testing.assert_close(batch, held, atol=1e-3, rtol=0)  # a batch is the frames in order
+
+    far = int(torch.argmax(dist[a]))  # a clearly different shape: its own interior, memory or not
+    assert float(dist[a, far]) ** 2 > 4 * WarpConfig().interior_hold * sigma2
+    own = inter.blend(_lips(shapes[far : far + 1] / w))[0]
+    torch.testing.assert_close(inter.blend(_lips(shapes[far : far + 1] / w), memory, 32.0)[0], own)
+
+    state = bank_renderer.prepare(builtin_avatar(SIZE))
+    assert state.warp is not None and state.warp.interior_memory is not None
+    bank_renderer.render(state, np.zeros((1, 64), np.float32))
+    assert bool(state.warp.interior_memory.any())
+    bank_renderer.reset(state)
+    assert not bool(state.warp.interior_memory.any())
 
 
 def test_rest_reproduces_the_photo_and_a_bilabial_closes_the_lips(

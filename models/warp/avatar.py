@@ -185,11 +185,20 @@ class WarpAvatar:
     upper_teeth: float = 0.0  # IOD: how far the photo's upper teeth reach below its upper inner lip (0: not seen)
     skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
     interior: Interior | None = None  # colour-matched real mouth interiors (None: painted)
+    # (1, K) the last rendered frame's weights over the interior's exemplars (Interior.blend): stream state, zeroed
+    # by ``forget``; None without an interior
+    interior_memory: torch.Tensor | None = None
     # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
     # dark slit, which the real interior takes over as the mouth opens (models/warp/mouth.py)
     opening_teeth: bool = True
     # the moving head's head-and-hair segmentation and background plate (models/warp/matte.py); None: the ellipse
     matte: HeadMatte | None = None
+
+    def forget(self) -> None:
+        """A new stream: no previous frame (the interior's choice starts afresh)."""
+        if self.interior_memory is not None:
+            with torch.inference_mode():  # it may have been made in inference mode (an inference tensor)
+                self.interior_memory.zero_()
 
 
 def prepare_avatar(

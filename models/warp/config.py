@@ -52,6 +52,10 @@ class WarpConfig:
     # (split 0.5 → 0.8 and slit release 0.04 → 0.01 chosen leave-one-clip-out on the teeth share of the 8 source
     # clips over a 5-point grid: held-out |error| 0.104 → 0.097; real speakers show their upper teeth down into the
     # opening, and the photo's dark slit hid them: benchmarks/renderer.py, models/assets/mouth_bank.md)
+    # the exemplars shown in the last frame count as this many σ² nearer (× their weight; interior.SIGMA): a mouth
+    # shape that holds keeps its interior instead of swapping teeth for cavity on a sub-pixel change (0: each frame
+    # alone; see benchmarks/mouth_temporal.py)
+    interior_hold: float = 32.0
     donor: str | None = None  # mouth-interior donor speaker of the bank; None: the clearest (MouthBank.donor)
     interior: str = "bank"  # mouth interior: "bank" (real exemplars, assets/mouth_bank.npz) | "painted"
     head_max_rotation: float = math.radians(25.0)  # wide enough for the sample clips' own pose sequences

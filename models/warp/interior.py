@@ -137,15 +137,38 @@ class Interior:
     gain: torch.Tensor  # (3,) colour gain applied
     gap: torch.Tensor  # (K,) each exemplar's mean inner-lip gap (IOD, unweighted)
 
-    def blend(self, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Interior patches (N, 3, PATCH_T, PATCH_S) for the inner lips of target landmarks (N, 68, 2), and the
-        blended exemplars' own mean inner-lip gap (N, 1, 1) in IOD (the physical height the patch rows span)."""
+        blended exemplars' own mean inner-lip gap (N, 1, 1) in IOD (the physical height the patch rows span).
+
+        ``memory`` (1, K): the previous frame's weights over the exemplars (zeros: none), updated in place. With it
+        the frames are blended in order and the exemplars shown last are nearer by ``hold`` × σ² × their weight:
+        a shape that holds within that margin keeps its interior. (Without it the nearest exemplar decides alone,
+        and a sub-pixel change of shape swapped teeth for cavity from one frame to the next:
+        benchmarks/mouth_temporal.py.) A clearly new shape still takes its own exemplars at once, cross-faded
+        over about a frame by the same weights.
+        """
         # squared feature distances |f − s|² less the target's own |f|², which neither the ranking nor the weights
         # (relative to the nearest) depend on: one product (torch.cdist cost ~10× as much)
         d2 = torch.addmm(self.shape_sq, face.reshape(-1, 136), self.lip_dot)  # (N, K)
         k = min(NEAREST, d2.shape[1])
-        near, idx = torch.topk(d2, k, dim=1, largest=False)
-        w = torch.exp((near[:, :1] - near) * (1.0 / (SIGMA * SIGMA)))
-        w = w / w.sum(1, keepdim=True)  # (N, k)
+        if memory is None or hold <= 0.0:
+            w, idx = _weights(d2, k)
+        else:
+            bonus = -hold * SIGMA * SIGMA
+            rows = []
+            for i in range(d2.shape[0]):  # in order: each frame's choice depends on the one before
+                rows.append(_weights(torch.add(d2 if d2.shape[0] == 1 else d2[i : i + 1], memory, alpha=bonus), k))
+                memory.zero_().scatter_(1, rows[-1][1], rows[-1][0])
+            w, idx = rows[0] if len(rows) == 1 else (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]))
         patches = torch.bmm(w.unsqueeze(1), self.patches[idx]).reshape(-1, 3, PATCH_T, PATCH_S)
         return patches, (w * self.gap[idx]).sum(1).reshape(-1, 1, 1)
+
+
+def _weights(d2: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend weights (N, k) and exemplar indices (N, k) of the k nearest by (relative) squared distance d2 (N, K):
+    exp(−(d² − d²_nearest) / σ²), normalised."""
+    near, idx = torch.topk(d2, k, dim=1, largest=False)
+    w = torch.exp((near[:, :1] - near) * (1.0 / (SIGMA * SIGMA)))
+    return w / w.sum(1, keepdim=True), idx
