@@ -55,13 +55,59 @@ def mouth_pixels(image: np.ndarray) -> np.ndarray:
 
 def test_bank_loads_and_leaves_a_speaker_out() -> None:
     bank = MouthBank.load()
-    assert bank.patches.shape[1:] == (3, 20, 40) and len(bank.patches) == len(bank.shape) > 500
+    assert bank.patches.shape[1:] == (4, 20, 40) and len(bank.patches) == len(bank.shape) > 500  # RGB, teeth-likeness
     donor = bank.speakers[bank.donor()]
     held = MouthBank.load(exclude=(donor,))
     assert donor not in {held.speakers[int(i)] for i in held.speaker.unique()}
     assert held.speakers[held.donor()] != donor
     with pytest.raises(KeyError, match="not in the mouth bank"):
         MouthBank.load(exclude=("nobody",))
+
+
+def test_the_banks_teeth_likeness_tells_the_donors_teeth_from_its_lips() -> None:
+    """The bank's fourth channel says which exemplar pixels are teeth (the colour gain and the cavity shade tell them
+    apart): on the clearest donor the rows just below the upper lip (its upper incisors) are teeth in most
+    exemplars; the last rows (its lower lip, bright pale pink in that clip) are not."""
+    bank = MouthBank.load()
+    teeth = bank.patches[bank.speaker == bank.donor(), 3]  # (K, T, S)
+    assert float(teeth.min()) >= 0.0 and float(teeth.max()) <= 1.0
+    upper, lip = float(teeth[:, 3:6, 10:30].mean()), float(teeth[:, -2:, 10:30].mean())
+    assert upper > 0.5 and lip < 0.1, (upper, lip)  # (measured 0.60, 0.03)
+
+
+def test_the_open_mouth_darkens_behind_the_lips_and_the_teeth_stay_bright(samples_dir: Path) -> None:
+    """feifeili_clip1's photo (a dim, closed mouth) opened by its own most open expressions, the interior from the
+    bank without her: against no cavity shade, the tissue a few pixels behind the lips is darker by much more than the
+    tissue at the lips, and the teeth keep their brightness (before it, the donor's lit tongue and lower lip filled
+    the opening with a flat pale lens: benchmarks/results/renderer_mouth_feifeili_clip1.png)."""
+    import scipy.ndimage as ndi
+    from skimage.draw import polygon
+
+    from engine.landmark_fit import read_video_rgb
+
+    exp = scipy.io.loadmat(str(samples_dir / "source" / "3dmm" / "feifeili_clip1.mat"))["coeff"][:, 80:144]
+    exp = exp.astype(np.float32)
+    photo = read_video_rgb(samples_dir / "source" / "video" / "feifeili_clip1.mp4")[2]
+    emap, bank = ExpressionMap.load(heldout_clip="feifeili_clip1"), MouthBank.load(exclude=("feifeili",))
+    w = emap.weights.numpy()
+    frames = exp[np.argsort(-(exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)))[:4]]
+    out = {}
+    for shade in (0.0, WarpConfig().cavity_shade):
+        renderer = WarpRenderer(size=SIZE, emap=emap, bank=bank, config=WarpConfig(cavity_shade=shade))
+        out[shade] = renderer.render(renderer.prepare(photo, exp_ref=exp[0]), frames).astype(np.float64)
+    flat, shaded = out.values()
+    for i in range(len(frames)):
+        lmk = detect_landmarks(shaded[i].astype(np.uint8))
+        inside = np.zeros((SIZE, SIZE), bool)
+        inside[polygon(lmk[60:68, 1], lmk[60:68, 0], inside.shape)] = True
+        depth = ndi.distance_transform_edt(inside)  # px behind the inner-lip outline
+        luma = flat[i] @ LUMA
+        sat = (flat[i].max(-1) - flat[i].min(-1)) / np.maximum(flat[i].max(-1), 1.0)
+        teeth = inside & (luma > 150) & (sat < 0.15)
+        darker = luma - shaded[i] @ LUMA
+        shallow, deep = darker[inside & ~teeth & (depth <= 1.5)].mean(), darker[inside & ~teeth & (depth >= 3)].mean()
+        assert teeth.sum() > 30 and darker[teeth].mean() < 15.0, (i, teeth.sum(), darker[teeth].mean())
+        assert deep > 25.0 and deep > 2.0 * shallow, (i, shallow, deep)
 
 
 def test_the_interior_donor_can_be_chosen(bank_renderer: WarpRenderer) -> None:
