@@ -7,7 +7,8 @@ teeth every frame: switching donors would flicker) and the donor's
 colours are matched *teeth to teeth*: to the photo's own teeth when it shows them, else to the teeth the
 donor's skin-to-teeth ratio predicts for the photo's skin. (Matching to the lips turned teeth mauve.) Only the
 teeth take that gain: each exemplar pixel carries how teeth-like it is (a fourth channel); the rest (tongue, the
-inside of the lips) keeps the donor's colour and is shaded darker with its depth behind the lips. Per frame
+inside of the lips) is dimmed only half as much (never brightened) and shaded darker with its depth behind the
+lips. Per frame
 the k exemplars whose inner-lip shape is nearest to the target's are blended with smooth weights, so a held
 shape gives the same interior (no flicker) and a changing one cross-fades.
 """
@@ -128,12 +129,14 @@ class MouthBank:
         Teeth, with teeth in the photo: the donor's teeth → the photo's teeth (one gain per channel, half the tint).
         Without: a grey gain, the square root of the photo-to-donor skin luminance ratio — lighting shows in the
         skin, but teeth do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin).
-        Each pixel takes that gain by its teeth-likeness; the rest of it (tongue, the inside of the lips: tissue) keeps
-        the donor's colour and is shaded darker with its depth behind the nearer lip, by ``cavity_shade`` from
-        ``cavity_depth`` (IOD) on (``cavity_shade_map``). (With the teeth's gain on everything and no shade, a donor's
-        lit tongue and lower lip filled an open mouth with a flat pale lens, feifeili's most visibly; the tissue
-        matched skin to skin instead darkened the interiors, already darker than the real ones on 5 of the 8 sample
-        clips, further: teeth share |error| 0.100 → 0.118 at shade 0.6, against 0.089 ungained.)
+        Each pixel takes that gain by its teeth-likeness; the rest of it (tongue, the inside of the lips: tissue) the
+        square root of its grey part, at most 1, and is shaded darker with its depth behind the nearer lip, by
+        ``cavity_shade`` from ``cavity_depth`` (IOD) on (``cavity_shade_map``). (With the teeth's gain on everything
+        and no shade, a donor's lit tongue and lower lip filled an open mouth with a flat pale lens, feifeili's most
+        visibly. Tissue matched skin to skin darkened the interiors, already darker than the real ones on 5 of the 8
+        sample clips, further (teeth share |error| 0.118 at shade 0.6); tissue left at the donor's colour (0.089)
+        showed a pale crescent of the donor's lower lip in a dim photo's mouth (renderer_photos.png,
+        feifeili_clip2_short); the square root scores 0.088.)
         """
         # small openings are mostly lip rim in the crops (dlib's inner-lip points sit on the lips): a small
         # target opening takes the smallest open interior instead, squeezed (teeth edges and shade, not pink)
@@ -151,7 +154,8 @@ class MouthBank:
             ratio = float((photo_skin * luma).sum() / (d_skin * luma).sum())
             gain = torch.full((3,), min(max(ratio, 0.0) ** 0.5, 1.2))
         rgb, teeth = self.patches[sel, :3], self.patches[sel, 3:]  # (K, 3, T, S), (K, 1, T, S)
-        per_pixel = 1.0 + teeth * (gain[None, :, None, None] - 1.0)  # (K, 3, T, S)
+        tissue = min(float((gain * luma).sum()), 1.0) ** 0.5  # tissue: dimmed half as much (in log) as the teeth
+        per_pixel = tissue + teeth * (gain[None, :, None, None] - tissue)  # (K, 3, T, S)
         if cavity_shade > 0.0:
             per_pixel = per_pixel * cavity_shade_map(self.shape[sel, :3].mean(1), teeth, cavity_shade, cavity_depth)
         patches = (rgb * per_pixel).clamp(0.0, 255.0)
