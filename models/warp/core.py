@@ -166,7 +166,8 @@ class WarpCore(torch.nn.Module):
             luma = torch.tensor([0.299, 0.587, 0.114])
             bright = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 1.1 * float(avatar.skin_rgb @ luma)
             avatar.interior = self.bank.for_avatar(
-                self.bank.donor(self.config.donor), avatar.teeth_rgb if bright else None, avatar.skin_rgb)
+                self.bank.donor(self.config.donor), avatar.teeth_rgb if bright else None, avatar.skin_rgb,
+                self.config.cavity_shade, self.config.cavity_depth)
             avatar.interior_memory = torch.zeros(1, len(avatar.interior.gap))
             # the photo's opening is teeth (they ride with the upper lip) when about as bright as its skin or more;
             # a darker one is a shaded slit (e.g. 0.6–0.7 of the skin on two sample speakers; their teeth 0.95–1.15)

@@ -5,7 +5,10 @@ interiors cut from the sample videos in *lip-normalised coordinates*: s from the
 right one, t from the upper inner lip to the lower one. Per avatar one donor speaker is chosen (one person's
 teeth every frame: switching donors would flicker) and the donor's
 colours are matched *teeth to teeth*: to the photo's own teeth when it shows them, else to the teeth the
-donor's skin-to-teeth ratio predicts for the photo's skin. (Matching to the lips turned teeth mauve.) Per frame
+donor's skin-to-teeth ratio predicts for the photo's skin. (Matching to the lips turned teeth mauve.) Only the
+teeth take that gain: each exemplar pixel carries how teeth-like it is (a fourth channel); the rest (tongue, the
+inside of the lips) is dimmed only half as much (never brightened) and shaded darker with its depth behind the
+lips. Per frame
 the k exemplars whose inner-lip shape is nearest to the target's are blended with smooth weights, so a held
 shape gives the same interior (no flicker) and a changing one cross-fades.
 """
@@ -27,6 +30,25 @@ SIGMA = 0.006  # IOD: blend weights exp(−d² / σ²) relative to the nearest (
 MIN_EXEMPLAR_GAP = 0.06  # IOD: exemplars with a smaller mean inner-lip gap are not used
 MIN_DONOR = 100  # a donor speaker needs this many exemplars (enough shapes to follow the lips)
 LUMA = (0.299, 0.587, 0.114)
+RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not interior
+# a pixel is teeth-like from TEETH_LUMA[0] to TEETH_LUMA[1] of its speaker's teeth luminance (dim: shade or tissue), and
+# while its saturation (max − min) / max exceeds the teeth's by at most TEETH_SAT[0], not at all beyond TEETH_SAT[1]
+# (a lit pale lower lip or tongue is as bright as teeth, and only ~0.08 more saturated on the clearest donor)
+TEETH_LUMA = (0.45, 0.8)
+TEETH_SAT = (0.03, 0.08)
+
+
+def teeth_likeness(rgb: torch.Tensor, teeth: torch.Tensor) -> torch.Tensor:
+    """How teeth-like (0..1) each pixel of patches (K, 3, T, S) 0..255 is, given its speaker's teeth colour (K, 3):
+    bright and as unsaturated as the teeth → (K, 1, T, S). What the colour gain and the cavity shade tell apart."""
+    luma = torch.einsum("kctq,c->ktq", rgb, torch.tensor(LUMA)).unsqueeze(1)
+    hi, lo = rgb.amax(1, keepdim=True), rgb.amin(1, keepdim=True)
+    sat = (hi - lo) / hi.clamp_min(1.0)
+    t_luma = (teeth @ torch.tensor(LUMA)).clamp_min(1.0)[:, None, None, None]
+    t_sat = ((teeth.amax(1) - teeth.amin(1)) / teeth.amax(1).clamp_min(1.0))[:, None, None, None]
+    bright = ((luma / t_luma - TEETH_LUMA[0]) / (TEETH_LUMA[1] - TEETH_LUMA[0])).clamp(0.0, 1.0)
+    white = ((t_sat + TEETH_SAT[1] - sat) / (TEETH_SAT[1] - TEETH_SAT[0])).clamp(0.0, 1.0)
+    return bright * white
 
 
 def shape_features(face: torch.Tensor) -> torch.Tensor:
@@ -51,7 +73,7 @@ def feature_matrix(weights: torch.Tensor) -> torch.Tensor:
 class MouthBank:
     """The exemplar bank (all speakers, or all but some)."""
 
-    patches: torch.Tensor  # (K, 3, PATCH_T, PATCH_S) float32 0..255
+    patches: torch.Tensor  # (K, 4, PATCH_T, PATCH_S) float32: RGB 0..255, then teeth-likeness 0..1 (teeth_likeness)
     shape: torch.Tensor  # (K, 4) inner-lip features (IOD)
     speaker: torch.Tensor  # (K,) int64 index into ``speakers``
     speakers: tuple[str, ...]
@@ -69,12 +91,17 @@ class MouthBank:
                 raise KeyError(f"speakers {sorted(unknown)} not in the mouth bank (have {list(speakers)})")
             spk = data["speaker"].astype(np.int64)
             keep = ~np.isin(spk, [speakers.index(s) for s in exclude])
+            rgb = torch.from_numpy(data["patches"][keep].astype(np.float32)).permute(0, 3, 1, 2)  # (K, 3, T, S)
+            teeth_rgb = torch.from_numpy(data["teeth_rgb"].astype(np.float32))
+            speaker = torch.from_numpy(spk[keep])
+            # derived from the stored crops and each speaker's teeth colour (not stored: the asset holds the media)
+            teeth = teeth_likeness(rgb, teeth_rgb[speaker])
             return cls(
-                patches=torch.from_numpy(data["patches"][keep].astype(np.float32)).permute(0, 3, 1, 2).contiguous(),
+                patches=torch.cat([rgb, teeth], 1).contiguous(),
                 shape=torch.from_numpy(data["shape"][keep].astype(np.float32)),
-                speaker=torch.from_numpy(spk[keep]),
+                speaker=speaker,
                 speakers=speakers,
-                teeth_rgb=torch.from_numpy(data["teeth_rgb"].astype(np.float32)),
+                teeth_rgb=teeth_rgb,
                 skin_rgb=torch.from_numpy(data["skin_rgb"].astype(np.float32)),
             )
 
@@ -88,19 +115,28 @@ class MouthBank:
         counts = torch.bincount(self.speaker, minlength=len(self.speakers))
         if prefer is not None and prefer in self.speakers and counts[self.speakers.index(prefer)] > 0:
             return self.speakers.index(prefer)
-        luma = torch.einsum("kctq,c->ktq", self.patches, torch.tensor(LUMA))
+        luma = torch.einsum("kctq,c->ktq", self.patches[:, :3], torch.tensor(LUMA))
         centre = luma[:, PATCH_T // 5 : PATCH_T * 4 // 5, PATCH_S // 5 : PATCH_S * 4 // 5].reshape(len(luma), -1)
         contrast = torch.quantile(centre, 0.9, dim=1) - torch.quantile(centre, 0.1, dim=1)  # (K,)
         score = torch.zeros(len(self.speakers)).index_add_(0, self.speaker, contrast) / counts.clamp_min(1)
         eligible = counts >= min(MIN_DONOR, int(counts.max()))
         return int(torch.argmax(torch.where(eligible, score, -1.0)))
 
-    def for_avatar(self, donor: int, photo_teeth: torch.Tensor | None, photo_skin: torch.Tensor) -> Interior:
-        """The donor's exemplars colour-matched to a photo.
+    def for_avatar(self, donor: int, photo_teeth: torch.Tensor | None, photo_skin: torch.Tensor,
+                   cavity_shade: float = 0.0, cavity_depth: float = 0.1) -> Interior:
+        """The donor's exemplars colour-matched to a photo: the teeth to its teeth, the tissue shaded by depth.
 
-        With teeth in the photo: the donor's teeth → the photo's teeth (one gain per channel, half the tint).
+        Teeth, with teeth in the photo: the donor's teeth → the photo's teeth (one gain per channel, half the tint).
         Without: a grey gain, the square root of the photo-to-donor skin luminance ratio — lighting shows in the
         skin, but teeth do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin).
+        Each pixel takes that gain by its teeth-likeness; the rest of it (tongue, the inside of the lips: tissue) the
+        square root of its grey part, at most 1, and is shaded darker with its depth behind the nearer lip, by
+        ``cavity_shade`` from ``cavity_depth`` (IOD) on (``cavity_shade_map``). (With the teeth's gain on everything
+        and no shade, a donor's lit tongue and lower lip filled an open mouth with a flat pale lens, feifeili's most
+        visibly. Tissue matched skin to skin darkened the interiors, already darker than the real ones on 5 of the 8
+        sample clips, further (teeth share |error| 0.118 at shade 0.6); tissue left at the donor's colour (0.089)
+        showed a pale crescent of the donor's lower lip in a dim photo's mouth (renderer_photos.png,
+        feifeili_clip2_short); the square root scores 0.088.)
         """
         # small openings are mostly lip rim in the crops (dlib's inner-lip points sit on the lips): a small
         # target opening takes the smallest open interior instead, squeezed (teeth edges and shade, not pink)
@@ -117,11 +153,32 @@ class MouthBank:
         else:
             ratio = float((photo_skin * luma).sum() / (d_skin * luma).sum())
             gain = torch.full((3,), min(max(ratio, 0.0) ** 0.5, 1.2))
-        patches = (self.patches[sel] * gain[None, :, None, None]).clamp(0.0, 255.0)
+        rgb, teeth = self.patches[sel, :3], self.patches[sel, 3:]  # (K, 3, T, S), (K, 1, T, S)
+        tissue = min(float((gain * luma).sum()), 1.0) ** 0.5  # tissue: dimmed half as much (in log) as the teeth
+        per_pixel = tissue + teeth * (gain[None, :, None, None] - tissue)  # (K, 3, T, S)
+        if cavity_shade > 0.0:
+            per_pixel = per_pixel * cavity_shade_map(self.shape[sel, :3].mean(1), teeth, cavity_shade, cavity_depth)
+        patches = (rgb * per_pixel).clamp(0.0, 255.0)
         shape = self.shape[sel] * torch.tensor(FEATURE_WEIGHTS)  # (K, 4) weighted features
         return Interior(patches=patches.flatten(1), shape_sq=(shape * shape).sum(1),
                         lip_dot=feature_matrix(torch.tensor(FEATURE_WEIGHTS)) @ shape.T * -2.0,
                         donor=self.speakers[donor], gain=gain, gap=self.shape[sel, :3].mean(1))
+
+
+def cavity_shade_map(gap: torch.Tensor, teeth: torch.Tensor, shade: float, depth: float) -> torch.Tensor:
+    """Brightness factor (K, 1, T, S) of exemplars with mean inner-lip gaps ``gap`` (K,) IOD and teeth-likeness
+    ``teeth`` (K, 1, T, S): 1 − shade · min(1, d / depth) · (1 − teeth), d a patch row's distance (IOD) behind the
+    nearer lip (the rows within RIM of either lip are lip: depth 0).
+
+    Why per exemplar row, not per rendered pixel: the renderer maps an exemplar's rows rigidly below the upper lip and
+    above the lower one (mouth.exemplar_fill, interior_jaws), so a row's depth in the exemplar is its depth in the
+    target wherever the two are within an exemplar's reach of a lip (only a target's stretched middle row is
+    deeper); shading the exemplars once per avatar costs the frame nothing.
+    """
+    t = (torch.arange(PATCH_T, dtype=torch.float32) + 0.5) / PATCH_T  # patch row centres, upper → lower lip
+    d = ((torch.minimum(t, 1.0 - t) - RIM).clamp_min(0.0)[None, :] * gap[:, None])  # (K, T) IOD
+    k = (d * (shade / depth)).clamp(max=shade)[:, None, :, None]  # (K, 1, T, 1)
+    return 1.0 - k * (1.0 - teeth)
 
 
 @dataclass(frozen=True)
@@ -134,7 +191,7 @@ class Interior:
     shape_sq: torch.Tensor
     lip_dot: torch.Tensor
     donor: str
-    gain: torch.Tensor  # (3,) colour gain applied
+    gain: torch.Tensor  # (3,) colour gain applied to the teeth (by each pixel's teeth-likeness)
     gap: torch.Tensor  # (K,) each exemplar's mean inner-lip gap (IOD, unweighted)
 
     def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0

@@ -9,12 +9,11 @@ import torch.nn.functional as F
 
 from models.warp.avatar import WarpAvatar, lookup
 from models.warp.config import WarpConfig
+from models.warp.interior import RIM
 from models.warp.tps import interp_curve, ramp01, smoothstep
 
 if TYPE_CHECKING:
     from models.warp.core import IndexSets
-
-RIM = 0.12  # fraction of an exemplar's height at each lip that is lip, not interior
 
 
 def mouth_model(
