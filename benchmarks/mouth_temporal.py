@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", nargs="*", default=None, help="only these source clips (default: all)")
     ap.add_argument("--hold", type=float, default=None,
                     help="WarpConfig.interior_hold (default: the shipped value; 0: each frame alone)")
+    ap.add_argument("--out", default=None,
+                    help="write the results here (default: benchmarks/results/mouth_temporal.json, and only for a "
+                         "full run at the shipped hold)")
     args = ap.parse_args(argv)
     import skimage.io
 
@@ -216,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         skimage.io.imsave(path, np.concatenate(rows, 0), check_contrast=False)
         result["sheet"] = {"clip": worst[1], "start_frame": worst[2], "path": path.name, "rows": ["real", *variants]}
         print(f"wrote {path}: frames {worst[2]}–{worst[2] + 11} of {worst[1]}; rows: real, " + ", ".join(variants))
-    if not args.clips and args.hold is None:
+    if args.out:
+        write_results(Path(args.out), result)
+    elif not args.clips and args.hold is None:
         write_results(RESULTS / "mouth_temporal.json", result)
     return 0
 

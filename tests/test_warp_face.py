@@ -206,7 +206,8 @@ def test_a_mouth_shape_that_holds_keeps_its_interior(bank_renderer: WarpRenderer
     far = int(torch.argmax(dist[a]))  # a clearly different shape: its own interior, memory or not
     assert float(dist[a, far]) ** 2 > 4 * WarpConfig().interior_hold * sigma2
     own = inter.blend(_lips(shapes[far : far + 1] / w))[0]
-    torch.testing.assert_close(inter.blend(_lips(shapes[far : far + 1] / w), memory, 32.0)[0], own)
+    torch.testing.assert_close(inter.blend(_lips(shapes[far : far + 1] / w), memory, WarpConfig().interior_hold)[0],
+                               own)
 
     state = bank_renderer.prepare(builtin_avatar(SIZE))
     assert state.warp is not None and state.warp.interior_memory is not None
