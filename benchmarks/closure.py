@@ -16,7 +16,8 @@ its P/B/M frames (the renderer closes the lips there) are scored:
 - ``ssim_closed``: SSIM of a 64×64 grey mouth crop against a real closed-mouth frame of the same speaker from the
   photo's own video (the frame with the narrowest dlib inner-lip gap, similarity-aligned onto the photo on the
   stable points; each crop centred on its own mouth, the photo's box side), and the static photo's SSIM against
-  it (the baseline: a renderer that does not close the mouth).
+  it (the baseline: a renderer that does not close the mouth); ``ssim_lower`` the same on a crop 1.8× as large
+  reaching down to the chin (a laugh closed by lifting the lower lip alone stretched the chin).
 The lip and skin colours and the darkest lip shade are the photo's own (medians / 5th percentile of its lip body
 and cheeks, from its dlib landmarks), not the renderer's.
 
@@ -58,6 +59,7 @@ PHOTOS = (("builtin", "astronaut"),) + tuple(("source", c) for c in SOURCE_CLIPS
     (g, n) for g, n in SHEET_PHOTOS if g == "style")
 DARK_MARGIN = 15.0  # grey levels below the photo's darkest lip shade (5th percentile) that count as a dark speck
 BRIGHT_MARGIN = 15.0  # ... above its brightest lip shade (95th percentile), unsaturated: a teeth-like speck
+LOWER = 1.8  # the lower-face crop's side, × the mouth box's
 VIDEO_SCAN = 600  # video frames searched for the real closed mouth (every 3rd)
 
 
@@ -198,13 +200,18 @@ def score(config: WarpConfig | None = None, photos: tuple[tuple[str, str], ...] 
             res["ssim_closed"] = float(np.mean([ssim_psnr(crop_grey(f, mouth_box(m)[0], side), ref)[0]
                                                 for f, m in zip(frames, tgt, strict=True)]))
             res["ssim_static"] = ssim_psnr(crop_grey(st.image, mouth_box(st.landmarks)[0], side), ref)[0]
+            # the lower face (mouth to chin: a closed laugh's chin): a crop 1.8× as large, centred 0.3 of it lower
+            low = np.array([0.0, 0.3 * LOWER * side])
+            ref = crop_grey(img, mouth_box(marks)[0] + low, LOWER * side)
+            res["ssim_lower"] = float(np.mean([ssim_psnr(crop_grey(f, mouth_box(m)[0] + low, LOWER * side), ref)[0]
+                                               for f, m in zip(frames, tgt, strict=True)]))
             res["real_frame"] = idx
         out[name] = res
     return out
 
 
 def summary(rows: dict[str, dict[str, float]]) -> dict[str, float]:
-    keys = ("specks", "dark", "bright", "seam_rough", "lip_share", "ssim_closed")
+    keys = ("specks", "dark", "bright", "seam_rough", "lip_share", "ssim_closed", "ssim_lower")
     return {k: float(np.mean([r[k] for r in rows.values() if k in r])) for k in keys}
 
 
