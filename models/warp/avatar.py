@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.warp.closure import lip_edges
 from models.warp.config import WarpConfig
 from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
@@ -135,7 +136,8 @@ class WarpAvatar:
     eyes: tuple[Region, Region]  # equal lattice sizes (both eyes run as one batch)
     mouth: Region
     # source curves (_LUT_CURVES) sampled at L points along h, as one-row images for ``lookup``: the eyes'
-    # (2, 2, 1, L: eye e's upper and lower lid) and the mouth's (1, 3, 1, L: inner lips, lower outer lip)
+    # (2, 2, 1, L: eye e's upper and lower lid) and the mouth's (1, 5, 1, L: inner lips, lower outer lip, and how
+    # far outside the upper / lower inner lip the lip itself begins: closure.lip_edges)
     eye_lut: torch.Tensor
     mouth_lut: torch.Tensor
     # a normalised image point q → (u, v): u its face-frame h as a position in the lookup tables (grid_sample's
@@ -181,6 +183,9 @@ class WarpAvatar:
     teeth_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # 0..255
     cavity_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
     lip_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # lip body median
+    # closed lips' seam (mouth.py): the lip colour and its shaded middle (× seam_shade), (1, 3, 1, 1) each
+    seam_lip: torch.Tensor = field(default_factory=lambda: torch.zeros(1, 3, 1, 1))
+    seam_dark: torch.Tensor = field(default_factory=lambda: torch.zeros(1, 3, 1, 1))
     photo_teeth: bool = False
     upper_teeth: float = 0.0  # IOD: how far the photo's upper teeth reach below its upper inner lip (0: not seen)
     skin_rgb: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # cheeks / nose bridge median
@@ -324,6 +329,16 @@ def prepare_avatar(
     if cfg.head_matte:
         avatar.matte = head_matte(cfg, img, src, torch.linalg.inv(A), t, ellipse, iod, grid_norm)
     mouth_colours(avatar, img.permute(2, 0, 1))
+    # where the lips really begin outside the inner-lip curves (closed lips are drawn from there): two more
+    # mouth-table rows, looked up with the others at no extra cost per frame (models/warp/closure.py)
+    reach, seam = torch.full((2, hs.shape[0]), cfg.lip_close_inset), avatar.lip_rgb
+    if cfg.lip_edges:
+        reach, seam = lip_edges(size, img.permute(2, 0, 1), A, t, hs, lut[4], lut[5], avatar.lip_rgb,
+                                avatar.teeth_rgb if avatar.photo_teeth else None, cfg.lip_close_inset, 0.5 / iod,
+                                (float(src[60, 0]), float(src[64, 0])))
+    avatar.mouth_lut = torch.cat([lut[4:], reach]).reshape(1, 5, 1, -1)
+    avatar.seam_lip = seam.reshape(1, 3, 1, 1).clone()
+    avatar.seam_dark = avatar.seam_lip * cfg.seam_shade
     return avatar
 
 def _head_ellipse(cfg: WarpConfig, src: torch.Tensor) -> tuple[float, float, float, float]:

@@ -36,9 +36,14 @@ class WarpConfig:
     ramp: float = 0.03  # soft horizontal edge of the eye model at the eye corners
     eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there
-    lip_close_inset: float = 0.04  # closed lips are drawn from this far outside dlib's inner-lip points
+    lip_close_inset: float = 0.04  # closed lips are drawn from at most this far outside dlib's inner-lip points ...
+    # ... from where the photo's lips begin in each column (models/warp/closure.py; False: from lip_close_inset
+    # everywhere, the behaviour before, which skipped most of a smiling photo's ~3-px lips)
+    lip_edges: bool = True
     lip_touch: float = 0.02  # an inner-lip gap narrower than this (about 1.5 px at 256²) shows no interior
-    seam_alpha: float = 0.9  # ... and the seam where they meet is painted in the lip's colour × seam_shade
+    # ... and the seam where they meet is painted (opaque: a pixel let through there is teeth or cavity), shaded
+    # from the colour the photo's lips have at their edges (closure.lip_edges) × seam_shade in its middle
+    seam_alpha: float = 1.0
     seam_shade: float = 0.75
     close_reach: float = 0.6  # closing the photo's opening, the upper lip rides rigidly this share of it further up
     lip_edge_inset: float = 0.015  # the lower lip's edge lies this much below dlib's inner-lip points

@@ -44,7 +44,7 @@ def mouth_model(
     curves = interp_curve(knots[..., 0], knots[..., 1], h_t.expand(n, 4, -1))  # (N, 4, Qh)
     ut, lt, lp, outer = curves.unsqueeze(2).unbind(1)  # (N, 1, Qh)
     ot = torch.maximum(outer, lp + 1e-3)
-    us, ls, os_ = lookup(avatar.mouth_lut, uv).unbind(1)
+    us, ls, os_, edge_up, edge_lo = lookup(avatar.mouth_lut, uv).unbind(1)  # edges: closure.lip_edges
 
     a, b = v_t - ut, lt - v_t
     gt, gs = lt - ut, (ls - us).clamp_min(0.0)
@@ -66,11 +66,12 @@ def mouth_model(
     # lower (else a rim of teeth rides along the moving lip); phased in as the mouth opens beyond the photo's
     inset = cfg.lip_edge_inset
     ls_lip = torch.where(gs > 2 * inset, ls + (gt - gs).clamp(0.0, inset), ls)
-    # closing below the photo's opening: the lips' true edges lie a little outside dlib's inner points (which
-    # sit on the teeth in a smile), so the meeting lips are drawn from there (else a line of teeth stays)
+    # closing below the photo's opening: the lips' true edges may lie a little outside dlib's inner points (which
+    # sit on the teeth in a smile), so the meeting lips are drawn from there (else a line of teeth stays); where
+    # they begin is measured per column in the photo (a fixed inset skipped thin lips: a scar)
     shut = ((gs - gt) / gs.clamp_min(1e-6)).clamp(0.0, 1.0)  # how much of the photo's opening is closed
-    closing = shut * cfg.lip_close_inset
-    ls_lip = ls_lip + closing
+    closing_up, closing_lo = shut * edge_up, shut * edge_lo
+    ls_lip = ls_lip + closing_lo
     lip_body = ls_lip + (v_t - lt) * (os_ - ls_lip) / (ot - lt).clamp_min(1e-6)
     # under the painted area, nearer the lower lip, show the lower jaw's edge (or the lip): the antialiased
     # border then blends cavity with what borders it
@@ -80,7 +81,7 @@ def mouth_model(
     # a column whose lips (nearly) touch shows no interior: its sub-pixel gap sampled the photo's teeth rows (bright
     # specks along closed lips); it is lip meeting lip, each from its edge
     touch = (gt < cfg.lip_touch) & (gt < 0.5 * gs)  # (closed to under half the photo's gap there)
-    interior = torch.where(touch, torch.where(a < 0.5 * gt, us - closing, ls_lip), interior)
+    interior = torch.where(touch, torch.where(a < 0.5 * gt, us - closing_up, ls_lip), interior)
     want = torch.where(v_t < lt, interior, lip_body)
     # Just above the upper lip's edge the upper lip rides rigidly (the smooth spline, compressing the photo's
     # opening between lips kept apart, pulls teeth rows up into view: a closed mouth kept a strip of teeth).
@@ -90,7 +91,7 @@ def mouth_model(
     m = cfg.mouth_margin
     m_top = m + cfg.close_reach * shut * gs
     top_fade = ramp01((a + m_top) / m_top)
-    lip_edge = us - closing * top_fade
+    lip_edge = us - closing_up * top_fade
     want = torch.where(a < 0, lip_edge + a, want)
     # the correction replaces the spline's actual sampling position inside the band, faded to zero over a
     # margin at its top, bottom and corners (continuous: no seams, no torn corners)
@@ -105,15 +106,20 @@ def mouth_model(
     alpha = ramp01(torch.minimum(edge, side) / px)
     # Where the lips touch, the sampling position jumps from the upper lip's edge to the lower lip's across the
     # photo's opening, and a pixel on the seam (its position interpolated) sampled teeth or cavity in between:
-    # jagged specks along closed lips. The seam is painted instead: the shaded line where real lips meet.
-    seam = ramp01(1.0 - (a - 0.5 * gt).abs() / px) * ramp01(side / px) * touch
+    # jagged specks along closed lips. The seam is painted instead: the shaded line where real lips meet. Painted
+    # fully over the lattice points either side of the jump (a pixel between them interpolates across it: painted
+    # over one step and faded, half of such a pixel was teeth or cavity, a dotted white and black line), then
+    # faded out over a further step, lighter away from its middle: lip colour shading into the seam.
+    dist = (a - 0.5 * gt).abs() / px  # (N, Qv, Qh) lattice steps from the seam
+    seam = ramp01(2.0 - dist) * ramp01(side / px) * touch
     alpha = torch.where(touch, seam * cfg.seam_alpha, alpha)
+    shade = torch.lerp(avatar.seam_dark, avatar.seam_lip, ramp01(dist).unsqueeze(1))
 
     if avatar.interior is not None:
         fill = exemplar_fill(cfg, avatar, tgt, a, b, gt, h0, h1, h_t)
     else:
         fill = painted_fill(cfg, avatar, a, b, gt, h0, h1, h_t)
-    fill = torch.where(touch.unsqueeze(1), avatar.lip_rgb[None, :, None, None] * cfg.seam_shade, fill)
+    fill = torch.where(touch.unsqueeze(1), shade, fill)
     return torch.cat([dv.unsqueeze(1), alpha.unsqueeze(1), fill], 1)
 
 
