@@ -1067,15 +1067,16 @@ def feature_sheet(exp_open: np.ndarray) -> Path:
 BLINK_AVATARS = ("astronaut", "Obama_clip1", "KristiNoem")
 
 
-def blink_strips() -> list[np.ndarray]:
+def blink_strips(config: WarpConfig | None = None) -> list[np.ndarray]:
     """Per avatar (the built-in one and two sample clips' frame 2), the 7 frames of an idle blink
-    (engine.motion's closure profile), cropped to both eyes and enlarged 3×: one strip each."""
+    (engine.motion's closure profile), cropped to both eyes and enlarged 3×: one strip each (``config``: the
+    renderer's, default if None)."""
     from skimage.transform import resize
 
     from engine.motion import IdleMotion
 
     closure = IdleMotion(seed=0).blink_amounts(np.arange(30, 37))  # the first blink starts at frame 30
-    r = WarpRenderer(size=256)
+    r = WarpRenderer(size=256, config=config)
     strips = []
     for name in BLINK_AVATARS:
         img = builtin_avatar(256) if name == "astronaut" else \

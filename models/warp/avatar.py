@@ -18,6 +18,7 @@ from models.warp.closure import lip_edges
 from models.warp.config import WarpConfig
 from models.warp.interior import Interior
 from models.warp.landmarks import _IDX, _LUT_CURVES, BROWS, EYE_LO, EYE_UP
+from models.warp.lidfill import lid_fill
 from models.warp.matte import HeadMatte, head_matte
 from models.warp.tps import (
     SplineGrid,
@@ -198,6 +199,9 @@ class WarpAvatar:
     opening_teeth: bool = True
     # the moving head's head-and-hair segmentation and background plate (models/warp/matte.py); None: the ellipse
     matte: HeadMatte | None = None
+    # (2, 3, S, S) the closing lids' colour as a change to the photo, zero outside the lid-skin bands
+    # (models/warp/lidfill.py), once per eye; None: the stretched band alone (cfg.lid_fill off)
+    lid_fill: torch.Tensor | None = None
 
     def forget(self) -> None:
         """A new stream: no previous frame (the interior's choice starts afresh)."""
@@ -328,6 +332,9 @@ def prepare_avatar(
     )
     if cfg.head_matte:
         avatar.matte = head_matte(cfg, img, src, torch.linalg.inv(A), t, ellipse, iod, grid_norm)
+    if cfg.lid_fill:  # (one per eye box of a streamed frame: expanded, not copied)
+        avatar.lid_fill = lid_fill(cfg, img, src, A, t).contiguous(memory_format=torch.channels_last).expand(
+            2, -1, -1, -1)
     mouth_colours(avatar, img.permute(2, 0, 1))
     # where the lips really begin outside the inner-lip curves (closed lips are drawn from there): two more
     # mouth-table rows, looked up with the others at no extra cost per frame (models/warp/closure.py)

@@ -34,6 +34,15 @@ class WarpConfig:
     under_eye_band: float = 0.07  # skin below the lower lid that follows the lower lid
     lid_overlap: float = 0.02  # a closed lid reaches this far below dlib's lower-lid points (covers the rim)
     ramp: float = 0.03  # soft horizontal edge of the eye model at the eye corners
+    # the closing lid's colour (models/warp/lidfill.py), added in proportion to how far the eye has closed (False:
+    # the stretched band alone): the median of rows this far above the lash margin (IOD), smoothed along the lid
+    # with σ lid_fill_blur; it takes over from the photo over this share of the band from A down (1: all of it,
+    # a soft top edge). rows and from chosen leave-one-clip-out on benchmarks/lids.py (eye SSIM against the clips'
+    # real blinks); blur not tuned
+    lid_fill: bool = True
+    lid_fill_rows: tuple[float, ...] = (0.005, 0.015, 0.025)
+    lid_fill_blur: float = 0.04
+    lid_fill_from: float = 1.0
     eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there
     lip_close_inset: float = 0.04  # closed lips are drawn from at most this far outside dlib's inner-lip points ...

@@ -366,15 +366,16 @@ class WarpCore(torch.nn.Module):
         e, m = avatar.eyes[0], avatar.mouth
         pe = 2 * e.pts.shape[0]
         eyes_move = tgt.is_cuda or float((tgt - spline)[:, self._ix("lids_up"), 1].abs().max()) > cfg.eye_skip
-        eye_dv = None
+        eye_dv = shut = None
         if eyes_move:
             uv_eyes = uv[:, :pe].reshape(n, 2, e.v.shape[0], e.h.shape[0], 2)
-            eye_dv = eye_model(cfg, avatar, tgt, spline, uv_eyes, self.ix)  # (N, 2, Qv, Qh)
+            eye_dv, shut = eye_model(cfg, avatar, tgt, spline, uv_eyes, self.ix)  # (N, 2, Qv, Qh), (2N, 1, 1, 1)
         mouth_fields = mouth_model(cfg, avatar, tgt, spline, uv[:, pe:].reshape(n, m.v.shape[0], m.h.shape[0], 2),
                                    self.ix)  # (N, 5, Qv, Qh)
 
         # ---- full-resolution sampling grid, corrected inside the region boxes (along the face's v axis)
         grid = avatar.upsample @ coarse @ avatar.upsample_t  # (N, 2, S, S) bilinear upsampling
+        lids = []  # per eye box run, eye-major: its frames, origin and grid (the lids' colour is added once sampled)
         if eye_dv is not None:  # both eyes in one resampling: (2N, 1, Qv, Qh), eye-major
             g = avatar.eye_boxes
             origins, values = to_box(avatar, g, eye_dv.transpose(0, 1).reshape(2 * n, 1, *eye_dv.shape[2:]), move)
@@ -382,7 +383,9 @@ class WarpCore(torch.nn.Module):
             for i, per_frame in enumerate(origins):
                 eye = values[i * n:(i + 1) * n]
                 for fs, y0, x0 in box_runs(per_frame):
-                    grid[fs, :, y0:y0 + g.bh, x0:x0 + g.bw].addcmul_(avatar.v_axis, eye[fs])
+                    box = grid[fs, :, y0:y0 + g.bh, x0:x0 + g.bw]
+                    box.addcmul_(avatar.v_axis, eye[fs])
+                    lids.append((fs, y0, x0, box))
         g = avatar.mouth_box
         (mouth_at,), values = to_box(avatar, g, mouth_fields, move)
         runs = box_runs(mouth_at)
@@ -398,6 +401,16 @@ class WarpCore(torch.nn.Module):
             # the band a far-travelling head uncovers shows the photo's background (plate), not stretched hair
             beta = avatar.upsample @ plate.reshape(n, cfg.grid, cfg.grid) @ avatar.upsample_t  # (N, S, S)
             out.lerp_(avatar.matte.plate, beta.unsqueeze(1))
+        if shut is not None and avatar.lid_fill is not None:
+            # closing lids take the mobile lid's colour (models/warp/lidfill.py) in proportion to how far each eye
+            # has closed: the change sampled through the eye boxes' grid (both eyes at once), (2N, 3, bh, bw)
+            gb = avatar.eye_boxes
+            boxes = torch.cat([box for *_, box in lids])
+            lid = avatar.lid_fill if n == 1 else avatar.lid_fill[:1].expand(2 * n, -1, -1, -1)
+            fill = F.grid_sample(lid, boxes.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+                                 align_corners=False).mul_(shut)
+            for (fs, y0, x0, _), part in zip(lids, fill.split([box.shape[0] for *_, box in lids]), strict=True):
+                out[fs, :, y0:y0 + gb.bh, x0:x0 + gb.bw].add_(part)
         for fs, y0, x0 in runs:
             patch = out[fs, :, y0:y0 + g.bh, x0:x0 + g.bw]
             # (the fill may leave 0..255; bilinear samples of the photo cannot)

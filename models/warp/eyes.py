@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 def eye_model(
     cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, spline: torch.Tensor, uv: torch.Tensor, ix: IndexSets,
-) -> torch.Tensor:
-    """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh), and per eye how far
+    it has closed → (2N, 1, 1, 1), eye-major: the largest share of the photo's lid gap closed over its lattice (0
+    for an eye as open as the photo's, 1 shut), how much of the closing lid's colour to add
+    (``avatar.lid_fill``, models/warp/lidfill.py).
 
     ``uv`` (N, 2, Qv, Qh, 2): where the spline samples the photo at each lattice point (``lattice_sources``).
 
@@ -61,7 +64,8 @@ def eye_model(
     # in target and source alike (the under-eye skin keeps its place); an eye as open as the photo's is untouched.
     gs = (ls - us).clamp_min(0.0)
     gt = lt - ut  # (cover moves both ends: the gap is unchanged)
-    cover = cfg.lid_overlap * ((gs - gt) / gs.clamp_min(0.02)).clamp(0.0, 1.0)  # 0 where gs = 0 (corners)
+    closed = ((gs - gt) / gs.clamp_min(0.02)).clamp(0.0, 1.0)  # 0 where gs = 0 (corners)
+    cover = cfg.lid_overlap * closed
     ut_c, lt_c, ls_c = ut + cover, lt + cover, ls + cover
     # [A, top] → [A, us] for the target lid (ut_c) and the spline's (up_) in one pass: the lash margin rigid, the
     # skin [A, top − lash] ← [A, us − lash] by s(x) = c·x + (Y − c·X)·(x/X)², most of the stretch next to the
@@ -84,5 +88,6 @@ def eye_model(
     r = cfg.ramp
     c0, c1 = ends[..., 0].unbind(2)  # (N, 2, 1, 1) target eye corners (h)
     w = smoothstep(torch.minimum(h_t - c0, c1 - h_t) / r + 1.0)
-    return torch.where((u > a) & (u < z), w * (want - model), 0.0)
+    shut = closed.transpose(0, 1).reshape(2 * n, 1, 1, -1).amax(-1, keepdim=True)  # (2N, 1, 1, 1)
+    return torch.where((u > a) & (u < z), w * (want - model), 0.0), shut
 

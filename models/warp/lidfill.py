@@ -1,0 +1,62 @@
+"""The closing eyelid's colour (issue 17): a closed lid is the mobile lid unfolded, not the lid band stretched."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.warp.config import WarpConfig
+from models.warp.landmarks import EYE_UP
+from models.warp.tps import cubic_curve, smoothstep
+
+
+def lid_fill(cfg: WarpConfig, image: torch.Tensor, src: torch.Tensor, A: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The closing lid's colour, as a change to the photo (1, 3, S, S): zero outside the lids' skin bands.
+
+    A closing lid is the photo's lid-skin band stretched down (``eye_model``). Where that band is not plain skin
+    (eye make-up: a dark crease, a bright highlight under the brow) the stretch smears it into a V; a real closed lid
+    is the mobile lid unfolded: smooth, the colour of the skin just above the lash line. So per eye the band
+    [A, U − lash] of the photo is given that colour: sampled just above the lash margin, smoothed along the lid
+    (σ = ``lid_fill_blur``); it takes over from the photo below A + ``lid_fill_from``·(band) (the crease near A
+    stays) and gives way to the photo across the lash margin's top (the lash line stays). The renderer adds this
+    change in proportion to how far each column has closed (``eye_model``'s second field), so an open eye, and the
+    photo, are untouched. ``image`` (S, S, 3) 0–255, ``src`` (68, 2) face frame, pixel p = A f + t.
+    """
+    size = image.shape[0]
+    img = image.permute(2, 0, 1).unsqueeze(0)  # (1, 3, S, S)
+    a_inv = torch.linalg.inv(A)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    face = (torch.stack([xx, yy], -1).reshape(-1, 2) - t) @ a_inv.T  # (S², 2) face frame
+    hp, vp = face[:, 0], face[:, 1]
+    delta = torch.zeros(3, size * size)
+    for up in EYE_UP:
+        kx, ky = src[list(up), 0], src[list(up), 1]
+        h0, h1 = float(kx[0]), float(kx[3])
+        # the lid colour along h: rows just above the lash margin, averaged, then smoothed along the lid
+        hs = torch.arange(h0 - 3 * cfg.lid_fill_blur, h1 + 3 * cfg.lid_fill_blur, 0.005)  # (L,)
+        u_s = cubic_curve(kx, ky, hs)
+        rows = [u_s - cfg.lash_band - d for d in cfg.lid_fill_rows]
+        pts = torch.stack([torch.stack([hs, r], -1) for r in rows])  # (R, L, 2) face frame
+        q = ((pts @ A.T + t) + 0.5) * (2.0 / size) - 1.0  # grid_sample's normalised coordinates
+        colour = F.grid_sample(img, q.unsqueeze(0), mode="bilinear", padding_mode="border",
+                               align_corners=False)[0].median(1).values  # (3, L): a dark crease line is outvoted
+        k = torch.arange(-3 * cfg.lid_fill_blur, 3 * cfg.lid_fill_blur + 1e-6, 0.005)
+        kern = torch.exp(-0.5 * (k / cfg.lid_fill_blur) ** 2)
+        pad = (len(k) - 1) // 2
+        num = F.conv1d(F.pad(colour.unsqueeze(1), (pad, pad), mode="replicate"), kern.reshape(1, 1, -1))[:, 0]
+        colour = num / kern.sum()  # (3, L)
+        # each pixel's column and weight: inside the eye's corners (the ramp beyond them, as eye_model's), and
+        # from A + lid_fill_from·(band) down to the lash margin
+        near = (hp > h0 - cfg.ramp) & (hp < h1 + cfg.ramp)
+        u_p = cubic_curve(kx, ky, hp.clamp(h0, h1))
+        a, m = u_p - cfg.lid_band, u_p - cfg.lash_band
+        start = a + max(cfg.lid_fill_from, 0.05) * (m - a)
+        wv = smoothstep((vp - a) / (start - a)) * smoothstep((m + 0.005 - vp) / 0.01)
+        wh = smoothstep(torch.minimum(hp - h0, h1 - hp) / cfg.ramp + 1.0)
+        wgt = torch.where(near & (vp > a) & (vp < m + 0.005), wv * wh, 0.0)
+        pos = ((hp - float(hs[0])) / 0.005).clamp(0, len(hs) - 1)
+        i0 = pos.floor().long().clamp_max(len(hs) - 2)
+        fr = pos - i0
+        col = colour[:, i0] * (1 - fr) + colour[:, i0 + 1] * fr  # (3, S²)
+        delta += wgt * (col - img[0].reshape(3, -1))
+    return delta.reshape(1, 3, size, size)
