@@ -166,7 +166,45 @@ def score_clip(name: str, cfg: WarpConfig | None = None, frames: list[int] | Non
     mean = {k: float(np.mean([x[k] for x in rows])) for k in rows[0] if k not in ("frame", "eye")}
     mean["grad_ratio"] = mean["grad_rend"] / mean["grad_real"]
     mean["std_ratio"] = mean["std_rend"] / mean["std_real"]
+    if frames is None:
+        mean.update(half_closed(r, st, video, lmk, idx))
     return {"clip": name, "blinks": len(idx), "frames": [f + SOURCE_OFFSET for f in idx], **mean, "rows": rows}
+
+
+HALF = (0.6, 0.85)  # a half-closed frame: aperture in this share of the clip's median, within HALF_REACH of a blink
+HALF_REACH = 3
+
+
+def half_closed(r: WarpRenderer, st, video, lmk: np.ndarray, idx: list[int]) -> dict:  # type: ignore[no-untyped-def]
+    """Lids on their way: the real frames near a blink whose aperture is HALF of the clip's median, against the
+    photo rendered at the blink amount that closes the same share of the way from open (1) to what dlib reads on
+    the clip's shut eyes (its blink frames' median share; dlib never reads a shut lid as 0). Mean eye SSIM, and the
+    lid's gradient energy and luminance spread rendered / real."""
+    from skimage.metrics import structural_similarity
+
+    ap = aperture(lmk)
+    share = ap / np.nanmedian(ap)
+    half = sorted({g for f in idx for g in range(f - HALF_REACH, f + HALF_REACH + 1)
+                   if 0 < g < len(share) and HALF[0] <= share[g] < HALF[1]})
+    if not half:
+        return {}
+    shut = float(np.median(share[idx]))  # what dlib reads on this clip's shut eyes (never 0)
+    amounts = np.clip((1.0 - share[half]) / (1.0 - shut), 0.0, 1.0)
+    rend = r.render(st, np.zeros((len(half), 64), np.float32), None, blink=amounts.astype(np.float32))
+    ref = st.landmarks
+    ss, gr, gn, sr, sn = [], [], [], [], []
+    for f, im in zip(half, rend, strict=True):
+        g_real, g_rend = warp_onto(video[f], lmk[f], ref), im.astype(np.float32) @ LUMA
+        for eye in EYES:
+            cr, cn = eye_crop(g_real, ref, eye), eye_crop(g_rend, ref, eye)
+            ss.append(structural_similarity(cn, cr, data_range=255.0))
+            (a, b), (c, d) = smear(cr, lid_mask(ref, eye, cr)), smear(cn, lid_mask(ref, eye, cn))
+            gr.append(a)
+            sr.append(b)
+            gn.append(c)
+            sn.append(d)
+    return {"half_frames": len(half), "half_amount": float(np.mean(amounts)), "half_ssim": float(np.mean(ss)),
+            "half_grad_ratio": float(np.mean(gn) / np.mean(gr)), "half_std_ratio": float(np.mean(sn) / np.mean(sr))}
 
 
 def clips_with_blinks() -> list[str]:
@@ -209,7 +247,8 @@ ROWS = {"low": (0.005, 0.015, 0.025), "band": tuple(np.round(np.arange(0.005, 0.
         "high": tuple(np.round(np.arange(0.03, 0.085, 0.0075), 4).tolist())}
 
 
-FIGURES = ("ssim", "grad_rend", "grad_real", "grad_ratio", "std_rend", "std_real", "std_ratio")
+FIGURES = ("ssim", "grad_rend", "grad_real", "grad_ratio", "std_rend", "std_real", "std_ratio", "half_ssim",
+           "half_grad_ratio", "half_std_ratio")
 
 
 def candidates() -> dict[str, WarpConfig]:
@@ -218,22 +257,26 @@ def candidates() -> dict[str, WarpConfig]:
     for rk, rows in ROWS.items():
         for fr in (0.6, 1.0):
             out[f"{rk}_from{fr}"] = WarpConfig(lid_fill_rows=rows, lid_fill_from=fr)
+    for gain in (1.5, 2.0, 3.0):  # a half-closed lid filled more than its closed share
+        out[f"low_from1.0_gain{gain}"] = WarpConfig(lid_fill_rows=ROWS["low"], lid_fill_from=1.0, lid_fill_gain=gain)
     return out
 
 
 def loo(names: list[str]) -> dict:
-    """Per clip, the fill setting with the best mean eye SSIM on the *other* clips, and its score on this one
-    (against "off", the stretched band alone: the baseline the fill replaces, not a candidate)."""
+    """Per clip, the fill setting with the best mean eye SSIM (shut and half-closed frames alike) on the *other*
+    clips, and its score on this one (against "off", the stretched band alone: the baseline the fill replaces, not
+    a candidate)."""
     table = {k: {n: score_clip(n, c) for n in names} for k, c in candidates().items()}
     out = {}
     for n in names:
-        best = max((k for k in table if k != "off"),
-                   key=lambda k: np.mean([table[k][m]["ssim"] for m in names if m != n]))
+        best = max((k for k in table if k != "off"), key=lambda k: np.mean(
+            [table[k][m]["ssim"] + table[k][m].get("half_ssim", table[k][m]["ssim"]) for m in names if m != n]))
         out[n] = {"chosen": best, **{f: table[best][n][f] for f in FIGURES},
                   "off": {f: table["off"][n][f] for f in FIGURES}}
         print(f"{n:22s} chosen {best:14s} ssim {out[n]['off']['ssim']:.3f} → {out[n]['ssim']:.3f}  "
               f"grad rend/real {out[n]['off']['grad_ratio']:.2f} → {out[n]['grad_ratio']:.2f}  "
-              f"spread rend/real {out[n]['off']['std_ratio']:.2f} → {out[n]['std_ratio']:.2f}", flush=True)
+              f"spread rend/real {out[n]['off']['std_ratio']:.2f} → {out[n]['std_ratio']:.2f}  "
+              f"half-closed ssim {out[n]['off']['half_ssim']:.3f} → {out[n]['half_ssim']:.3f}", flush=True)
     return {"loo": out, "table": {k: {n: {f: v[n][f] for f in FIGURES} for n in names}
                                   for k, v in table.items()}}
 

@@ -43,6 +43,7 @@ class WarpConfig:
     lid_fill_rows: tuple[float, ...] = (0.005, 0.015, 0.025)
     lid_fill_blur: float = 0.04
     lid_fill_from: float = 1.0
+    lid_fill_gain: float = 1.0  # the fill's share is the eye's closed share × this, capped at 1 (half-closed lids)
     eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there
     lip_close_inset: float = 0.04  # closed lips are drawn from at most this far outside dlib's inner-lip points ...

@@ -19,8 +19,8 @@ def eye_model(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eyelid correction (source displacement along v) on both eye lattices → (N, 2, Qv, Qh), and per eye how far
     it has closed → (2N, 1, 1, 1), eye-major: the largest share of the photo's lid gap closed over its lattice (0
-    for an eye as open as the photo's, 1 shut), how much of the closing lid's colour to add
-    (``avatar.lid_fill``, models/warp/lidfill.py).
+    for an eye as open as the photo's, 1 shut) × ``lid_fill_gain``, capped at 1: how much of the closing lid's
+    colour to add (``avatar.lid_fill``, models/warp/lidfill.py).
 
     ``uv`` (N, 2, Qv, Qh, 2): where the spline samples the photo at each lattice point (``lattice_sources``).
 
@@ -88,6 +88,9 @@ def eye_model(
     r = cfg.ramp
     c0, c1 = ends[..., 0].unbind(2)  # (N, 2, 1, 1) target eye corners (h)
     w = smoothstep(torch.minimum(h_t - c0, c1 - h_t) / r + 1.0)
-    shut = closed.transpose(0, 1).reshape(2 * n, 1, 1, -1).amax(-1, keepdim=True)  # (2N, 1, 1, 1)
+    shut = closed.amax((-2, -1))  # (N, 2) → eye-major (2N, 1, 1, 1); one frame (streaming) is eye-major as it is
+    shut = shut.view(2, 1, 1, 1) if n == 1 else shut.transpose(0, 1).reshape(2 * n, 1, 1, 1)
+    if cfg.lid_fill_gain != 1.0:  # (a config constant: no per-frame branch)
+        shut = (shut * cfg.lid_fill_gain).clamp_(max=1.0)
     return torch.where((u > a) & (u < z), w * (want - model), 0.0), shut
 
