@@ -257,6 +257,9 @@ def candidates() -> dict[str, WarpConfig]:
     for rk, rows in ROWS.items():
         for fr in (0.6, 1.0):
             out[f"{rk}_from{fr}"] = WarpConfig(lid_fill_rows=rows, lid_fill_from=fr)
+    for shade in (0.5, 1.0):  # brighter towards the top (the whole band's median)
+        out[f"low_from1.0_shade{shade}"] = WarpConfig(lid_fill_rows=ROWS["low"], lid_fill_from=1.0,
+                                                      lid_fill_shade=shade)
     for gain in (1.5, 2.0, 3.0):  # a half-closed lid filled more than its closed share
         out[f"low_from1.0_gain{gain}"] = WarpConfig(lid_fill_rows=ROWS["low"], lid_fill_from=1.0, lid_fill_gain=gain)
     return out

@@ -37,12 +37,13 @@ class WarpConfig:
     # the closing lid's colour (models/warp/lidfill.py), added in proportion to how far the eye has closed (False:
     # the stretched band alone): the median of rows this far above the lash margin (IOD), smoothed along the lid
     # with σ lid_fill_blur; it takes over from the photo over this share of the band from A down (1: all of it,
-    # a soft top edge). rows and from chosen leave-one-clip-out on benchmarks/lids.py (eye SSIM against the clips'
-    # real blinks); blur not tuned
+    # a soft top edge). rows, from, shade and gain chosen leave-one-clip-out on benchmarks/lids.py (eye SSIM against
+    # the clips' real blinks, shut and half-closed; shade 1 on 6 of 8 held-out clips, 0.5 on 2); blur not tuned
     lid_fill: bool = True
     lid_fill_rows: tuple[float, ...] = (0.005, 0.015, 0.025)
     lid_fill_blur: float = 0.04
     lid_fill_from: float = 1.0
+    lid_fill_shade: float = 1.0  # towards A the colour moves this far to the whole band's median (0: flat)
     lid_fill_gain: float = 1.0  # the fill's share is the eye's closed share × this, capped at 1 (half-closed lids)
     eye_skip: float = 0.006  # lids moving less than this (about half a pixel at 256²) skip the eye model
     mouth_margin: float = 0.05  # the mouth model reaches this far above the upper inner lip and fades out there

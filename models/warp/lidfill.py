@@ -19,7 +19,7 @@ def lid_fill(cfg: WarpConfig, image: torch.Tensor, src: torch.Tensor, A: torch.T
     [A, U − lash] of the photo is given that colour: sampled just above the lash margin, smoothed along the lid
     (σ = ``lid_fill_blur``); it takes over from the photo below A + ``lid_fill_from``·(band) (the crease near A
     stays) and gives way to the photo across the lash margin's top (the lash line stays). The renderer adds this
-    change in proportion to how far each column has closed (``eye_model``'s second field), so an open eye, and the
+    change in proportion to how far each eye has closed (``eye_model``'s closed share), so an open eye, and the
     photo, are untouched. ``image`` (S, S, 3) 0–255, ``src`` (68, 2) face frame, pixel p = A f + t.
     """
     size = image.shape[0]
@@ -32,19 +32,13 @@ def lid_fill(cfg: WarpConfig, image: torch.Tensor, src: torch.Tensor, A: torch.T
     for up in EYE_UP:
         kx, ky = src[list(up), 0], src[list(up), 1]
         h0, h1 = float(kx[0]), float(kx[3])
-        # the lid colour along h: rows just above the lash margin, averaged, then smoothed along the lid
+        # the lid colour along h: the median of rows just above the lash margin, smoothed along the lid
         hs = torch.arange(h0 - 3 * cfg.lid_fill_blur, h1 + 3 * cfg.lid_fill_blur, 0.005)  # (L,)
         u_s = cubic_curve(kx, ky, hs)
-        rows = [u_s - cfg.lash_band - d for d in cfg.lid_fill_rows]
-        pts = torch.stack([torch.stack([hs, r], -1) for r in rows])  # (R, L, 2) face frame
-        q = ((pts @ A.T + t) + 0.5) * (2.0 / size) - 1.0  # grid_sample's normalised coordinates
-        colour = F.grid_sample(img, q.unsqueeze(0), mode="bilinear", padding_mode="border",
-                               align_corners=False)[0].median(1).values  # (3, L): a dark crease line is outvoted
-        k = torch.arange(-3 * cfg.lid_fill_blur, 3 * cfg.lid_fill_blur + 1e-6, 0.005)
-        kern = torch.exp(-0.5 * (k / cfg.lid_fill_blur) ** 2)
-        pad = (len(k) - 1) // 2
-        num = F.conv1d(F.pad(colour.unsqueeze(1), (pad, pad), mode="replicate"), kern.reshape(1, 1, -1))[:, 0]
-        colour = num / kern.sum()  # (3, L)
+        colour = _along_lid(cfg, img, A, t, hs, u_s, cfg.lid_fill_rows)  # (3, L)
+        if cfg.lid_fill_shade > 0.0:  # brighter towards the top: the whole band's median there
+            band = tuple(0.005 + 0.0075 * i for i in range(int((cfg.lid_band - cfg.lash_band) / 0.0075) + 1))
+            top = _along_lid(cfg, img, A, t, hs, u_s, band)
         # each pixel's column and weight: inside the eye's corners (the ramp beyond them, as eye_model's), and
         # from A + lid_fill_from·(band) down to the lash margin
         near = (hp > h0 - cfg.ramp) & (hp < h1 + cfg.ramp)
@@ -58,5 +52,24 @@ def lid_fill(cfg: WarpConfig, image: torch.Tensor, src: torch.Tensor, A: torch.T
         i0 = pos.floor().long().clamp_max(len(hs) - 2)
         fr = pos - i0
         col = colour[:, i0] * (1 - fr) + colour[:, i0 + 1] * fr  # (3, S²)
+        if cfg.lid_fill_shade > 0.0:
+            up_share = ((m - vp) / (m - a)).clamp(0.0, 1.0)  # 0 at the lash margin, 1 at A
+            col = col + cfg.lid_fill_shade * up_share * (top[:, i0] * (1 - fr) + top[:, i0 + 1] * fr - col)
         delta += wgt * (col - img[0].reshape(3, -1))
     return delta.reshape(1, 3, size, size)
+
+
+def _along_lid(cfg: WarpConfig, img: torch.Tensor, A: torch.Tensor, t: torch.Tensor, hs: torch.Tensor,
+               u_s: torch.Tensor, offsets: tuple[float, ...]) -> torch.Tensor:
+    """The photo's colour (3, L) at columns hs: the median over rows ``offsets`` above the lash margin (a dark
+    crease line is outvoted), smoothed along the lid (σ lid_fill_blur)."""
+    size = img.shape[-1]
+    pts = torch.stack([torch.stack([hs, u_s - cfg.lash_band - d], -1) for d in offsets])  # (R, L, 2) face frame
+    q = ((pts @ A.T + t) + 0.5) * (2.0 / size) - 1.0  # grid_sample's normalised coordinates
+    colour = F.grid_sample(img, q.unsqueeze(0), mode="bilinear", padding_mode="border",
+                           align_corners=False)[0].median(1).values  # (3, L)
+    k = torch.arange(-3 * cfg.lid_fill_blur, 3 * cfg.lid_fill_blur + 1e-6, 0.005)
+    kern = torch.exp(-0.5 * (k / cfg.lid_fill_blur) ** 2)
+    pad = (len(k) - 1) // 2
+    num = F.conv1d(F.pad(colour.unsqueeze(1), (pad, pad), mode="replicate"), kern.reshape(1, 1, -1))[:, 0]
+    return num / kern.sum()
