@@ -160,8 +160,9 @@ class MouthBank:
             per_pixel = per_pixel * cavity_shade_map(self.shape[sel, :3].mean(1), teeth, cavity_shade, cavity_depth)
         patches = (rgb * per_pixel).clamp(0.0, 255.0)
         shape = self.shape[sel] * torch.tensor(FEATURE_WEIGHTS)  # (K, 4) weighted features
-        return Interior(patches=patches.flatten(1), shape_sq=(shape * shape).sum(1),
-                        lip_dot=feature_matrix(torch.tensor(FEATURE_WEIGHTS)) @ shape.T * -2.0,
+        lip_feat = feature_matrix(torch.tensor(FEATURE_WEIGHTS))
+        return Interior(patches=patches.flatten(1), shape_sq=(shape * shape).sum(1), lip_dot=lip_feat @ shape.T * -2.0,
+                        lip_feat=lip_feat,
                         donor=self.speakers[donor], gain=gain, gap=self.shape[sel, :3].mean(1))
 
 
@@ -190,11 +191,12 @@ class Interior:
     # landmarks → −2 f·s (f their weighted features, ``feature_matrix``)
     shape_sq: torch.Tensor
     lip_dot: torch.Tensor
+    lip_feat: torch.Tensor  # (136, 4) flattened target landmarks → their weighted features f (``feature_matrix``)
     donor: str
     gain: torch.Tensor  # (3,) colour gain applied to the teeth (by each pixel's teeth-likeness)
     gap: torch.Tensor  # (K,) each exemplar's mean inner-lip gap (IOD, unweighted)
 
-    def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0
+    def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0, reach: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Interior patches (N, 3, PATCH_T, PATCH_S) for the inner lips of target landmarks (N, 68, 2), and the
         blended exemplars' own mean inner-lip gap (N, 1, 1) in IOD (the physical height the patch rows span).
@@ -205,18 +207,37 @@ class Interior:
         and a sub-pixel change of shape swapped teeth for cavity from one frame to the next:
         benchmarks/mouth_temporal.py.) A clearly new shape still takes its own exemplars at once, cross-faded
         over about a frame by the same weights.
+
+        ``reach`` (IOD, 0: none): the hold fades out as the shown exemplars' own shape lies farther than that from
+        the target's, fully gone at ``reach`` (bonus × max(0, 1 − D²/reach²), D their weighted feature distance).
+        Why: the margin is in squared distance, so it kept a shape it once matched until the mouth was 16 σ ≈ 0.1
+        IOD away from it, whatever nearer exemplars there were; a mouth opening from a rounded shape kept a small
+        opening's exemplar (mostly lip rim, pale; the rigid jaws stretch its middle row over the wider opening):
+        the flat pale lens of issue 17 (renderer_photos.png, KristiNoem and trump_clip1 "open": held at
+        0.094 / 0.096 IOD, the nearest exemplar 0.010 / 0.036).
         """
         # squared feature distances |f − s|² less the target's own |f|², which neither the ranking nor the weights
         # (relative to the nearest) depend on: one product (torch.cdist cost ~10× as much)
-        d2 = torch.addmm(self.shape_sq, face.reshape(-1, 136), self.lip_dot)  # (N, K)
+        flat = face.reshape(-1, 136)
+        d2 = torch.addmm(self.shape_sq, flat, self.lip_dot)  # (N, K)
         k = min(NEAREST, d2.shape[1])
         if memory is None or hold <= 0.0:
             w, idx = _weights(d2, k)
         else:
             bonus = -hold * SIGMA * SIGMA
+            if reach > 0.0:
+                f = torch.mm(flat, self.lip_feat)  # (N, 4) weighted target features
+                f_sq = (f * f).sum(1, keepdim=True) - reach * reach  # (N, 1): |f|² − reach²
             rows = []
             for i in range(d2.shape[0]):  # in order: each frame's choice depends on the one before
-                rows.append(_weights(torch.add(d2 if d2.shape[0] == 1 else d2[i : i + 1], memory, alpha=bonus), k))
+                di = d2 if d2.shape[0] == 1 else d2[i : i + 1]
+                if reach > 0.0:
+                    # the shown exemplars' D² − reach² (memory sums to 1; all zero: no bonus either way)
+                    far = torch.addmm(f_sq if d2.shape[0] == 1 else f_sq[i : i + 1], di, memory.T)  # (1, 1)
+                    di = torch.addcmul(di, memory, far.clamp(max=0.0), value=-bonus / (reach * reach))
+                else:
+                    di = torch.add(di, memory, alpha=bonus)
+                rows.append(_weights(di, k))
                 memory.zero_().scatter_(1, rows[-1][1], rows[-1][0])
             w, idx = rows[0] if len(rows) == 1 else (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]))
         patches = torch.bmm(w.unsqueeze(1), self.patches[idx]).reshape(-1, 3, PATCH_T, PATCH_S)
