@@ -65,10 +65,10 @@ class WarpConfig:
     # interior 13.8 alone → 8.3 / 6.7 / 4.9 / 4.1 / 5.5 / 5.0 at 8 / 32 / 64 / 256 / 512 / 1024 (real 3.4-4.5),
     # picked leave-one-clip-out: 256 for every clip; at 1024 the interior goes stale (teeth error 0.10 → 0.14)
     interior_hold: float = 256.0
-    # ... and fades out as the shown exemplars' own shape lies farther from the target's, gone at this distance (IOD,
-    # weighted inner-lip features; 0: no limit): the σ² margin alone kept a small opening's pale exemplar while the
-    # mouth opened to twice its size (the flat lens of issue 17; Interior.blend)
-    interior_hold_reach: float = 0.05
+    # ... and fades out as the target's opening outgrows the shown exemplars' (none at this many times their gap, full
+    # up to 0.25 less; 0: never): the margin alone kept a small opening's pale exemplar, its middle row stretched over
+    # an opening 1.4-1.8× as tall (the flat lens of issue 17; Interior.blend)
+    interior_hold_stretch: float = 1.4
     # Cavity shade: inside the mouth, tissue (what the exemplar's teeth-likeness says is not teeth) darkens with its
     # depth behind the lip line, by cavity_shade at cavity_depth (IOD) from the nearer inner lip and more; teeth keep
     # their brightness (models/warp/interior.py). Without it a donor's lit tongue and lower lip filled the open mouth
