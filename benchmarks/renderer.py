@@ -23,8 +23,8 @@ Face measures (issue 17), on the same self-driven clips but driven with the clip
 - inside the mouth on open frames (top third of the clip's real inner-lip gap): mean and spread of luminance
   (0–255) and the share of bright low-saturation ("teeth") pixels inside the real inner-lip outline (and inside
   the image's own outline), rendered vs real; the *flat lens* (issue 17: an opening filled with one light
-  featureless tone): the luminance spread inside the rendered mouth's own outline over the real one's
-  (``lens_std_ratio``) and the share of open frames where it is under half the real frame's (``flat_share``);
+  featureless tone) on the mouth's core (``core_stats``: spread, mean over the skin, share of lens frames), rendered
+  (own outline) vs real, and on the sample photos (``photo_lens``);
 - placement: rendered vs real mouth-centre distance (px, 256²);
 - the band a far-travelling head uncovers (``far_band_streaks``, frames whose real mouth moved > 25 px
   sideways): streak anisotropy beside the face on the side it left, rendered vs real (stretched hair: > 1);
