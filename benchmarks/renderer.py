@@ -22,7 +22,9 @@ Face measures (issue 17), on the same self-driven clips but driven with the clip
   square), rendered vs real and static photo vs real; the same with each image's crop centred on its own mouth;
 - inside the mouth on open frames (top third of the clip's real inner-lip gap): mean and spread of luminance
   (0–255) and the share of bright low-saturation ("teeth") pixels inside the real inner-lip outline (and inside
-  the image's own outline), rendered vs real;
+  the image's own outline), rendered vs real; the *flat lens* (issue 17: an opening filled with one light
+  featureless tone) on the mouth's core (``core_stats``: spread, mean over the skin, share of lens frames), rendered
+  (own outline) vs real, and on the sample photos (``photo_lens``);
 - placement: rendered vs real mouth-centre distance (px, 256²);
 - the band a far-travelling head uncovers (``far_band_streaks``, frames whose real mouth moved > 25 px
   sideways): streak anisotropy beside the face on the side it left, rendered vs real (stretched hair: > 1);
@@ -76,6 +78,14 @@ def _sway(frames: int) -> np.ndarray:
     return sway
 
 
+OVERRIDES: dict[str, float] = {}  # --set: WarpConfig fields for the bank renderers scored (an A/B or a sweep)
+
+
+def config(**kw: object) -> WarpConfig:
+    """The WarpConfig scored: ``kw`` over the --set overrides over the shipped defaults."""
+    return WarpConfig(**{**OVERRIDES, **kw})  # type: ignore[arg-type]
+
+
 def ops_per_frame(renderer: WarpRenderer, exp: np.ndarray, pose: bool, frames: int = 10) -> float:
     """Top-level ATen ops per streamed frame (as ``time_render`` drives it), counted by the torch profiler.
 
@@ -121,7 +131,7 @@ def speed(args: argparse.Namespace, exp: np.ndarray) -> list[dict]:
         [("compile", True, "bank")] if args.compile else [])
     for name, comp, interior in variants:
         for size in args.sizes:
-            renderer = WarpRenderer(size=size, compile=comp, config=WarpConfig(interior=interior))
+            renderer = WarpRenderer(size=size, compile=comp, config=config(interior=interior))
             if comp:  # compile outside the timed runs, and report how long it took
                 t0 = time.perf_counter()
                 st = renderer.prepare(builtin_avatar(size))
@@ -227,15 +237,49 @@ def inner_mask(lmk: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
-def interior_stats(image: np.ndarray, mask: np.ndarray) -> dict[str, float] | None:
-    """Mean and spread of luminance, and the teeth share, of the pixels in ``mask`` (None when < 8 pixels)."""
+def interior_stats(image: np.ndarray, mask: np.ndarray, skin: float | None = None) -> dict[str, float] | None:
+    """Mean and spread of luminance, and the teeth share, of the pixels in ``mask`` (None when < 8 pixels); with
+    the photo's ``skin`` luminance also the flat lens (``core_stats``)."""
     px = image[mask].astype(np.float32)
     if len(px) < 8:
         return None
     luma = px @ LUMA
     sat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0)
-    return {"luma_mean": float(luma.mean()), "luma_std": float(luma.std()),
-            "teeth": float(((luma >= TEETH_LUMA) & (sat < TEETH_SAT)).mean())}
+    out = {"luma_mean": float(luma.mean()), "luma_std": float(luma.std()),
+           "teeth": float(((luma >= TEETH_LUMA) & (sat < TEETH_SAT)).mean())}
+    if skin is not None:
+        out.update(core_stats(image, mask, skin))
+    return out
+
+
+# The flat lens (issue 17): an open mouth filled with one light, featureless tone. Measured on the mouth's *core* (the
+# inner-lip outline less 2 px: the outline's edge pixels are lip, whose contrast with any interior hid the lens in the
+# whole outline's spread): its luminance spread and its mean over the photo's skin luminance. On the real open frames
+# of the 8 source clips (stride 6) the core's spread is 33 (p25 24, p10 18) and its mean 0.55-0.95 of the skin (per
+# clip); the lens on renderer_photos.png (KristiNoem, feifeili_clip1 "open") is 15-22 and 1.2-1.4 × the skin.
+CORE_ERODE = 2  # px
+LENS_STD = 24.0  # a core flatter than this (the real open mouths' p25) ...
+LENS_LUMA = 1.0  # ... and brighter than the skin × this is a lens frame
+
+
+def core_stats(image: np.ndarray, mask: np.ndarray, skin: float) -> dict[str, float]:
+    """The mouth core's luminance spread, mean over ``skin``, and whether it is a lens (1.0) or not (0.0); NaN
+    when the core has < 8 pixels."""
+    from scipy.ndimage import binary_erosion
+
+    core = binary_erosion(mask, iterations=CORE_ERODE)
+    if core.sum() < 8:
+        return {"core_std": float("nan"), "core_vs_skin": float("nan"), "lens": float("nan")}
+    luma = image[core].astype(np.float32) @ LUMA
+    std, rel = float(luma.std()), float(luma.mean()) / max(skin, 1.0)
+    return {"core_std": std, "core_vs_skin": rel, "lens": float(std < LENS_STD and rel > LENS_LUMA)}
+
+
+def skin_luma(photo: np.ndarray, lmk: np.ndarray) -> float:
+    """The photo's skin luminance where ``models.warp.avatar`` samples its skin colour (cheeks, nose bridge)."""
+    pts = np.stack([(lmk[31] + lmk[3]) / 2, (lmk[35] + lmk[13]) / 2, lmk[29], lmk[28]]).round().astype(int)
+    pts = pts.clip(0, photo.shape[0] - 1)
+    return float(np.median(grey(photo[pts[:, 1], pts[:, 0]])))
 
 
 def face_measures(real: np.ndarray, rend: np.ndarray, static: np.ndarray, l_real: np.ndarray, l_rend: np.ndarray,
@@ -245,6 +289,7 @@ def face_measures(real: np.ndarray, rend: np.ndarray, static: np.ndarray, l_real
                                             "ssim_own_static", "centre_err", "gap_real")}
     interior: list[tuple[dict | None, dict | None, dict | None]] = []
     size = real.shape[1]
+    skin = skin_luma(static, l_static)
     for i in range(len(real)):
         c, side = mouth_box(l_real[i])
         r_crop = crop_grey(real[i], c, side)
@@ -259,8 +304,8 @@ def face_measures(real: np.ndarray, rend: np.ndarray, static: np.ndarray, l_real
         out["centre_err"].append(float(np.linalg.norm(l_rend[i, 48:68].mean(0) - l_real[i, 48:68].mean(0))))
         out["gap_real"].append(float(inner_gap(l_real[i])))
         m_real = inner_mask(l_real[i], size)
-        interior.append((interior_stats(real[i], m_real), interior_stats(rend[i], m_real),
-                         interior_stats(rend[i], inner_mask(l_rend[i], size))))
+        interior.append((interior_stats(real[i], m_real, skin), interior_stats(rend[i], m_real),
+                         interior_stats(rend[i], inner_mask(l_rend[i], size), skin)))
     res = {k: np.asarray(v) for k, v in out.items()}
     res["interior"] = np.asarray(interior, dtype=object)
     return res
@@ -299,13 +344,15 @@ def far_band_streaks(real: np.ndarray, posed: np.ndarray, l_real: np.ndarray, tr
 
 
 def summarise_interior(rows: np.ndarray, gaps: np.ndarray) -> dict[str, float | int]:
-    """Interior figures over the open-mouth frames (top third of the real gap)."""
+    """Interior figures over the open-mouth frames (top third of the real gap); the flat lens on the real frames
+    and inside the rendered mouth's own outline (where its interior is drawn)."""
     open_ = gaps >= np.quantile(gaps, 2 / 3)
     out: dict[str, float | int] = {"open_frames": int(open_.sum())}
     for j, who in enumerate(("real", "rendered", "rendered_own_outline")):
         vals = [r[j] for r in rows[open_] if r[j] is not None]
-        for k in ("luma_mean", "luma_std", "teeth"):
-            out[f"{who}_{k}"] = float(np.mean([v[k] for v in vals])) if vals else float("nan")
+        for k in ("luma_mean", "luma_std", "teeth", "core_std", "core_vs_skin", "lens"):
+            if k in ("luma_mean", "luma_std", "teeth") or j != 1:
+                out[f"{who}_{k}"] = float(np.nanmean([v[k] for v in vals])) if vals else float("nan")
     return out
 
 
@@ -374,7 +421,7 @@ def donor_table(clips: list[str], args: argparse.Namespace) -> dict[str, dict[st
             if donor == style_label(name):
                 continue
             rnd = WarpRenderer(size=256, emap=ExpressionMap.load(heldout_clip=name), bank=bank,
-                               config=WarpConfig(donor=donor))
+                               config=config(donor=donor))
             st = rnd.prepare(video[SOURCE_OFFSET], exp_ref=exp[0])
             st.pose_ref = torch.from_numpy(pose[0].astype(np.float32))  # as in the quality loop: row 0
             out = rnd.render(st, exp[rows[open_]], pose[rows[open_]])
@@ -418,7 +465,7 @@ def quality(args: argparse.Namespace) -> dict:
         # teeth, no cavity); by eye it is worse.
         donor = bank.speakers[bank.donor()]
         matte = not args.no_matte
-        renderer = WarpRenderer(size=256, emap=emap, bank=bank, config=WarpConfig(head_matte=matte))
+        renderer = WarpRenderer(size=256, emap=emap, bank=bank, config=config(head_matte=matte))
         painted = WarpRenderer(size=256, emap=emap, config=WarpConfig(interior="painted", head_matte=matte))
         image = load_image(DATA / "source" / "image" / f"{name}.png")
         # The still is video frame 0, which has no coefficient row (rows start at frame 2, and the first frames
@@ -486,7 +533,10 @@ def quality(args: argparse.Namespace) -> dict:
               f"{face['ssim_own']:.3f})  PSNR {face['psnr']:.2f}  centre err {face['centre_err']:.2f} px  teeth "
               f"{face['rendered_teeth']:.2f} (own {face['rendered_own_outline_teeth']:.2f}) vs real "
               f"{face['real_teeth']:.2f}  luma {face['rendered_luma_mean']:.0f}±{face['rendered_luma_std']:.0f} vs "
-              f"{face['real_luma_mean']:.0f}±{face['real_luma_std']:.0f}", flush=True)
+              f"{face['real_luma_mean']:.0f}±{face['real_luma_std']:.0f}  core (own outline) spread "
+              f"{face['rendered_own_outline_core_std']:.0f} vs {face['real_core_std']:.0f}, / skin "
+              f"{face['rendered_own_outline_core_vs_skin']:.2f} vs {face['real_core_vs_skin']:.2f}, lens frames "
+              f"{face['rendered_own_outline_lens']:.2f} vs {face['real_lens']:.2f}", flush=True)
         if face["band_frames"]:
             print(f"{'':22s} uncovered band ({face['band_frames']} frames > 25 px travel): streak anisotropy "
                   f"{face['band_streak']:.2f} vs real {face['band_streak_real']:.2f} (ratio "
@@ -515,7 +565,9 @@ def quality(args: argparse.Namespace) -> dict:
         fs = {k: float(np.mean(v)) for k, v in fcat.items() if k != "gap_real"}
         fs["centre_err_max_clip"] = max(c[fkey]["centre_err"] for c in per_clip.values())
         for k in ("real_teeth", "rendered_teeth", "rendered_own_outline_teeth", "real_luma_mean",
-                  "rendered_luma_mean", "real_luma_std", "rendered_luma_std"):
+                  "rendered_luma_mean", "real_luma_std", "rendered_luma_std", "real_core_std",
+                  "rendered_own_outline_core_std", "real_core_vs_skin", "rendered_own_outline_core_vs_skin",
+                  "real_lens", "rendered_own_outline_lens"):
             fs[k] = float(np.nanmean([c[fkey][k] for c in per_clip.values()]))
         fs["teeth_abs_err"] = float(np.nanmean(
             [abs(c[fkey]["rendered_teeth"] - c[fkey]["real_teeth"]) for c in per_clip.values()]))
@@ -1013,7 +1065,8 @@ def photo_sheet() -> dict:
     pick = speech_frames(exp, labels)
     photos = [("astronaut", builtin_avatar(256))] + [
         (name, read_video_rgb(DATA / group / "video" / f"{name}.mp4")[0]) for group, name in SHEET_PHOTOS]
-    bank, painted = WarpRenderer(size=256), WarpRenderer(size=256, config=WarpConfig(interior="painted"))
+    bank = WarpRenderer(size=256, config=config())
+    painted = WarpRenderer(size=256, config=WarpConfig(interior="painted"))
 
     def crop(img: np.ndarray, centre: np.ndarray, side: float) -> np.ndarray:
         t = (np.arange(128) + 0.5) / 128 - 0.5
@@ -1021,7 +1074,7 @@ def photo_sheet() -> dict:
         return np.stack([map_coordinates(img[..., c].astype(np.float32), [ys, xs], order=1, mode="nearest")
                          for c in range(3)], -1).clip(0, 255).astype(np.uint8)
 
-    rows, glare = [], {}
+    rows, glare, lens = [], {}, {}
     for name, photo in photos:
         for key, rnd in (("bank", bank), ("painted", painted)):
             st = rnd.prepare(photo)
@@ -1035,11 +1088,25 @@ def photo_sheet() -> dict:
                 ok = ~np.isnan(marks).any((1, 2))
                 glare[name] = int(sum(corner_glare(f, m, st.image, st.landmarks)
                                       for f, m in zip(every[::3][ok], marks[ok], strict=True)))
+                lens[name] = photo_lens(every[::3][ok], marks[ok], st.image, st.landmarks)
     path = RESULTS / "renderer_photos.png"
     skimage.io.imsave(path, np.concatenate(rows, 0), check_contrast=False)
     print(f"  wrote {path}: per photo (astronaut, {', '.join(n for _, n in SHEET_PHOTOS)}) rows real interior / "
           f"painted; columns photo, {', '.join(pick)}; corner glare pixels (every 3rd frame): {glare}", flush=True)
-    return {"sheet": str(path.relative_to(REPO_ROOT)), "frames": pick, "corner_glare_px": glare}
+    print("  open mouth (top third of the rendered gap, every 3rd frame), its core: luma spread, mean / skin, lens "
+          "frames: " + "; ".join(f"{n} {v['core_std']:.1f} {v['core_vs_skin']:.2f} {v['lens']:.2f}"
+                                 for n, v in lens.items()), flush=True)
+    return {"sheet": str(path.relative_to(REPO_ROOT)), "frames": pick, "corner_glare_px": glare, "open_mouth": lens}
+
+
+def photo_lens(frames: np.ndarray, marks: np.ndarray, photo: np.ndarray, lmk_photo: np.ndarray) -> dict[str, float]:
+    """The flat lens on a photo (no real frames to compare with): the mouth core's figures (``core_stats``) inside
+    each rendered frame's own inner-lip outline, mean over its open frames (top third of the rendered gap)."""
+    gaps = inner_gap(marks)
+    skin = skin_luma(photo, lmk_photo)
+    stats = [core_stats(frames[i], inner_mask(marks[i], frames.shape[1]), skin)
+             for i in np.flatnonzero(gaps >= np.quantile(gaps, 2 / 3))]
+    return {"open_frames": len(stats), **{k: float(np.nanmean([s[k] for s in stats])) for k in stats[0]}}
 
 
 def feature_sheet(exp_open: np.ndarray) -> Path:
@@ -1132,8 +1199,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-matte", action="store_true",
                     help="quality: the moving head without its head+hair matte (WarpConfig.head_matte=False), the "
                          "path before it, for an A/B of the place sheets and the uncovered band's streaks")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="WarpConfig fields (numbers) for the bank renderers scored, e.g. interior_hold_reach=0 (the "
+                         "path before it); results are then written only to --out")
+    ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/renderer.json)")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    OVERRIDES.update({k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     if args.head_only:
         out = RESULTS / "renderer.json"
         old = json.loads(out.read_text()) if out.is_file() else {}
@@ -1167,7 +1239,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_quality and not args.no_photos:
         result["photos"] = photo_sheet()
     result["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    out = RESULTS / "renderer.json"
+    out = Path(args.out) if args.out else RESULTS / "renderer.json"
+    if OVERRIDES and not args.out:
+        print("--set without --out: results not written")
+        return 0
     if args.clips:  # a partial run (iterating on a few clips) prints; it does not replace the full results
         print("--clips: results not written")
         return 0

@@ -662,3 +662,27 @@ def test_a_far_travelling_head_takes_its_hair_and_leaves_no_streaks(far_travel: 
     band = far_band_streaks(real, out, l_real)
     assert band["band_frames"] >= 10, band
     assert band["band_streak_ratio"] < 1.15, band
+
+
+def test_an_opening_mouth_is_no_flat_pale_lens(samples_dir: Path) -> None:
+    """Issue 17's flat lens, on KristiNoem's first video frame speaking the held-out sentence (as on
+    benchmarks/results/renderer_photos.png): the widest opening is reached after a rounded shape, whose small
+    interior (mostly lip rim, pale) the stream's hold kept — 0.094 IOD from the target, the nearest exemplar 0.010 —
+    and an open mouth showed one light featureless tone, brighter than the skin. The hold now fades when
+    the opening outgrows the shown exemplar's (``WarpConfig.interior_hold_stretch``): the open mouth shows teeth
+    over a dark cavity — its core (the inner-lip outline less 2 px) varies as much as most real open mouths do."""
+    from benchmarks.renderer import LENS_STD, core_stats, heldout_sentence, inner_mask, skin_luma, speech_frames
+    from engine.landmark_fit import read_video_rgb
+
+    video = samples_dir / "source" / "video" / "KristiNoem.mp4"
+    if not video.is_file():
+        pytest.skip(f"{video} not found")
+    labels, exp, rest = heldout_sentence(150, 30)
+    wide = speech_frames(exp, labels)["open"]
+    renderer = WarpRenderer(size=SIZE)
+    state = renderer.prepare(read_video_rgb(video)[0])
+    renderer.set_rest(state, rest)
+    frame = renderer.render(state, exp[: wide + 1])[-1]  # the stream up to the widest opening, in order
+    stats = core_stats(frame, inner_mask(detect_landmarks(frame), SIZE), skin_luma(state.image, state.landmarks))
+    assert stats["core_std"] > LENS_STD, stats  # before: 20.8 (and 1.31 × the skin: a lens); now 26.7
+    assert stats["lens"] == 0.0

@@ -76,6 +76,13 @@ class WarpConfig:
     # interior 13.8 alone → 8.3 / 6.7 / 4.9 / 4.1 / 5.5 / 5.0 at 8 / 32 / 64 / 256 / 512 / 1024 (real 3.4-4.5),
     # picked leave-one-clip-out: 256 for every clip; at 1024 the interior goes stale (teeth error 0.10 → 0.14)
     interior_hold: float = 256.0
+    # ... and fades out as the target's opening outgrows the shown exemplars' (none at this many times their gap, full
+    # up to 0.25 less; 0: never): the margin alone kept a small opening's pale exemplar, its middle row stretched over
+    # an opening 1.4-1.8× as tall (the flat lens of issue 17; Interior.blend). Over 1.2 / 1.3 / 1.4 / 1.5 only 1.4 kept
+    # the flicker on holds (p90 4.38, pops 0.69 per 100; without: 4.37, 0.72); lens frames on the open frames of the 8
+    # source clips 0.112 → 0.071 (real 0.061); leave one clip out it is chosen for 3 of 8 clips (models/assets/
+    # mouth_bank.md, "The flat lens")
+    interior_hold_stretch: float = 1.4
     # Cavity shade: inside the mouth, tissue (what the exemplar's teeth-likeness says is not teeth) darkens with its
     # depth behind the lip line, by cavity_shade at cavity_depth (IOD) from the nearer inner lip and more; teeth keep
     # their brightness (models/warp/interior.py). Without it a donor's lit tongue and lower lip filled the open mouth

@@ -160,9 +160,13 @@ class MouthBank:
             per_pixel = per_pixel * cavity_shade_map(self.shape[sel, :3].mean(1), teeth, cavity_shade, cavity_depth)
         patches = (rgb * per_pixel).clamp(0.0, 255.0)
         shape = self.shape[sel] * torch.tensor(FEATURE_WEIGHTS)  # (K, 4) weighted features
+        lip_feat = feature_matrix(torch.tensor(FEATURE_WEIGHTS))  # (136, 4)
+        gap_feat = feature_matrix(torch.ones(4))[:, :3].sum(1, keepdim=True) / 3.0  # (136, 1)
+        gap = self.shape[sel, :3].mean(1)
         return Interior(patches=patches.flatten(1), shape_sq=(shape * shape).sum(1),
-                        lip_dot=feature_matrix(torch.tensor(FEATURE_WEIGHTS)) @ shape.T * -2.0,
-                        donor=self.speakers[donor], gain=gain, gap=self.shape[sel, :3].mean(1))
+                        lip_dot=lip_feat @ shape.T * -2.0, gap_feat=gap_feat,
+                        gap_col=gap[:, None], gap_eps=torch.full((1, 1), 1e-6),
+                        donor=self.speakers[donor], gain=gain, gap=gap)
 
 
 def cavity_shade_map(gap: torch.Tensor, teeth: torch.Tensor, shade: float, depth: float) -> torch.Tensor:
@@ -190,11 +194,14 @@ class Interior:
     # landmarks → −2 f·s (f their weighted features, ``feature_matrix``)
     shape_sq: torch.Tensor
     lip_dot: torch.Tensor
+    gap_feat: torch.Tensor  # (136, 1) flattened target landmarks → their mean inner-lip gap (IOD)
+    gap_col: torch.Tensor  # (K, 1) ``gap`` as a column, and (1, 1) 1e-6: what the hold's stretch test needs
+    gap_eps: torch.Tensor
     donor: str
     gain: torch.Tensor  # (3,) colour gain applied to the teeth (by each pixel's teeth-likeness)
     gap: torch.Tensor  # (K,) each exemplar's mean inner-lip gap (IOD, unweighted)
 
-    def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0
+    def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0, stretch: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Interior patches (N, 3, PATCH_T, PATCH_S) for the inner lips of target landmarks (N, 68, 2), and the
         blended exemplars' own mean inner-lip gap (N, 1, 1) in IOD (the physical height the patch rows span).
@@ -205,18 +212,41 @@ class Interior:
         and a sub-pixel change of shape swapped teeth for cavity from one frame to the next:
         benchmarks/mouth_temporal.py.) A clearly new shape still takes its own exemplars at once, cross-faded
         over about a frame by the same weights.
+
+        ``stretch`` (0: never): the hold fades out as the target's opening outgrows the shown exemplars' — fully
+        held up to (``stretch`` − 0.25) × their mean inner-lip gap, not at all from ``stretch`` ×. Why: the margin
+        is in squared feature distance, so it kept a shape it once matched until the mouth was 16 σ ≈ 0.1 IOD away,
+        however near another exemplar was; a mouth opening from a rounded shape kept a small opening's exemplar
+        (mostly lip rim, pale) and the rigid jaws stretched its middle row over the wider opening: the flat pale
+        lens of issue 17 (renderer_photos.png "open": KristiNoem shown a 0.072 IOD exemplar in a 0.122 opening, ×1.7;
+        trump_clip1 ×1.36, feifeili_clip1 ×1.76; the nearest exemplars were 0.010-0.036 IOD away). The opening,
+        not the distance: releasing the hold whenever a much nearer exemplar existed (or a fixed reach of 0.05-0.08
+        IOD) also released it in the slow drifts benchmarks/mouth_temporal.py counts as holds (flicker p90 4.4 →
+        5.0-5.2, pops 0.7 → 1.4-1.8 per 100).
         """
         # squared feature distances |f − s|² less the target's own |f|², which neither the ranking nor the weights
         # (relative to the nearest) depend on: one product (torch.cdist cost ~10× as much)
-        d2 = torch.addmm(self.shape_sq, face.reshape(-1, 136), self.lip_dot)  # (N, K)
+        flat = face.reshape(-1, 136)
+        d2 = torch.addmm(self.shape_sq, flat, self.lip_dot)  # (N, K)
         k = min(NEAREST, d2.shape[1])
         if memory is None or hold <= 0.0:
             w, idx = _weights(d2, k)
         else:
             bonus = -hold * SIGMA * SIGMA
+            if stretch > 0.0:
+                g_t = torch.mm(flat, self.gap_feat)  # (N, 1) the target's mean inner-lip gap (IOD)
             rows = []
             for i in range(d2.shape[0]):  # in order: each frame's choice depends on the one before
-                rows.append(_weights(torch.add(d2 if d2.shape[0] == 1 else d2[i : i + 1], memory, alpha=bonus), k))
+                di = d2 if d2.shape[0] == 1 else d2[i : i + 1]
+                if stretch > 0.0:
+                    # the shown exemplars' mean gap (+ a hair: no memory yet is 0, and so is its bonus)
+                    g_s = torch.addmm(self.gap_eps, memory, self.gap_col)  # (1, 1)
+                    ratio = (g_t if d2.shape[0] == 1 else g_t[i : i + 1]).div(g_s)
+                    fade = torch.rsub(ratio, 4.0 * stretch, alpha=4.0).clamp(0.0, 1.0)  # (1, 1)
+                    di = torch.addcmul(di, memory, fade, value=bonus)
+                else:
+                    di = torch.add(di, memory, alpha=bonus)
+                rows.append(_weights(di, k))
                 memory.zero_().scatter_(1, rows[-1][1], rows[-1][0])
             w, idx = rows[0] if len(rows) == 1 else (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]))
         patches = torch.bmm(w.unsqueeze(1), self.patches[idx]).reshape(-1, 3, PATCH_T, PATCH_S)
