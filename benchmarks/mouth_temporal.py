@@ -72,7 +72,7 @@ def clip_frames(name: str, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def render_clip(name: str, exp: np.ndarray, pose: np.ndarray, first: np.ndarray, hold: float | None = None,
-                stretch: float | None = None) -> np.ndarray:
+                stretch: float | None = None, motion: float | None = None) -> np.ndarray:
     """The clip rendered consecutively, as a stream renders it (held-out map, bank without the speaker)."""
     import torch
 
@@ -81,7 +81,8 @@ def render_clip(name: str, exp: np.ndarray, pose: np.ndarray, first: np.ndarray,
     from models.warp import ExpressionMap, MouthBank, WarpConfig
 
     cfg = WarpConfig(**({} if hold is None else {"interior_hold": hold}),
-                     **({} if stretch is None else {"interior_hold_stretch": stretch}))
+                     **({} if stretch is None else {"interior_hold_stretch": stretch}),
+                     **({} if motion is None else {"interior_hold_motion": motion}))
     renderer = WarpRenderer(size=256, emap=ExpressionMap.load(heldout_clip=name), config=cfg,
                             bank=MouthBank.load(exclude=(style_label(name),)))
     state = renderer.prepare(first, exp_ref=exp[0])
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", nargs="*", default=None, help="only these source clips (default: all)")
     ap.add_argument("--hold", type=float, default=None,
                     help="WarpConfig.interior_hold (default: the shipped value; 0: each frame alone)")
+    ap.add_argument("--motion", type=float, default=None,
+                    help="WarpConfig.interior_hold_motion (default: the shipped value; 0: never, the hold before it)")
     ap.add_argument("--stretch", type=float, default=None,
                     help="WarpConfig.interior_hold_stretch (default: the shipped value; 0: never, the hold before it)")
     ap.add_argument("--out", default=None,
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         series_by["real"].append(np.stack(s_real))
         frames_by[name] = {"real": (real, l_real)}
         for v, hold in variants.items():
-            rend = render_clip(name, exp, pose, first, hold, args.stretch)
+            rend = render_clip(name, exp, pose, first, hold, args.stretch, args.motion)
             l_rend = detect_all(rend)
             s_rend = series(rend, l_rend)
             per_clip[v][name] = {**steadiness(s_real, s_rend), **teeth_error(real, rend, l_real)}
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if score > worst[0]:
             worst = (score, name, start)
     result: dict = {"frames": args.frames, "interior_hold": args.hold, "interior_hold_stretch": args.stretch,
+                    "interior_hold_motion": args.motion,
                     "hold_px": HOLD_PX, "open_px": OPEN_PX,
                     "pop_teeth": POP_TEETH, "loadavg": list(os.getloadavg())}
     for v in variants:
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}: frames {worst[2]}–{worst[2] + 11} of {worst[1]}; rows: real, " + ", ".join(variants))
     if args.out:
         write_results(Path(args.out), result)
-    elif not args.clips and args.hold is None and args.stretch is None:
+    elif not args.clips and args.hold is None and args.stretch is None and args.motion is None:
         write_results(RESULTS / "mouth_temporal.json", result)
     return 0
 

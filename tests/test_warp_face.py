@@ -203,6 +203,18 @@ def test_a_mouth_shape_that_holds_keeps_its_interior(bank_renderer: WarpRenderer
     batch = inter.blend(wobble, torch.zeros(1, len(inter.gap)), WarpConfig().interior_hold)[0]
     torch.testing.assert_close(batch, held, atol=1e-3, rtol=0)  # a batch is the frames in order
 
+    # ... unless the opening is moving: a gap that changed by interior_hold_motion since the last frame is not held
+    cfg = WarpConfig()
+    memory = torch.zeros(1, len(inter.gap))
+    inter.blend(wobble[:1], memory, cfg.interior_hold)  # shows a
+    g_b = float(torch.mm(wobble[1:2].reshape(1, 136), inter.gap_feat))
+    moved = inter.blend(wobble[1:2], memory.clone(), cfg.interior_hold, 0.0, cfg.interior_hold_motion,
+                        torch.full((1, 1), g_b - cfg.interior_hold_motion))[0]
+    torch.testing.assert_close(moved, alone.reshape(6, 3, 20, 40)[1:2], atol=0.1, rtol=0)  # b's, as alone
+    stayed = inter.blend(wobble[1:2], memory.clone(), cfg.interior_hold, 0.0, cfg.interior_hold_motion,
+                         torch.full((1, 1), g_b))[0]
+    torch.testing.assert_close(stayed, held[1:2], atol=1e-3, rtol=0)  # a's, held
+
     far = int(torch.argmax(dist[a]))  # a clearly different shape: its own interior, memory or not
     assert float(dist[a, far]) ** 2 > 4 * WarpConfig().interior_hold * sigma2
     own = inter.blend(_lips(shapes[far : far + 1] / w))[0]

@@ -194,6 +194,7 @@ class WarpAvatar:
     # (1, K) the last rendered frame's weights over the interior's exemplars (Interior.blend): stream state, zeroed
     # by ``forget``; None without an interior
     interior_memory: torch.Tensor | None = None
+    interior_last_gap: torch.Tensor | None = None  # (1, 1) the last frame's target inner-lip gap (IOD), stream state
     # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
     # dark slit, which the real interior takes over as the mouth opens (models/warp/mouth.py)
     opening_teeth: bool = True
@@ -208,6 +209,8 @@ class WarpAvatar:
         if self.interior_memory is not None:
             with torch.inference_mode():  # it may have been made in inference mode (an inference tensor)
                 self.interior_memory.zero_()
+                if self.interior_last_gap is not None:
+                    self.interior_last_gap.zero_()
 
 
 def prepare_avatar(

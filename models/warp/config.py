@@ -83,6 +83,12 @@ class WarpConfig:
     # source clips 0.112 → 0.071 (real 0.061); leave one clip out it is chosen for 3 of 8 clips (models/assets/
     # mouth_bank.md, "The flat lens")
     interior_hold_stretch: float = 1.4
+    # ... and as the opening moves: gone when the target's mean inner-lip gap changes by this much (IOD) from one frame
+    # to the next, fully held under a tenth of it (0: never; see Interior.blend). benchmarks/mouth_temporal.py, the 8
+    # clips pooled (not left out): off / 0.01 / 0.02 / 0.03 / 0.04 / 0.06 → flicker p90 on holds 4.63 / 6.24 / 5.21 /
+    # 4.94 / 4.63 / 4.59 (real 3.9), pops per 100 1.05 / 2.78 / 1.67 / 1.02 / 0.69 / 0.70, teeth |error| frame by
+    # frame 0.128 / 0.102 / 0.109 / 0.108 / 0.112 / 0.119 (each frame alone: 13.4, 7.5, 0.098): 0.04, the knee
+    interior_hold_motion: float = 0.04
     # Cavity shade: inside the mouth, tissue (what the exemplar's teeth-likeness says is not teeth) darkens with its
     # depth behind the lip line, by cavity_shade at cavity_depth (IOD) from the nearer inner lip and more; teeth keep
     # their brightness (models/warp/interior.py). Without it a donor's lit tongue and lower lip filled the open mouth

@@ -169,6 +169,7 @@ class WarpCore(torch.nn.Module):
                 self.bank.donor(self.config.donor), avatar.teeth_rgb if bright else None, avatar.skin_rgb,
                 self.config.cavity_shade, self.config.cavity_depth)
             avatar.interior_memory = torch.zeros(1, len(avatar.interior.gap))
+            avatar.interior_last_gap = torch.zeros(1, 1)
             # the photo's opening is teeth (they ride with the upper lip) when about as bright as its skin or more;
             # a darker one is a shaded slit (e.g. 0.6–0.7 of the skin on two sample speakers; their teeth 0.95–1.15)
             avatar.opening_teeth = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 0.85 * float(

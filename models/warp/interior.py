@@ -201,8 +201,8 @@ class Interior:
     gain: torch.Tensor  # (3,) colour gain applied to the teeth (by each pixel's teeth-likeness)
     gap: torch.Tensor  # (K,) each exemplar's mean inner-lip gap (IOD, unweighted)
 
-    def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0, stretch: float = 0.0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def blend(self, face: torch.Tensor, memory: torch.Tensor | None = None, hold: float = 0.0, stretch: float = 0.0,
+              motion: float = 0.0, last_gap: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Interior patches (N, 3, PATCH_T, PATCH_S) for the inner lips of target landmarks (N, 68, 2), and the
         blended exemplars' own mean inner-lip gap (N, 1, 1) in IOD (the physical height the patch rows span).
 
@@ -223,6 +223,13 @@ class Interior:
         not the distance: releasing the hold whenever a much nearer exemplar existed (or a fixed reach of 0.05-0.08
         IOD) also released it in the slow drifts benchmarks/mouth_temporal.py counts as holds (flicker p90 4.4 →
         5.0-5.2, pops 0.7 → 1.4-1.8 per 100).
+
+        ``motion`` (0: never), with ``last_gap`` (1, 1) the previous frame's target mean inner-lip gap (IOD, updated
+        in place): the hold also fades as the opening moves, fully held while it changes by less than a tenth of
+        ``motion`` per frame, not at all from ``motion``. Why: a held interior is a stale one; held while the mouth
+        opened, the small opening's cavity stayed as the lips parted and the rendered mouth showed fewer teeth than
+        the real one frame by frame (benchmarks/mouth_temporal.py: teeth error 0.098 alone → 0.128 held). A shape
+        that holds, the case the hold is for, barely moves.
         """
         # squared feature distances |f − s|² less the target's own |f|², which neither the ranking nor the weights
         # (relative to the nearest) depend on: one product (torch.cdist cost ~10× as much)
@@ -233,19 +240,27 @@ class Interior:
             w, idx = _weights(d2, k)
         else:
             bonus = -hold * SIGMA * SIGMA
-            if stretch > 0.0:
+            moving = motion > 0.0 and last_gap is not None
+            if stretch > 0.0 or moving:
                 g_t = torch.mm(flat, self.gap_feat)  # (N, 1) the target's mean inner-lip gap (IOD)
             rows = []
             for i in range(d2.shape[0]):  # in order: each frame's choice depends on the one before
                 di = d2 if d2.shape[0] == 1 else d2[i : i + 1]
+                fade: torch.Tensor | None = None  # (1, 1) how much of the hold is left
+                if stretch > 0.0 or moving:
+                    g_i = g_t if d2.shape[0] == 1 else g_t[i : i + 1]
                 if stretch > 0.0:
                     # the shown exemplars' mean gap (+ a hair: no memory yet is 0, and so is its bonus)
                     g_s = torch.addmm(self.gap_eps, memory, self.gap_col)  # (1, 1)
-                    ratio = (g_t if d2.shape[0] == 1 else g_t[i : i + 1]).div(g_s)
-                    fade = torch.rsub(ratio, 4.0 * stretch, alpha=4.0).clamp(0.0, 1.0)  # (1, 1)
-                    di = torch.addcmul(di, memory, fade, value=bonus)
-                else:
-                    di = torch.add(di, memory, alpha=bonus)
+                    fade = torch.rsub(g_i.div(g_s), 4.0 * stretch, alpha=4.0).clamp(0.0, 1.0)
+                if moving:
+                    assert last_gap is not None
+                    still = torch.rsub(torch.sub(g_i, last_gap).abs(), 10.0 / 9.0, alpha=10.0 / (9.0 * motion))
+                    still = still.clamp(0.0, 1.0)
+                    fade = still if fade is None else fade * still
+                    last_gap.copy_(g_i)
+                di = (torch.add(di, memory, alpha=bonus) if fade is None
+                      else torch.addcmul(di, memory, fade, value=bonus))
                 rows.append(_weights(di, k))
                 memory.zero_().scatter_(1, rows[-1][1], rows[-1][0])
             w, idx = rows[0] if len(rows) == 1 else (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]))

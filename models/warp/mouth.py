@@ -133,7 +133,8 @@ def exemplar_fill(cfg: WarpConfig, avatar: WarpAvatar, tgt: torch.Tensor, a: tor
     """
     assert avatar.interior is not None
     patches, g_e = avatar.interior.blend(
-        tgt, avatar.interior_memory, cfg.interior_hold, cfg.interior_hold_stretch)  # (N, 3, T, S), (N, 1, 1)
+        tgt, avatar.interior_memory, cfg.interior_hold, cfg.interior_hold_stretch, cfg.interior_hold_motion,
+        avatar.interior_last_gap)  # (N, 3, T, S), (N, 1, 1)
     s = (h_t - h0) / (h1 - h0).clamp_min(1e-6)  # (N, 1, Qh)
     gt = gt.clamp_min(1e-6)
     if cfg.interior_jaws:
