@@ -39,6 +39,7 @@ from benchmarks.renderer import (
     inner_mask,
     interior_stats,
     mouth_box,
+    parse_set,
     tile,
 )
 from benchmarks.results_io import RESULTS, write_results
@@ -71,8 +72,8 @@ def clip_frames(name: str, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return exp[:n], pose[:n], real, first
 
 
-def render_clip(name: str, exp: np.ndarray, pose: np.ndarray, first: np.ndarray, hold: float | None = None,
-                stretch: float | None = None, motion: float | None = None) -> np.ndarray:
+def render_clip(name: str, exp: np.ndarray, pose: np.ndarray, first: np.ndarray,
+                overrides: dict[str, float] | None = None) -> np.ndarray:
     """The clip rendered consecutively, as a stream renders it (held-out map, bank without the speaker)."""
     import torch
 
@@ -80,9 +81,7 @@ def render_clip(name: str, exp: np.ndarray, pose: np.ndarray, first: np.ndarray,
     from models.dataset import style_label
     from models.warp import ExpressionMap, MouthBank, WarpConfig
 
-    cfg = WarpConfig(**({} if hold is None else {"interior_hold": hold}),
-                     **({} if stretch is None else {"interior_hold_stretch": stretch}),
-                     **({} if motion is None else {"interior_hold_motion": motion}))
+    cfg = WarpConfig(**(overrides or {}))  # type: ignore[arg-type]
     renderer = WarpRenderer(size=256, emap=ExpressionMap.load(heldout_clip=name), config=cfg,
                             bank=MouthBank.load(exclude=(style_label(name),)))
     state = renderer.prepare(first, exp_ref=exp[0])
@@ -160,22 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300, help="consecutive frames per clip (from the first)")
     ap.add_argument("--clips", nargs="*", default=None, help="only these source clips (default: all)")
-    ap.add_argument("--hold", type=float, default=None,
-                    help="WarpConfig.interior_hold (default: the shipped value; 0: each frame alone)")
-    ap.add_argument("--motion", type=float, default=None,
-                    help="WarpConfig.interior_hold_motion (default: the shipped value; 0: never, the hold before it)")
-    ap.add_argument("--stretch", type=float, default=None,
-                    help="WarpConfig.interior_hold_stretch (default: the shipped value; 0: never, the hold before it)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="WarpConfig fields (numbers) for the rendered variant, e.g. interior_hold=64 or "
+                         "interior_hold_motion=0; results are then written only to --out")
     ap.add_argument("--out", default=None,
                     help="write the results here (default: benchmarks/results/mouth_temporal.json, and only for a "
-                         "full run at the shipped hold)")
+                         "full run without --set)")
     args = ap.parse_args(argv)
     import skimage.io
 
     clips = sorted(p.stem for p in (DATA / "source" / "image").glob("*.png"))
     if args.clips:
         clips = [c for c in clips if c in args.clips]
-    variants = {"rendered": args.hold, "alone": 0.0} if args.hold != 0.0 else {"rendered": 0.0}
+    overrides = parse_set(args.set)
+    # the same frames with each frame's interior chosen alone (interior_hold 0), unless that is what is scored
+    variants = {"rendered": overrides}
+    if overrides.get("interior_hold") != 0.0:
+        variants["alone"] = {**overrides, "interior_hold": 0.0}
     per_clip: dict[str, dict[str, dict]] = {v: {} for v in variants}
     series_by: dict[str, list[np.ndarray]] = {"real": [], **{v: [] for v in variants}}
     worst: tuple[float, str, int] = (-1.0, "", 0)
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         s_real = series(real, l_real)
         series_by["real"].append(np.stack(s_real))
         frames_by[name] = {"real": (real, l_real)}
-        for v, hold in variants.items():
-            rend = render_clip(name, exp, pose, first, hold, args.stretch, args.motion)
+        for v, cfg in variants.items():
+            rend = render_clip(name, exp, pose, first, cfg)
             l_rend = detect_all(rend)
             s_rend = series(rend, l_rend)
             per_clip[v][name] = {**steadiness(s_real, s_rend), **teeth_error(real, rend, l_real)}
@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         score = float(np.convolve(dt, np.ones(11), "valid").max()) if len(dt) >= 11 else 0.0
         if score > worst[0]:
             worst = (score, name, start)
-    result: dict = {"frames": args.frames, "interior_hold": args.hold, "interior_hold_stretch": args.stretch,
-                    "interior_hold_motion": args.motion,
+    result: dict = {"frames": args.frames, "overrides": overrides,
                     "hold_px": HOLD_PX, "open_px": OPEN_PX,
                     "pop_teeth": POP_TEETH, "loadavg": list(os.getloadavg())}
     for v in variants:
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}: frames {worst[2]}–{worst[2] + 11} of {worst[1]}; rows: real, " + ", ".join(variants))
     if args.out:
         write_results(Path(args.out), result)
-    elif not args.clips and args.hold is None and args.stretch is None and args.motion is None:
+    elif not args.clips and not overrides:
         write_results(RESULTS / "mouth_temporal.json", result)
     return 0
 

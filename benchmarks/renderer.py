@@ -81,6 +81,24 @@ def _sway(frames: int) -> np.ndarray:
 OVERRIDES: dict[str, float] = {}  # --set: WarpConfig fields for the bank renderers scored (an A/B or a sweep)
 
 
+def parse_set(items: list[str]) -> dict[str, float]:
+    """``--set FIELD=VALUE ...`` → WarpConfig overrides (numbers); an unknown field or a bad value exits with a
+    clear message (the benchmarks' shared way to A/B or sweep a renderer setting)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(WarpConfig)}
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of WarpConfig's fields")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise SystemExit(f"--set {item!r}: {value!r} is not a number") from None
+    return out
+
+
 def config(**kw: object) -> WarpConfig:
     """The WarpConfig scored: ``kw`` over the --set overrides over the shipped defaults."""
     return WarpConfig(**{**OVERRIDES, **kw})  # type: ignore[arg-type]
@@ -1200,12 +1218,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="quality: the moving head without its head+hair matte (WarpConfig.head_matte=False), the "
                          "path before it, for an A/B of the place sheets and the uncovered band's streaks")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="WarpConfig fields (numbers) for the bank renderers scored, e.g. interior_hold_reach=0 (the "
+                    help="WarpConfig fields (numbers) for the bank renderers scored, e.g. interior_hold_stretch=0 (the "
                          "path before it); results are then written only to --out")
     ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/renderer.json)")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    OVERRIDES.update({k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    OVERRIDES.update(parse_set(args.set))
     if args.head_only:
         out = RESULTS / "renderer.json"
         old = json.loads(out.read_text()) if out.is_file() else {}

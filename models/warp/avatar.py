@@ -205,12 +205,11 @@ class WarpAvatar:
     lid_fill: torch.Tensor | None = None
 
     def forget(self) -> None:
-        """A new stream: no previous frame (the interior's choice starts afresh)."""
-        if self.interior_memory is not None:
-            with torch.inference_mode():  # it may have been made in inference mode (an inference tensor)
-                self.interior_memory.zero_()
-                if self.interior_last_gap is not None:
-                    self.interior_last_gap.zero_()
+        """A new stream: no previous frame (the interior's choice and its hold start afresh)."""
+        with torch.inference_mode():  # they may have been made in inference mode (inference tensors)
+            for state in (self.interior_memory, self.interior_last_gap):
+                if state is not None:
+                    state.zero_()
 
 
 def prepare_avatar(

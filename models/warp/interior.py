@@ -240,25 +240,25 @@ class Interior:
             w, idx = _weights(d2, k)
         else:
             bonus = -hold * SIGMA * SIGMA
-            moving = motion > 0.0 and last_gap is not None
-            if stretch > 0.0 or moving:
+            last = last_gap if motion > 0.0 else None
+            gated = stretch > 0.0 or last is not None
+            if gated:
                 g_t = torch.mm(flat, self.gap_feat)  # (N, 1) the target's mean inner-lip gap (IOD)
             rows = []
             for i in range(d2.shape[0]):  # in order: each frame's choice depends on the one before
                 di = d2 if d2.shape[0] == 1 else d2[i : i + 1]
                 fade: torch.Tensor | None = None  # (1, 1) how much of the hold is left
-                if stretch > 0.0 or moving:
+                if gated:
                     g_i = g_t if d2.shape[0] == 1 else g_t[i : i + 1]
-                if stretch > 0.0:
-                    # the shown exemplars' mean gap (+ a hair: no memory yet is 0, and so is its bonus)
-                    g_s = torch.addmm(self.gap_eps, memory, self.gap_col)  # (1, 1)
-                    fade = torch.rsub(g_i.div(g_s), 4.0 * stretch, alpha=4.0).clamp(0.0, 1.0)
-                if moving:
-                    assert last_gap is not None
-                    still = torch.rsub(torch.sub(g_i, last_gap).abs(), 10.0 / 9.0, alpha=10.0 / (9.0 * motion))
-                    still = still.clamp(0.0, 1.0)
-                    fade = still if fade is None else fade * still
-                    last_gap.copy_(g_i)
+                    if stretch > 0.0:
+                        # the shown exemplars' mean gap (+ a hair: no memory yet is 0, and so is its bonus)
+                        g_s = torch.addmm(self.gap_eps, memory, self.gap_col)  # (1, 1)
+                        fade = torch.rsub(g_i.div(g_s), 4.0 * stretch, alpha=4.0).clamp(0.0, 1.0)
+                    if last is not None:
+                        still = torch.rsub(torch.sub(g_i, last).abs(), 10.0 / 9.0, alpha=10.0 / (9.0 * motion))
+                        still = still.clamp(0.0, 1.0)
+                        fade = still if fade is None else fade * still
+                        last.copy_(g_i)
                 di = (torch.add(di, memory, alpha=bonus) if fade is None
                       else torch.addcmul(di, memory, fade, value=bonus))
                 rows.append(_weights(di, k))
