@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LUMA = (0.299, 0.587, 0.114)
+from models.warp.interior import LUMA
+from models.warp.tps import px_to_norm
 
 
 def lip_edges(avatar_size: int, img: torch.Tensor, frame_a: torch.Tensor, frame_t: torch.Tensor,
@@ -36,7 +37,7 @@ def lip_edges(avatar_size: int, img: torch.Tensor, frame_a: torch.Tensor, frame_
     v = torch.stack([upper[:, None] - d, lower[:, None] + d])  # (2, L, D) face-frame v
     face = torch.stack([hs[None, :, None].expand_as(v), v], -1)  # (2, L, D, 2)
     px = face @ frame_a.T + frame_t
-    grid = (px + 0.5) * (2.0 / avatar_size) - 1.0  # pixel centres → grid_sample's normalised (align_corners=False)
+    grid = px_to_norm(px, avatar_size)
     rgb = F.grid_sample(img[None], grid.reshape(1, 2 * len(hs), len(d), 2), mode="bilinear",
                         padding_mode="border", align_corners=False)[0]  # (3, 2L, D)
     w = torch.tensor(LUMA)

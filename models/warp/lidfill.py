@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from models.warp.config import WarpConfig
 from models.warp.landmarks import EYE_UP
-from models.warp.tps import cubic_curve, smoothstep
+from models.warp.tps import cubic_curve, px_to_norm, smoothstep
 
 
 def lid_fill(cfg: WarpConfig, image: torch.Tensor, src: torch.Tensor, A: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ def _along_lid(cfg: WarpConfig, img: torch.Tensor, A: torch.Tensor, t: torch.Ten
     crease line is outvoted), smoothed along the lid (σ lid_fill_blur)."""
     size = img.shape[-1]
     pts = torch.stack([torch.stack([hs, u_s - cfg.lash_band - d], -1) for d in offsets])  # (R, L, 2) face frame
-    q = ((pts @ A.T + t) + 0.5) * (2.0 / size) - 1.0  # grid_sample's normalised coordinates
+    q = px_to_norm(pts @ A.T + t, size)
     colour = F.grid_sample(img, q.unsqueeze(0), mode="bilinear", padding_mode="border",
                            align_corners=False)[0].median(1).values  # (3, L)
     k = torch.arange(-3 * cfg.lid_fill_blur, 3 * cfg.lid_fill_blur + 1e-6, 0.005)
