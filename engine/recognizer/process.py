@@ -165,6 +165,10 @@ class ProcessRecognizer:
         try:
             self._conn.send_bytes(payload)
         except (OSError, ValueError) as exc:
+            # a killed child closes the pipe before or after the send: say it ended either way (a broken pipe
+            # was reported only when the kill won the race), unless it still runs
+            if self._exited(0.2):
+                self._ended(what)
             self._fail(f"could not send audio ({exc})")
         kind, value = self._answer(ANSWER_TIMEOUT_S, what)
         if kind == "events":  # pairs on the wire (plain data), events again here
@@ -177,11 +181,18 @@ class ProcessRecognizer:
                 self._fail(f"no answer to {what} within {timeout:.0f} s")
             return self._conn.recv()
         except (EOFError, OSError):
-            try:
-                code: int | None = self._proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                code = None
-            self._fail(f"the process ended during {what} (exit code {code})")
+            self._ended(what)
+
+    def _exited(self, timeout: float) -> bool:
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def _ended(self, what: str) -> NoReturn:
+        code = self._proc.returncode if self._exited(1.0) else None
+        self._fail(f"the process ended during {what} (exit code {code})")
 
     def _fail(self, why: str) -> NoReturn:
         self._dead = why
