@@ -124,7 +124,9 @@ def test_record_my_style_in_chromium(live_runtime, samples_dir) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert rec["bytes"] > 10_000  # a real recording was uploaded
-    assert rec["progress"]["frames"] > 100  # ~6 s at the camera's 30 fps, extracted with progress events
+    assert rec["progress"]["frames"] > 0  # extracted with progress events (throttled: not the last frame's)
+    # ~6 s on the 30 fps grid whatever rate the recorder kept on a loaded machine (timestamps are resampled)
+    assert rec["frames"] > 100, rec
 
 
 def test_video_extraction_does_not_block_the_clients_requests_and_save_style_persists(  # noqa: F811

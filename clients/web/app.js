@@ -437,6 +437,7 @@ async function recordStyle() {
     showStyles(r.styles);
     rec.phase = "done";
     rec.style = r.style;
+    rec.frames = r.frames; // the clip on the 30 fps grid (the progress events count decoded, throttled frames)
     recordStatus(`style “${r.style}” ready (${r.frames} frames): pick it above`);
     log(`recorded style “${r.style}” added (${r.frames} frames)`);
   } catch (err) {
