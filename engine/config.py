@@ -113,6 +113,12 @@ class StyleConfig:
     # current style's lip opening (styles and intensity show as changes of the face, lips stay closed in silence:
     # engine.stylebank.rest_expression), "style" = the current style's (a style's static pose then never shows);
     # benchmarks/results/styles_intensity_rest_*.png (_open_lips: the plain neutral silence, before)
+    # share of a style's silent eyelid closure (or widening), relative to the neutral silence, drawn on the photo
+    # (style.rest = "neutral"): the sample speakers' coefficients carry their own eye shape, and drawn in full (1)
+    # happy, angry and furious half-closed the eyes all the time, a sleepy face; 0 fits the style videos' eyes best
+    # (benchmarks/style_eyes.py, leave-one-style-out); 0.25 keeps a visible squint (happy) and a wider look
+    # (surprised) at nearly the same error. The style's eye motion in speech is drawn in full either way.
+    lid_keep: float = 0.25
     user_dir: str | None = None  # styles added with `styles add`; None = $XDG_DATA_HOME/styletalk-live/styles
     video_min_seconds: float = 2.0  # a style video must be this long (extract-style, styles add, uploads) ...
     video_max_seconds: float = 60.0  # ... and at most this long
@@ -219,6 +225,7 @@ class Config:
         _check(0.0 <= s.intensity <= MAX_INTENSITY, "style.intensity", f"must be in 0..{MAX_INTENSITY:g}")
         _choice(s.intensity_space, INTENSITY_SPACES, "style.intensity_space")
         _choice(s.rest, REST_CHOICES, "style.rest")
+        _check(0.0 <= s.lid_keep <= 1.0, "style.lid_keep", "must be in 0..1")
         _check(bool(s.default), "style.default", "must not be empty")
         _check(0.5 <= s.video_min_seconds <= s.video_max_seconds <= 600, "style.video_min_seconds",
                "must satisfy 0.5 <= video_min_seconds <= video_max_seconds <= 600")

@@ -76,6 +76,16 @@ class RestAware(Protocol):
         silence keeps its lips where the current style's silence has them (``engine.stylebank.rest_expression``)."""
         ...
 
+    def lid_gap_directions(self) -> np.ndarray:
+        """(64, m): expression directions that open the eyelids; a rest face keeps a share ``style.lid_keep`` of
+        how far the current style's silence closes them relative to the neutral silence."""
+        ...
+
+    def expression_spread(self) -> np.ndarray:
+        """(64,) the coefficients' spread: a rest face moves the fewest of these units (the renderer follows each
+        coefficient over a range in proportion to it)."""
+        ...
+
 
 class FaceBoxLike(Protocol):
     """A detected face rectangle in pixels (``engine.avatar.FaceBox``)."""

@@ -199,14 +199,13 @@ def render(config: Config, output: Path, phonemes: str | None = None, audio: str
     renderer = runtime.renderer
     state = renderer.prepare(runtime.avatar)
     if isinstance(renderer, RestAware):  # silence shows the photo's own mouth (style.rest: whose silence)
-        from engine.stylebank import rest_expression
+        from engine.stylebank import renderer_rest
 
         s = config.style
         if s.rest == "style":
             exp_rest = np.array(runtime.decoder.idle(code), np.float32)
         else:
-            exp_rest = rest_expression(runtime.styles, runtime.decoder.idle, style_name, s.intensity,
-                                       s.intensity_space, s.rest, renderer.lip_gap_directions())
+            exp_rest = renderer_rest(renderer, runtime.styles, runtime.decoder.idle, style_name, s.intensity, s)
         renderer.set_rest(state, exp_rest)
     delay = int(renderer.delay_frames)  # engine.contracts.Renderer
 

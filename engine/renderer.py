@@ -169,6 +169,15 @@ class WarpRenderer:
         """(64, 3) expression directions that open the inner lips (see ``WarpCore.lip_gap_directions``)."""
         return self.core.lip_gap_directions().detach().cpu().numpy().astype(np.float32)
 
+    def lid_gap_directions(self) -> np.ndarray:
+        """(64, 4) expression directions that open the eyelids (see ``WarpCore.lid_gap_directions``)."""
+        return self.core.lid_gap_directions().detach().cpu().numpy().astype(np.float32)
+
+    def expression_spread(self) -> np.ndarray:
+        """(64,) each expression coefficient's spread over the sample clips (the map clamps a change at
+        ``exp_clip`` × it): a rest face moves in these units (``engine.stylebank.rest_expression``)."""
+        return self.core.exp_std.detach().cpu().numpy().astype(np.float32)
+
     def reset(self, state: AvatarState) -> None:
         """New stream: the next pose becomes the reference for head motion, and the mouth interior is chosen
         afresh (it holds the last frame's while the mouth shape holds)."""

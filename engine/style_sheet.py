@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import MAX_INTENSITY, ConfigError, add_config_arguments, config_from_args
+from engine.config import MAX_INTENSITY, ConfigError, StyleConfig, add_config_arguments, config_from_args
 from engine.contracts import RestAware
-from engine.stylebank import rest_expression
+from engine.stylebank import renderer_rest
 from models.phonemes import PHONEME_INDEX, SIL, phoneme_windows
 
 log = logging.getLogger(__name__)
@@ -85,17 +85,19 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 def draw_sheet(runtime_parts, styles: list[str], labels: np.ndarray, columns: int, intensity: float,
                tile: int = 192, intensities: list[float] | None = None, silence: bool = False,
-               space: str = "hybrid", rest: str = "style") -> np.ndarray:
+               style: StyleConfig | None = None) -> np.ndarray:
     """The sheet image uint8 ``(H, W, 3)``; ``runtime_parts`` = (decoder, style bank, renderer, avatar).
 
     ``intensities`` (default ``[intensity]``): one group of tiles per intensity along each row; ``silence``
-    puts a tile of the style's silence (an all-SIL window) before the speech tiles of each group. ``rest``:
-    which silence a rest-aware renderer treats as the photo's own face - ``"style"`` (each style's, as a live
-    session does) or ``"neutral"`` (the neutral style's, so a style's static pose shows as a change).
+    puts a tile of the style's silence (an all-SIL window) before the speech tiles of each group. ``style``
+    (default: the defaults) gives the intensity space and, for a rest-aware renderer, which silence is drawn as
+    the photo's own face (``rest``, ``lid_keep``), as a live session draws it.
     """
     from PIL import Image
 
     decoder, bank, renderer, avatar = runtime_parts
+    style = style if style is not None else StyleConfig()
+    space = style.intensity_space
     ks = list(intensities) if intensities else [intensity]
     frames = pick_frames(labels, columns)
     windows = phoneme_windows(labels)[frames]  # (F, 11)
@@ -110,8 +112,7 @@ def draw_sheet(runtime_parts, styles: list[str], labels: np.ndarray, columns: in
             code = bank.styled(name, k, space)
             exp = decoder.decode(windows, code)  # (F, 64)
             if isinstance(renderer, RestAware):
-                renderer.set_rest(state, rest_expression(bank, decoder.idle, name, k, space, rest,
-                                                         renderer.lip_gap_directions()))
+                renderer.set_rest(state, renderer_rest(renderer, bank, decoder.idle, name, k, style))
             if hasattr(renderer, "reset"):
                 renderer.reset(state)
             images = renderer.render(state, exp.astype(np.float32), pose)
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("drawing %d styles on phonemes of %s with the %s renderer", len(names), source,
                  config.renderer.kind)
         image = draw_sheet((decoder, bank, build_renderer(config), load_avatar(config)), names, labels,
-                           args.columns, float(config.style.intensity), args.tile, ks, args.silence,
-                           config.style.intensity_space, config.style.rest)
+                           args.columns, float(config.style.intensity), args.tile, ks, args.silence, config.style)
     except (ConfigError, ClipError, StyleError, SheetError, InputError) as exc:
         print(f"styletalk-live styles: error: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.config import MAX_INTENSITY
+from engine.config import MAX_INTENSITY, StyleConfig
+from engine.contracts import RestAware
 
 MIX_SEPARATOR = "+"
 """``"a+b"`` names the equal mix of styles ``a`` and ``b`` (``"a+b+c"``: three styles), see :meth:`StyleBank.get`."""
@@ -149,7 +150,8 @@ class StyleBank:
 
 def rest_expression(
     bank: StyleBank, idle: Callable[[np.ndarray], np.ndarray], name: str, k: float, space: str, rest: str,
-    lip_dirs: np.ndarray | None = None,
+    lip_dirs: np.ndarray | None = None, lid_dirs: np.ndarray | None = None, lid_keep: float = 1.0,
+    spread: np.ndarray | None = None,
 ) -> np.ndarray:
     """The rest expression (64,) a rest-aware renderer draws as the photo itself, for style ``name`` at ``k``.
 
@@ -159,17 +161,41 @@ def rest_expression(
     ``lip_dirs`` (64, m) (the renderer's lip-gap directions) until the style's silence opens the lips by exactly
     nothing. Why: strong styles' silences part the lips (surprised, spata at k=2); drawn on a photo whose mouth is
     closed that is a dark hole in silence, the defect a viewer notices first.
-    Shapes: idle(code (D,)) -> (64,); lip_dirs G (64, m): rest = n + G a with Gᵀ(s - rest) = 0.
+    The eyelids likewise, along ``lid_dirs`` (64, e), but only in part: the style's silence closes (or widens) the
+    photo's eyes by ``lid_keep`` × as much as it closes them relative to the neutral silence. Why: the sample
+    speakers' expression coefficients carry their own eye shape; drawn in full, every style but two closed a
+    photo's eyes by 25–45 % in speech (happy: the lids half down, a sleepy face), where the style videos show their
+    speakers' eyes 0–17 % less open than read speech does (benchmarks/style_eyes.py).
+    The rest moves the fewest ``spread`` units (64,) (the renderer's coefficient spreads; None: plain units): a
+    plain least-norm move pushed coefficients with a narrow spread past the range the renderer follows (it clamps
+    there), and the clamped rest left KristiNoem's lips 0.7 px apart in silence (1.3 px with the eyelids moved too).
+    Shapes: idle(code (D,)) -> (64,); G = [lip_dirs, lid_dirs] (64, m + e), W = diag(spread²): rest = n + W G a
+    with Gᵀ(s - rest) = [0, lid_keep · lid_dirsᵀ(s - n)].
     """
     style_idle = np.array(idle(bank.styled(name, k, space)), np.float32).reshape(-1)  # a copy: idle() caches
     if rest != "neutral" or bank.neutral not in bank:
         return style_idle
     neutral_idle = np.asarray(idle(bank.styled(bank.neutral, 1.0, space)), np.float32).reshape(-1)
-    if lip_dirs is None:
+    d = (style_idle - neutral_idle).astype(np.float64)
+    blocks = [(np.asarray(g, np.float64), 1.0) for g in (lip_dirs,) if g is not None]
+    if lid_dirs is not None:
+        blocks.append((np.asarray(lid_dirs, np.float64), 1.0 - float(lid_keep)))
+    if not blocks:
         return neutral_idle
-    g = np.asarray(lip_dirs, np.float64)
-    a, *_ = np.linalg.lstsq(g.T @ g, g.T @ (style_idle - neutral_idle).astype(np.float64), rcond=None)
-    return (neutral_idle + g @ a).astype(np.float32)
+    g = np.concatenate([b for b, _ in blocks], 1)
+    wg = g if spread is None else np.square(np.asarray(spread, np.float64))[:, None] * g  # (64, m + e)
+    rhs = np.concatenate([share * (b.T @ d) for b, share in blocks])
+    a, *_ = np.linalg.lstsq(g.T @ wg, rhs, rcond=None)
+    return (neutral_idle + wg @ a).astype(np.float32)
+
+
+def renderer_rest(renderer: RestAware, bank: StyleBank, idle: Callable[[np.ndarray], np.ndarray], name: str,
+                  k: float, style: StyleConfig) -> np.ndarray:
+    """:func:`rest_expression` with a rest-aware renderer's lip and eyelid directions and the ``style`` config's
+    rest choice, intensity space and ``lid_keep``, moving in the renderer's coefficient spreads: what every caller
+    that sets a renderer's rest computes."""
+    return rest_expression(bank, idle, name, k, style.intensity_space, style.rest, renderer.lip_gap_directions(),
+                           renderer.lid_gap_directions(), style.lid_keep, renderer.expression_spread())
 
 
 def lerp(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:

@@ -148,3 +148,32 @@ def test_rest_expression_is_the_styles_silence_or_the_neutral_one_with_the_style
     coef, *_ = np.linalg.lstsq(g, rest - neutral_idle, rcond=None)
     np.testing.assert_allclose(g @ coef, rest - neutral_idle, atol=1e-3)
     assert np.linalg.norm(style_idle - rest) > 0.5 * np.linalg.norm(style_idle - neutral_idle)  # the pose shows
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.25, 1.0])
+def test_rest_expression_keeps_a_share_of_the_styles_eyelid_closure(keep: float) -> None:
+    """Eyelids like lips, but only in part: the style's silence moves the lid gaps by ``keep`` × its move from the
+    neutral silence, the lips by nothing, with or without coefficient spreads."""
+    from engine.stylebank import rest_expression
+
+    bank, _ = _bank()
+    bank.add_code("neutral", np.zeros(8))
+    bank.add_code("b", np.full(8, 4.0))
+    rng = np.random.default_rng(5)
+    lift = rng.normal(size=(bank.styled("b", 1.0).size, 64)).astype(np.float32)
+
+    def idle(code: np.ndarray) -> np.ndarray:
+        return (np.asarray(code, np.float32).reshape(-1) @ lift).astype(np.float32)
+
+    s, n = idle(bank.styled("b", 1.0)), idle(bank.styled("neutral", 1.0))
+    lips, lids = rng.normal(size=(64, 3)), rng.normal(size=(64, 4))
+    spread = rng.uniform(0.2, 3.0, size=64)
+    for sp in (None, spread):
+        rest = rest_expression(bank, idle, "b", 1.0, "hybrid", "neutral", lips, lids, keep, sp)
+        np.testing.assert_allclose(lips.T @ (s - rest), 0.0, atol=1e-3)
+        moved = lids.T @ (s - n)
+        np.testing.assert_allclose(lids.T @ (s - rest), keep * moved, atol=1e-3 * np.abs(moved).max())
+    # with spreads the rest moves those units: narrow coefficients little (the renderer clamps them early)
+    w = (rest - n) / spread**2
+    coef, *_ = np.linalg.lstsq(np.concatenate([lips, lids], 1), w, rcond=None)
+    np.testing.assert_allclose(np.concatenate([lips, lids], 1) @ coef, w, atol=1e-3 * np.abs(w).max())

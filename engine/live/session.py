@@ -60,7 +60,7 @@ from engine.model_process import ModelWorkerError
 from engine.motion import IdleMotion
 from engine.pacing import OutputPacer, StageMetrics
 from engine.stream import DecodeJob, StreamCore
-from engine.stylebank import MAX_INTENSITY, StyleBank, rest_expression
+from engine.stylebank import MAX_INTENSITY, StyleBank, renderer_rest
 from engine.timing import MediaClock
 
 if TYPE_CHECKING:
@@ -383,9 +383,8 @@ class LiveSession:
         renderer = self.runtime.renderer
         if not isinstance(renderer, RestAware):
             return None
-        s = self.config.style
-        return rest_expression(self.styles, self.runtime.decoder.idle, self._style_name, self._intensity,
-                               s.intensity_space, s.rest, renderer.lip_gap_directions())
+        return renderer_rest(renderer, self.styles, self.runtime.decoder.idle, self._style_name, self._intensity,
+                             self.config.style)
 
     def _update_rest(self) -> None:
         """After a style or intensity change: the new style's rest, set by the render lane (between jobs)."""

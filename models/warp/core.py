@@ -245,6 +245,14 @@ class WarpCore(torch.nn.Module):
         w = self.weights.reshape(-1, 68, 2)
         return w[:, il, 1] - w[:, iu, 1]
 
+    def lid_gap_directions(self) -> torch.Tensor:
+        """(64, 4): how each expression coefficient opens the four upper-to-lower eyelid gaps (the map's linear part,
+        before the caps of ``target_local``). The engine uses it to draw a style's silent eyelids as the photo's
+        (engine.stylebank.rest_expression): the sample speakers' expression coefficients carry their own eye shape."""
+        iu, il = self._ix("lids_up"), self._ix("lids_lo")
+        w = self.weights.reshape(-1, 68, 2)
+        return w[:, il, 1] - w[:, iu, 1]
+
     def head_motion(self, pose: torch.Tensor, pose_ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Δpose → clamped similarity: scale (N,), rotation (N, 2, 2), shift (N, 2) in IOD along image axes."""
         cfg = self.config
