@@ -169,13 +169,39 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"leave-one-style-out: mean |error| {summary['loo_mean_error']:.3f} (lid_keep 1: "
           f"{summary['keep_1_mean_error']:.3f}); default lid_keep {default}: {summary['default_mean_error']:.3f}")
+    lips_px = silent_lips(renderer, states, bank, decoder, (lips, lids, spread), default)
     result = {"targets": targets, "read_speech_openness": neutral, "sentence": SENTENCE, "photos": list(states),
               "rendered": {str(k): v for k, v in rendered.items()}, "before": before, "loo": loo,
-              "summary": summary}
+              "summary": summary, "silent_lips_px": lips_px}
     write_results(args.out, result)
     if args.sheet:
         sheet(renderer, states, bank, decoder, exps, (lips, lids, spread), default)
     return 0
+
+
+def silent_lips(renderer: WarpRenderer, states: dict, bank, decoder, dirs: tuple, default: float) -> dict:
+    """Every built-in style's silence (the decoder's all-SIL output) on every photo: the target inner-lip gap minus
+    the photo's (px at 256², mean |.| and worst over styles × photos), before (lips only, plain units) and now."""
+    from benchmarks.closure import target_px
+    from engine.stylebank import rest_expression
+
+    lips, lids, spread = dirs
+    out = {}
+    for label, kw in (("before", {}), ("now", {"lid_dirs": lids, "lid_keep": default, "spread": spread})):
+        errs = []
+        for s in bank.names():
+            rest = rest_expression(bank, decoder.idle, s, 1.0, "hybrid", "neutral", lips, **kw)
+            silence = np.asarray(decoder.idle(bank.get(s)), np.float32)[None]
+            for st in states.values():
+                renderer.set_rest(st, rest)
+                t, p = target_px(renderer, st, silence)[0], st.landmarks
+                gap = (t[[67, 66, 65], 1] - t[[61, 62, 63], 1]).mean()
+                errs.append(float(gap - max(float((p[[67, 66, 65], 1] - p[[61, 62, 63], 1]).mean()), 0.0)))
+        a = np.abs(errs)
+        out[label] = {"mean_abs_px": float(a.mean()), "worst_px": float(a.max()), "mean_px": float(np.mean(errs))}
+        print(f"silent lips ({label}): |target gap − photo gap| mean {a.mean():.2f} px, worst {a.max():.2f} px over "
+              f"{len(bank.names())} styles × {len(states)} photos", flush=True)
+    return out
 
 
 def sheet(renderer: WarpRenderer, states: dict, bank, decoder, exps: dict, dirs: tuple, default: float) -> Path:
