@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.lids import aperture
 from benchmarks.results_io import RESULTS, write_results
 from engine.avatar import builtin_avatar, detect_landmarks
 from engine.config import StyleConfig
@@ -48,18 +49,7 @@ STYLE_VIDEOS = {  # built-in style -> its clips in style/video (models.train.STY
     "furious_2": ["furious_talk1_clip1", "furious_talk1_clip2"],
 }
 GRID = (1.0, 0.75, 0.5, 0.25, 0.0)
-EYES = (list(range(36, 42)), list(range(42, 48)))
 CACHE = Path("/tmp/styletalk_style_eyes_cache")
-
-
-def aperture(lmk: np.ndarray) -> np.ndarray:
-    """(F, 68, 2) → (F,) mean over both eyes of (upper–lower lid distance) / eye width (NaN where no face)."""
-    out = []
-    for e in EYES:
-        p = lmk[:, e]
-        gap = (np.linalg.norm(p[:, 1] - p[:, 5], axis=-1) + np.linalg.norm(p[:, 2] - p[:, 4], axis=-1)) / 2
-        out.append(gap / np.linalg.norm(p[:, 3] - p[:, 0], axis=-1))
-    return np.mean(out, 0)
 
 
 def video_openness(path: Path) -> float:
