@@ -141,8 +141,11 @@ class MouthBank:
         """The donor's exemplars colour-matched to a photo: the teeth to its teeth, the tissue shaded by depth.
 
         Teeth, with teeth in the photo: the donor's teeth → the photo's teeth (one gain per channel, half the tint).
-        Without: a grey gain, the square root of the photo-to-donor skin luminance ratio — lighting shows in the
-        skin, but teeth do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin).
+        Without: the square root of the photo-to-donor skin luminance ratio — lighting shows in the skin, but teeth
+        do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin) — and ``teeth_tint`` ×
+        the share of the photo's skin tint real teeth take (``teeth_from_skin``; a grey gain made the donor's
+        near-white teeth a cold blue-grey in a warm face). ``teeth_pool`` and ``teeth_contrast``: options, not
+        shipped (WarpConfig; models/assets/mouth_bank.md).
         Each pixel takes that gain by its teeth-likeness; the rest of it (tongue, the inside of the lips: tissue) the
         square root of its grey part, at most 1, and is shaded darker with its depth behind the nearer lip, by
         ``cavity_shade`` from ``cavity_depth`` (IOD) on (``cavity_shade_map``). (With the teeth's gain on everything
