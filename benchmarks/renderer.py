@@ -265,6 +265,18 @@ def interior_stats(image: np.ndarray, mask: np.ndarray, skin: float | None = Non
     sat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0)
     out = {"luma_mean": float(luma.mean()), "luma_std": float(luma.std()),
            "teeth": float(((luma >= TEETH_LUMA) & (sat < TEETH_SAT)).mean())}
+    # how bright the teeth are, whatever their area (the teeth share counts pixels over a fixed luminance): the
+    # brightest tenth of the unsaturated pixels' mean; and their texture, the spread of the brightest third's
+    # (and their warmth, (R − B) / luminance: teeth take the light's and the skin's tint)
+    order = np.argsort(luma[sat < TEETH_SAT])
+    unsat, unsat_px = luma[sat < TEETH_SAT][order], px[sat < TEETH_SAT][order]
+    if len(unsat) >= 10:
+        top = slice(-max(1, len(unsat) // 10), None)
+        out["bright"] = float(unsat[top].mean())
+        out["bright_std"] = float(unsat[-max(3, len(unsat) // 3):].std())
+        out["bright_warm"] = float(((unsat_px[top, 0] - unsat_px[top, 2]) / np.maximum(unsat[top], 1.0)).mean())
+    else:
+        out["bright"] = out["bright_std"] = out["bright_warm"] = float("nan")
     if skin is not None:
         out.update(core_stats(image, mask, skin))
     return out
@@ -368,8 +380,9 @@ def summarise_interior(rows: np.ndarray, gaps: np.ndarray) -> dict[str, float | 
     out: dict[str, float | int] = {"open_frames": int(open_.sum())}
     for j, who in enumerate(("real", "rendered", "rendered_own_outline")):
         vals = [r[j] for r in rows[open_] if r[j] is not None]
-        for k in ("luma_mean", "luma_std", "teeth", "core_std", "core_vs_skin", "lens"):
-            if k in ("luma_mean", "luma_std", "teeth") or j != 1:
+        both = ("luma_mean", "luma_std", "teeth", "bright", "bright_std", "bright_warm")
+        for k in (*both, "core_std", "core_vs_skin", "lens"):
+            if k in both or j != 1:
                 out[f"{who}_{k}"] = float(np.nanmean([v[k] for v in vals])) if vals else float("nan")
     return out
 
@@ -587,6 +600,15 @@ def quality(args: argparse.Namespace) -> dict:
                   "rendered_own_outline_core_std", "real_core_vs_skin", "rendered_own_outline_core_vs_skin",
                   "real_lens", "rendered_own_outline_lens"):
             fs[k] = float(np.nanmean([c[fkey][k] for c in per_clip.values()]))
+        for k in ("real_bright", "rendered_bright", "real_bright_std", "rendered_bright_std", "real_bright_warm",
+                  "rendered_bright_warm"):
+            fs[k] = float(np.nanmean([c[fkey].get(k, np.nan) for c in per_clip.values()]))
+        fs["warm_abs_err"] = float(np.nanmean(
+            [abs(c[fkey]["rendered_bright_warm"] - c[fkey]["real_bright_warm"]) for c in per_clip.values()]))
+        fs["bright_std_abs_err"] = float(np.nanmean(
+            [abs(c[fkey]["rendered_bright_std"] - c[fkey]["real_bright_std"]) for c in per_clip.values()]))
+        fs["bright_abs_err"] = float(np.nanmean(
+            [abs(c[fkey]["rendered_bright"] - c[fkey]["real_bright"]) for c in per_clip.values()]))
         fs["teeth_abs_err"] = float(np.nanmean(
             [abs(c[fkey]["rendered_teeth"] - c[fkey]["real_teeth"]) for c in per_clip.values()]))
         fs["teeth_abs_err_own"] = float(np.nanmean(

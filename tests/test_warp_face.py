@@ -15,7 +15,7 @@ from engine.config import add_config_arguments, config_from_args
 from engine.motion import HEAD_GAIN, HEAD_STD, IdleMotion
 from engine.renderer import WarpAvatarState, WarpRenderer
 from models.warp import ExpressionMap, MouthBank, WarpConfig
-from models.warp.interior import FEATURE_WEIGHTS, SIGMA, feature_matrix
+from models.warp.interior import FEATURE_WEIGHTS, MIN_EXEMPLAR_GAP, SIGMA, feature_matrix
 
 SIZE = 256
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -95,7 +95,10 @@ def test_the_open_mouth_darkens_behind_the_lips_and_the_teeth_stay_bright(sample
     frames = exp[np.argsort(-(exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)))[:4]]
     out = {}
     for shade in (0.0, WarpConfig().cavity_shade):
-        renderer = WarpRenderer(size=SIZE, emap=emap, bank=bank, config=WarpConfig(cavity_shade=shade))
+        # (grey teeth, teeth_tint 0: the teeth are told from the tissue by their low saturation; the tint is
+        # test_a_toothless_photos_teeth_take_the_warmth_of_its_light's)
+        config = WarpConfig(cavity_shade=shade, teeth_tint=0.0)
+        renderer = WarpRenderer(size=SIZE, emap=emap, bank=bank, config=config)
         out[shade] = renderer.render(renderer.prepare(photo, exp_ref=exp[0]), frames).astype(np.float64)
     flat, shaded = out.values()
     for i in range(len(frames)):
@@ -111,6 +114,61 @@ def test_the_open_mouth_darkens_behind_the_lips_and_the_teeth_stay_bright(sample
         # (measured: teeth 5-12 levels darker, 35-350 teeth pixels; tissue 11-22 at the lips, 35-41 behind them)
         assert teeth.sum() > 20 and darker[teeth].mean() < 15.0, (i, teeth.sum(), darker[teeth].mean())
         assert deep > 30.0 and deep > 1.5 * shallow, (i, shallow, deep)
+
+
+def test_teeth_contrast_raises_the_exemplars_texture() -> None:
+    """``WarpConfig.teeth_contrast`` γ draws the donor's teeth with luminance ∝ (l / its teeth)^γ: its gaps and shaded
+    teeth darker relative to the lit ones (about γ × the relative spread); at 1 (shipped) one flat gain keeps the
+    exemplars' relative spread exactly."""
+    bank = MouthBank.load()
+    luma = torch.tensor(LUMA, dtype=torch.float32)
+    spread = []
+    for gamma in (1.0, 2.0):
+        state = WarpRenderer(size=SIZE, config=WarpConfig(teeth_contrast=gamma)).prepare(builtin_avatar(SIZE))
+        assert state.warp is not None and state.warp.interior is not None
+        inter = state.warp.interior
+        d = bank.speakers.index(inter.donor)
+        raw = bank.patches[(bank.speaker == d) & (bank.shape[:, :3].mean(1) >= MIN_EXEMPLAR_GAP)]  # (K, 4, T, S)
+        out = inter.patches.reshape(len(raw), 3, *raw.shape[2:])
+        l_raw, l_out = (torch.einsum("kctq,c->ktq", x, luma) for x in (raw[:, :3], out))
+        teeth = (raw[:, 3] > 0.99) & (l_raw < 250.0) & (l_out < 254.0)  # fully teeth-like, not clipped either side
+        assert int(teeth.sum()) > 1000
+        spread.append(tuple(float(x[teeth].std() / x[teeth].mean()) for x in (l_raw, l_out)))
+    (raw1, flat), (raw2, raised) = spread
+    assert abs(flat / raw1 - 1.0) < 0.01 and raised > 1.4 * raw2, spread  # (measured: 1.00×, ~1.9×)
+
+
+def test_a_toothless_photos_teeth_take_the_warmth_of_its_light(samples_dir: Path) -> None:
+    """feifeili_clip1's photo shows no teeth (their colour is predicted); opened by its most open expressions with
+    the bank without her, the brightest tenth of the interior's unsaturated pixels is warm like real teeth in that
+    light, (R − B) / luminance > 0.17 (a grey gain on the donor's white teeth: 0.14-0.15, a cold blue-grey in a warm
+    face; her real teeth 0.33), and not pink (less than half the skin's, 0.55)."""
+    from skimage.draw import polygon
+
+    from engine.landmark_fit import read_video_rgb
+
+    exp = scipy.io.loadmat(str(samples_dir / "source" / "3dmm" / "feifeili_clip1.mat"))["coeff"][:, 80:144]
+    exp = exp.astype(np.float32)
+    photo = read_video_rgb(samples_dir / "source" / "video" / "feifeili_clip1.mp4")[2]
+    emap, bank = ExpressionMap.load(heldout_clip="feifeili_clip1"), MouthBank.load(exclude=("feifeili",))
+    w = emap.weights.numpy()
+    frames = exp[np.argsort(-(exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)))[:4]]
+    renderer = WarpRenderer(size=SIZE, emap=emap, bank=bank)
+    state = renderer.prepare(photo, exp_ref=exp[0])
+    assert state.warp is not None and not state.warp.photo_teeth
+    skin = state.warp.skin_rgb.numpy()
+    skin_warm = float((skin[0] - skin[2]) / (skin @ LUMA))
+    for i, image in enumerate(renderer.render(state, frames).astype(np.float64)):
+        lmk = detect_landmarks(image.astype(np.uint8))
+        inside = np.zeros((SIZE, SIZE), bool)
+        inside[polygon(lmk[60:68, 1], lmk[60:68, 0], inside.shape)] = True
+        px = image[inside]
+        luma = px @ LUMA
+        unsat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0) < 0.4
+        order = np.argsort(luma[unsat])
+        top = px[unsat][order][-max(1, len(order) // 10):]
+        warm = float(((top[:, 0] - top[:, 2]) / (top @ LUMA)).mean())
+        assert len(order) > 200 and 0.17 < warm < 0.5 * skin_warm, (i, len(order), warm, skin_warm)
 
 
 def test_the_interior_donor_can_be_chosen(bank_renderer: WarpRenderer) -> None:

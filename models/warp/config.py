@@ -98,6 +98,21 @@ class WarpConfig:
     # tell 0.4 from 0.6; the mouth sheets do (0.6: feifeili's opening graded, not a pale lens)
     cavity_shade: float = 0.6
     cavity_depth: float = 0.1
+    # A photo without visible teeth (MouthBank.for_avatar): the donor's teeth take teeth_tint × the share of the
+    # photo's skin tint that real teeth take (fitted on the bank's speakers, without the scored one: 0.62-0.64);
+    # a grey gain made the donor's near-white teeth a cold blue-grey in a warm face. Chosen leave-one-clip-out over
+    # 0 / 0.5 / 1 on the warmth (R − B) / luma of the brightest interior pixels, rendered vs real, on the open frames
+    # of the 8 source clips (benchmarks/renderer.py, stride 6): 0.5 for all 8, |error| 0.088 → 0.049 held out (1:
+    # 0.077, pink on Obama); teeth share |error| 0.0968 either way. Not shipped (0 / 1 are the behaviour before):
+    # teeth_pool, the teeth's luminance moved this far (log) from the donor-anchored √(skin ratio) to the photo's
+    # skin × the bank's pooled teeth-to-skin ratio (1.07-1.10), picked 0 for all 8 clips on the teeth share and on
+    # the teeth's brightness (|error| 11.7 → 16.0 / 22.1 grey levels at 0.5 / 1: dark-skinned Obama's teeth are
+    # 1.8 × his skin, feifeili's 0.9 ×); teeth_contrast, teeth luminance ∝ (l / the donor's teeth)^γ (its gaps and
+    # shaded teeth darker), picked 2-3 on the brightest third's spread (|error| 4.11 → 3.99 held out) but it costs
+    # the teeth share (0.097 → 0.102 at 2) and shows no structure on the mouth sheets that the donor's exemplar lacks
+    teeth_tint: float = 0.5
+    teeth_pool: float = 0.0
+    teeth_contrast: float = 1.0
     donor: str | None = None  # mouth-interior donor speaker of the bank; None: the clearest (MouthBank.donor)
     interior: str = "bank"  # mouth interior: "bank" (real exemplars, assets/mouth_bank.npz) | "painted"
     head_max_rotation: float = math.radians(25.0)  # wide enough for the sample clips' own pose sequences

@@ -167,7 +167,8 @@ class WarpCore(torch.nn.Module):
             bright = avatar.photo_teeth and float(avatar.teeth_rgb @ luma) > 1.1 * float(avatar.skin_rgb @ luma)
             avatar.interior = self.bank.for_avatar(
                 self.bank.donor(self.config.donor), avatar.teeth_rgb if bright else None, avatar.skin_rgb,
-                self.config.cavity_shade, self.config.cavity_depth)
+                self.config.cavity_shade, self.config.cavity_depth, self.config.teeth_pool, self.config.teeth_contrast,
+                self.config.teeth_tint)
             avatar.interior_memory = torch.zeros(1, len(avatar.interior.gap))
             avatar.interior_last_gap = torch.zeros(1, 1)
             # the photo's opening is teeth (they ride with the upper lip) when about as bright as its skin or more;

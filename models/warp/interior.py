@@ -122,13 +122,30 @@ class MouthBank:
         eligible = counts >= min(MIN_DONOR, int(counts.max()))
         return int(torch.argmax(torch.where(eligible, score, -1.0)))
 
+    def teeth_from_skin(self) -> tuple[float, float]:
+        """How real teeth relate to the skin, pooled over the speakers with exemplars in this bank (a bank loaded
+        without a speaker does not count that speaker's colours: leave-one-speaker-out): the median teeth-to-skin
+        luminance ratio, and the share of the skin's tint the teeth take (least squares through the origin of the
+        teeth's chromaticity − 1 on the skin's, colour / its luminance, over the speakers and channels)."""
+        present = torch.bincount(self.speaker, minlength=len(self.speakers)) > 0
+        luma = torch.tensor(LUMA)
+        t_l, s_l = (self.teeth_rgb @ luma).clamp_min(1.0), (self.skin_rgb @ luma).clamp_min(1.0)
+        ratio = float((t_l / s_l)[present].median())
+        t_c = (self.teeth_rgb / t_l[:, None] - 1.0)[present]  # (P', 3)
+        s_c = (self.skin_rgb / s_l[:, None] - 1.0)[present]
+        return ratio, float((t_c * s_c).sum() / (s_c * s_c).sum().clamp_min(1e-6))
+
     def for_avatar(self, donor: int, photo_teeth: torch.Tensor | None, photo_skin: torch.Tensor,
-                   cavity_shade: float = 0.0, cavity_depth: float = 0.1) -> Interior:
+                   cavity_shade: float = 0.0, cavity_depth: float = 0.1, teeth_pool: float = 0.0,
+                   teeth_contrast: float = 1.0, teeth_tint: float = 0.0) -> Interior:
         """The donor's exemplars colour-matched to a photo: the teeth to its teeth, the tissue shaded by depth.
 
         Teeth, with teeth in the photo: the donor's teeth → the photo's teeth (one gain per channel, half the tint).
-        Without: a grey gain, the square root of the photo-to-donor skin luminance ratio — lighting shows in the
-        skin, but teeth do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin).
+        Without: the square root of the photo-to-donor skin luminance ratio — lighting shows in the skin, but teeth
+        do not darken with the skin's tone (a full skin ratio made teeth grey on dark skin) — and ``teeth_tint`` ×
+        the share of the photo's skin tint real teeth take (``teeth_from_skin``; a grey gain made the donor's
+        near-white teeth a cold blue-grey in a warm face). ``teeth_pool`` and ``teeth_contrast``: options, not
+        shipped (WarpConfig; models/assets/mouth_bank.md).
         Each pixel takes that gain by its teeth-likeness; the rest of it (tongue, the inside of the lips: tissue) the
         square root of its grey part, at most 1, and is shaded darker with its depth behind the nearer lip, by
         ``cavity_shade`` from ``cavity_depth`` (IOD) on (``cavity_shade_map``). (With the teeth's gain on everything
@@ -151,11 +168,29 @@ class MouthBank:
             grey_gain = float((gain * luma).sum())
             gain = grey_gain + 0.5 * (gain - grey_gain)  # keep the donor's hue mostly: only half the tint moves
         else:
-            ratio = float((photo_skin * luma).sum() / (d_skin * luma).sum())
-            gain = torch.full((3,), min(max(ratio, 0.0) ** 0.5, 1.2))
+            skin = float((photo_skin * luma).sum())
+            g = max(skin / float((d_skin * luma).sum()), 1e-6) ** 0.5
+            ratio, slope = self.teeth_from_skin()
+            d_luma = max(float((d_teeth * luma).sum()), 1.0)
+            if teeth_pool > 0.0:
+                # shrink toward the teeth a pooled teeth-to-skin ratio predicts (log-linear, weight teeth_pool)
+                g = g ** (1.0 - teeth_pool) * max(skin * ratio / d_luma, 1e-6) ** teeth_pool
+            gain = torch.full((3,), min(g, 1.2))
+            if teeth_tint > 0.0:
+                # real teeth take part of the light's and the skin's tint (a grey gain made the donor's white teeth
+                # a cold blue-grey in a warm face): the donor's teeth hue → white + teeth_tint × the pooled share of
+                # the photo's skin tint (chromaticities: colour / luminance, luminance-neutral)
+                want = 1.0 + teeth_tint * slope * (photo_skin / max(skin, 1.0) - 1.0)
+                gain = (gain * want / (d_teeth / d_luma).clamp_min(0.05)).clamp(0.5, 1.6)
         rgb, teeth = self.patches[sel, :3], self.patches[sel, 3:]  # (K, 3, T, S), (K, 1, T, S)
         tissue = min(float((gain * luma).sum()), 1.0) ** 0.5  # tissue: dimmed half as much (in log) as the teeth
-        per_pixel = tissue + teeth * (gain[None, :, None, None] - tissue)  # (K, 3, T, S)
+        tooth_gain = gain[None, :, None, None]  # (1, 3, 1, 1)
+        if teeth_contrast != 1.0:
+            # the exemplar's own contrast within the teeth, raised: luminance (l / l_teeth)^γ of the donor's teeth
+            # (its gaps and shaded teeth darker, its highlights kept) instead of one flat gain
+            rel = torch.einsum("kctq,c->ktq", rgb, luma).unsqueeze(1) / max(float((d_teeth * luma).sum()), 1.0)
+            tooth_gain = tooth_gain * rel.clamp(0.05, 1.5) ** (teeth_contrast - 1.0)  # (K, 3→1, T, S)
+        per_pixel = tissue + teeth * (tooth_gain - tissue)  # (K, 3, T, S)
         if cavity_shade > 0.0:
             per_pixel = per_pixel * cavity_shade_map(self.shape[sel, :3].mean(1), teeth, cavity_shade, cavity_depth)
         patches = (rgb * per_pixel).clamp(0.0, 255.0)
