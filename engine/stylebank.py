@@ -163,9 +163,9 @@ def rest_expression(
     closed that is a dark hole in silence, the defect a viewer notices first.
     The eyelids likewise, along ``lid_dirs`` (64, e), but only in part: the style's silence closes (or widens) the
     photo's eyes by ``lid_keep`` × as much as it closes them relative to the neutral silence. Why: the sample
-    speakers' expression coefficients carry their own eye shape; drawn in full, every style but two closed a
-    photo's eyes by 25–45 % in speech (happy: the lids half down, a sleepy face), where the style videos show their
-    speakers' eyes 0–17 % less open than read speech does (benchmarks/style_eyes.py).
+    speakers' expression coefficients carry their own eye shape; drawn in full, 8 of 11 styles closed a photo's
+    eyes by 26–52 % in speech (happy: the lids half down, a sleepy face), where the style videos show their
+    speakers' eyes at most 18 % less open than read speech does (benchmarks/style_eyes.py).
     The rest moves the fewest ``spread`` units (64,) (the renderer's coefficient spreads; None: plain units): a
     plain least-norm move pushed coefficients with a narrow spread past the range the renderer follows (it clamps
     there), and the clamped rest left KristiNoem's lips 0.7 px apart in silence (1.3 px with the eyelids moved too).
