@@ -698,3 +698,33 @@ def test_an_opening_mouth_is_no_flat_pale_lens(samples_dir: Path) -> None:
     stats = core_stats(frame, inner_mask(detect_landmarks(frame), SIZE), skin_luma(state.image, state.landmarks))
     assert stats["core_std"] > LENS_STD, stats  # before: 20.8 (and 1.31 × the skin: a lens); now 26.7
     assert stats["lens"] == 0.0
+
+
+@pytest.mark.parametrize("ramp", [True, False])
+def test_a_travelling_head_shears_its_neck_evenly_not_its_chin(samples_dir: Path, ramp: bool) -> None:
+    """Issue 17, "a head that lives": KristiNoem's chin sits ~30 px above the photo's bottom. Her head moved 0.3 IOD
+    (26 px, an idle head's far reach) sideways: the bottom edge's old level hold (``neck_ramp=False``) held the chin
+    at 0.58 of its travel and sheared neck and lower face into a diagonal band (steepest neck shear 0.67 px/px).
+    The neck ramp moves the jaw with the head and spreads the shear down the neck: the chin follows ~0.9, the
+    steepest shear under the jaw ~0.26 (measured on the warp field, ``benchmarks.renderer.neck_field``)."""
+    from benchmarks.renderer import neck_field
+
+    photo = samples_dir / "source" / "image" / "KristiNoem.png"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not found")
+    from engine.avatar import load_image
+
+    rnd = WarpRenderer(size=SIZE, config=WarpConfig(interior="painted", neck_ramp=ramp))
+    state = rnd.prepare(load_image(photo))
+    shifts = torch.tensor([[0.3, 0.0], [-0.3, 0.0]])  # IOD, image axes: a pure sideways travel either way
+
+    def sideways(pose: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.ones(len(pose)), torch.eye(2).expand(len(pose), 2, 2), shifts[: len(pose)]
+
+    rnd.core.head_motion = sideways  # type: ignore[method-assign]
+    exp = np.tile(state.warp.exp_ref.numpy(), (2, 1))
+    shear, _, chin = neck_field(rnd.core, state.warp, exp, np.ones((2, 9), np.float32), np.zeros(9, np.float32))
+    if ramp:
+        assert chin.min() > 0.85 and shear.max() < 0.4, (chin, shear)
+    else:  # the old hold: what the ramp fixed (so that this test can tell them apart)
+        assert chin.max() < 0.7 and shear.min() > 0.55, (chin, shear)

@@ -311,7 +311,8 @@ def prepare_avatar(
         grid_px=(grid_norm + 1.0) * (size / 2) - 0.5, grid_face_r=head_radius(grid_face, ellipse),
         edge_dist=edge_dist, edge_room=edge_room,
         edge_hold=edge_hold, edge_free=1.0 - edge_hold,
-        edge_along=torch.stack([edge_hold[1::2].amin(0), edge_hold[0::2].amin(0)]),
+        edge_along=torch.stack([torch.minimum(edge_hold[3], neck_hold(cfg, lmk, grid_px, size, iod))
+                                if cfg.neck_ramp else edge_hold[1::2].amin(0), edge_hold[0::2].amin(0)]),
         reach_pts=reach_pts, reach_still=affine2(reach_pts, A, t),
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=(img + 0.5).permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
@@ -349,6 +350,27 @@ def prepare_avatar(
     avatar.seam_lip = seam.reshape(1, 3, 1, 1).clone()
     avatar.seam_dark = avatar.seam_lip * cfg.seam_shade
     return avatar
+
+def neck_hold(cfg: WarpConfig, lmk: torch.Tensor, pts: torch.Tensor, size: int, iod: float) -> torch.Tensor:
+    """How much of the head's sideways motion the points ``pts`` (K, 2) px take under the bottom edge's hold (K,):
+    1 down to the jaw line, then falling linearly to 0 at the neck's base ``neck_length`` below the jaw (the chest
+    and shoulders below it stay still; where the base lies below the photo, the photo's bottom rows of the neck
+    follow the head by the rest).
+
+    Why: the bottom edge's hold was a smoothstep over the bottom head_edge_band of the photo (~58 px at 256²), level
+    across the image. On a photo whose chin is ~30 px above the bottom it cut through the lower face: the chin took
+    0.6 of the head's sideways travel and the neck under it ~0.3, and the jaw's shaded edge was drawn out into a
+    diagonal band. A real neck shears over its height while the jaw moves with the head (and in the sample videos
+    the body under a short cropped neck follows a far-travelling head a good part of the way); here the hold
+    starts at the jaw line of each column (landmarks 3-13, level beyond them) and spreads the shear evenly (linear:
+    the least steep ramp) over the neck. Hair beside the face ramps from the jaw's ends."""
+    jaw = lmk[3:14].double().numpy()
+    order = np.argsort(jaw[:, 0])
+    x, y = pts[:, 0].double().numpy(), pts[:, 1].double().numpy()
+    top = np.interp(x, jaw[order, 0], jaw[order, 1])  # (K,) the jaw line's row above each point
+    w = 1.0 - (y - top) / (cfg.neck_length * iod)
+    return torch.from_numpy(np.clip(w, 0.0, 1.0)).float()
+
 
 def _head_ellipse(cfg: WarpConfig, src: torch.Tensor) -> tuple[float, float, float, float]:
     """The head mask's ellipse in the face frame: over face, hair and chin, sized from the jaw line and brows."""

@@ -132,3 +132,8 @@ class WarpConfig:
     # the background plate instead of the head's stretched pixels, fully from plate_full
     plate_from: float = 0.0
     plate_full: float = 0.25
+    # the head's sideways motion under the jaw: the neck shears evenly from the jaw line (moving with the head) down
+    # to the photo's bottom row or this far (IOD) below the jaw, whichever is nearer (avatar.neck_hold); False: the
+    # bottom edge's level smoothstep hold over head_edge_band (the behaviour before, which sheared the lower face)
+    neck_ramp: bool = True
+    neck_length: float = 1.2
