@@ -28,6 +28,10 @@ Face measures (issue 17), on the same self-driven clips but driven with the clip
 - placement: rendered vs real mouth-centre distance (px, 256²);
 - the band a far-travelling head uncovers (``far_band_streaks``, frames whose real mouth moved > 25 px
   sideways): streak anisotropy beside the face on the side it left, rendered vs real (stretched hair: > 1);
+- the neck under far travel (``far_neck``, frames whose real mouth moved > 20 px): on the warp field
+  (``neck_field``) the steepest sideways shear under the moved jaw vs an even one and the chin's share of its rigid
+  travel; on the images the share of the head's sideways travel the rows under the chin take, rendered vs real
+  (``neck_follow``), and the SSIM under the real jaw;
 - rest and closure (``rest_and_closure``): the built-in avatar driven by every built-in style on the decoder's
   held-out clip (andrew_clip_2's reference labels, 2 s of SIL before and after): dlib inner-lip gap over
   silent runs (≥ 10 SIL frames) minus the photo's own gap; share of P/B/M frames whose gap is within 1 px of
@@ -412,12 +416,67 @@ def neck_field(core: object, warp: object, exp: np.ndarray, pose: np.ndarray, po
     return np.asarray(worst), np.asarray(even), np.asarray(chin)
 
 
+def row_shifts(first: np.ndarray, now: np.ndarray, top: float, cols: tuple[int, int], band: int = 8,
+               search: int = 64) -> np.ndarray:
+    """How far each band of rows of ``now`` (``band`` rows, from row ``top`` down to the bottom) moved sideways from
+    ``first``: the shift (px) of the best normalised cross-correlation of their horizontal gradients (σ 1) over
+    columns ``cols`` (the neck's edges, collar and hair carry the signal; bare skin does not), ± ``search`` px.
+    (K, 3): the band's middle row, its shift, the correlation."""
+    import scipy.ndimage as ndi
+
+    ga, gb = (ndi.sobel(ndi.gaussian_filter(grey(f), 1.0), 1) for f in (first, now))
+    size = first.shape[1]
+    out = []
+    for y in range(max(int(top), 0), first.shape[0] - band + 1, band):
+        best, shift = -1.0, 0
+        for sh in range(-search, search + 1):
+            lo, hi = max(cols[0], -sh, 0), min(cols[1], size - sh, size)
+            if hi - lo < 20:
+                continue
+            u, v = ga[y:y + band, lo:hi].ravel(), gb[y:y + band, lo + sh:hi + sh].ravel()
+            u, v = u - u.mean(), v - v.mean()
+            c = float(u @ v) / (float(np.linalg.norm(u) * np.linalg.norm(v)) + 1e-6)
+            if c > best:
+                best, shift = c, sh
+        out.append((y + band / 2, shift, best))
+    return np.asarray(out, np.float64).reshape(-1, 3)
+
+
+def neck_follow(real: np.ndarray, posed: np.ndarray, l_real: np.ndarray, far: np.ndarray, min_corr: float = 0.5
+                ) -> dict[str, float | int]:
+    """How much of the head's sideways travel the rows under the chin take, real vs rendered: per far frame (real
+    mouth centre > 20 px sideways from the first frame's) and band of 8 rows from the real chin down, the band's
+    sideways shift from the first frame (``row_shifts``, columns of jaw points 3-13 in the first frame) over the
+    mouth centre's. Bands whose correlation is below ``min_corr`` in either are left out. In the sample videos the
+    rows under the chin move nearly as one (the body), by 0-1 of the head's travel from frame to frame: the
+    shear of a real neck sits mostly at the jaw, which slides over it. Returns the mean ratio real and rendered
+    and their mean absolute difference (per band)."""
+    c = l_real[:, 48:68].mean(1)
+    cols = (int(max(l_real[0, 3, 0], 0)), int(min(l_real[0, 13, 0], real.shape[2])))
+    r_all, p_all = [], []
+    for i in far:
+        dx = float(c[i, 0] - c[0, 0])
+        if abs(dx) <= 20.0:
+            continue
+        top = float(l_real[i, 8, 1]) + 2.0
+        r, p = row_shifts(real[0], real[i], top, cols), row_shifts(posed[0], posed[i], top, cols)
+        keep = (r[:, 2] > min_corr) & (p[:, 2] > min_corr)
+        r_all.extend(r[keep, 1] / dx)
+        p_all.extend(p[keep, 1] / dx)
+    if not r_all:
+        return {"follow_bands": 0}
+    r_arr, p_arr = np.asarray(r_all), np.asarray(p_all)
+    return {"follow_bands": len(r_arr), "follow_real": float(r_arr.mean()), "follow": float(p_arr.mean()),
+            "follow_err": float(np.abs(p_arr - r_arr).mean())}
+
+
 def far_neck(core: object, warp: object, exp: np.ndarray, pose: np.ndarray, pose_ref: np.ndarray, real: np.ndarray,
              posed: np.ndarray, l_real: np.ndarray, travel: float = 20.0) -> dict[str, float | int]:
     """On the frames whose real mouth centre travelled more than ``travel`` px from the first frame's: the neck's
     shear concentration and the chin's share of the travel (``neck_field``), and the SSIM of the region under the
     real jaw (grey, columns between jaw points 4 and 12, rows from the chin down to 0.5 jaw widths or the bottom),
-    rendered vs real and the still photo vs real (the baseline)."""
+    rendered vs real and the still photo vs real (the baseline); how much of the head's sideways travel the rows
+    under the chin take, real vs rendered (``neck_follow``)."""
     from skimage.metrics import structural_similarity
 
     ok = ~np.isnan(l_real).any((1, 2))
@@ -438,7 +497,8 @@ def far_neck(core: object, warp: object, exp: np.ndarray, pose: np.ndarray, pose
         ssim.append(structural_similarity(grey(posed[i][y0:y1, x0:x1]), r, data_range=255.0))
         ssim_static.append(structural_similarity(grey(posed[0][y0:y1, x0:x1]), r, data_range=255.0))
     ratio = worst / np.maximum(even, 1e-3)  # (nan where the head hardly moved sideways)
-    return {"neck_frames": int(len(far)), "neck_shear": float(np.nanmean(worst)),
+    follow = {f"neck_{k}": v for k, v in neck_follow(real, posed, l_real, far).items()}
+    return {**follow, "neck_frames": int(len(far)), "neck_shear": float(np.nanmean(worst)),
             "neck_shear_even": float(np.mean(even)),
             "neck_shear_ratio": float(np.nanmean(ratio)), "chin_follow": float(np.nanmean(chin)),
             "neck_ssim": float(np.mean(ssim)) if ssim else float("nan"),
@@ -651,6 +711,10 @@ def quality(args: argparse.Namespace) -> dict:
                   f"{face['neck_shear']:.2f} px/px vs even {face['neck_shear_even']:.2f} (ratio "
                   f"{face['neck_shear_ratio']:.2f}), chin follows {face['chin_follow']:.2f} of the head, SSIM under "
                   f"the jaw {face['neck_ssim']:.3f} (still photo {face['neck_ssim_static']:.3f})", flush=True)
+            if face.get("neck_follow_bands"):
+                print(f"{'':22s} rows under the chin follow {face['neck_follow']:.2f} of the head's sideways travel vs "
+                      f"real {face['neck_follow_real']:.2f} (|error| {face['neck_follow_err']:.2f}, "
+                      f"{face['neck_follow_bands']} bands)", flush=True)
         if name in args.sheets:
             pb, lb, okb, _ = posed_by["bank"]
             pp, _, okq, _ = posed_by["painted"]

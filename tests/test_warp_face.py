@@ -703,17 +703,17 @@ def test_an_opening_mouth_is_no_flat_pale_lens(samples_dir: Path) -> None:
 @pytest.mark.parametrize("ramp", [True, False])
 def test_a_travelling_head_shears_its_neck_evenly_not_its_chin(samples_dir: Path, ramp: bool) -> None:
     """Issue 17, "a head that lives": KristiNoem's chin sits ~30 px above the photo's bottom. Her head moved 0.3 IOD
-    (26 px, an idle head's far reach) sideways: the bottom edge's old level hold (``neck_ramp=False``) held the chin
-    at 0.58 of its travel and sheared neck and lower face into a diagonal band (steepest neck shear 0.67 px/px).
-    The neck ramp moves the jaw with the head and spreads the shear down the neck: the chin follows ~0.9, the
-    steepest shear under the jaw ~0.26 (measured on the warp field, ``benchmarks.renderer.neck_field``)."""
+    (26 px, an idle head's far reach) sideways either way: the bottom edge's old level hold (``neck_ramp=False``)
+    held the chin at 0.58 of its travel and sheared neck and lower face into a diagonal band (steepest shear under
+    the jaw 0.67 px/px). The neck ramp moves the jaw with the head (chin 0.99-1.0) and spreads the shear down the
+    neck (steepest 0.35). Measured on the warp field itself (``benchmarks.renderer.neck_field``); the old behaviour
+    is asserted too, so that the test tells the two apart."""
     from benchmarks.renderer import neck_field
+    from engine.avatar import load_image
 
     photo = samples_dir / "source" / "image" / "KristiNoem.png"
     if not photo.is_file():
         pytest.skip(f"{photo} not found")
-    from engine.avatar import load_image
-
     rnd = WarpRenderer(size=SIZE, config=WarpConfig(interior="painted", neck_ramp=ramp))
     state = rnd.prepare(load_image(photo))
     shifts = torch.tensor([[0.3, 0.0], [-0.3, 0.0]])  # IOD, image axes: a pure sideways travel either way
@@ -725,6 +725,6 @@ def test_a_travelling_head_shears_its_neck_evenly_not_its_chin(samples_dir: Path
     exp = np.tile(state.warp.exp_ref.numpy(), (2, 1))
     shear, _, chin = neck_field(rnd.core, state.warp, exp, np.ones((2, 9), np.float32), np.zeros(9, np.float32))
     if ramp:
-        assert chin.min() > 0.85 and shear.max() < 0.4, (chin, shear)
-    else:  # the old hold: what the ramp fixed (so that this test can tell them apart)
-        assert chin.max() < 0.7 and shear.min() > 0.55, (chin, shear)
+        assert chin.min() > 0.95 and shear.max() < 0.45, (chin, shear)
+    else:
+        assert chin.max() < 0.7 and shear.min() > 0.6, (chin, shear)

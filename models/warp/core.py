@@ -19,6 +19,7 @@ from models.warp.avatar import (
     head_falloff,
     head_radius,
     lattice_sources,
+    neck_hold,
     prepare_avatar,
     to_box,
 )
@@ -316,7 +317,14 @@ class WarpCore(torch.nn.Module):
         # the sides) the hold stays: motion along an edge shears the band there, it cannot fold it.
         free = (toward / cfg.edge_release).clamp(max=1.0)
         hold = (avatar.edge_hold + avatar.edge_free * free).unflatten(1, (2, 2)).amin(1)  # (N, 2, G*G)
-        weight = mask.unsqueeze(1) * torch.minimum(hold, avatar.edge_along)
+        along = avatar.edge_along  # (2, G*G), or per frame (N, 2, G*G) with the neck's hold:
+        if avatar.neck_jaw is not None and avatar.neck_slope is not None and avatar.edge_top is not None:
+            # the neck holds the head's sideways motion from the jaw line down (avatar.neck_hold) where the jaw was
+            # (edge_along) and where the head motion takes it (the moved chin goes all the way with the head)
+            now = torch.minimum(avatar.edge_top, neck_hold(avatar.neck_jaw, avatar.neck_slope, 1.0 / cfg.neck_length,
+                                                           moved, avatar.neck_bottom))  # (N, G*G)
+            along = torch.stack([torch.maximum(avatar.edge_along[0], now), avatar.edge_along[1].expand_as(now)], 1)
+        weight = mask.unsqueeze(1) * torch.minimum(hold, along)
         matte = avatar.matte
         far = None if matte is None else ((reach - cfg.hair_from) / (cfg.hair_full - cfg.hair_from)).clamp(0, 1)
         if matte is not None and far is not None and (far.is_cuda or bool(far.max() > 0.0)):  # (N,); short: skip
@@ -329,7 +337,7 @@ class WarpCore(torch.nn.Module):
                                   padding_mode="border", align_corners=False)[:, 0, 0]  # (N, G*G)
             band = (1.0 + cfg.head_band_per_shift * reach / rmin).clamp(min=cfg.hair_band_min).unsqueeze(1)
             hair = head_falloff(cfg, torch.minimum(matte.grid_r, r_now), band) * far[:, None]
-            along = avatar.edge_along + (1.0 - avatar.edge_along) * far[:, None, None]  # (N, 2, G*G)
+            along = along + (1.0 - along) * far[:, None, None]  # (N, 2, G*G)
             weight = torch.maximum(weight, hair.unsqueeze(1) * torch.minimum(hold, along))
         else:
             matte = None
