@@ -704,10 +704,11 @@ def test_an_opening_mouth_is_no_flat_pale_lens(samples_dir: Path) -> None:
 def test_a_travelling_head_shears_its_neck_evenly_not_its_chin(samples_dir: Path, ramp: bool) -> None:
     """Issue 17, "a head that lives": KristiNoem's chin sits ~30 px above the photo's bottom. Her head moved 0.3 IOD
     (26 px, an idle head's far reach) sideways either way: the bottom edge's old level hold (``neck_ramp=False``)
-    held the chin at 0.58 of its travel and sheared neck and lower face into a diagonal band (steepest shear under
-    the jaw 0.67 px/px). The neck ramp moves the jaw with the head (chin 0.99-1.0) and spreads the shear down the
-    neck (steepest 0.35). Measured on the warp field itself (``benchmarks.renderer.neck_field``); the old behaviour
-    is asserted too, so that the test tells the two apart."""
+    held the chin at 0.58 of its travel and concentrated the shear under the jaw into a diagonal band (steepest
+    0.67 px/px). The neck ramp lets the chin lag only as a real one does (1 - neck_lift / neck_length = 0.78; real
+    chins travel ~0.75 of the nose) and spreads the shear over lower face and neck (steepest 0.34). Measured on the
+    warp field itself (``benchmarks.renderer.neck_field``); the old behaviour is asserted too, so that the test
+    tells the two apart."""
     from benchmarks.renderer import neck_field
     from engine.avatar import load_image
 
@@ -725,6 +726,6 @@ def test_a_travelling_head_shears_its_neck_evenly_not_its_chin(samples_dir: Path
     exp = np.tile(state.warp.exp_ref.numpy(), (2, 1))
     shear, _, chin = neck_field(rnd.core, state.warp, exp, np.ones((2, 9), np.float32), np.zeros(9, np.float32))
     if ramp:
-        assert chin.min() > 0.95 and shear.max() < 0.45, (chin, shear)
+        assert chin.min() > 0.72 and shear.max() < 0.45, (chin, shear)
     else:
-        assert chin.max() < 0.7 and shear.min() > 0.6, (chin, shear)
+        assert chin.max() < 0.65 and shear.min() > 0.6, (chin, shear)

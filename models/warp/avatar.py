@@ -367,9 +367,11 @@ def prepare_avatar(
 
 def neck_line(cfg: WarpConfig, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``neck_hold``'s constants from the face-frame landmarks ``src`` (68, 2): the lower jaw line (points 4-12; its
-    sides above them are as steep as the cheek), (2, J) as v / neck_length + 1 and h, and the slope in those units."""
+    sides above them are as steep as the cheek) raised by neck_lift, (2, J) as v / neck_length + 1 and h, and the
+    slope in those units."""
     jaw = src[4:13]
-    return torch.stack([jaw[:, 1] / cfg.neck_length + 1.0, jaw[:, 0]]), torch.tensor(cfg.neck_slope / cfg.neck_length)
+    return (torch.stack([(jaw[:, 1] - cfg.neck_lift) / cfg.neck_length + 1.0, jaw[:, 0]]),
+            torch.tensor(cfg.neck_slope / cfg.neck_length))
 
 
 def neck_hold(jaw: torch.Tensor, slope: torch.Tensor, inv_length: float, pts: torch.Tensor,
@@ -384,9 +386,10 @@ def neck_hold(jaw: torch.Tensor, slope: torch.Tensor, inv_length: float, pts: to
     Why: the bottom edge's hold was a smoothstep over the bottom head_edge_band of the photo (~58 px at 256²), level
     across the image. On a photo whose chin is ~30 px above the bottom it cut through the lower face: the chin took
     0.6 of the head's sideways travel and the neck under it ~0.3, and the jaw's shaded edge was drawn out into a
-    diagonal band. A real neck shears under the jaw while the jaw moves with the head; here the hold starts at the
-    jaw line (the lower envelope of cones of ``neck_slope`` from its points: the jaw line, no steeper than that,
-    falling away beside it) and spreads the shear evenly (linear: the least steep ramp) over the neck. (Along the
+    diagonal band. A real neck shears under the jaw while the jaw moves with the head (a little less than the nose:
+    ``neck_lift``); here the hold starts at the jaw line raised by neck_lift (the lower envelope of cones of
+    ``neck_slope`` from its points: the jaw line, no steeper than that, falling away beside it) and spreads the
+    shear evenly (linear: the least steep ramp) over the lower face and the neck. (Along the
     jaw's steep sides up to the ears the ramp's start jumped by tens of rows within a few columns, and the hold
     with it: a far sideways travel folded the cheek's edge over the hair beside it, on feifeili_clip2_short.)
     The core evaluates it where each point is and where the head motion takes it from (the jaw where it was and
