@@ -28,6 +28,10 @@ Face measures (issue 17), on the same self-driven clips but driven with the clip
 - placement: rendered vs real mouth-centre distance (px, 256²);
 - the band a far-travelling head uncovers (``far_band_streaks``, frames whose real mouth moved > 25 px
   sideways): streak anisotropy beside the face on the side it left, rendered vs real (stretched hair: > 1);
+- the neck under far travel (``far_neck``, frames whose real mouth moved > 20 px): on the warp field
+  (``neck_field``) the steepest sideways shear under the moved jaw vs an even one and the chin's share of its rigid
+  travel; on the images the share of the head's sideways travel the rows under the chin take, rendered vs real
+  (``neck_follow``), and the SSIM under the real jaw;
 - rest and closure (``rest_and_closure``): the built-in avatar driven by every built-in style on the decoder's
   held-out clip (andrew_clip_2's reference labels, 2 s of SIL before and after): dlib inner-lip gap over
   silent runs (≥ 10 SIL frames) minus the photo's own gap; share of P/B/M frames whose gap is within 1 px of
@@ -373,6 +377,147 @@ def far_band_streaks(real: np.ndarray, posed: np.ndarray, l_real: np.ndarray, tr
             "band_streak_ratio": float((rend / true).mean())}
 
 
+def neck_field(core: object, warp: object, exp: np.ndarray, pose: np.ndarray, pose_ref: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The warp field's neck under head motion (issue 17, "a head that lives"): per frame (N,) the steepest sideways
+    shear |∂x_src/∂y| (px per px) of the backward map in the band under the moved jaw (columns between jaw points 4
+    and 12, from 3 px under the jaw line to the bottom row), and the same for a neck that sheared evenly from the
+    jaw (moving with the head) to the bottom row (the head's sideways travel over the neck's height at the chin's
+    column): their ratio is how concentrated the shear is (1: spread evenly; a smeared band: well above 1); and the
+    chin's share of its rigid travel (1 - |map's error at the moved chin| / the chin's travel: 1 when the map samples
+    the moving chin where the still head does, i.e. the face moves as one; a held chin shears the lower face).
+    Frames whose head moves less than 10 px sideways are left out of the shear (nan), chins moving < 5 px too."""
+    import torch
+
+    with torch.no_grad():
+        e = torch.as_tensor(exp, dtype=torch.float32)
+        tgt, _, move, coarse, _ = core.field(  # type: ignore[attr-defined]
+            warp, e, torch.as_tensor(pose, dtype=torch.float32), torch.as_tensor(pose_ref, dtype=torch.float32))
+        still = core.field(warp, e)[3]  # type: ignore[attr-defined]
+    size, g = int(warp.size), int(core.config.grid)  # type: ignore[attr-defined]
+    lin, off, _ = move
+    lm = (torch.bmm(tgt, lin.transpose(1, 2)) + off.unsqueeze(1)).numpy()  # (N, 68, 2) moved landmarks, px
+    lm0 = (tgt @ warp.frame_a.T + warp.frame_t).numpy()  # type: ignore[attr-defined]  # the still head's
+    step = (size - 1) / (g - 1)
+
+    def px(c: torch.Tensor) -> np.ndarray:
+        return (c.reshape(-1, 2, g, g).numpy() + 1.0) * (size / 2) - 0.5  # (N, 2, G, G) px, rows = y
+
+    def at(f: np.ndarray, p: np.ndarray) -> np.ndarray:  # (2, G, G) bilinear at px point p (2,) → (2,)
+        cx, cy = np.clip(p / step, 0, g - 1 - 1e-6)
+        x0, y0 = int(cx), int(cy)
+        fx, fy = cx - x0, cy - y0
+        return (f[:, y0, x0] * (1 - fx) * (1 - fy) + f[:, y0, x0 + 1] * fx * (1 - fy)
+                + f[:, y0 + 1, x0] * (1 - fx) * fy + f[:, y0 + 1, x0 + 1] * fx * fy)
+
+    src, src0 = px(coarse), px(still)
+    ys = np.linspace(0, size - 1, g)
+    dxdy = np.abs(np.diff(src[:, 0], axis=1)) / step  # (N, G-1, G) between rows
+    ymid = (ys[1:] + ys[:-1]) / 2
+    worst, even, chin = [], [], []
+    for i in range(len(lm)):
+        jaw = lm[i, 4:13]
+        cols = (ys >= jaw[:, 0].min()) & (ys <= jaw[:, 0].max())
+        band = (ymid[:, None] >= np.interp(ys, jaw[:, 0], jaw[:, 1])[None, :] + 3.0) & cols[None, :]
+        head = float(lm[i, 27:36, 0].mean() - lm0[i, 27:36, 0].mean())  # the nose's sideways travel: the head's
+        worst.append(float(dxdy[i][band].max()) if band.any() and abs(head) > 10.0 else np.nan)
+        even.append(abs(head) / max(size - 1.0 - float(lm[i, 8, 1]), 1.0))
+        travel = float(np.linalg.norm(lm[i, 8] - lm0[i, 8]))
+        err = float(np.linalg.norm(at(src[i], lm[i, 8]) - at(src0[i], lm0[i, 8])))
+        chin.append(1.0 - err / travel if travel > 5.0 else np.nan)
+    return np.asarray(worst), np.asarray(even), np.asarray(chin)
+
+
+def row_shifts(first: np.ndarray, now: np.ndarray, top: float, cols: tuple[int, int], band: int = 8,
+               search: int = 64) -> np.ndarray:
+    """How far each band of rows of ``now`` (``band`` rows, from row ``top`` down to the bottom) moved sideways from
+    ``first``: the shift (px) of the best normalised cross-correlation of their horizontal gradients (σ 1) over
+    columns ``cols`` (the neck's edges, collar and hair carry the signal; bare skin does not), ± ``search`` px.
+    (K, 3): the band's middle row, its shift, the correlation."""
+    import scipy.ndimage as ndi
+
+    ga, gb = (ndi.sobel(ndi.gaussian_filter(grey(f), 1.0), 1) for f in (first, now))
+    size = first.shape[1]
+    out = []
+    for y in range(max(int(top), 0), first.shape[0] - band + 1, band):
+        best, shift = -1.0, 0
+        for sh in range(-search, search + 1):
+            lo, hi = max(cols[0], -sh, 0), min(cols[1], size - sh, size)
+            if hi - lo < 20:
+                continue
+            u, v = ga[y:y + band, lo:hi].ravel(), gb[y:y + band, lo + sh:hi + sh].ravel()
+            u, v = u - u.mean(), v - v.mean()
+            c = float(u @ v) / (float(np.linalg.norm(u) * np.linalg.norm(v)) + 1e-6)
+            if c > best:
+                best, shift = c, sh
+        out.append((y + band / 2, shift, best))
+    return np.asarray(out, np.float64).reshape(-1, 3)
+
+
+def neck_follow(real: np.ndarray, posed: np.ndarray, l_real: np.ndarray, far: np.ndarray, min_corr: float = 0.5
+                ) -> dict[str, float | int]:
+    """How much of the head's sideways travel the rows under the chin take, real vs rendered: per far frame (real
+    mouth centre > 20 px sideways from the first frame's) and band of 8 rows from the real chin down, the band's
+    sideways shift from the first frame (``row_shifts``, columns of jaw points 3-13 in the first frame) over the
+    mouth centre's. Bands whose correlation is below ``min_corr`` in either are left out. In the sample videos the
+    rows under the chin move nearly as one (the body), by 0-1 of the head's travel from frame to frame: the
+    shear of a real neck sits mostly at the jaw, which slides over it. Returns the mean ratio real and rendered
+    and their mean absolute difference (per band)."""
+    c = l_real[:, 48:68].mean(1)
+    cols = (int(max(l_real[0, 3, 0], 0)), int(min(l_real[0, 13, 0], real.shape[2])))
+    r_all, p_all = [], []
+    for i in far:
+        dx = float(c[i, 0] - c[0, 0])
+        if abs(dx) <= 20.0:
+            continue
+        top = float(l_real[i, 8, 1]) + 2.0
+        r, p = row_shifts(real[0], real[i], top, cols), row_shifts(posed[0], posed[i], top, cols)
+        keep = (r[:, 2] > min_corr) & (p[:, 2] > min_corr)
+        r_all.extend(r[keep, 1] / dx)
+        p_all.extend(p[keep, 1] / dx)
+    if not r_all:
+        return {"follow_bands": 0}
+    r_arr, p_arr = np.asarray(r_all), np.asarray(p_all)
+    return {"follow_bands": len(r_arr), "follow_real": float(r_arr.mean()), "follow": float(p_arr.mean()),
+            "follow_err": float(np.abs(p_arr - r_arr).mean())}
+
+
+def far_neck(core: object, warp: object, exp: np.ndarray, pose: np.ndarray, pose_ref: np.ndarray, real: np.ndarray,
+             posed: np.ndarray, l_real: np.ndarray, travel: float = 20.0) -> dict[str, float | int]:
+    """On the frames whose real mouth centre travelled more than ``travel`` px from the first frame's: the neck's
+    shear concentration and the chin's share of the travel (``neck_field``), and the SSIM of the region under the
+    real jaw (grey, columns between jaw points 4 and 12, rows from the chin down to 0.5 jaw widths or the bottom),
+    rendered vs real and the still photo vs real (the baseline); how much of the head's sideways travel the rows
+    under the chin take, real vs rendered (``neck_follow``)."""
+    from skimage.metrics import structural_similarity
+
+    ok = ~np.isnan(l_real).any((1, 2))
+    c = l_real[:, 48:68].mean(1)
+    far = np.flatnonzero(ok & (np.linalg.norm(c - c[0], axis=1) > travel))
+    if len(far) == 0 or not ok[0]:
+        return {"neck_frames": 0}
+    worst, even, chin = neck_field(core, warp, exp[far], pose[far], pose_ref)
+    ssim, ssim_static = [], []
+    for i in far:
+        lm = l_real[i]
+        x0, x1 = int(max(lm[4, 0], 0)), int(min(lm[12, 0], real.shape[2] - 1))
+        y0 = int(lm[8, 1])
+        y1 = int(min(y0 + 0.5 * (lm[16, 0] - lm[0, 0]), real.shape[1]))
+        if y1 - y0 < 8 or x1 - x0 < 8:
+            continue
+        r = grey(real[i][y0:y1, x0:x1])
+        ssim.append(structural_similarity(grey(posed[i][y0:y1, x0:x1]), r, data_range=255.0))
+        ssim_static.append(structural_similarity(grey(posed[0][y0:y1, x0:x1]), r, data_range=255.0))
+    ratio = worst / np.maximum(even, 1e-3)  # (nan where the head hardly moved sideways)
+    follow = {f"neck_{k}": v for k, v in neck_follow(real, posed, l_real, far).items()}
+    return {**follow, "neck_frames": int(len(far)), "neck_shear": float(np.nanmean(worst)),
+            "neck_shear_even": float(np.mean(even)),
+            "neck_shear_ratio": float(np.nanmean(ratio)), "chin_follow": float(np.nanmean(chin)),
+            "neck_ssim": float(np.mean(ssim)) if ssim else float("nan"),
+            "neck_ssim_static": float(np.mean(ssim_static)) if ssim_static else float("nan"),
+            "neck_ssim_frames": len(ssim)}
+
+
 def summarise_interior(rows: np.ndarray, gaps: np.ndarray) -> dict[str, float | int]:
     """Interior figures over the open-mouth frames (top third of the real gap); the flat lens on the real frames
     and inside the rendered mouth's own outline (where its interior is drawn)."""
@@ -543,6 +688,8 @@ def quality(args: argparse.Namespace) -> dict:
         face = faces["bank"]
         face["donor"] = donor
         face.update(far_band_streaks(real, posed_by["bank"][0], l_real))
+        face.update(far_neck(renderer.core, state.warp, exp[rows], pose[rows], pose[rows[0]], real,
+                             posed_by["bank"][0], l_real))
         nose = l_real[~np.isnan(l_real).any((1, 2)), 30]
         face["real_nose_travel_px"] = float(np.linalg.norm(nose - nose.mean(0), axis=-1).max() * 2)
         per_clip[name] = {
@@ -572,6 +719,15 @@ def quality(args: argparse.Namespace) -> dict:
             print(f"{'':22s} uncovered band ({face['band_frames']} frames > 25 px travel): streak anisotropy "
                   f"{face['band_streak']:.2f} vs real {face['band_streak_real']:.2f} (ratio "
                   f"{face['band_streak_ratio']:.2f})", flush=True)
+        if face["neck_frames"]:
+            print(f"{'':22s} neck ({face['neck_frames']} frames > 20 px travel): steepest shear "
+                  f"{face['neck_shear']:.2f} px/px vs even {face['neck_shear_even']:.2f} (ratio "
+                  f"{face['neck_shear_ratio']:.2f}), chin follows {face['chin_follow']:.2f} of the head, SSIM under "
+                  f"the jaw {face['neck_ssim']:.3f} (still photo {face['neck_ssim_static']:.3f})", flush=True)
+            if face.get("neck_follow_bands"):
+                print(f"{'':22s} rows under the chin follow {face['neck_follow']:.2f} of the head's sideways travel vs "
+                      f"real {face['neck_follow_real']:.2f} (|error| {face['neck_follow_err']:.2f}, "
+                      f"{face['neck_follow_bands']} bands)", flush=True)
         if name in args.sheets:
             pb, lb, okb, _ = posed_by["bank"]
             pp, _, okq, _ = posed_by["painted"]

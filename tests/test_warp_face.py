@@ -756,3 +756,34 @@ def test_an_opening_mouth_is_no_flat_pale_lens(samples_dir: Path) -> None:
     stats = core_stats(frame, inner_mask(detect_landmarks(frame), SIZE), skin_luma(state.image, state.landmarks))
     assert stats["core_std"] > LENS_STD, stats  # before: 20.8 (and 1.31 × the skin: a lens); now 26.7
     assert stats["lens"] == 0.0
+
+
+@pytest.mark.parametrize("ramp", [True, False])
+def test_a_travelling_head_shears_its_neck_evenly_not_its_chin(samples_dir: Path, ramp: bool) -> None:
+    """Issue 17, "a head that lives": KristiNoem's chin sits ~30 px above the photo's bottom. Her head moved 0.3 IOD
+    (26 px, an idle head's far reach) sideways either way: the bottom edge's old level hold (``neck_ramp=False``)
+    held the chin at 0.58 of its travel and concentrated the shear under the jaw into a diagonal band (steepest
+    0.67 px/px). The neck ramp lets the chin lag only as a real one does (1 - neck_lift / neck_length = 0.78; real
+    chins travel ~0.75 of the nose) and spreads the shear over lower face and neck (steepest 0.34). Measured on the
+    warp field itself (``benchmarks.renderer.neck_field``); the old behaviour is asserted too, so that the test
+    tells the two apart."""
+    from benchmarks.renderer import neck_field
+    from engine.avatar import load_image
+
+    photo = samples_dir / "source" / "image" / "KristiNoem.png"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not found")
+    rnd = WarpRenderer(size=SIZE, config=WarpConfig(interior="painted", neck_ramp=ramp))
+    state = rnd.prepare(load_image(photo))
+    shifts = torch.tensor([[0.3, 0.0], [-0.3, 0.0]])  # IOD, image axes: a pure sideways travel either way
+
+    def sideways(pose: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.ones(len(pose)), torch.eye(2).expand(len(pose), 2, 2), shifts[: len(pose)]
+
+    rnd.core.head_motion = sideways  # type: ignore[method-assign]
+    exp = np.tile(state.warp.exp_ref.numpy(), (2, 1))
+    shear, _, chin = neck_field(rnd.core, state.warp, exp, np.ones((2, 9), np.float32), np.zeros(9, np.float32))
+    if ramp:
+        assert chin.min() > 0.72 and shear.max() < 0.45, (chin, shear)
+    else:
+        assert chin.max() < 0.65 and shear.min() > 0.6, (chin, shear)

@@ -198,6 +198,13 @@ class WarpAvatar:
     # the photo's opening shows teeth (brighter than its skin): they ride with the upper lip. Otherwise it is a
     # dark slit, which the real interior takes over as the mouth opens (models/warp/mouth.py)
     opening_teeth: bool = True
+    # the neck's hold on the head's sideways motion (neck_hold): the lower jaw line's points in the face frame, pre-
+    # scaled, (2, J): v / neck_length + 1 and h; the slope per h in units of neck_length; and the top edge's hold
+    # (G*G,) it is combined with (None: WarpConfig.neck_ramp off)
+    neck_jaw: torch.Tensor | None = None
+    neck_slope: torch.Tensor | None = None
+    neck_bottom: torch.Tensor | None = None  # (G*G,) distance to the bottom row / neck_length (neck_to_bottom)
+    edge_top: torch.Tensor | None = None
     # the moving head's head-and-hair segmentation and background plate (models/warp/matte.py); None: the ellipse
     matte: HeadMatte | None = None
     # (2, 3, S, S) the closing lids' colour as a change to the photo, zero outside the lid-skin bands
@@ -258,6 +265,11 @@ def prepare_avatar(
     room = room.clamp_min(cfg.edge_room_min * iod) * (2.0 / size)
     edge_room = room[:, None].contiguous()  # (4, 1)
     edge_hold = smoothstep(edge_dist / cfg.head_edge_band)
+    neck_jaw, neck_k = neck_line(cfg, src) if cfg.neck_ramp else (None, None)
+    # the coarse grid's distance to the photo's bottom row in units of neck_length (G*G,), if the neck stops there
+    neck_bottom = edge_dist[1] * (size / 2 / iod / cfg.neck_length) if cfg.neck_to_bottom else None
+    neck_still = None if neck_jaw is None or neck_k is None else neck_hold(neck_jaw, neck_k, 1.0 / cfg.neck_length,
+                                                                           grid_face, neck_bottom)  # (G*G,)
     cx, cy, rx, ry = ellipse
     reach_pts = torch.tensor([[cx - rx, cy], [cx + rx, cy], [cx, cy - ry], [cx, cy + ry]])
 
@@ -311,7 +323,10 @@ def prepare_avatar(
         grid_px=(grid_norm + 1.0) * (size / 2) - 0.5, grid_face_r=head_radius(grid_face, ellipse),
         edge_dist=edge_dist, edge_room=edge_room,
         edge_hold=edge_hold, edge_free=1.0 - edge_hold,
-        edge_along=torch.stack([edge_hold[1::2].amin(0), edge_hold[0::2].amin(0)]),
+        edge_along=torch.stack([edge_hold[1::2].amin(0) if neck_still is None else torch.minimum(
+            edge_hold[3], neck_still), edge_hold[0::2].amin(0)]),
+        neck_jaw=neck_jaw, neck_slope=neck_k, neck_bottom=neck_bottom,
+        edge_top=edge_hold[3].contiguous() if cfg.neck_ramp else None,
         reach_pts=reach_pts, reach_still=affine2(reach_pts, A, t),
         # channels-last: grid_sample reads the 3 channels of a pixel together (~20 % faster on CPU)
         image=(img + 0.5).permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last),
@@ -349,6 +364,42 @@ def prepare_avatar(
     avatar.seam_lip = seam.reshape(1, 3, 1, 1).clone()
     avatar.seam_dark = avatar.seam_lip * cfg.seam_shade
     return avatar
+
+def neck_line(cfg: WarpConfig, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``neck_hold``'s constants from the face-frame landmarks ``src`` (68, 2): the lower jaw line (points 4-12; its
+    sides above them are as steep as the cheek) raised by neck_lift, (2, J) as v / neck_length + 1 and h, and the
+    slope in those units."""
+    jaw = src[4:13]
+    return (torch.stack([(jaw[:, 1] - cfg.neck_lift) / cfg.neck_length + 1.0, jaw[:, 0]]),
+            torch.tensor(cfg.neck_slope / cfg.neck_length))
+
+
+def neck_hold(jaw: torch.Tensor, slope: torch.Tensor, inv_length: float, pts: torch.Tensor,
+              bottom: torch.Tensor | None = None) -> torch.Tensor:
+    """How much of the head's sideways motion face-frame points ``pts`` (…, 2) take under the bottom edge's hold
+    (…,): 1 down to the jaw line, then falling linearly to 0 at the neck's base ``neck_length`` below it (the chest
+    and shoulders below stay still; where the base lies below the photo, the photo's bottom rows of the neck follow
+    the head by the rest; with ``bottom``, the points' distance to the photo's bottom row in units of neck_length,
+    the ramp reaches 0 there: the bottom row stays still). ``jaw``, ``slope``: ``neck_line``'s; ``inv_length``
+    1 / neck_length.
+
+    Why: the bottom edge's hold was a smoothstep over the bottom head_edge_band of the photo (~58 px at 256²), level
+    across the image. On a photo whose chin is ~30 px above the bottom it cut through the lower face: the chin took
+    0.6 of the head's sideways travel and the neck under it ~0.3, and the jaw's shaded edge was drawn out into a
+    diagonal band. A real neck shears under the jaw while the jaw moves with the head (a little less than the nose:
+    ``neck_lift``); here the hold starts at the jaw line raised by neck_lift (the lower envelope of cones of
+    ``neck_slope`` from its points: the jaw line, no steeper than that, falling away beside it) and spreads the
+    shear evenly (linear: the least steep ramp) over the lower face and the neck. (Along the
+    jaw's steep sides up to the ears the ramp's start jumped by tens of rows within a few columns, and the hold
+    with it: a far sideways travel folded the cheek's edge over the hair beside it, on feifeili_clip2_short.)
+    The core evaluates it where each point is and where the head motion takes it from (the jaw where it was and
+    where it is now), like the head mask."""
+    top = torch.addcmul(jaw[0], (pts[..., 0:1] - jaw[1]).abs(), slope).amin(-1)  # (…,) 1 + jaw's v / neck_length
+    w = torch.sub(top, pts[..., 1], alpha=inv_length)  # (…,) 1 - depth under the jaw / neck_length
+    if bottom is not None:  # ... and no more than the share of the way from the jaw to the photo's bottom row
+        w = torch.minimum(w, bottom / (bottom + 1.0 - w).clamp_min(1e-6))
+    return w.clamp_(0.0, 1.0)
+
 
 def _head_ellipse(cfg: WarpConfig, src: torch.Tensor) -> tuple[float, float, float, float]:
     """The head mask's ellipse in the face frame: over face, hair and chin, sized from the jaw line and brows."""

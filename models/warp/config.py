@@ -147,3 +147,23 @@ class WarpConfig:
     # the background plate instead of the head's stretched pixels, fully from plate_full
     plate_from: float = 0.0
     plate_full: float = 0.25
+    # the head's sideways motion under the jaw (avatar.neck_hold): the neck shears evenly from neck_lift (IOD) above
+    # the jaw line (where it was and where it is now) to its base neck_length below that; a base below the photo
+    # lets the photo's bottom rows follow by the rest (neck_to_bottom: they stay still instead, which put the shear
+    # back into a band under a short neck: steepest shear 1.12 px/px vs 0.43). neck_ramp False: the bottom edge's
+    # level smoothstep hold over head_edge_band (the behaviour before: it held KristiNoem's chin at 0.58 of a
+    # sideways travel and drew the jaw's shade into a diagonal band, but a chin higher in its photo not at all).
+    # neck_length chosen leave-one-clip-out over 0.6 / 0.9 / 1.2 / 2.0 on benchmarks/renderer.py's neck follow
+    # (rows under the chin: rendered vs real share of the head's sideways travel, frames > 20 px, stride 6; the 6
+    # source clips with such frames): 0.9 for 5 clips, 0.6 for andrew_clip_1. The real rows follow less (~0.5)
+    # than any ramp makes them (0.93 at 0.9; the old hold 0.50): a real jaw slides over a neck that moves with the
+    # body, which a continuous warp cannot draw without a band. neck_lift: a real chin travels sideways less than
+    # the nose (yaw: the chin sits behind it; chin / nose travel on the source clips' frames whose nose moved > 15
+    # px: median 0.75, per clip 0.44-1.16); the chin takes 1 - neck_lift / neck_length of the head's shift. Chosen
+    # leave-one-clip-out from the other clips' median ratio on a 0.1 grid: 0.2 for 5 of 7 clips (andrew_clip_2 0.1,
+    # feifeili_clip2_short 0.3)
+    neck_ramp: bool = True
+    neck_length: float = 0.9
+    neck_to_bottom: bool = False
+    neck_lift: float = 0.2
+    neck_slope: float = 1.0  # the ramp's start follows the jaw line no steeper than this (rows per column)

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from models.warp.avatar import (
+    Move,
     WarpAvatar,
     box_runs,
     head_falloff,
     head_radius,
     lattice_sources,
+    neck_hold,
     prepare_avatar,
     to_box,
 )
@@ -273,16 +275,85 @@ class WarpCore(torch.nn.Module):
         now = torch.baddbmm(off.unsqueeze(1), avatar.reach_pts.expand(lin.shape[0], -1, -1), lin.transpose(1, 2))
         return (now - avatar.reach_still).norm(dim=-1).amax(1) / avatar.iod_px
 
-    @torch.no_grad()
-    def forward(
+    def moving_field(self, avatar: WarpAvatar, coef: torch.Tensor, tgt_ctrl: torch.Tensor,
+                     move: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The moving head's coarse backward displacement (N, 2, G*G), normalised (head motion composed with the
+        still head's spline, ``coef`` fitted on ``tgt_ctrl``), and where the background plate shows (N, G*G) or
+        None. A method of its own so that the warp field can be measured (benchmarks, tests) without sampling."""
+        cfg = self.config
+        n = coef.shape[0]
+        plate: torch.Tensor | None = None
+        # each grid point taken back through the head motion (face frame, then the still head's pixels),
+        # where the still spline gives its source
+        lin, off, _ = move
+        to_face = (avatar.grid_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)
+        moved = torch.bmm(move[2], to_face).transpose(1, 2)
+        home = affine2(moved, avatar.frame_a_norm, avatar.frame_t_norm)  # (N, G*G, 2) normalised
+        head = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2)  # (N, 2, G*G) the head motion's part
+        # active where the head was and where it is now; the soft band widens with the motion's reach so
+        # that it stretches and compresses but never folds (its steepest slope is 1.5 / width)
+        reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
+        rmin = min(avatar.head_ellipse[2], avatar.head_ellipse[3])
+        outer = torch.clamp(1.0 + cfg.head_band_per_shift * reach / rmin, min=cfg.head_mask_outer).unsqueeze(1)
+        # (the fall-off decreases with the radius: the larger of the two masks is the one at the smaller radius)
+        mask = head_falloff(cfg, torch.minimum(avatar.grid_face_r, head_radius(moved, avatar.head_ellipse)),
+                            outer)  # (N, G*G)
+        # The head travels as the pose asks. Where it moves away from an edge of the photo, the band it
+        # uncovers there shows the photo's own background beyond the face on that side, stretched: along each
+        # side's normal the head part's weight (per axis) is at most dist / (travel + band), band = the room
+        # beyond the face on that side (avatar.edge_room) or edge_band_per_travel × the travel if less. It
+        # reaches 1 at the moved face's edge, samples no further than the photo's edge and never folds (its
+        # slope times the travel stays below 1). The background away from the head stays still (mask). The
+        # expression part keeps the still head's confinement (the head mask, not edge-faded: the spline is
+        # already fixed at the photo's border points, and fading it held the chin, in the bottom edge band, at
+        # a fraction of its motion): at zero motion a frame renders as the still path renders it.
+        toward = torch.cat([head, -head], 1).clamp_min(0.0)  # (N, 4, G*G): right, bottom, left, top
+        band = torch.minimum(toward * cfg.edge_band_per_travel, avatar.edge_room)
+        # per axis (a small approach to the top edge must not hold back a large sideways travel): (N, 2, G*G)
+        edge = ((avatar.edge_dist + 1e-3) / (toward + band + 1e-3)).unflatten(1, (2, 2)).amin(1).clamp(max=1.0)
+        # The edges stay put as before (avatar.edge_hold: the background's corners stay still) except where
+        # the head travels away from one: within edge_release of such travel that edge's hold on its own axis
+        # is released and the stretch above takes over. Along an edge (x by the top and bottom edges, y by
+        # the sides) the hold stays: motion along an edge shears the band there, it cannot fold it.
+        free = (toward / cfg.edge_release).clamp(max=1.0)
+        hold = (avatar.edge_hold + avatar.edge_free * free).unflatten(1, (2, 2)).amin(1)  # (N, 2, G*G)
+        along = avatar.edge_along  # (2, G*G), or per frame (N, 2, G*G) with the neck's hold:
+        if avatar.neck_jaw is not None and avatar.neck_slope is not None and avatar.edge_top is not None:
+            # the neck holds the head's sideways motion from the jaw line down (avatar.neck_hold) where the jaw was
+            # (edge_along) and where the head motion takes it (the moved chin goes all the way with the head)
+            now = torch.minimum(avatar.edge_top, neck_hold(avatar.neck_jaw, avatar.neck_slope, 1.0 / cfg.neck_length,
+                                                           moved, avatar.neck_bottom))  # (N, G*G)
+            along = torch.stack([torch.maximum(avatar.edge_along[0], now), avatar.edge_along[1].expand_as(now)], 1)
+        weight = mask.unsqueeze(1) * torch.minimum(hold, along)
+        matte = avatar.matte
+        far = None if matte is None else ((reach - cfg.hair_from) / (cfg.hair_full - cfg.hair_from)).clamp(0, 1)
+        if matte is not None and far is not None and (far.is_cuda or bool(far.max() > 0.0)):  # (N,); short: skip
+            # A far-travelling head (reach beyond hair_from) carries the head and hair as segmented
+            # (models/warp/matte.py) rigidly too, with a soft band as wide as the motion needs beyond them
+            # (long hair outside the ellipse stayed behind, stretched into streaks), and lets its hair go
+            # along the photo's edges (hair cut by the top edge and held there sheared into a step). A short
+            # move renders as before: the ellipse's band is enough, and the background's corners stay still.
+            r_now = F.grid_sample(matte.r_map.expand(n, -1, -1, -1), home.unsqueeze(1), mode="bilinear",
+                                  padding_mode="border", align_corners=False)[:, 0, 0]  # (N, G*G)
+            band = (1.0 + cfg.head_band_per_shift * reach / rmin).clamp(min=cfg.hair_band_min).unsqueeze(1)
+            hair = head_falloff(cfg, torch.minimum(matte.grid_r, r_now), band) * far[:, None]
+            along = along + (1.0 - along) * far[:, None, None]  # (N, 2, G*G)
+            weight = torch.maximum(weight, hair.unsqueeze(1) * torch.minimum(hold, along))
+        else:
+            matte = None
+        disp = head * torch.minimum(weight, edge) + tps_eval_at(coef, tgt_ctrl, home) * mask.unsqueeze(1)
+        if matte is not None and far is not None:
+            plate = plate_weight(cfg, avatar, matte.maps, disp, home) * far[:, None]
+        return disp, plate
+
+    def field(
         self, avatar: WarpAvatar, exp: torch.Tensor, pose: torch.Tensor | None = None,
         pose_ref: torch.Tensor | None = None, blink: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Render N frames: exp (N, 64), pose (N, 9) relative to pose_ref (9,), blink (N,) → (N, S, S, 3) uint8.
-
-        ``pose=None`` renders a still head (and skips the head-motion arithmetic); ``pose_ref=None`` takes the
-        first row of ``pose`` as the reference.
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor, Move, torch.Tensor, torch.Tensor | None]:
+        """``forward``'s warp before the region models: target landmarks and the spline's (N, 68, 2), the head
+        motion (or None), the coarse backward map (N, 2, G*G, normalised) and the plate's weight (N, G*G) or None.
+        Separate so that benchmarks and tests can measure the warp field itself (e.g. the neck's shear)."""
         cfg = self.config
         n = exp.shape[0]
         tgt, spline = self.target_local(avatar, exp.float(), blink)
@@ -311,61 +382,23 @@ class WarpCore(torch.nn.Module):
             coarse = torch.addcmul(avatar.grid_norm_t, tps_eval_grid(coef, moving, avatar.still_spline),
                                    avatar.head_mask)  # (N, 2, G*G)
         else:  # a moving head leaves the background where it is
-            # each grid point taken back through the head motion (face frame, then the still head's pixels),
-            # where the still spline gives its source
-            lin, off, _ = move
-            to_face = (avatar.grid_px.unsqueeze(0) - off.unsqueeze(1)).transpose(1, 2)
-            moved = torch.bmm(move[2], to_face).transpose(1, 2)
-            home = affine2(moved, avatar.frame_a_norm, avatar.frame_t_norm)  # (N, G*G, 2) normalised
-            head = (home - avatar.grid_norm.unsqueeze(0)).transpose(1, 2)  # (N, 2, G*G) the head motion's part
-            # active where the head was and where it is now; the soft band widens with the motion's reach so
-            # that it stretches and compresses but never folds (its steepest slope is 1.5 / width)
-            reach = self.motion_reach(avatar, lin, off)  # (N,) IOD
-            rmin = min(avatar.head_ellipse[2], avatar.head_ellipse[3])
-            outer = torch.clamp(1.0 + cfg.head_band_per_shift * reach / rmin, min=cfg.head_mask_outer).unsqueeze(1)
-            # (the fall-off decreases with the radius: the larger of the two masks is the one at the smaller radius)
-            mask = head_falloff(cfg, torch.minimum(avatar.grid_face_r, head_radius(moved, avatar.head_ellipse)),
-                                outer)  # (N, G*G)
-            # The head travels as the pose asks. Where it moves away from an edge of the photo, the band it
-            # uncovers there shows the photo's own background beyond the face on that side, stretched: along each
-            # side's normal the head part's weight (per axis) is at most dist / (travel + band), band = the room
-            # beyond the face on that side (avatar.edge_room) or edge_band_per_travel × the travel if less. It
-            # reaches 1 at the moved face's edge, samples no further than the photo's edge and never folds (its
-            # slope times the travel stays below 1). The background away from the head stays still (mask). The
-            # expression part keeps the still head's confinement (the head mask, not edge-faded: the spline is
-            # already fixed at the photo's border points, and fading it held the chin, in the bottom edge band, at
-            # a fraction of its motion): at zero motion a frame renders as the still path renders it.
-            toward = torch.cat([head, -head], 1).clamp_min(0.0)  # (N, 4, G*G): right, bottom, left, top
-            band = torch.minimum(toward * cfg.edge_band_per_travel, avatar.edge_room)
-            # per axis (a small approach to the top edge must not hold back a large sideways travel): (N, 2, G*G)
-            edge = ((avatar.edge_dist + 1e-3) / (toward + band + 1e-3)).unflatten(1, (2, 2)).amin(1).clamp(max=1.0)
-            # The edges stay put as before (avatar.edge_hold: the background's corners stay still) except where
-            # the head travels away from one: within edge_release of such travel that edge's hold on its own axis
-            # is released and the stretch above takes over. Along an edge (x by the top and bottom edges, y by
-            # the sides) the hold stays: motion along an edge shears the band there, it cannot fold it.
-            free = (toward / cfg.edge_release).clamp(max=1.0)
-            hold = (avatar.edge_hold + avatar.edge_free * free).unflatten(1, (2, 2)).amin(1)  # (N, 2, G*G)
-            weight = mask.unsqueeze(1) * torch.minimum(hold, avatar.edge_along)
-            matte = avatar.matte
-            far = None if matte is None else ((reach - cfg.hair_from) / (cfg.hair_full - cfg.hair_from)).clamp(0, 1)
-            if matte is not None and far is not None and (far.is_cuda or bool(far.max() > 0.0)):  # (N,); short: skip
-                # A far-travelling head (reach beyond hair_from) carries the head and hair as segmented
-                # (models/warp/matte.py) rigidly too, with a soft band as wide as the motion needs beyond them
-                # (long hair outside the ellipse stayed behind, stretched into streaks), and lets its hair go
-                # along the photo's edges (hair cut by the top edge and held there sheared into a step). A short
-                # move renders as before: the ellipse's band is enough, and the background's corners stay still.
-                r_now = F.grid_sample(matte.r_map.expand(n, -1, -1, -1), home.unsqueeze(1), mode="bilinear",
-                                      padding_mode="border", align_corners=False)[:, 0, 0]  # (N, G*G)
-                band = (1.0 + cfg.head_band_per_shift * reach / rmin).clamp(min=cfg.hair_band_min).unsqueeze(1)
-                hair = head_falloff(cfg, torch.minimum(matte.grid_r, r_now), band) * far[:, None]
-                along = avatar.edge_along + (1.0 - avatar.edge_along) * far[:, None, None]  # (N, 2, G*G)
-                weight = torch.maximum(weight, hair.unsqueeze(1) * torch.minimum(hold, along))
-            else:
-                matte = None
-            disp = head * torch.minimum(weight, edge) + tps_eval_at(coef, tgt_ctrl, home) * mask.unsqueeze(1)
-            if matte is not None and far is not None:
-                plate = plate_weight(cfg, avatar, matte.maps, disp, home) * far[:, None]
+            disp, plate = self.moving_field(avatar, coef, tgt_ctrl, move)
             coarse = avatar.grid_norm_t + disp
+        return tgt, spline, move, coarse, plate
+
+    @torch.no_grad()
+    def forward(
+        self, avatar: WarpAvatar, exp: torch.Tensor, pose: torch.Tensor | None = None,
+        pose_ref: torch.Tensor | None = None, blink: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Render N frames: exp (N, 64), pose (N, 9) relative to pose_ref (9,), blink (N,) → (N, S, S, 3) uint8.
+
+        ``pose=None`` renders a still head (and skips the head-motion arithmetic); ``pose_ref=None`` takes the
+        first row of ``pose`` as the reference.
+        """
+        cfg = self.config
+        n = exp.shape[0]
+        tgt, spline, move, coarse, plate = self.field(avatar, exp, pose, pose_ref, blink)
         coarse = coarse.reshape(n, 2, cfg.grid, cfg.grid)
 
         # ---- region models on their lattices
