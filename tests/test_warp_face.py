@@ -77,14 +77,9 @@ def test_the_banks_teeth_likeness_tells_the_donors_teeth_from_its_lips() -> None
     assert upper > 0.5 and lip < 0.1, (upper, lip)  # (measured 0.60, 0.03)
 
 
-def test_the_open_mouth_darkens_behind_the_lips_and_the_teeth_stay_bright(samples_dir: Path) -> None:
-    """feifeili_clip1's photo (a dim, closed mouth) opened by its own most open expressions, the interior from the
-    bank without her: against no cavity shade, the tissue a few pixels behind the lips is darker by much more than the
-    tissue at the lips, and the teeth keep their brightness (before it, the donor's lit tongue and lower lip filled
-    the opening with a flat pale lens: benchmarks/results/renderer_mouth_feifeili_clip1.png)."""
-    import scipy.ndimage as ndi
-    from skimage.draw import polygon
-
+def _feifeili_most_open(samples_dir: Path):
+    """feifeili_clip1 held out: its expressions (T, 64), its photo (video frame 2, row 0's), the expression map and
+    mouth bank without her, and her 4 most open expressions by the map's inner-lip gap."""
     from engine.landmark_fit import read_video_rgb
 
     exp = scipy.io.loadmat(str(samples_dir / "source" / "3dmm" / "feifeili_clip1.mat"))["coeff"][:, 80:144]
@@ -93,6 +88,18 @@ def test_the_open_mouth_darkens_behind_the_lips_and_the_teeth_stay_bright(sample
     emap, bank = ExpressionMap.load(heldout_clip="feifeili_clip1"), MouthBank.load(exclude=("feifeili",))
     w = emap.weights.numpy()
     frames = exp[np.argsort(-(exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)))[:4]]
+    return exp, photo, emap, bank, frames
+
+
+def test_the_open_mouth_darkens_behind_the_lips_and_the_teeth_stay_bright(samples_dir: Path) -> None:
+    """feifeili_clip1's photo (a dim, closed mouth) opened by its own most open expressions, the interior from the
+    bank without her: against no cavity shade, the tissue a few pixels behind the lips is darker by much more than the
+    tissue at the lips, and the teeth keep their brightness (before it, the donor's lit tongue and lower lip filled
+    the opening with a flat pale lens: benchmarks/results/renderer_mouth_feifeili_clip1.png)."""
+    import scipy.ndimage as ndi
+    from skimage.draw import polygon
+
+    exp, photo, emap, bank, frames = _feifeili_most_open(samples_dir)
     out = {}
     for shade in (0.0, WarpConfig().cavity_shade):
         # (grey teeth, teeth_tint 0: the teeth are told from the tissue by their low saturation; the tint is
@@ -145,14 +152,7 @@ def test_a_toothless_photos_teeth_take_the_warmth_of_its_light(samples_dir: Path
     face; her real teeth 0.33), and not pink (less than half the skin's, 0.55)."""
     from skimage.draw import polygon
 
-    from engine.landmark_fit import read_video_rgb
-
-    exp = scipy.io.loadmat(str(samples_dir / "source" / "3dmm" / "feifeili_clip1.mat"))["coeff"][:, 80:144]
-    exp = exp.astype(np.float32)
-    photo = read_video_rgb(samples_dir / "source" / "video" / "feifeili_clip1.mp4")[2]
-    emap, bank = ExpressionMap.load(heldout_clip="feifeili_clip1"), MouthBank.load(exclude=("feifeili",))
-    w = emap.weights.numpy()
-    frames = exp[np.argsort(-(exp @ (w[:, [67, 66, 65], 1] - w[:, [61, 62, 63], 1]).mean(1)))[:4]]
+    exp, photo, emap, bank, frames = _feifeili_most_open(samples_dir)
     renderer = WarpRenderer(size=SIZE, emap=emap, bank=bank)
     state = renderer.prepare(photo, exp_ref=exp[0])
     assert state.warp is not None and not state.warp.photo_teeth

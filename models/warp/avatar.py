@@ -365,6 +365,7 @@ def prepare_avatar(
     avatar.seam_dark = avatar.seam_lip * cfg.seam_shade
     return avatar
 
+
 def neck_line(cfg: WarpConfig, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``neck_hold``'s constants from the face-frame landmarks ``src`` (68, 2): the lower jaw line (points 4-12; its
     sides above them are as steep as the cheek) raised by neck_lift, (2, J) as v / neck_length + 1 and h, and the
