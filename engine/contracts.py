@@ -153,8 +153,9 @@ class RenderLane(Protocol):
         Raises if the photo cannot be prepared (the old avatar stays)."""
         ...
 
-    def refresh_rest(self) -> None:
-        """The style or intensity changed: recompute the rest expression and apply it between jobs (no wait)."""
+    def refresh_rest(self, at_frame: int | None = None, frames: int = 0) -> None:
+        """The style or intensity changed: recompute the rest expression and apply it between jobs (no wait),
+        crossfaded in from frame ``at_frame`` over ``frames`` frames like the style code (None / 0: at once)."""
         ...
 
     async def run(self, job: DecodeJob, pose: np.ndarray, blink: np.ndarray, submitted: float) -> None:

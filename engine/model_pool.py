@@ -166,7 +166,7 @@ class ProcessRenderLane:
         await self._send_photo(self._placed(), image)
         self._image = image
 
-    def refresh_rest(self) -> None:
+    def refresh_rest(self, at_frame: int | None = None, frames: int = 0) -> None:
         proc = self._proc
         if proc is None or self._image is None:
             return
@@ -174,7 +174,7 @@ class ProcessRenderLane:
 
         def send(f: Future[np.ndarray | None]) -> None:
             if f.exception() is None and f.result() is not None:
-                proc.post("rest", lane_id, f.result())
+                proc.post("rest", lane_id, f.result(), at_frame, frames)
 
         self._executor.submit(self._rest).add_done_callback(send)
 

@@ -167,10 +167,10 @@ def _serve(conn: Connection, frames_fd: int, slots: int, config: Config) -> None
             lanes.pop(lane_id, None)
             continue
         lane = lanes.get(lane_id)
-        if kind == "rest":
+        if kind == "rest":  # ("rest", lane, exp_rest, crossfaded in from frame, over frames)
             if lane is not None and lane[0].state is not None and isinstance(renderer, RestAware):
                 try:
-                    renderer.set_rest(lane[0].state, msg[2])
+                    lane[0].set_rest(msg[2], msg[3], msg[4])
                 except Exception:  # noqa: BLE001 - as in-process: logged, the old rest stays
                     log.exception("model worker: setting the rest expression failed")
             continue
@@ -184,10 +184,9 @@ def _serve(conn: Connection, frames_fd: int, slots: int, config: Config) -> None
             sink.req = req
             if kind == "prepare":
                 image, exp_rest = msg[3], msg[4]
-                state = renderer.prepare(image)
-                if exp_rest is not None and isinstance(renderer, RestAware):
-                    renderer.set_rest(state, exp_rest)
-                stream.set_state(state)
+                stream.set_state(renderer.prepare(image))
+                if exp_rest is not None:
+                    stream.set_rest(exp_rest)
             elif kind == "job":
                 job, pose, blink, sent = msg[3], msg[4], msg[5], msg[6]
                 before = stream.reused

@@ -51,8 +51,8 @@ class ThreadRenderLane:
     async def prepare(self, image: np.ndarray) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._prepare, image)
 
-    def refresh_rest(self) -> None:
-        self._executor.submit(self._apply_rest, None).add_done_callback(_log_failure)
+    def refresh_rest(self, at_frame: int | None = None, frames: int = 0) -> None:
+        self._executor.submit(self._apply_rest, at_frame, frames).add_done_callback(_log_failure)
 
     async def run(self, job: DecodeJob, pose: np.ndarray, blink: np.ndarray, submitted: float) -> None:
         try:
@@ -68,16 +68,17 @@ class ThreadRenderLane:
     # ------------------------------------------------------------------------------------ model thread
     def _prepare(self, image: np.ndarray) -> None:
         state = self._renderer.prepare(image)
-        self._apply_rest(state)
-        self.stream.set_state(state)  # the renderer stream starts over with the new state
+        exp_rest = self._rest() if isinstance(self._renderer, RestAware) else None
+        self.stream.set_state(state)  # the renderer stream starts over with the new state ...
+        if exp_rest is not None:
+            self.stream.set_rest(exp_rest)  # ... drawn relative to the current style's rest
 
-    def _apply_rest(self, state: Any) -> None:
-        """Render relative to the current style's rest (``state`` None: the stream's current state)."""
-        state = self.stream.state if state is None else state
-        if isinstance(self._renderer, RestAware) and state is not None:
+    def _apply_rest(self, at_frame: int | None, frames: int) -> None:
+        """The current style's rest, crossfaded in from ``at_frame`` over ``frames`` (RenderStream.set_rest)."""
+        if isinstance(self._renderer, RestAware) and self.stream.state is not None:
             exp_rest = self._rest()
             if exp_rest is not None:
-                self._renderer.set_rest(state, exp_rest)
+                self.stream.set_rest(exp_rest, at_frame, frames)
 
 
 def _log_failure(f: Future[None]) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine.contracts import Renderer
+from engine.contracts import Renderer, RestAware
 from engine.motion import render_with_blink
 from engine.stream import DecodeJob, run_decode
 
@@ -63,11 +63,55 @@ class RenderStream:
         self.fed_exp: OrderedDict[int, np.ndarray] = OrderedDict()  # frame -> exp fed (recent)
         self._last: tuple[bytes | None, np.ndarray] | None = None  # (inputs, images) of the last render
         self.reused = 0  # renders skipped because the inputs repeated exactly
+        self._rest_renderer = renderer if isinstance(renderer, RestAware) else None
+        self.rest: np.ndarray | None = None  # the rest expression (64,) set on the renderer now (RestAware)
+        self._rest_fade: tuple[np.ndarray, np.ndarray, int, int] | None = None  # (from, to, first frame, frames)
 
     def set_state(self, state: Any) -> None:
-        """A newly prepared avatar: the renderer stream starts over with it (worker)."""
+        """A newly prepared avatar: the renderer stream starts over with it (worker); its rest is set anew."""
         self.state = state
         self._next = None
+        self.rest, self._rest_fade = None, None
+
+    def set_rest(self, rest: np.ndarray, at_frame: int | None = None, frames: int = 0) -> None:
+        """Render relative to ``rest`` (64,) (a RestAware renderer; others ignore it): at once, or crossfaded from
+        frame ``at_frame`` over ``frames`` frames, with the style code's own weights (engine.stylebank.StyleSchedule).
+
+        Why crossfaded: a style switch crossfades the code over ``frames`` frames, and the rest set at once drew the
+        old style's output against the new style's rest meanwhile: in silence, happy → neutral opened KristiNoem's
+        lips from 3.7 to 18.9 px for 5 frames, neutral → surprised shut them. (worker)"""
+        if self._rest_renderer is None or self.state is None:
+            return
+        rest = np.asarray(rest, np.float32)
+        if at_frame is None or frames <= 0 or self.rest is None:
+            self._rest_fade = None
+            self._apply_rest(rest)
+        else:
+            self._rest_fade = (self._rest_at(int(at_frame) - 1), rest, int(at_frame), int(frames))
+
+    def _rest_at(self, frame: int) -> np.ndarray:
+        """The rest of ``frame``: the running fade's blend there, else the rest set now."""
+        fade = self._rest_fade
+        if fade is None:
+            assert self.rest is not None  # (set_rest sets one before any fade)
+            return self.rest
+        src, dst, start, n = fade
+        w = min(max((frame - start + 1) / n, 0.0), 1.0)
+        return src if w <= 0.0 else dst if w >= 1.0 else (src * np.float32(1.0 - w) + dst * np.float32(w))
+
+    def _apply_rest(self, rest: np.ndarray) -> None:
+        if self._rest_renderer is not None and (self.rest is None or not np.array_equal(rest, self.rest)):
+            self._rest_renderer.set_rest(self.state, rest)
+            self.rest = rest
+
+    def _rest_for(self, frame: int) -> None:
+        """Before rendering ``frame``: its rest on the renderer (a fade ends once past its last frame)."""
+        fade = self._rest_fade
+        if fade is None:
+            return
+        self._apply_rest(self._rest_at(frame))
+        if frame >= fade[2] + fade[3] - 1:
+            self._rest_fade = None
 
     def restart(self) -> None:
         """Start the renderer stream over on the next job (after a failed job)."""
@@ -95,8 +139,11 @@ class RenderStream:
         self._next = None  # in case rendering fails half-way: restart the stream next time
         for i in range(0, len(frames), RENDER_CHUNK):
             sl = slice(i, i + RENDER_CHUNK)
+            self._rest_for(frames[i])  # (RENDER_CHUNK is 1: a chunk is one frame)
             # a still face (silence, no blink) renders to the same image: reuse it (delay-free renderers only)
             key = exp[sl].tobytes() + pose[sl].tobytes() + blink[sl].tobytes() if self.delay == 0 else None
+            if key is not None and self.rest is not None:
+                key += self.rest.tobytes()
             last = self._last
             if key is not None and last is not None and last[0] == key:
                 images, reused = last[1], True

@@ -348,7 +348,7 @@ class LiveSession:
         frames = self.tb.frames_for_ms(transition_ms, "round")
         landing = self.core.switch_style(code, at_frame, frames)
         self._style_name = name
-        self._update_rest()
+        self._update_rest(landing, frames)
         self.channel.info(EventCode.STYLE, name=name, frame=landing, crossfade_frames=frames)
         return landing
 
@@ -358,9 +358,10 @@ class LiveSession:
         if not 0.0 <= k <= MAX_INTENSITY:
             raise ValueError(f"intensity must be in 0..{MAX_INTENSITY}, got {k}")
         self._intensity = k
-        self.core.switch_style(self.styles.styled(self._style_name, k, self.config.style.intensity_space), None,
-                               self.config.style.crossfade_frames)
-        self._update_rest()
+        frames = self.config.style.crossfade_frames
+        landing = self.core.switch_style(self.styles.styled(self._style_name, k, self.config.style.intensity_space),
+                                         None, frames)
+        self._update_rest(landing, frames)
 
     def add_style(self, name: str, clip: np.ndarray) -> None:
         """Encode a style clip ``(T, 64)`` (once) and make it available to this session.
@@ -386,10 +387,11 @@ class LiveSession:
         return renderer_rest(renderer, self.styles, self.runtime.decoder.idle, self._style_name, self._intensity,
                              self.config.style)
 
-    def _update_rest(self) -> None:
-        """After a style or intensity change: the new style's rest, set by the render lane (between jobs)."""
+    def _update_rest(self, landing: int, frames: int) -> None:
+        """After a style or intensity change: the new style's rest, set by the render lane (between jobs) and
+        crossfaded in with the style code (from its landing frame over its crossfade)."""
         if self._started and self._loop is not None:
-            self.render.refresh_rest()
+            self.render.refresh_rest(landing, frames)
 
     def set_avatar(self, image: np.ndarray) -> None:
         """Animate another photo (uint8 RGB (H, W, 3), already framed); prepared by the render lane."""
