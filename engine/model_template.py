@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,9 @@ class TemplateError(RuntimeError):
     """The template process could not start, died or did not answer (callers fall back to a fresh interpreter)."""
 
 
+_STEP_S = 0.05  # a waiting ForkedChild releases its lock this often
+
+
 class ForkedChild:
     """A process forked by the template, watched through a pidfd: the parts of :class:`subprocess.Popen` that
     :class:`engine.model_process.ModelProcess` uses. The exit status belongs to the template (the process's
@@ -65,10 +69,23 @@ class ForkedChild:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._fd: int | None = os.pidfd_open(pid)
+        # the pidfd is closed once the process ended (wait) while other threads may poll it: a select on a closed
+        # (or, worse, reused) fd number raised EBADF in `speak`'s shutdown under load. The lock keeps the fd open
+        # while a select uses it; long waits select in short steps so that close and kill never wait long.
+        self._lock = threading.Lock()
 
     def _ended(self, timeout: float) -> bool:
-        fd = self._fd
-        return fd is None or bool(select.select([fd], [], [], timeout)[0])
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                fd = self._fd
+                if fd is None:
+                    return True
+                step = _STEP_S if deadline is None else max(0.0, min(_STEP_S, deadline - time.monotonic()))
+                if select.select([fd], [], [], step)[0]:
+                    return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def poll(self) -> int | None:
         """``None`` while the process runs, else ``-1`` (ended; its status is the template's)."""
@@ -82,17 +99,19 @@ class ForkedChild:
         return None
 
     def kill(self) -> None:
-        fd = self._fd
-        if fd is not None:
-            try:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-            except ProcessLookupError:  # already ended
-                pass
+        with self._lock:
+            fd = self._fd
+            if fd is not None:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except ProcessLookupError:  # already ended
+                    pass
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
 
 
 class ModelTemplate:
