@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from engine.config import Config
-from engine.contracts import RestAware
 
 if TYPE_CHECKING:
     from engine.live.render_stream import RenderedItem, RenderSink
@@ -168,7 +167,7 @@ def _serve(conn: Connection, frames_fd: int, slots: int, config: Config) -> None
             continue
         lane = lanes.get(lane_id)
         if kind == "rest":  # ("rest", lane, exp_rest, crossfaded in from frame, over frames)
-            if lane is not None and lane[0].state is not None and isinstance(renderer, RestAware):
+            if lane is not None:  # (the stream ignores a rest without a RestAware renderer or an avatar)
                 try:
                     lane[0].set_rest(msg[2], msg[3], msg[4])
                 except Exception:  # noqa: BLE001 - as in-process: logged, the old rest stays

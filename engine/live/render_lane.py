@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.contracts import Renderer, RestAware
+from engine.contracts import Renderer
 from engine.live.render_stream import RenderSink, RenderStream
 from engine.stream import DecodeJob
 
@@ -67,18 +67,15 @@ class ThreadRenderLane:
 
     # ------------------------------------------------------------------------------------ model thread
     def _prepare(self, image: np.ndarray) -> None:
-        state = self._renderer.prepare(image)
-        exp_rest = self._rest() if isinstance(self._renderer, RestAware) else None
-        self.stream.set_state(state)  # the renderer stream starts over with the new state ...
-        if exp_rest is not None:
-            self.stream.set_rest(exp_rest)  # ... drawn relative to the current style's rest
+        self.stream.set_state(self._renderer.prepare(image))  # the renderer stream starts over with the new state,
+        self._apply_rest(None, 0)  # drawn relative to the current style's rest at once
 
     def _apply_rest(self, at_frame: int | None, frames: int) -> None:
-        """The current style's rest, crossfaded in from ``at_frame`` over ``frames`` (RenderStream.set_rest)."""
-        if isinstance(self._renderer, RestAware) and self.stream.state is not None:
-            exp_rest = self._rest()
-            if exp_rest is not None:
-                self.stream.set_rest(exp_rest, at_frame, frames)
+        """The current style's rest, crossfaded in from ``at_frame`` over ``frames`` (RenderStream.set_rest, which
+        ignores it without a RestAware renderer or an avatar; the rest function gives None for other renderers)."""
+        exp_rest = self._rest()
+        if exp_rest is not None:
+            self.stream.set_rest(exp_rest, at_frame, frames)
 
 
 def _log_failure(f: Future[None]) -> None:

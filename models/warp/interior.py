@@ -162,6 +162,7 @@ class MouthBank:
             sel = self.speaker == donor
         d_teeth, d_skin = self.teeth_rgb[donor], self.skin_rgb[donor].clamp_min(1.0)
         luma = torch.tensor(LUMA)
+        d_luma = max(float((d_teeth * luma).sum()), 1.0)  # the donor's teeth luminance
         if photo_teeth is not None:
             # one gain per channel, bounded so that a strange photo cannot turn teeth into another colour
             gain = (photo_teeth / d_teeth.clamp_min(1.0)).clamp(0.5, 1.6)
@@ -171,7 +172,6 @@ class MouthBank:
             skin = float((photo_skin * luma).sum())
             g = max(skin / float((d_skin * luma).sum()), 1e-6) ** 0.5
             ratio, slope = self.teeth_from_skin()
-            d_luma = max(float((d_teeth * luma).sum()), 1.0)
             if teeth_pool > 0.0:
                 # shrink toward the teeth a pooled teeth-to-skin ratio predicts (log-linear, weight teeth_pool)
                 g = g ** (1.0 - teeth_pool) * max(skin * ratio / d_luma, 1e-6) ** teeth_pool
@@ -188,7 +188,7 @@ class MouthBank:
         if teeth_contrast != 1.0:
             # the exemplar's own contrast within the teeth, raised: luminance (l / l_teeth)^γ of the donor's teeth
             # (its gaps and shaded teeth darker, its highlights kept) instead of one flat gain
-            rel = torch.einsum("kctq,c->ktq", rgb, luma).unsqueeze(1) / max(float((d_teeth * luma).sum()), 1.0)
+            rel = torch.einsum("kctq,c->ktq", rgb, luma).unsqueeze(1) / d_luma
             tooth_gain = tooth_gain * rel.clamp(0.05, 1.5) ** (teeth_contrast - 1.0)  # (K, 3→1, T, S)
         per_pixel = tissue + teeth * (tooth_gain - tissue)  # (K, 3, T, S)
         if cavity_shade > 0.0:
